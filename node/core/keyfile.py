@@ -1,0 +1,78 @@
+"""Secrets at rest in the "QPCE" format: Argon2id-derived key, ChaCha20-Poly1305 (DESIGN.md §8).
+
+Layout (big-endian): magic ``QPCE`` | version u8 | time_cost u32 | memory_kib u32 | lanes u8 |
+salt (16) | nonce (12) | ciphertext+tag. The header is the AEAD's associated data, so a tampered
+parameter fails authentication like a wrong passphrase does. Pure bytes in, bytes out: the caller
+reads and writes files and runs Argon2 off the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from argon2.low_level import Type, hash_secret_raw
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from node.core.errors import CryptoError
+
+MAGIC = b"QPCE"
+VERSION = 1
+_HEADER = struct.Struct(">4sBIIB16s12s")
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """Argon2id cost. The default follows RFC 9106's second recommendation (64 MiB, t=3, p=4)."""
+
+    time_cost: int = 3
+    memory_kib: int = 64 * 1024
+    lanes: int = 4
+
+
+# Cheap parameters for tests and throwaway demo state only.
+FAST_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, lanes=1)
+
+
+class WrongPassphraseError(CryptoError):
+    """The passphrase does not open this file (or the file was altered)."""
+
+
+def derive_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
+    return hash_secret_raw(
+        secret=passphrase,
+        salt=salt,
+        time_cost=params.time_cost,
+        memory_cost=params.memory_kib,
+        parallelism=params.lanes,
+        hash_len=32,
+        type=Type.ID,
+    )
+
+
+def seal(secret: bytes, passphrase: bytes, params: KdfParams = KdfParams()) -> bytes:
+    salt, nonce = os.urandom(16), os.urandom(12)
+    header = _HEADER.pack(
+        MAGIC, VERSION, params.time_cost, params.memory_kib, params.lanes, salt, nonce
+    )
+    key = derive_key(passphrase, salt, params)
+    return header + ChaCha20Poly1305(key).encrypt(nonce, secret, header)
+
+
+def open_sealed(blob: bytes, passphrase: bytes) -> bytes:
+    if len(blob) < _HEADER.size + 16:
+        raise CryptoError("not a quicnprotochat key file (too short)")
+    magic, version, time_cost, memory_kib, lanes, salt, nonce = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise CryptoError("not a quicnprotochat key file")
+    if version != VERSION:
+        raise CryptoError(f"key file version {version} is not supported")
+    if not (1 <= time_cost <= 64 and 8 * lanes <= memory_kib <= 4 * 1024 * 1024 and lanes >= 1):
+        raise CryptoError("key file has implausible Argon2 parameters")
+    key = derive_key(passphrase, salt, KdfParams(time_cost, memory_kib, lanes))
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, blob[_HEADER.size :], blob[: _HEADER.size])
+    except InvalidTag as exc:
+        raise WrongPassphraseError("wrong passphrase, or the key file was altered") from exc

@@ -1,0 +1,288 @@
+"""Cap'n Proto codec for envelopes and RPC messages: Python values in, bytes out, and back.
+
+Decoding reads each field exactly once into frozen dataclasses, under a traversal and nesting
+limit, and turns every decoder failure into :class:`RemoteProtocolError`. pycapnp validates lazily
+(LIBRARY-FACTS.md), so a decode that succeeds proves only shape: integrity comes from MLS.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import capnp
+
+import schemas
+from node.core.errors import ErrorCode, RemoteProtocolError
+
+ENVELOPE_ID_SIZE = 16
+MAILBOX_SIZE = 32
+MAX_NESTING = 32
+DECODE_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    UnicodeDecodeError,
+    capnp.KjException,
+    AttributeError,
+)
+
+
+class EnvelopeKind(enum.Enum):
+    COMMIT = "commit"
+    WELCOME = "welcome"
+    PROPOSAL = "proposal"
+    APPLICATION = "application"
+    KEY_PACKAGE_REQUEST = "keyPackageRequest"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    id: bytes
+    recipient: bytes
+    kind: EnvelopeKind
+    payload: bytes
+    group_id: bytes
+    created_at_ms: int
+
+    def __post_init__(self) -> None:
+        if len(self.id) != ENVELOPE_ID_SIZE:
+            raise ValueError(f"envelope id must be {ENVELOPE_ID_SIZE} bytes")
+        if len(self.recipient) != MAILBOX_SIZE:
+            raise ValueError(f"envelope recipient must be a {MAILBOX_SIZE}-byte mailbox")
+
+    def __repr__(self) -> str:
+        return (
+            f"Envelope(id={self.id.hex()}, kind={self.kind.value}, "
+            f"payload={len(self.payload)} bytes)"
+        )
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deliver:
+    envelopes: tuple[Envelope, ...]
+
+
+@dataclass(frozen=True)
+class Fetch:
+    mailbox: bytes
+    cursor: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Ack:
+    mailbox: bytes
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class FetchKeyPackage:
+    identity: bytes
+
+
+Request = Deliver | Fetch | Ack | FetchKeyPackage
+
+# --- responses ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorResult:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class DeliverResult:
+    accepted: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    envelopes: tuple[Envelope, ...]
+    cursor: int
+
+
+@dataclass(frozen=True)
+class AckResult:
+    removed: int
+
+
+@dataclass(frozen=True)
+class FetchKeyPackageResult:
+    key_package: bytes
+
+
+Response = ErrorResult | DeliverResult | FetchResult | AckResult | FetchKeyPackageResult
+
+# --- envelopes ------------------------------------------------------------------------------
+
+
+def _fill_envelope(builder: Any, env: Envelope) -> None:
+    builder.id = env.id
+    builder.recipient = env.recipient
+    builder.kind = env.kind.value
+    builder.payload = env.payload
+    builder.groupId = env.group_id
+    builder.createdAt = env.created_at_ms
+
+
+_KINDS_BY_ORDINAL = {
+    ordinal: EnvelopeKind(name)
+    for name, ordinal in schemas.envelope.Envelope.Kind.schema.enumerants.items()
+}
+
+
+def _read_envelope(reader: Any) -> Envelope:
+    # Read the raw ordinal: pycapnp cannot name an enumerant from a newer schema.
+    kind = _KINDS_BY_ORDINAL.get(int(reader.kind.raw))
+    if kind is None:
+        raise RemoteProtocolError("envelope has an unknown kind")
+    try:
+        return Envelope(
+            id=bytes(reader.id),
+            recipient=bytes(reader.recipient),
+            kind=kind,
+            payload=bytes(reader.payload),
+            group_id=bytes(reader.groupId),
+            created_at_ms=int(reader.createdAt),
+        )
+    except ValueError as exc:
+        raise RemoteProtocolError(str(exc)) from exc
+
+
+def _fill_envelopes(builder: Any, field: str, envelopes: Sequence[Envelope]) -> None:
+    items = builder.init(field, len(envelopes))
+    for i, env in enumerate(envelopes):
+        _fill_envelope(items[i], env)
+
+
+def encode_envelope(env: Envelope) -> bytes:
+    msg = schemas.envelope.Envelope.new_message()
+    _fill_envelope(msg, env)
+    return bytes(msg.to_bytes())
+
+
+def _limits(data: bytes) -> dict[str, int]:
+    # Every read is charged against the traversal budget; twice the frame is ample for one pass.
+    return {
+        "traversal_limit_in_words": max(64, 2 * (len(data) // 8 + 1)),
+        "nesting_limit": MAX_NESTING,
+    }
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    try:
+        with schemas.envelope.Envelope.from_bytes(data, **_limits(data)) as reader:
+            return _read_envelope(reader)
+    except DECODE_EXCEPTIONS as exc:
+        raise RemoteProtocolError("malformed envelope") from exc
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+def encode_request(req: Request) -> bytes:
+    msg = schemas.rpc.Request.new_message()
+    match req:
+        case Deliver(envelopes):
+            _fill_envelopes(msg.init("deliver"), "envelopes", envelopes)
+        case Fetch(mailbox, cursor, limit):
+            p = msg.init("fetch")
+            p.mailbox = mailbox
+            p.cursor = cursor
+            p.limit = limit
+        case Ack(mailbox, ids):
+            p = msg.init("ack")
+            p.mailbox = mailbox
+            lst = p.init("ids", len(ids))
+            for i, item in enumerate(ids):
+                lst[i] = item
+        case FetchKeyPackage(identity):
+            msg.init("fetchKeyPackage").identity = identity
+    return bytes(msg.to_bytes())
+
+
+def decode_request(data: bytes) -> Request:
+    """Parse one request frame. Raises :class:`RemoteProtocolError` on anything malformed."""
+    try:
+        with schemas.rpc.Request.from_bytes(bytes(data), **_limits(data)) as msg:
+            which = str(msg.which())
+            if which == "deliver":
+                return Deliver(tuple(_read_envelope(e) for e in msg.deliver.envelopes))
+            if which == "fetch":
+                p = msg.fetch
+                return Fetch(mailbox=bytes(p.mailbox), cursor=int(p.cursor), limit=int(p.limit))
+            if which == "ack":
+                p = msg.ack
+                return Ack(mailbox=bytes(p.mailbox), ids=tuple(bytes(i) for i in p.ids))
+            if which == "fetchKeyPackage":
+                return FetchKeyPackage(bytes(msg.fetchKeyPackage.identity))
+    except DECODE_EXCEPTIONS as exc:
+        raise RemoteProtocolError("malformed request") from exc
+    raise RemoteProtocolError("request names an unknown method")
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def encode_response(resp: Response) -> bytes:
+    msg = schemas.rpc.Response.new_message()
+    match resp:
+        case ErrorResult(code, message):
+            e = msg.init("error")
+            e.code = _ERROR_CODE_NAMES[code]
+            e.message = message[:200]
+        case DeliverResult(accepted):
+            lst = msg.init("deliver").init("accepted", len(accepted))
+            for i, item in enumerate(accepted):
+                lst[i] = item
+        case FetchResult(envelopes, cursor):
+            p = msg.init("fetch")
+            _fill_envelopes(p, "envelopes", envelopes)
+            p.cursor = cursor
+        case AckResult(removed):
+            msg.init("ack").removed = removed
+        case FetchKeyPackageResult(key_package):
+            msg.init("fetchKeyPackage").keyPackage = key_package
+    return bytes(msg.to_bytes())
+
+
+_ERROR_CODE_NAMES = {
+    ErrorCode.INTERNAL: "internal",
+    ErrorCode.MALFORMED_REQUEST: "malformedRequest",
+    ErrorCode.FRAME_TOO_LARGE: "frameTooLarge",
+    ErrorCode.UNKNOWN_METHOD: "unknownMethod",
+    ErrorCode.UNAUTHORIZED: "unauthorized",
+    ErrorCode.NOT_FOUND: "notFound",
+    ErrorCode.LIMIT_EXCEEDED: "limitExceeded",
+    ErrorCode.TIMEOUT: "timeout",
+}
+_KNOWN_CODES = frozenset(int(code) for code in ErrorCode)
+
+
+def decode_response(data: bytes) -> Response:
+    """Parse one response frame. Raises :class:`RemoteProtocolError` on anything malformed."""
+    try:
+        with schemas.rpc.Response.from_bytes(bytes(data), **_limits(data)) as msg:
+            which = str(msg.which())
+            if which == "error":
+                raw_code = int(msg.error.code.raw)
+                code = ErrorCode(raw_code) if raw_code in _KNOWN_CODES else ErrorCode.INTERNAL
+                return ErrorResult(code, str(msg.error.message))
+            if which == "deliver":
+                return DeliverResult(tuple(bytes(i) for i in msg.deliver.accepted))
+            if which == "fetch":
+                p = msg.fetch
+                return FetchResult(tuple(_read_envelope(e) for e in p.envelopes), int(p.cursor))
+            if which == "ack":
+                return AckResult(int(msg.ack.removed))
+            if which == "fetchKeyPackage":
+                return FetchKeyPackageResult(bytes(msg.fetchKeyPackage.keyPackage))
+    except DECODE_EXCEPTIONS as exc:
+        raise RemoteProtocolError("malformed response") from exc
+    raise RemoteProtocolError("response of an unknown kind")

@@ -1,0 +1,107 @@
+"""The node's only door to OpenMLS (``openmls_bindings``): typed, bytes in, bytes out.
+
+Everything the binding raises is an ``openmls_bindings.MlsError``; here it becomes a
+:class:`GroupError` so that callers handle one node-level family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import openmls_bindings as ob
+
+from node.core.errors import CryptoError
+from node.core.identity import Identity
+
+CIPHERSUITE_DEFAULT = ob.CIPHERSUITE_X25519_AES128GCM
+
+
+class GroupError(CryptoError):
+    """An MLS message or operation failed; the group state is unchanged."""
+
+
+class StaleEpochError(GroupError):
+    """The message belongs to an epoch this member can no longer (or not yet) process."""
+
+
+@contextmanager
+def _mls_errors() -> Iterator[None]:
+    try:
+        yield
+    except ob.WrongEpochError as exc:
+        raise StaleEpochError(str(exc)) from exc
+    except ob.MlsError as exc:
+        raise GroupError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What processing one MLS message produced."""
+
+    kind: str  # "application" | "commit" | "proposal"
+    sender: bytes
+    plaintext: bytes | None
+    epoch: int
+
+
+class MlsGroup:
+    def __init__(self, group: ob.Group) -> None:
+        self._group = group
+
+    @property
+    def group_id(self) -> bytes:
+        return self._group.group_id
+
+    @property
+    def epoch(self) -> int:
+        return self._group.epoch
+
+    def members(self) -> list[bytes]:
+        """Member identity keys in leaf order."""
+        return [identity for _, identity in self._group.members()]
+
+    def add(self, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
+        """Commit adding these members; returns (commit, welcome). Our own state advances."""
+        with _mls_errors():
+            return self._group.add_members(list(key_packages))
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        with _mls_errors():
+            return self._group.encrypt(plaintext)
+
+    def process(self, message: bytes) -> Incoming:
+        with _mls_errors():
+            result = self._group.process(message)
+        return Incoming(result.kind, result.sender, result.plaintext, result.epoch)
+
+
+class MlsClient:
+    """A member's MLS engine: its signer (the identity key), KeyPackages and groups."""
+
+    def __init__(self, identity: Identity) -> None:
+        with _mls_errors():
+            self._client = ob.Client(identity.seed())
+
+    @property
+    def identity(self) -> bytes:
+        return self._client.identity
+
+    def key_package(self) -> bytes:
+        with _mls_errors():
+            return self._client.key_package(CIPHERSUITE_DEFAULT)
+
+    def create_group(self, group_id: bytes) -> MlsGroup:
+        with _mls_errors():
+            return MlsGroup(self._client.create_group(group_id, CIPHERSUITE_DEFAULT))
+
+    def join(self, welcome: bytes) -> MlsGroup:
+        with _mls_errors():
+            return MlsGroup(self._client.join(welcome))
+
+
+def key_package_identity(key_package: bytes) -> bytes:
+    """The identity key a KeyPackage's credential names (after checking its signature)."""
+    with _mls_errors():
+        return ob.key_package_identity(key_package)

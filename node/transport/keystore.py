@@ -1,0 +1,50 @@
+"""An identity key file on disk, sealed with a passphrase (format: ``node.core.keyfile``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from node.core.errors import StorageError
+from node.core.identity import Identity
+from node.core.keyfile import KdfParams, open_sealed, seal
+from node.core.runtime import BlockingRunner
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically with mode 0600 from the first byte (never readable by others)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+DEFAULT_KDF = KdfParams()
+
+
+async def load_or_create_identity(
+    path: Path, passphrase: bytes, run: BlockingRunner, params: KdfParams = DEFAULT_KDF
+) -> tuple[Identity, bool]:
+    """The identity sealed at ``path``, or a new one sealed there. Returns (identity, created)."""
+    if not passphrase:
+        raise StorageError("a passphrase is required to protect the identity key")
+    try:
+        if await run(path.exists):
+            blob = await run(lambda: _read(path))
+            seed = await run(lambda: open_sealed(blob, passphrase))
+            return Identity.from_seed(seed), False
+        await run(lambda: path.parent.mkdir(parents=True, exist_ok=True, mode=0o700))
+        identity = Identity.generate()
+        blob = await run(lambda: seal(identity.seed(), passphrase, params))
+        await run(lambda: _write_private(path, blob))
+        return identity, True
+    except OSError as exc:
+        raise StorageError(f"cannot use the key file {path}: {exc.strerror}") from exc

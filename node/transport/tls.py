@@ -1,0 +1,156 @@
+"""Both ends of every QUIC connection prove their Ed25519 identity key inside the TLS handshake.
+
+aioquic's public API can neither require nor verify a client certificate (LIBRARY-FACTS.md). We
+hook the TLS context at the one place where the peer has just proved possession of its
+certificate key — the CertificateVerify check — and there:
+
+* refuse a key that is not Ed25519, or that differs from the key the dialer expected;
+* record the proven key, which the connection then exposes as the peer's identity.
+
+The server additionally requests a client certificate and refuses an empty one (alert 116,
+``certificate_required``, QUIC error 0x174). Session resumption is never enabled: a resumed
+handshake carries no certificate, so it could not authenticate the peer.
+
+These are private aioquic internals; ``pyproject.toml`` pins aioquic exactly and
+:func:`check_hooks` fails loudly at import if an upgrade moved them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import ssl
+from typing import Any
+
+from aioquic import tls
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from node.core.identity import Identity
+
+ALPN = "qpc/1"
+_HOOKED = (
+    "_check_certificate_verify_signature",
+    "_server_handle_certificate",
+    "_request_client_certificate",
+    "_peer_certificate",
+)
+
+
+class AlertCertificateRequired(tls.Alert):
+    description = tls.AlertDescription.certificate_required
+
+
+def check_hooks() -> None:
+    """Fail if the aioquic internals this module relies on are missing."""
+    probe = tls.Context(is_client=False)
+    missing = [name for name in _HOOKED if not hasattr(probe, name)]
+    if missing or not hasattr(QuicConnection, "_initialize"):
+        raise ImportError(f"aioquic internals changed ({', '.join(missing)}): pin aioquic==1.7.2")
+
+
+class IdentityTlsContext(tls.Context):
+    """A ``tls.Context`` that authenticates the peer by its Ed25519 key. Set up by ``adopt``."""
+
+    expected_peer_key: bytes | None
+    verified_peer_key: bytes | None
+
+    @classmethod
+    def adopt(cls, context: tls.Context, expected_peer_key: bytes | None) -> IdentityTlsContext:
+        if type(context) is not tls.Context:
+            raise TypeError("can only adopt a plain aioquic tls.Context")
+        context.__class__ = cls
+        adopted: IdentityTlsContext = context  # type: ignore[assignment]
+        adopted.expected_peer_key = expected_peer_key
+        adopted.verified_peer_key = None
+        adopted._request_client_certificate = True
+        return adopted
+
+    def _check_certificate_verify_signature(self, verify: Any) -> None:
+        super()._check_certificate_verify_signature(verify)
+        # The signature checked above proves the peer holds the certificate's key.
+        assert self._peer_certificate is not None
+        key = self._peer_certificate.public_key()
+        if not isinstance(key, ed25519.Ed25519PublicKey):
+            raise tls.AlertBadCertificate("peer certificate key is not an Ed25519 identity key")
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        expected = self.expected_peer_key
+        if expected is not None and not hmac.compare_digest(raw, expected):
+            raise tls.AlertBadCertificate("peer presented a different identity key")
+        self.verified_peer_key = raw
+
+    def _server_handle_certificate(self, input_buf: Buffer) -> None:
+        super()._server_handle_certificate(input_buf)
+        if self._peer_certificate is None:
+            raise AlertCertificateRequired("a client identity certificate is required")
+
+
+class IdentityQuicConnection(QuicConnection):
+    """A QUIC connection whose TLS context authenticates the peer's identity key."""
+
+    def __init__(self, *, expected_peer_key: bytes | None = None, **kwargs: Any) -> None:
+        self._expected_peer_key = expected_peer_key
+        super().__init__(**kwargs)
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        IdentityTlsContext.adopt(self.tls, self._expected_peer_key)
+
+    @property
+    def verified_peer_key(self) -> bytes | None:
+        """The peer's identity key once its CertificateVerify checked out, else None."""
+        context = getattr(self, "tls", None)
+        if isinstance(context, IdentityTlsContext):
+            return context.verified_peer_key
+        return None
+
+
+def identity_certificate(identity: Identity) -> x509.Certificate:
+    """A self-signed certificate of the identity key.
+
+    Deterministic (fixed serial and validity) so that seeded simulations repeat exactly; the
+    validity period is never checked — the pinned key is what counts. No name in it identifies
+    the user: TLS 1.3 encrypts certificates, but nothing needs one.
+    """
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qpc")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(identity.private_key.public_key())
+        .serial_number(1)
+        .not_valid_before(datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC))
+        .sign(identity.private_key, None)
+    )
+
+
+def quic_configuration(
+    identity: Identity,
+    certificate: x509.Certificate,
+    *,
+    is_client: bool,
+    idle_timeout: float,
+    max_frame: int,
+) -> QuicConfiguration:
+    return QuicConfiguration(
+        alpn_protocols=[ALPN],
+        is_client=is_client,
+        certificate=certificate,
+        private_key=identity.private_key,
+        # Certificates are self-signed: the identity key is pinned by the hook above instead.
+        verify_mode=ssl.CERT_NONE,
+        # The server name travels in clear in the Initial packet: say nothing about anyone.
+        server_name=None,
+        idle_timeout=idle_timeout,
+        max_stream_data=max_frame + 64,
+        max_data=max(4 * max_frame, 1 << 22),
+    )
+
+
+check_hooks()

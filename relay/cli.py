@@ -1,0 +1,103 @@
+"""``quicnprotochat relay run``: a store-and-forward relay in the foreground until interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from node.core.errors import NodeError
+from node.core.identity import fingerprint
+from relay.server import Relay, RelayConfig
+
+PASSPHRASE_ENV = "QUICNPROTOCHAT_RELAY_PASSPHRASE"  # noqa: S105 - a variable name
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@click.group("relay")
+def relay_group() -> None:
+    """Run a store-and-forward relay."""
+
+
+@relay_group.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with listen, data_dir, max_per_mailbox, max_frame.",
+)
+@click.option("--listen", default=None, help="HOST:PORT to listen on [127.0.0.1:7700].")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the sealed identity key and mailbox store live [./relay-data].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line when ready.")
+def run_command(
+    config_path: Path | None, listen: str | None, data_dir: Path | None, as_json: bool
+) -> None:
+    """Serve Delivery calls (deliver, fetch, ack) until SIGINT or SIGTERM.
+
+    The identity key is sealed with the passphrase in $QUICNPROTOCHAT_RELAY_PASSPHRASE.
+    """
+    settings: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            settings = tomllib.loads(config_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise click.ClickException(f"cannot read {config_path}: {exc}") from exc
+    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
+    if not passphrase:
+        raise click.ClickException(f"set {PASSPHRASE_ENV} to the passphrase of the relay key")
+    host, port = _split_host_port(listen or settings.get("listen", "127.0.0.1:7700"))
+    config = RelayConfig(
+        host=host,
+        port=port,
+        data_dir=data_dir or Path(settings.get("data_dir", "relay-data")),
+        passphrase=passphrase,
+        max_per_mailbox=int(settings.get("max_per_mailbox", 10_000)),
+        max_frame=int(settings.get("max_frame", 1 << 20)),
+    )
+    try:
+        asyncio.run(_serve(config, as_json))
+    except NodeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _serve(config: RelayConfig, as_json: bool) -> None:
+    relay = Relay(config)
+    running = await relay.start()
+    key = running.identity.public_key
+    host, port = running.address
+    if as_json:
+        print(
+            json.dumps({"event": "ready", "address": f"{host}:{port}", "identity": key.hex()}),
+            flush=True,
+        )
+    else:
+        print(f"relay listening on {host}:{port}")
+        print(f"identity key: {key.hex()}")
+        print(f"fingerprint:  {fingerprint(key)}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await relay.stop()
+        print("relay stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,64 @@
+"""Running a relay: its sealed identity key, its mailbox store, and a QUIC endpoint serving both."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.core.identity import Identity
+from node.transport.connection import Address
+from node.transport.endpoint import Endpoint, EndpointConfig
+from node.transport.keystore import load_or_create_identity
+from node.transport.runtime import ThreadRunner, system_clock_ms
+from relay.service import RelayService
+from relay.store import MailboxStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    host: str
+    port: int
+    data_dir: Path
+    passphrase: bytes
+    max_per_mailbox: int = 10_000
+    max_frame: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunningRelay:
+    identity: Identity
+    address: Address
+    created_identity: bool
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self._runner = ThreadRunner("qpc-relay-store")
+        self._store: MailboxStore | None = None
+        self._endpoint: Endpoint | None = None
+
+    async def start(self) -> RunningRelay:
+        cfg = self.config
+        identity, created = await load_or_create_identity(
+            cfg.data_dir / "relay.key", cfg.passphrase, self._runner
+        )
+        store = await self._runner(
+            lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", cfg.max_per_mailbox)
+        )
+        self._store = store
+        service = RelayService(store, self._runner, system_clock_ms)
+        self._endpoint = Endpoint(identity, service.handle, EndpointConfig(max_frame=cfg.max_frame))
+        address = await self._endpoint.start(cfg.host, cfg.port)
+        return RunningRelay(identity, address, created)
+
+    async def stop(self) -> None:
+        if self._endpoint is not None:
+            await self._endpoint.close()
+        if self._store is not None:
+            store = self._store
+            await self._runner(store.close)
+        self._runner.shutdown()

@@ -1,0 +1,74 @@
+"""The relay's Delivery service: the same calls a node serves, plus a mailbox for each identity.
+
+Pure request → response logic over a :class:`MailboxStore`; blocking store calls run through the
+injected ``run_blocking`` seam and the clock is injected, so the simulator can drive it.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from node.core import wire
+from node.core.errors import ErrorCode, StorageError
+from node.core.identity import mailbox_of
+from node.core.runtime import BlockingRunner, Clock
+from node.transport.connection import Caller
+from relay.store import MailboxFullError, MailboxStore
+
+MAX_ENVELOPES_PER_CALL = 256
+MAX_FETCH = 256
+
+
+class RelayService:
+    """Answers Delivery calls. ``fetch`` and ``ack`` serve only the caller's own mailbox."""
+
+    def __init__(
+        self,
+        store: MailboxStore,
+        run_blocking: BlockingRunner,
+        clock_ms: Clock,
+    ) -> None:
+        self._store = store
+        self._run = run_blocking
+        self._clock_ms = clock_ms
+
+    async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
+        match request:
+            case wire.Deliver(envelopes):
+                return await self._deliver(envelopes)
+            case wire.Fetch(mailbox, cursor, limit):
+                if not self._owns(caller.identity, mailbox):
+                    return _unauthorized()
+                limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
+                batch = await self._run(lambda: self._store.fetch(mailbox, cursor, limit))
+                return wire.FetchResult(batch.envelopes, batch.cursor)
+            case wire.Ack(mailbox, ids):
+                if not self._owns(caller.identity, mailbox):
+                    return _unauthorized()
+                removed = await self._run(lambda: self._store.ack(mailbox, ids))
+                return wire.AckResult(removed)
+            case wire.FetchKeyPackage():
+                return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory yet")
+        return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
+
+    async def _deliver(self, envelopes: tuple[wire.Envelope, ...]) -> wire.Response:
+        if len(envelopes) > MAX_ENVELOPES_PER_CALL:
+            return wire.ErrorResult(
+                ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_ENVELOPES_PER_CALL} envelopes per call"
+            )
+        now = self._clock_ms()
+        try:
+            accepted = await self._run(lambda: self._store.put(envelopes, now))
+        except MailboxFullError as exc:
+            return wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, str(exc))
+        except StorageError:
+            return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store the envelopes")
+        return wire.DeliverResult(tuple(accepted))
+
+    @staticmethod
+    def _owns(caller: bytes, mailbox: bytes) -> bool:
+        return hmac.compare_digest(mailbox_of(caller), mailbox)
+
+
+def _unauthorized() -> wire.ErrorResult:
+    return wire.ErrorResult(ErrorCode.UNAUTHORIZED, "a mailbox is read only by its owner")

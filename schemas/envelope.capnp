@@ -1,0 +1,19 @@
+@0xace5c86793aa8786;
+# The unit of delivery between nodes and relays (DESIGN.md §5).
+
+struct Envelope {
+  id @0 :Data;            # 16 random bytes chosen by the sender; duplicates are dropped by id
+  recipient @1 :Data;     # mailbox: SHA-256 of the recipient's Ed25519 identity key (32 bytes)
+  kind @2 :Kind;
+  payload @3 :Data;       # MLS message bytes (RFC 9420 MLSMessage)
+  groupId @4 :Data;       # MLS group id, empty for a Welcome (the joiner learns it from the Welcome)
+  createdAt @5 :UInt64;   # sender's clock, milliseconds since the Unix epoch
+
+  enum Kind {
+    commit @0;
+    welcome @1;
+    proposal @2;
+    application @3;
+    keyPackageRequest @4;
+  }
+}

@@ -1,0 +1,76 @@
+@0xa6bc50ab19fa0164;
+# One QUIC bidirectional stream carries one call: a length-prefixed Request, then one Response
+# (DESIGN.md §4). The union's discriminant is the method ordinal.
+
+using Env = import "envelope.capnp";
+
+struct Request {
+  union {
+    deliver @0 :DeliverParams;
+    fetch @1 :FetchParams;
+    ack @2 :AckParams;
+    fetchKeyPackage @3 :FetchKeyPackageParams;
+  }
+}
+
+struct DeliverParams {
+  envelopes @0 :List(Env.Envelope);
+}
+
+struct FetchParams {
+  mailbox @0 :Data;       # must be the caller's own: SHA-256 of its proven identity key
+  cursor @1 :UInt64;      # return envelopes stored after this cursor (0: from the start)
+  limit @2 :UInt32;       # at most this many; the server may return fewer
+}
+
+struct AckParams {
+  mailbox @0 :Data;       # must be the caller's own, as for fetch
+  ids @1 :List(Data);     # envelope ids the mailbox owner has persisted
+}
+
+struct FetchKeyPackageParams {
+  identity @0 :Data;      # Ed25519 identity key whose KeyPackage is wanted
+}
+
+struct Response {
+  union {
+    error @0 :Error;
+    deliver @1 :DeliverResult;
+    fetch @2 :FetchResult;
+    ack @3 :AckResult;
+    fetchKeyPackage @4 :FetchKeyPackageResult;
+  }
+}
+
+struct DeliverResult {
+  accepted @0 :List(Data);   # ids now stored durably by the receiver (including ones it already had)
+}
+
+struct FetchResult {
+  envelopes @0 :List(Env.Envelope);
+  cursor @1 :UInt64;         # pass back to continue after the last envelope returned
+}
+
+struct AckResult {
+  removed @0 :UInt32;
+}
+
+struct FetchKeyPackageResult {
+  keyPackage @0 :Data;       # an RFC 9420 MLSMessage holding a KeyPackage
+}
+
+struct Error {
+  code @0 :Code;
+  message @1 :Text;          # short, for humans; never a traceback or secret
+
+  enum Code {
+    internal @0;
+    malformedRequest @1;
+    frameTooLarge @2;
+    unknownMethod @3;
+    unauthorized @4;
+    notFound @5;
+    limitExceeded @6;
+    timeout @7;
+  }
+}

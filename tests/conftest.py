@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from node.core.identity import Identity
+from node.transport.connection import Address, RequestHandler
+from node.transport.endpoint import Endpoint, EndpointConfig
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.asynccontextmanager
+async def running_endpoint(
+    identity: Identity, handler: RequestHandler | None, config: EndpointConfig | None = None
+) -> AsyncIterator[Endpoint]:
+    endpoint = Endpoint(identity, handler, config)
+    await endpoint.start(LOOPBACK, 0)
+    try:
+        yield endpoint
+    finally:
+        await endpoint.close()
+
+
+@dataclass
+class RelayProcess:
+    """A real relay child process (``python -m relay run``) on a loopback port."""
+
+    data_dir: Path
+    passphrase: str
+    proc: subprocess.Popen[str] | None = None
+    address: Address | None = None
+    identity: bytes | None = None
+
+    def start(self, port: int = 0) -> None:
+        env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE=self.passphrase)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "run",
+                "--listen",
+                f"{LOOPBACK}:{port}",
+                "--data-dir",
+                str(self.data_dir),
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # the relay prints one line when it is listening
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"relay did not start: {err}")
+        ready = json.loads(line)
+        host, _, port_text = ready["address"].rpartition(":")
+        self.address = (host, int(port_text))
+        self.identity = bytes.fromhex(ready["identity"])
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or close anything."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def relay_process(tmp_path: Path) -> Iterator[RelayProcess]:
+    relay = RelayProcess(tmp_path / "relay", passphrase="test relay passphrase")
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from node.core import wire
+from node.core.errors import ErrorCode, RemoteProtocolError
+
+
+def envelope(kind: wire.EnvelopeKind = wire.EnvelopeKind.APPLICATION) -> wire.Envelope:
+    return wire.Envelope(
+        id=bytes(range(16)),
+        recipient=b"\x07" * 32,
+        kind=kind,
+        payload=b"mls bytes" * 10,
+        group_id=b"group-1",
+        created_at_ms=1_700_000_000_000,
+    )
+
+
+@pytest.mark.parametrize("kind", list(wire.EnvelopeKind))
+def test_envelope_round_trip(kind: wire.EnvelopeKind) -> None:
+    env = envelope(kind)
+    assert wire.decode_envelope(wire.encode_envelope(env)) == env
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        wire.Deliver((envelope(), envelope(wire.EnvelopeKind.WELCOME))),
+        wire.Fetch(mailbox=b"\x01" * 32, cursor=42, limit=10),
+        wire.Ack(mailbox=b"\x01" * 32, ids=(b"a" * 16, b"b" * 16)),
+        wire.FetchKeyPackage(identity=b"\x02" * 32),
+    ],
+)
+def test_request_round_trip(request_: wire.Request) -> None:
+    assert wire.decode_request(wire.encode_request(request_)) == request_
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        wire.ErrorResult(ErrorCode.UNAUTHORIZED, "no"),
+        wire.DeliverResult((b"a" * 16,)),
+        wire.FetchResult((envelope(),), cursor=7),
+        wire.AckResult(3),
+        wire.FetchKeyPackageResult(b"kp"),
+    ],
+)
+def test_response_round_trip(response: wire.Response) -> None:
+    assert wire.decode_response(wire.encode_response(response)) == response
+
+
+def test_envelope_with_wrong_id_length_is_refused_when_decoded() -> None:
+    import schemas
+
+    msg = schemas.envelope.Envelope.new_message(id=b"short", recipient=b"\x07" * 32)
+    with pytest.raises(RemoteProtocolError, match="16 bytes"):
+        wire.decode_envelope(msg.to_bytes())
+
+
+def test_mutated_requests_never_escape_as_anything_but_protocol_errors() -> None:
+    rng = random.Random(1234)
+    base = bytearray(wire.encode_request(wire.Deliver((envelope(),))))
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(2000):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]
+        try:
+            wire.decode_request(bytes(data))
+            outcomes["ok"] += 1
+        except RemoteProtocolError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0  # the fuzzer did reach the error paths
+
+
+def test_garbage_is_a_protocol_error() -> None:
+    with pytest.raises(RemoteProtocolError):
+        wire.decode_request(b"\xff" * 40)
+    with pytest.raises(RemoteProtocolError):
+        wire.decode_response(b"")
+
+
+def test_error_codes_match_the_schema_ordinals() -> None:
+    import schemas
+    from node.core.wire import _ERROR_CODE_NAMES
+
+    ordinals = schemas.rpc.Error.Code.schema.enumerants
+    assert {name: ordinals[name] for name in _ERROR_CODE_NAMES.values()} == {
+        name: int(code) for code, name in _ERROR_CODE_NAMES.items()
+    }
+    assert set(ordinals) == set(_ERROR_CODE_NAMES.values())
