@@ -1,0 +1,412 @@
+//! One error type for the whole binding, and its mapping onto the Python
+//! exception family defined in `python/openmls_bindings/exceptions.py`.
+//!
+//! Messages are short and written for users. They never contain key
+//! material, plaintext or whole messages: OpenMLS error texts are only used
+//! where they describe a *reason* (e.g. "Verifying the signature failed.").
+
+use std::fmt;
+
+use openmls::error::LibraryError;
+use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
+use openmls::group::{
+    AddMembersError, CommitBuilderStageError, CreateCommitError, CreateMessageError,
+    MergeCommitError, MergePendingCommitError, MlsGroupStateError, NewGroupError,
+    ProcessMessageError, StageCommitError, ValidationError, WelcomeError,
+};
+use openmls::prelude::{KeyPackageNewError, KeyPackageVerifyError};
+use pyo3::PyErr;
+
+use crate::provider::StorageError;
+
+mod py {
+    pyo3::import_exception!(openmls_bindings.exceptions, MlsError);
+    pyo3::import_exception!(openmls_bindings.exceptions, InvalidInputError);
+    pyo3::import_exception!(openmls_bindings.exceptions, InvalidMessageError);
+    pyo3::import_exception!(openmls_bindings.exceptions, WrongEpochError);
+    pyo3::import_exception!(openmls_bindings.exceptions, WrongCiphersuiteError);
+    pyo3::import_exception!(openmls_bindings.exceptions, StorageError);
+}
+
+/// Everything that can go wrong in the binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// Malformed bytes, wrong lengths, or a value of the wrong kind.
+    InvalidInput(String),
+    /// A decodable message that fails validation, authentication or
+    /// decryption, or that belongs to another group.
+    InvalidMessage(String),
+    /// A message from an epoch the group cannot process.
+    WrongEpoch(String),
+    /// An unsupported ciphersuite, or one that does not match the group.
+    WrongCiphersuite(String),
+    /// The storage provider failed.
+    Storage(String),
+    /// Local state problems (e.g. use after eviction) and OpenMLS internal
+    /// errors; raised as the base `MlsError`.
+    State(String),
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn invalid_input(msg: impl Into<String>) -> Self {
+        Self::InvalidInput(msg.into())
+    }
+
+    pub(crate) fn invalid_message(msg: impl Into<String>) -> Self {
+        Self::InvalidMessage(msg.into())
+    }
+
+    pub(crate) fn wrong_ciphersuite(msg: impl Into<String>) -> Self {
+        Self::WrongCiphersuite(msg.into())
+    }
+
+    pub(crate) fn state(msg: impl Into<String>) -> Self {
+        Self::State(msg.into())
+    }
+
+    /// The user-facing message for a message from another epoch.
+    pub(crate) fn wrong_epoch(message_epoch: u64, group_epoch: u64) -> Self {
+        Self::WrongEpoch(format!(
+            "message is for epoch {message_epoch} but the group is at epoch {group_epoch}"
+        ))
+    }
+
+    /// Name of the Python exception class this error is raised as.
+    pub fn python_class(&self) -> &'static str {
+        match self {
+            Self::InvalidInput(_) => "InvalidInputError",
+            Self::InvalidMessage(_) => "InvalidMessageError",
+            Self::WrongEpoch(_) => "WrongEpochError",
+            Self::WrongCiphersuite(_) => "WrongCiphersuiteError",
+            Self::Storage(_) => "StorageError",
+            Self::State(_) => "MlsError",
+        }
+    }
+
+    /// The message carried by the exception.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::InvalidInput(m)
+            | Self::InvalidMessage(m)
+            | Self::WrongEpoch(m)
+            | Self::WrongCiphersuite(m)
+            | Self::Storage(m)
+            | Self::State(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        match err {
+            Error::InvalidInput(m) => py::InvalidInputError::new_err(m),
+            Error::InvalidMessage(m) => py::InvalidMessageError::new_err(m),
+            Error::WrongEpoch(m) => py::WrongEpochError::new_err(m),
+            Error::WrongCiphersuite(m) => py::WrongCiphersuiteError::new_err(m),
+            Error::Storage(m) => py::StorageError::new_err(m),
+            Error::State(m) => py::MlsError::new_err(m),
+        }
+    }
+}
+
+/// Runs `f`, turning a panic inside OpenMLS (or here) into an [`Error`]
+/// instead of a `PanicException` in Python.
+///
+/// A panic while a group's mutex is held poisons that mutex, so the group
+/// refuses further use instead of continuing from a half-updated state.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::state("internal error in the MLS library")))
+}
+
+// --- Conversions from OpenMLS errors -------------------------------------
+
+fn storage(_err: StorageError) -> Error {
+    // The in-memory store's errors carry no secrets, but a persistent store
+    // may echo keys or paths: keep the text generic.
+    Error::Storage("the MLS state store failed".into())
+}
+
+impl From<LibraryError> for Error {
+    fn from(err: LibraryError) -> Self {
+        let detail = err.to_string();
+        Error::State(format!("internal OpenMLS error: {}", detail.trim()))
+    }
+}
+
+impl From<MlsGroupStateError> for Error {
+    fn from(err: MlsGroupStateError) -> Self {
+        match err {
+            MlsGroupStateError::LibraryError(e) => e.into(),
+            MlsGroupStateError::UseAfterEviction => {
+                Error::state("this member was removed from the group")
+            }
+            MlsGroupStateError::PendingProposal => {
+                Error::state("a proposal is pending; wait for the commit that covers it")
+            }
+            MlsGroupStateError::PendingCommit => Error::state("a commit is pending"),
+            other => Error::state(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyPackageVerifyError> for Error {
+    fn from(err: KeyPackageVerifyError) -> Self {
+        match err {
+            KeyPackageVerifyError::LibraryError(e) => e.into(),
+            other => Error::InvalidMessage(format!("invalid key package: {other}")),
+        }
+    }
+}
+
+impl From<KeyPackageNewError> for Error {
+    fn from(err: KeyPackageNewError) -> Self {
+        match err {
+            KeyPackageNewError::LibraryError(e) => e.into(),
+            KeyPackageNewError::UnsupportedCiphersuite(_)
+            | KeyPackageNewError::CiphersuiteSignatureSchemeMismatch => {
+                Error::wrong_ciphersuite("ciphersuite is not supported for this client")
+            }
+            KeyPackageNewError::StorageError => Error::Storage("the MLS state store failed".into()),
+            other => Error::state(format!("could not create key package: {other}")),
+        }
+    }
+}
+
+impl From<NewGroupError<StorageError>> for Error {
+    fn from(err: NewGroupError<StorageError>) -> Self {
+        match err {
+            NewGroupError::LibraryError(e) => e.into(),
+            NewGroupError::StorageError(e) => storage(e),
+            NewGroupError::UnsupportedCiphersuite(_) => {
+                Error::wrong_ciphersuite("ciphersuite is not supported")
+            }
+            NewGroupError::GroupAlreadyExists => {
+                Error::state("a group with this id already exists for this client")
+            }
+            other => Error::invalid_input(format!("cannot create group: {other}")),
+        }
+    }
+}
+
+impl From<WelcomeError<StorageError>> for Error {
+    fn from(err: WelcomeError<StorageError>) -> Self {
+        match err {
+            WelcomeError::LibraryError(e) => e.into(),
+            WelcomeError::StorageError(e) => storage(e),
+            WelcomeError::UnsupportedCiphersuite(_) | WelcomeError::CiphersuiteMismatch => {
+                Error::wrong_ciphersuite("the welcome's ciphersuite does not match")
+            }
+            WelcomeError::NoMatchingKeyPackage
+            | WelcomeError::NoMatchingEncryptionKey
+            | WelcomeError::JoinerSecretNotFound
+            | WelcomeError::PrivateInitKeyNotFound => Error::invalid_message(
+                "welcome is not for a key package of this client (or it was already used)",
+            ),
+            WelcomeError::MissingRatchetTree => {
+                Error::invalid_message("welcome does not carry the ratchet tree")
+            }
+            WelcomeError::GroupAlreadyExists => {
+                Error::state("this client is already a member of that group")
+            }
+            other => Error::InvalidMessage(format!("invalid welcome: {other}")),
+        }
+    }
+}
+
+impl From<MessageDecryptionError> for Error {
+    fn from(err: MessageDecryptionError) -> Self {
+        match err {
+            MessageDecryptionError::LibraryError(e) => e.into(),
+            // A generation or epoch we no longer hold keys for.
+            MessageDecryptionError::SecretTreeError(SecretTreeError::TooDistantInThePast) => {
+                Error::WrongEpoch("message is too old to decrypt".into())
+            }
+            MessageDecryptionError::SecretTreeError(SecretTreeError::SecretReuseError) => {
+                Error::invalid_message("message was already processed")
+            }
+            other => Error::InvalidMessage(format!("cannot decrypt message: {other}")),
+        }
+    }
+}
+
+impl From<ValidationError> for Error {
+    fn from(err: ValidationError) -> Self {
+        match err {
+            ValidationError::LibraryError(e) => e.into(),
+            ValidationError::WrongGroupId => Error::invalid_message("message is for another group"),
+            ValidationError::WrongEpoch | ValidationError::NoPastEpochData => {
+                Error::WrongEpoch("message is from another epoch".into())
+            }
+            ValidationError::UnableToDecrypt(e) => e.into(),
+            other => Error::InvalidMessage(format!("invalid message: {other}")),
+        }
+    }
+}
+
+impl From<StageCommitError> for Error {
+    fn from(err: StageCommitError) -> Self {
+        match err {
+            StageCommitError::LibraryError(e) => e.into(),
+            StageCommitError::EpochMismatch => {
+                Error::WrongEpoch("commit is from another epoch".into())
+            }
+            other => Error::InvalidMessage(format!("invalid commit: {other}")),
+        }
+    }
+}
+
+impl From<ProcessMessageError<StorageError>> for Error {
+    fn from(err: ProcessMessageError<StorageError>) -> Self {
+        match err {
+            ProcessMessageError::LibraryError(e) => e.into(),
+            ProcessMessageError::StorageError(e) => storage(e),
+            ProcessMessageError::ValidationError(e) => e.into(),
+            ProcessMessageError::GroupStateError(e) => e.into(),
+            ProcessMessageError::InvalidCommit(e) => e.into(),
+            ProcessMessageError::IncompatibleWireFormat => {
+                Error::invalid_message("message wire format is not accepted by this group")
+            }
+            other => Error::InvalidMessage(format!("invalid message: {other}")),
+        }
+    }
+}
+
+impl From<MergeCommitError<StorageError>> for Error {
+    fn from(err: MergeCommitError<StorageError>) -> Self {
+        match err {
+            MergeCommitError::LibraryError(e) => e.into(),
+            MergeCommitError::StorageError(e) => storage(e),
+        }
+    }
+}
+
+impl From<MergePendingCommitError<StorageError>> for Error {
+    fn from(err: MergePendingCommitError<StorageError>) -> Self {
+        match err {
+            MergePendingCommitError::MlsGroupStateError(e) => e.into(),
+            MergePendingCommitError::MergeCommitError(e) => e.into(),
+        }
+    }
+}
+
+impl From<CreateCommitError> for Error {
+    fn from(err: CreateCommitError) -> Self {
+        match err {
+            CreateCommitError::LibraryError(e) => e.into(),
+            // Caller-supplied key packages that the group cannot accept, e.g.
+            // a member who is already in the group.
+            CreateCommitError::ProposalValidationError(e) => {
+                Error::InvalidInput(format!("cannot add member: {e}"))
+            }
+            CreateCommitError::LeafNodeValidation(e) => {
+                Error::InvalidInput(format!("cannot add member: {e}"))
+            }
+            other => Error::state(format!("cannot create commit: {other}")),
+        }
+    }
+}
+
+impl From<CommitBuilderStageError<StorageError>> for Error {
+    fn from(err: CommitBuilderStageError<StorageError>) -> Self {
+        match err {
+            CommitBuilderStageError::LibraryError(e) => e.into(),
+            CommitBuilderStageError::KeyStoreError(e) => storage(e),
+        }
+    }
+}
+
+impl From<AddMembersError<StorageError>> for Error {
+    fn from(err: AddMembersError<StorageError>) -> Self {
+        match err {
+            AddMembersError::LibraryError(e) => e.into(),
+            AddMembersError::EmptyInput(_) => Error::invalid_input("no key packages given"),
+            AddMembersError::CreateCommitError(e) => e.into(),
+            AddMembersError::CommitBuilderStageError(e) => e.into(),
+            AddMembersError::GroupStateError(e) => e.into(),
+            AddMembersError::StorageError(e) => storage(e),
+        }
+    }
+}
+
+impl From<CreateMessageError> for Error {
+    fn from(err: CreateMessageError) -> Self {
+        match err {
+            CreateMessageError::LibraryError(e) => e.into(),
+            CreateMessageError::GroupStateError(e) => e.into(),
+        }
+    }
+}
+
+impl From<tls_codec::Error> for Error {
+    fn from(_err: tls_codec::Error) -> Self {
+        Error::invalid_input("bytes are not a well-formed MLS message")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_epoch_message_names_both_epochs() {
+        let err = Error::wrong_epoch(3, 5);
+        assert_eq!(err.python_class(), "WrongEpochError");
+        assert_eq!(
+            err.message(),
+            "message is for epoch 3 but the group is at epoch 5"
+        );
+    }
+
+    #[test]
+    fn validation_errors_are_classified() {
+        let cases: Vec<(ValidationError, &str)> = vec![
+            (ValidationError::WrongGroupId, "InvalidMessageError"),
+            (ValidationError::WrongEpoch, "WrongEpochError"),
+            (ValidationError::NoPastEpochData, "WrongEpochError"),
+            (ValidationError::InvalidSignature, "InvalidMessageError"),
+            (
+                ValidationError::UnableToDecrypt(MessageDecryptionError::AeadError),
+                "InvalidMessageError",
+            ),
+            (
+                ValidationError::UnableToDecrypt(MessageDecryptionError::SecretTreeError(
+                    SecretTreeError::TooDistantInThePast,
+                )),
+                "WrongEpochError",
+            ),
+        ];
+        for (input, class) in cases {
+            let text = input.to_string();
+            let err = Error::from(ProcessMessageError::<StorageError>::ValidationError(input));
+            assert_eq!(err.python_class(), class, "for {text}");
+        }
+    }
+
+    #[test]
+    fn storage_and_state_errors_are_classified() {
+        let err = Error::from(ProcessMessageError::<StorageError>::StorageError(
+            StorageError::SerializationError,
+        ));
+        assert_eq!(err.python_class(), "StorageError");
+        let err = Error::from(ProcessMessageError::<StorageError>::GroupStateError(
+            MlsGroupStateError::UseAfterEviction,
+        ));
+        assert_eq!(err.python_class(), "MlsError");
+        let err = Error::from(WelcomeError::<StorageError>::CiphersuiteMismatch);
+        assert_eq!(err.python_class(), "WrongCiphersuiteError");
+        let err = Error::from(WelcomeError::<StorageError>::NoMatchingKeyPackage);
+        assert_eq!(err.python_class(), "InvalidMessageError");
+    }
+}

@@ -1,0 +1,130 @@
+//! Ciphersuites, credentials and KeyPackages.
+//!
+//! Our credential rule: a member's BasicCredential identity is its 32-byte
+//! Ed25519 signature public key. OpenMLS does not bind the identity to the
+//! key (that is the Authentication Service's job, RFC 9420 §5.3.1), so every
+//! leaf that enters a group through us is checked with [`leaf_identity`].
+
+use openmls::prelude::{
+    Ciphersuite, Credential, CredentialType, KeyPackage, LeafNode, MlsMessageBodyIn, MlsMessageIn,
+    OpenMlsCrypto, ProtocolVersion, SignatureScheme,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use tls_codec::DeserializeBytes;
+
+use crate::error::{guarded, Error, Result};
+use crate::provider::shared_crypto;
+
+/// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (RFC 9420 §17.1).
+pub const CIPHERSUITE_X25519_AES128GCM: u16 = 0x0001;
+
+/// Length of an identity: a raw Ed25519 public key.
+pub const IDENTITY_LEN: usize = 32;
+
+/// Turns a Python int into a ciphersuite this binding can use: known to
+/// OpenMLS, supported by the crypto provider, and signed with Ed25519 (the
+/// only key type a [`crate::client::Client`] holds).
+pub fn ciphersuite_from_code(code: i64) -> Result<Ciphersuite> {
+    let unsupported = || Error::wrong_ciphersuite(format!("unsupported ciphersuite {code:#06x}"));
+    let value = u16::try_from(code).map_err(|_| unsupported())?;
+    let suite = Ciphersuite::try_from(value).map_err(|_| unsupported())?;
+    if suite.signature_algorithm() != SignatureScheme::ED25519
+        || shared_crypto().supports(suite).is_err()
+    {
+        return Err(unsupported());
+    }
+    Ok(suite)
+}
+
+/// The IANA code point of a ciphersuite.
+pub fn ciphersuite_code(suite: Ciphersuite) -> u16 {
+    suite as u16
+}
+
+/// The identity in `credential`, if it is a BasicCredential whose identity
+/// is exactly `signature_key` (an Ed25519 public key).
+pub fn verified_identity(credential: &Credential, signature_key: &[u8]) -> Result<Vec<u8>> {
+    if credential.credential_type() != CredentialType::Basic {
+        return Err(Error::invalid_message(
+            "credential is not a basic credential",
+        ));
+    }
+    // For a BasicCredential the serialized content is the identity itself.
+    let identity = credential.serialized_content();
+    if identity.len() != IDENTITY_LEN || identity != signature_key {
+        return Err(Error::invalid_message(
+            "credential identity does not match the member's signature key",
+        ));
+    }
+    Ok(identity.to_vec())
+}
+
+/// [`verified_identity`] for a leaf node.
+pub fn leaf_identity(leaf: &LeafNode) -> Result<Vec<u8>> {
+    verified_identity(leaf.credential(), leaf.signature_key().as_slice())
+}
+
+/// Decodes a KeyPackage MLSMessage, verifies its signatures, lifetime and
+/// credential rule, and returns it.
+pub fn parse_key_package(bytes: &[u8]) -> Result<KeyPackage> {
+    let message = MlsMessageIn::tls_deserialize_exact_bytes(bytes)?;
+    let key_package_in = match message.extract() {
+        MlsMessageBodyIn::KeyPackage(kp) => kp,
+        _ => return Err(Error::invalid_input("message is not a key package")),
+    };
+    let key_package = key_package_in.validate(shared_crypto(), ProtocolVersion::Mls10)?;
+    leaf_identity(key_package.leaf_node())?;
+    Ok(key_package)
+}
+
+/// Validate a KeyPackage (an MLSMessage) and return its credential identity.
+///
+/// The identity is the 32-byte Ed25519 public key that signed the KeyPackage.
+/// Raises InvalidInputError for undecodable bytes and InvalidMessageError for
+/// a KeyPackage that fails validation.
+#[pyfunction]
+pub fn key_package_identity<'py>(
+    py: Python<'py>,
+    key_package: &[u8],
+) -> PyResult<Bound<'py, PyBytes>> {
+    let identity = py.detach(|| {
+        guarded(|| {
+            let kp = parse_key_package(key_package)?;
+            leaf_identity(kp.leaf_node())
+        })
+    })?;
+    Ok(PyBytes::new(py, &identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ed25519_suites_the_provider_supports_are_accepted() {
+        assert!(ciphersuite_from_code(0x0001).is_ok());
+        assert!(ciphersuite_from_code(0x0003).is_ok());
+        for bad in [0x0002, 0x0004, 0x0007, 0x9999, -1, 1 << 20] {
+            let err = ciphersuite_from_code(bad).unwrap_err();
+            assert_eq!(err.python_class(), "WrongCiphersuiteError", "code {bad}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_key_package() {
+        for bytes in [&b""[..], b"\x00", b"\x00\x01\x00\x05", &[0xff; 64]] {
+            let err = parse_key_package(bytes).unwrap_err();
+            assert_eq!(err.python_class(), "InvalidInputError");
+        }
+    }
+
+    #[test]
+    fn identity_must_equal_signature_key() {
+        let key = [7u8; 32];
+        let cred: Credential = openmls::prelude::BasicCredential::new(key.to_vec()).into();
+        assert_eq!(verified_identity(&cred, &key).unwrap(), key.to_vec());
+        let err = verified_identity(&cred, &[8u8; 32]).unwrap_err();
+        assert_eq!(err.python_class(), "InvalidMessageError");
+    }
+}

@@ -1,0 +1,26 @@
+//! PyO3 bindings for the parts of OpenMLS that quicnprotochat uses.
+//!
+//! Bytes in, bytes out: every MLS object crosses into Python as RFC 9420
+//! MLSMessage bytes, and every error is raised as a subclass of
+//! `openmls_bindings.exceptions.MlsError`.
+
+mod client;
+mod error;
+mod group;
+mod key_package;
+mod provider;
+
+pub use error::{Error, Result};
+
+/// Native part of `openmls_bindings`; import from `openmls_bindings` instead.
+#[pyo3::pymodule]
+mod _native {
+    #[pymodule_export]
+    use crate::client::Client;
+    #[pymodule_export]
+    use crate::group::{Group, Processed};
+    #[pymodule_export]
+    use crate::key_package::key_package_identity;
+    #[pymodule_export]
+    const CIPHERSUITE_X25519_AES128GCM: u16 = crate::key_package::CIPHERSUITE_X25519_AES128GCM;
+}
