@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node.app.node import Node, SendReport
+from node.app.node import ChatMessage, Node, SendReport
 from node.app.router import Path as DeliveryPath
 from node.app.router import RelayInfo
 from node.core.errors import NodeError
@@ -123,6 +123,8 @@ async def run_demo(messages: list[str], say: Callable[[str], None]) -> DemoResul
                 name: Node(Identity.generate(), name=name, relay=relay)
                 for name in ("alice", "bob", "carol")
             }
+            for node in nodes.values():
+                node.on_message = _reader(node.name, say)
             try:
                 return await _converse(nodes, online, away, back, say)
             finally:
@@ -161,10 +163,11 @@ async def _converse(
     tally = Tally()
 
     async def send(sender: str, text: str) -> None:
+        say(f"{sender:<7} → group: {text!r}")
         rep = await nodes[sender].send_text(group_id, text)
         _check(rep, nodes)
         tally.sent.append((sender, text))
-        say(f"{sender:<7} → group: {text!r}  [{_paths(rep, nodes)}]")
+        say(f"{'':<10}delivered: {_paths(rep, nodes)}")
 
     for sender, text in online:
         await send(sender, text)
@@ -185,11 +188,14 @@ async def _converse(
     for sender, text in back:
         await send(sender, text)
 
-    result = await _measure(nodes, tally, group_id)
-    for name, node in nodes.items():
-        for msg in node.inbox:
-            say(f"{name:<7} read {msg.sender_name}: {msg.text!r}  ({msg.path.value})")
-    return result
+    return await _measure(nodes, tally, group_id)
+
+
+def _reader(name: str, say: Callable[[str], None]) -> Callable[[ChatMessage], None]:
+    def show(msg: ChatMessage) -> None:
+        say(f"{'':<10}{name} read {msg.sender_name}: {msg.text!r}  ({msg.path.value})")
+
+    return show
 
 
 def _paths(report: SendReport, nodes: dict[str, Node]) -> str:

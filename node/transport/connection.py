@@ -74,6 +74,7 @@ class PeerConnection(QuicConnectionProtocol):
         self._handshake_done = asyncio.Event()
         self._terminated: str | None = None
         self.close_code: int | None = None
+        self._detached = False
 
     # --- state ---------------------------------------------------------------------------
 
@@ -100,6 +101,20 @@ class PeerConnection(QuicConnectionProtocol):
         if key is None:
             raise PeerUnreachableError(self._terminated or "handshake failed")
         return key
+
+    def detach(self, why: str) -> None:
+        """Stop for good without sending anything: the socket under us is gone."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transmit_task = None
+        self._on_terminated(why, None)
+        self._closed.set()
+
+    def transmit(self) -> None:
+        if self._detached:
+            return
+        super().transmit()
 
     # --- calls we make ----------------------------------------------------------------------
 
@@ -153,15 +168,23 @@ class PeerConnection(QuicConnectionProtocol):
         elif isinstance(event, events.StreamReset):
             self._on_stream_gone(event.stream_id, "peer reset the stream")
         elif isinstance(event, events.ConnectionTerminated):
-            self.close_code = event.error_code
-            self._terminated = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(PeerUnreachableError(self._terminated))
-            self._pending.clear()
-            self._readers.clear()
-            for task in self._serving:
-                task.cancel()
+            why = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
+            self._on_terminated(why, event.error_code)
+
+    def _on_terminated(self, why: str, code: int | None) -> None:
+        if code is None:
+            self._detached = True
+        else:
+            self.close_code = code
+        if self._terminated is None:
+            self._terminated = why
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(PeerUnreachableError(why))
+        self._pending.clear()
+        self._readers.clear()
+        for task in self._serving:
+            task.cancel()
 
     def _is_local_stream(self, stream_id: int) -> bool:
         # RFC 9000 §2.1: bit 0 of a stream id is 0 for client-initiated streams.

@@ -109,7 +109,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     async def close(self) -> None:
         """Close every connection, then the socket."""
-        protocols = set(self._routes.values()) | set(self._outbound.values())
+        protocols = self._protocols()
         for protocol in protocols:
             protocol.close()
         if protocols:
@@ -117,19 +117,26 @@ class Endpoint(asyncio.DatagramProtocol):
             await asyncio.wait(waits, timeout=1.0)
             for w in waits:
                 w.cancel()
-        self._routes.clear()
-        self._outbound.clear()
+        self._detach_all("endpoint closed")
         if self._transport is not None:
             self._transport.close()
             self._transport = None
 
     def abort(self) -> None:
         """Drop the socket without telling anyone, as a crashed or unplugged node would."""
-        self._routes.clear()
-        self._outbound.clear()
+        self._detach_all("endpoint aborted")
         if self._transport is not None:
             self._transport.abort()
             self._transport = None
+
+    def _protocols(self) -> set[PeerConnection]:
+        return set(self._routes.values()) | set(self._outbound.values())
+
+    def _detach_all(self, why: str) -> None:
+        for protocol in self._protocols():
+            protocol.detach(why)
+        self._routes.clear()
+        self._outbound.clear()
 
     # --- dialing ------------------------------------------------------------------------------
 

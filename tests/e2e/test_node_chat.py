@@ -1,0 +1,91 @@
+"""Two ``quicnprotochat node run`` processes chat over loopback with no relay at all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+SCRIPT = Path(sys.executable).with_name("quicnprotochat")
+LINE_DEADLINE = 30.0
+
+
+class NodeProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    async def expect(self, pattern: str) -> re.Match[str]:
+        """Read stdout lines until one matches, within the deadline."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(LINE_DEADLINE):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    assert self.proc.stderr is not None
+                    err = (await self.proc.stderr.read()).decode()
+                    raise AssertionError(f"node exited before {pattern!r}: {err[-2000:]}")
+                line = raw.decode().rstrip("\n")
+                self.lines.append(line)
+                if match := re.search(pattern, line):
+                    return match
+
+    async def type_line(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode() + b"\n")
+        await self.proc.stdin.drain()
+
+
+@contextlib.asynccontextmanager
+async def node_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodeProcess]:
+    env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{name} passphrase")
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        "node",
+        "run",
+        "--name",
+        name,
+        "--data-dir",
+        str(tmp / name),
+        "--listen",
+        "127.0.0.1:0",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield NodeProcess(proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            async with asyncio.timeout(15):
+                await proc.wait()
+
+
+async def test_two_node_processes_chat_directly(tmp_path: Path) -> None:
+    async with node_process(tmp_path, "alice") as alice:
+        key = (await alice.expect(r"identity: ([0-9a-f]{64})")).group(1)
+        address = (await alice.expect(r"listening on (\S+)")).group(1)
+        async with node_process(tmp_path, "bob", "--invite", f"alice={key}@{address}") as bob:
+            await bob.expect(r"group created with alice")
+            await bob.type_line("hello from bob")
+            await alice.expect(r"\] hello from bob$")
+            await alice.type_line("hi bob")
+            await bob.expect(r"^\[alice\] hi bob$")
+
+
+async def test_node_keeps_its_identity_across_restarts(tmp_path: Path) -> None:
+    async with node_process(tmp_path, "alice") as first:
+        key = (await first.expect(r"identity: ([0-9a-f]{64})")).group(1)
+    async with node_process(tmp_path, "alice") as second:
+        again = (await second.expect(r"identity: ([0-9a-f]{64})")).group(1)
+    assert again == key
+    key_file = tmp_path / "alice" / "identity.key"
+    assert key_file.read_bytes()[:4] == b"QPCE"  # sealed, not a raw key
+    assert key_file.stat().st_mode & 0o777 == 0o600

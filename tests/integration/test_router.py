@@ -1,0 +1,98 @@
+"""Nodes over real loopback QUIC with a real relay process: direct first, relay when the peer
+is gone, and the mailbox is collected when the node comes back."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from node.app.node import Node
+from node.app.router import Path, RelayInfo
+from node.core import wire
+from node.core.identity import Identity
+from node.transport.connection import Caller
+from tests.conftest import LOOPBACK, RelayProcess
+
+
+@contextlib.asynccontextmanager
+async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node]]:
+    started = [Node(Identity.generate(), name=name, relay=relay) for name in names]
+    try:
+        for node in started:
+            await node.start(LOOPBACK, 0)
+        for node in started:
+            for other in started:
+                if other is not node:
+                    node.remember_peer(other.public_key, other.name, other.address)
+        yield started
+    finally:
+        for node in started:
+            await node.stop()
+
+
+def relay_info(relay: RelayProcess) -> RelayInfo:
+    assert relay.address is not None and relay.identity is not None
+    return RelayInfo(relay.address, relay.identity)
+
+
+async def test_a_group_forms_and_talks_directly_without_any_relay() -> None:
+    async with nodes(None, "alice", "bob") as (alice, bob):
+        group = alice.create_group()
+        report = await alice.invite(group, [bob.public_key])
+        assert report.paths == {bob.public_key: Path.DIRECT}
+        assert group in bob.groups
+        await alice.send_text(group, "hello bob")
+        reply = await bob.send_text(group, "hello alice")
+        assert reply.paths == {alice.public_key: Path.DIRECT}
+        assert [(m.sender_name, m.text, m.path) for m in bob.inbox] == [
+            ("alice", "hello bob", Path.DIRECT)
+        ]
+        assert [(m.sender_name, m.text) for m in alice.inbox] == [("bob", "hello alice")]
+
+
+async def test_an_absent_peer_gets_its_messages_through_the_relay(
+    relay_process: RelayProcess,
+) -> None:
+    async with nodes(relay_info(relay_process), "alice", "bob") as (alice, bob):
+        group = alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        host, port = bob.address
+        bob.go_offline()
+        report = await alice.send_text(group, "while you were out")
+        assert report.paths == {bob.public_key: Path.RELAY}
+        assert bob.inbox == []
+        await bob.start(host, port)  # fetches the relay mailbox on start
+        assert [(m.text, m.path) for m in bob.inbox] == [("while you were out", Path.RELAY)]
+        # The mailbox was acknowledged: a second sync brings nothing new.
+        assert await bob.sync_relay() == 0
+        # And bob, back, answers directly; alice's router forgets its backoff for him.
+        back = await bob.send_text(group, "back now")
+        assert back.paths == {alice.public_key: Path.DIRECT}
+        again = await alice.send_text(group, "welcome back")
+        assert again.paths == {bob.public_key: Path.DIRECT}
+
+
+async def test_the_same_envelope_twice_reaches_the_user_once() -> None:
+    async with nodes(None, "alice", "bob") as (alice, bob):
+        group = alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        await alice.send_text(group, "once")
+        assert len(bob.inbox) == 1
+        # Replay the delivery as a confused peer or a relay re-fetch would.
+        envelope_id = bob.inbox[0].envelope_id
+        dup = wire.Envelope(
+            envelope_id, bob.identity.mailbox, wire.EnvelopeKind.APPLICATION, b"ignored", group, 0
+        )
+        accepted = await bob.handle(Caller(alice.public_key, alice.address), wire.Deliver((dup,)))
+        assert accepted == wire.DeliverResult((envelope_id,))
+        assert len(bob.inbox) == 1
+
+
+async def test_without_relay_an_unreachable_peer_is_reported_not_lost_silently() -> None:
+    async with nodes(None, "alice", "bob") as (alice, bob):
+        group = alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        bob.go_offline()
+        report = await alice.send_text(group, "anyone?")
+        assert bob.public_key in report.failed
+        assert "no relay is configured" in report.failed[bob.public_key]
