@@ -50,7 +50,7 @@ class Relay:
             lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", cfg.max_per_mailbox)
         )
         self._store = store
-        service = RelayService(store, self._runner, system_clock_ms)
+        service = RelayService(store, self._runner, system_clock_ms, cfg.max_frame)
         self._endpoint = Endpoint(identity, service.handle, EndpointConfig(max_frame=cfg.max_frame))
         address = await self._endpoint.start(cfg.host, cfg.port)
         return RunningRelay(identity, address, created)

@@ -27,8 +27,11 @@ class RelayService:
         store: MailboxStore,
         run_blocking: BlockingRunner,
         clock_ms: Clock,
+        max_frame: int,
     ) -> None:
         self._store = store
+        # Room for the response's own structure around the envelopes.
+        self._fetch_budget = max_frame - 1024
         self._run = run_blocking
         self._clock_ms = clock_ms
 
@@ -40,7 +43,8 @@ class RelayService:
                 if not self._owns(caller.identity, mailbox):
                     return _unauthorized()
                 limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
-                batch = await self._run(lambda: self._store.fetch(mailbox, cursor, limit))
+                budget = self._fetch_budget
+                batch = await self._run(lambda: self._store.fetch(mailbox, cursor, limit, budget))
                 return wire.FetchResult(batch.envelopes, batch.cursor)
             case wire.Ack(mailbox, ids):
                 if not self._owns(caller.identity, mailbox):

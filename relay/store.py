@@ -28,6 +28,11 @@ CREATE INDEX IF NOT EXISTS envelopes_by_mailbox ON envelopes (mailbox, seq);
 """
 
 
+# Bytes an envelope costs inside a FetchResult beyond its standalone encoding (list element and
+# pointers); generous, since overshooting only shortens a batch.
+_LIST_OVERHEAD = 64
+
+
 class MailboxFullError(StorageError):
     """The recipient's mailbox holds as many envelopes as the relay allows."""
 
@@ -73,13 +78,23 @@ class MailboxStore:
             raise StorageError(f"relay store write failed: {exc}") from exc
         return [env.id for env in envelopes]
 
-    def fetch(self, mailbox: bytes, cursor: int, limit: int) -> StoredBatch:
+    def fetch(self, mailbox: bytes, cursor: int, limit: int, max_bytes: int) -> StoredBatch:
+        """Envelopes after ``cursor``, oldest first: at most ``limit`` of them and, past the
+        first, no more than ``max_bytes`` encoded, so that the answer fits in one frame."""
         rows = self._db.execute(
             "SELECT seq, body FROM envelopes WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?",
             (mailbox, cursor, limit),
         ).fetchall()
-        envelopes = tuple(wire.decode_envelope(body) for _, body in rows)
-        return StoredBatch(envelopes, rows[-1][0] if rows else cursor)
+        taken: list[wire.Envelope] = []
+        size = 0
+        last = cursor
+        for seq, body in rows:
+            size += len(body) + _LIST_OVERHEAD
+            if taken and size > max_bytes:
+                break
+            taken.append(wire.decode_envelope(body))
+            last = seq
+        return StoredBatch(tuple(taken), last)
 
     def ack(self, mailbox: bytes, ids: Iterable[bytes]) -> int:
         removed = 0

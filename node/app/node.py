@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from node.app.contacts import Contacts
 from node.app.router import Path, RelayInfo, Router
 from node.core import wire
-from node.core.errors import ErrorCode, NodeError, PeerUnreachableError, RelayError
+from node.core.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    NodeError,
+    PeerUnreachableError,
+    RelayError,
+)
 from node.core.identity import Identity, mailbox_of, short_fingerprint
 from node.core.runtime import Clock
 from node.mls import GroupError, MlsClient, MlsGroup, key_package_identity
@@ -26,6 +32,8 @@ from node.transport.runtime import system_clock_ms
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 128
+# Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
+MAX_MESSAGE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -236,7 +244,13 @@ class Node:
 
     async def send_text(self, group_id: bytes, text: str) -> SendReport:
         group = self.groups[group_id]
-        ciphertext = group.encrypt(text.encode("utf-8"))
+        plaintext = text.encode("utf-8")
+        if len(plaintext) > MAX_MESSAGE_BYTES:
+            raise LocalProtocolError(
+                f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB "
+                f"({len(plaintext) // 1024} KiB given)"
+            )
+        ciphertext = group.encrypt(plaintext)
         others = [m for m in group.members() if m != self.public_key]
         report = SendReport()
         await self._fan_out(report, others, wire.EnvelopeKind.APPLICATION, ciphertext, group_id)

@@ -175,6 +175,10 @@ async def _read_lines(node: Node) -> None:
             click.echo("(no group yet: start with --invite, or wait to be invited)", err=True)
             continue
         group_id = next(reversed(node.groups))
-        report = await node.send_text(group_id, text)
+        try:
+            report = await node.send_text(group_id, text)
+        except NodeError as exc:
+            click.echo(f"ERROR: {exc}", err=True)
+            continue
         for peer, why in report.failed.items():
             click.echo(f"(not delivered to {node.contacts.name(peer)}: {why})", err=True)

@@ -18,6 +18,7 @@ from aioquic.quic import events
 from node.core import wire
 from node.core.errors import (
     ErrorCode,
+    LocalProtocolError,
     PeerUnreachableError,
     RemoteProtocolError,
 )
@@ -121,7 +122,10 @@ class PeerConnection(QuicConnectionProtocol):
     async def call(self, request: wire.Request, deadline: float | None = None) -> wire.Response:
         """Send one request and wait for its response, at most ``deadline`` seconds."""
         body = wire.encode_request(request)
-        frame = encode_frame(body, self._max_frame)
+        try:
+            frame = encode_frame(body, self._max_frame)
+        except ValueError as exc:
+            raise LocalProtocolError(str(exc)) from exc
         deadline = self._call_deadline if deadline is None else deadline
         try:
             async with asyncio.timeout(deadline):

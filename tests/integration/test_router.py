@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
+
 from node.app.node import Node
 from node.app.router import Path, RelayInfo
 from node.core import wire
+from node.core.errors import LocalProtocolError
 from node.core.identity import Identity
 from node.transport.connection import Caller
 from tests.conftest import LOOPBACK, RelayProcess
@@ -48,6 +51,9 @@ async def test_a_group_forms_and_talks_directly_without_any_relay() -> None:
             ("alice", "hello bob", Path.DIRECT)
         ]
         assert [(m.sender_name, m.text) for m in alice.inbox] == [("bob", "hello alice")]
+        with pytest.raises(LocalProtocolError, match="at most 256 KiB"):
+            await alice.send_text(group, "x" * (300 * 1024))
+        assert len(bob.inbox) == 1
 
 
 async def test_an_absent_peer_gets_its_messages_through_the_relay(
