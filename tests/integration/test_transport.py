@@ -16,7 +16,7 @@ from node.core.errors import ErrorCode, PeerIdentityError, PeerUnreachableError
 from node.core.framing import PREFIX, encode_frame
 from node.core.identity import Identity
 from node.transport.connection import Caller
-from node.transport.endpoint import EndpointConfig
+from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.tls import ALPN
 from tests.conftest import LOOPBACK, running_endpoint
 
@@ -179,3 +179,26 @@ async def test_too_many_concurrent_calls_are_refused_not_queued() -> None:
         for task in slow:
             task.cancel()
         assert answer == wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "too many calls in flight")
+
+
+async def test_endpoints_talk_over_ipv6_loopback() -> None:
+    import socket
+
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    alice, bob = Identity.generate(), Identity.generate()
+    ea, eb = Endpoint(alice, None), Endpoint(bob, Recorder())
+    await ea.start("::1", 0)
+    await eb.start("::1", 0)
+    try:
+        conn = await ea.dial(eb.local_address, bob.public_key)
+        assert await conn.call(wire.FetchKeyPackage(b"x")) == wire.FetchKeyPackageResult(
+            alice.public_key
+        )
+    finally:
+        await ea.close()
+        await eb.close()
