@@ -6,7 +6,7 @@ STAMP := $(VENV)/.quicnprotochat-installed
 BINDING_SOURCES := $(wildcard openmls-bindings/Cargo.* openmls-bindings/pyproject.toml \
 	openmls-bindings/src/*.rs openmls-bindings/python/openmls_bindings/*)
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup lint lock clean
 
 demo: $(STAMP)
 	$(BIN)/quicnprotochat demo
@@ -19,12 +19,20 @@ setup: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml $(BINDING_SOURCES)
-	$(BIN)/pip install --quiet maturin==1.16.0
+$(STAMP): $(BIN)/python pyproject.toml requirements.lock $(BINDING_SOURCES)
+	$(BIN)/pip install --quiet -r requirements.lock
 	cd openmls-bindings && VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH \
 		maturin develop --release --locked --quiet
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $@
+
+# Re-resolve requirements.lock after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions of every Python package the project and its tests use (make lock rewrites it)."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -vE '^(#|-e )' \
+	  | grep -viE '^(openmls-bindings|quicnprotochat)=='; } > requirements.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
