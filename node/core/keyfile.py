@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from argon2.low_level import Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from node.core.errors import CryptoError
 
@@ -32,6 +34,7 @@ class KdfParams:
     lanes: int = 4
 
 
+DEFAULT_KDF = KdfParams()
 # Cheap parameters for tests and throwaway demo state only.
 FAST_KDF = KdfParams(time_cost=1, memory_kib=8 * 1024, lanes=1)
 
@@ -52,7 +55,7 @@ def derive_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     )
 
 
-def seal(secret: bytes, passphrase: bytes, params: KdfParams = KdfParams()) -> bytes:
+def seal(secret: bytes, passphrase: bytes, params: KdfParams = DEFAULT_KDF) -> bytes:
     salt, nonce = os.urandom(16), os.urandom(12)
     header = _HEADER.pack(
         MAGIC, VERSION, params.time_cost, params.memory_kib, params.lanes, salt, nonce
@@ -76,3 +79,11 @@ def open_sealed(blob: bytes, passphrase: bytes) -> bytes:
         return ChaCha20Poly1305(key).decrypt(nonce, blob[_HEADER.size :], blob[: _HEADER.size])
     except InvalidTag as exc:
         raise WrongPassphraseError("wrong passphrase, or the key file was altered") from exc
+
+
+def derive_subkey(master: bytes, purpose: str) -> bytes:
+    """A 32-byte key for one purpose (``"sqlcipher"``, ``"mls-state"``) from a master key, so
+    one Argon2 run serves every store and a leak of one key reveals no other."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"quicnprotochat/" + purpose.encode()
+    ).derive(master)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from node.core.errors import StorageError
 from node.core.identity import Identity
-from node.core.keyfile import KdfParams, open_sealed, seal
+from node.core.keyfile import DEFAULT_KDF, KdfParams, open_sealed, seal
 from node.core.runtime import BlockingRunner
 
 
@@ -25,9 +25,6 @@ def _write_private(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-DEFAULT_KDF = KdfParams()
 
 
 async def load_or_create_identity(

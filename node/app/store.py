@@ -1,0 +1,209 @@
+"""The node's encrypted local database: SQLCipher keyed with a raw key (DESIGN.md §8).
+
+What lives here: contacts, the inbox of accepted-but-not-yet-applied envelopes, the ids of
+every envelope ever accepted (for exactly-once delivery to the user), the messages the user
+has read, the durable outbox, and small settings such as the relay cursor. Every method is
+blocking; the node calls them through its :class:`~node.core.runtime.BlockingRunner`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlcipher3
+
+from node.core import wire
+from node.core.errors import StorageError
+from node.core.keyfile import DEFAULT_KDF, KdfParams, derive_key, derive_subkey
+from node.transport.connection import Address
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS contacts (
+    identity BLOB PRIMARY KEY, name TEXT NOT NULL, host TEXT, port INTEGER
+);
+CREATE TABLE IF NOT EXISTS seen (envelope_id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, envelope BLOB NOT NULL, path TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    envelope_id BLOB PRIMARY KEY, seq INTEGER NOT NULL, group_id BLOB NOT NULL,
+    sender BLOB NOT NULL, text TEXT NOT NULL, path TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    envelope_id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    envelope_id: bytes
+    group_id: bytes
+    sender: bytes
+    text: str
+    path: str
+
+
+def _salt(path: Path) -> bytes:
+    """The database's Argon2 salt, created once next to it with mode 0600."""
+    if path.exists():
+        salt = path.read_bytes()
+        if len(salt) != 16:
+            raise StorageError(f"{path} is damaged (expected 16 bytes)")
+        return salt
+    salt = os.urandom(16)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, salt)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return salt
+
+
+def derive_store_keys(
+    data_dir: Path, passphrase: bytes, params: KdfParams = DEFAULT_KDF
+) -> tuple[bytes, bytes]:
+    """(SQLCipher key, MLS state key) from the passphrase and the data dir's salt. Blocking."""
+    master = derive_key(passphrase, _salt(data_dir / "store.salt"), params)
+    return derive_subkey(master, "sqlcipher"), derive_subkey(master, "mls-state")
+
+
+class NodeStore:
+    def __init__(self, path: Path, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the database key is 32 bytes")
+        try:
+            self._db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+            # A wrong key would otherwise print "ERROR CORE" to stderr (LIBRARY-FACTS.md).
+            self._db.execute("PRAGMA cipher_log_level = NONE")
+            self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+            # PRAGMA key never fails; the first real read tells a wrong key.
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher3.DatabaseError as exc:
+            raise StorageError(
+                "cannot open the local database: wrong passphrase, or the file is damaged"
+            ) from exc
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlcipher3.Error as exc:
+            raise StorageError(f"local database write failed: {exc}") from exc
+
+    # --- settings ---------------------------------------------------------------------------
+
+    def get_int(self, key: str, default: int = 0) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else default
+
+    def set_int(self, key: str, value: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # --- contacts ---------------------------------------------------------------------------
+
+    def save_contact(self, identity: bytes, name: str, address: Address | None) -> None:
+        host, port = address if address is not None else (None, None)
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO contacts (identity, name, host, port) VALUES (?, ?, ?, ?)",
+                (identity, name, host, port),
+            )
+
+    def contacts(self) -> list[tuple[bytes, str, Address | None]]:
+        rows = self._db.execute("SELECT identity, name, host, port FROM contacts").fetchall()
+        return [(bytes(i), n, (h, int(p)) if h is not None else None) for i, n, h, p in rows]
+
+    # --- receiving --------------------------------------------------------------------------
+
+    def stash_incoming(self, envelopes: Sequence[wire.Envelope], path: str) -> list[bytes]:
+        """Persist envelopes not seen before; return their ids. Call before accepting them."""
+        fresh = []
+        with self._tx() as db:
+            for env in envelopes:
+                cur = db.execute("INSERT OR IGNORE INTO seen (envelope_id) VALUES (?)", (env.id,))
+                if cur.rowcount:
+                    db.execute(
+                        "INSERT INTO inbox (envelope, path) VALUES (?, ?)",
+                        (wire.encode_envelope(env), path),
+                    )
+                    fresh.append(env.id)
+        return fresh
+
+    def pending_incoming(self) -> list[tuple[int, wire.Envelope, str]]:
+        rows = self._db.execute("SELECT seq, envelope, path FROM inbox ORDER BY seq").fetchall()
+        return [(int(seq), wire.decode_envelope(bytes(env)), path) for seq, env, path in rows]
+
+    def complete_incoming(self, seq: int, message: StoredMessage | None) -> None:
+        """The envelope at ``seq`` was applied: drop it from the inbox, keep what it said."""
+        with self._tx() as db:
+            db.execute("DELETE FROM inbox WHERE seq = ?", (seq,))
+            if message is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        message.envelope_id,
+                        seq,
+                        message.group_id,
+                        message.sender,
+                        message.text,
+                        message.path,
+                    ),
+                )
+
+    def messages(self) -> list[StoredMessage]:
+        rows = self._db.execute(
+            "SELECT envelope_id, group_id, sender, text, path FROM messages ORDER BY seq"
+        ).fetchall()
+        return [StoredMessage(bytes(e), bytes(g), bytes(s), t, p) for e, g, s, t, p in rows]
+
+    # --- outbox -----------------------------------------------------------------------------
+
+    def outbox_put(self, items: Sequence[tuple[bytes, wire.Envelope]]) -> None:
+        """Record (recipient identity, envelope) pairs before the first delivery attempt."""
+        with self._tx() as db:
+            for recipient, env in items:
+                db.execute(
+                    "INSERT OR IGNORE INTO outbox (envelope_id, recipient, envelope)"
+                    " VALUES (?, ?, ?)",
+                    (env.id, recipient, wire.encode_envelope(env)),
+                )
+
+    def outbox_done(self, envelope_id: bytes) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM outbox WHERE envelope_id = ?", (envelope_id,))
+
+    def outbox_failed(self, envelope_id: bytes) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE envelope_id = ?", (envelope_id,)
+            )
+
+    def outbox(self) -> list[tuple[bytes, wire.Envelope, int]]:
+        rows = self._db.execute(
+            "SELECT recipient, envelope, attempts FROM outbox ORDER BY rowid"
+        ).fetchall()
+        return [(bytes(r), wire.decode_envelope(bytes(e)), int(a)) for r, e, a in rows]
