@@ -1,5 +1,6 @@
 # Set-up is idempotent: each target below rebuilds only what changed.
-PYTHON ?= python3
+# The project needs CPython 3.11 exactly (see pyproject.toml); override with PYTHON=/path/to/it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.quicnprotochat-installed
@@ -17,6 +18,8 @@ test: $(STAMP)
 setup: $(STAMP)
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+		|| { echo "quicnprotochat needs Python 3.11: run make PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml requirements.lock $(BINDING_SOURCES)

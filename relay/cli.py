@@ -13,18 +13,12 @@ from typing import Any
 
 import click
 
+from node.core.addresses import parse_address
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
 from relay.server import Relay, RelayConfig
 
 PASSPHRASE_ENV = "QUICNPROTOCHAT_RELAY_PASSPHRASE"  # noqa: S105 - a variable name
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 @click.group("relay")
@@ -63,7 +57,10 @@ def run_command(
     passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
     if not passphrase:
         raise click.ClickException(f"set {PASSPHRASE_ENV} to the passphrase of the relay key")
-    host, port = _split_host_port(listen or settings.get("listen", "127.0.0.1:7700"))
+    try:
+        host, port = parse_address(listen or settings.get("listen", "127.0.0.1:7700"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from exc
     config = RelayConfig(
         host=host,
         port=port,

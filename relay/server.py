@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.core.addresses import Address
 from node.core.identity import Identity
-from node.transport.connection import Address
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
 from node.transport.runtime import ThreadRunner, system_clock_ms
@@ -51,7 +51,9 @@ class Relay:
         )
         self._store = store
         service = RelayService(store, self._runner, system_clock_ms, cfg.max_frame)
-        self._endpoint = Endpoint(identity, service.handle, EndpointConfig(max_frame=cfg.max_frame))
+        # The call deadline sits above the longest long poll (relay.service.MAX_WAIT_MS).
+        config = EndpointConfig(max_frame=cfg.max_frame, call_deadline=40.0)
+        self._endpoint = Endpoint(identity, service.handle, config)
         address = await self._endpoint.start(cfg.host, cfg.port)
         return RunningRelay(identity, address, created)
 

@@ -6,10 +6,12 @@ injected ``run_blocking`` seam and the clock is injected, so the simulator can d
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from node.core import wire
 from node.core.errors import ErrorCode, StorageError
+from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import mailbox_of
 from node.core.runtime import BlockingRunner, Clock
 from node.transport.connection import Caller
@@ -17,6 +19,7 @@ from relay.store import MailboxFullError, MailboxStore
 
 MAX_ENVELOPES_PER_CALL = 256
 MAX_FETCH = 256
+MAX_WAIT_MS = 25_000  # below the relay's call deadline, so a long poll never times out as an error
 
 
 class RelayService:
@@ -30,10 +33,13 @@ class RelayService:
         max_frame: int,
     ) -> None:
         self._store = store
-        # Room for the response's own structure around the envelopes.
-        self._fetch_budget = max_frame - 1024
+        # Nodes accept frames of DEFAULT_MAX_FRAME at most, whatever this relay allows inbound;
+        # leave room for the response's own structure around the envelopes.
+        self._fetch_budget = min(max_frame, DEFAULT_MAX_FRAME) - 1024
         self._run = run_blocking
         self._clock_ms = clock_ms
+        # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox.
+        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
 
     async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
         match request:
@@ -42,10 +48,11 @@ class RelayService:
             case wire.Fetch(mailbox, cursor, limit):
                 if not self._owns(caller.identity, mailbox):
                     return _unauthorized()
-                limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
-                budget = self._fetch_budget
-                batch = await self._run(lambda: self._store.fetch(mailbox, cursor, limit, budget))
-                return wire.FetchResult(batch.envelopes, batch.cursor)
+                return await self._fetch(mailbox, cursor, limit)
+            case wire.Wait(mailbox, cursor, limit, timeout_ms):
+                if not self._owns(caller.identity, mailbox):
+                    return _unauthorized()
+                return await self._wait(mailbox, cursor, limit, timeout_ms)
             case wire.Ack(mailbox, ids):
                 if not self._owns(caller.identity, mailbox):
                     return _unauthorized()
@@ -54,6 +61,34 @@ class RelayService:
             case wire.FetchKeyPackage():
                 return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory yet")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
+
+    async def _fetch(self, mailbox: bytes, cursor: int, limit: int) -> wire.FetchResult:
+        limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
+        budget = self._fetch_budget
+        batch = await self._run(lambda: self._store.fetch(mailbox, cursor, limit, budget))
+        return wire.FetchResult(batch.envelopes, batch.cursor)
+
+    async def _wait(
+        self, mailbox: bytes, cursor: int, limit: int, timeout_ms: int
+    ) -> wire.FetchResult:
+        # Registered before the fetch, so an arrival between the two is not missed.
+        arrival: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(mailbox, set())
+        waiters.add(arrival)
+        try:
+            result = await self._fetch(mailbox, cursor, limit)
+            if result.envelopes:
+                return result
+            try:
+                async with asyncio.timeout(min(timeout_ms, MAX_WAIT_MS) / 1000):
+                    await arrival
+            except TimeoutError:
+                return result
+            return await self._fetch(mailbox, cursor, limit)
+        finally:
+            waiters.discard(arrival)
+            if not waiters:
+                self._waiters.pop(mailbox, None)
 
     async def _deliver(self, envelopes: tuple[wire.Envelope, ...]) -> wire.Response:
         if len(envelopes) > MAX_ENVELOPES_PER_CALL:
@@ -67,6 +102,10 @@ class RelayService:
             return wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, str(exc))
         except StorageError:
             return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store the envelopes")
+        for env in envelopes:
+            for arrival in self._waiters.get(env.recipient, ()):
+                if not arrival.done():
+                    arrival.set_result(None)
         return wire.DeliverResult(tuple(accepted))
 
     @staticmethod

@@ -64,6 +64,11 @@ class MailboxStore:
         try:
             with self._transaction():
                 for env in envelopes:
+                    if self._db.execute(
+                        "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?",
+                        (env.recipient, env.id),
+                    ).fetchone():
+                        continue  # a retry of something already held: accepted as it is
                     (count,) = self._db.execute(
                         "SELECT COUNT(*) FROM envelopes WHERE mailbox = ?", (env.recipient,)
                     ).fetchone()

@@ -10,6 +10,7 @@ struct Request {
     fetch @1 :FetchParams;
     ack @2 :AckParams;
     fetchKeyPackage @3 :FetchKeyPackageParams;
+    wait @4 :WaitParams;
   }
 }
 
@@ -28,6 +29,15 @@ struct AckParams {
   ids @1 :List(Data);     # envelope ids the mailbox owner has persisted
 }
 
+struct WaitParams {
+  # Like fetch, but if nothing is stored after the cursor the server holds the call until
+  # something arrives or timeoutMs passes (long poll), then answers with a FetchResult.
+  mailbox @0 :Data;
+  cursor @1 :UInt64;
+  limit @2 :UInt32;
+  timeoutMs @3 :UInt32;   # the server may wait less than this, never more
+}
+
 struct FetchKeyPackageParams {
   identity @0 :Data;      # Ed25519 identity key whose KeyPackage is wanted
 }
@@ -36,7 +46,7 @@ struct Response {
   union {
     error @0 :Error;
     deliver @1 :DeliverResult;
-    fetch @2 :FetchResult;
+    fetch @2 :FetchResult;      # also the answer to wait
     ack @3 :AckResult;
     fetchKeyPackage @4 :FetchKeyPackageResult;
   }

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from node.core.addresses import Address
 from node.core.identity import Identity
-from node.transport.connection import Address, RequestHandler
+from node.transport.connection import RequestHandler
 from node.transport.endpoint import Endpoint, EndpointConfig
 
 LOOPBACK = "127.0.0.1"

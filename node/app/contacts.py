@@ -1,6 +1,6 @@
 """What the node knows about other identities: a display name and the last address that worked.
 
-In memory for now; discovery (mDNS, DHT) and the encrypted store feed it in later issues.
+In memory; the node saves it to its store when it has one.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from node.core.addresses import Address
 from node.core.identity import short_fingerprint
-from node.transport.connection import Address
 
 
 @dataclass

@@ -236,7 +236,8 @@ async def _measure(nodes: dict[str, Node], tally: Tally, group_id: bytes) -> Dem
     if len(epochs) != 1:
         raise NodeError(f"members disagree on the epoch: {sorted(epochs)}")
     return DemoResult(
-        members=len(nodes),
+        # Members as the creator's MLS group lists them, not as the script intended.
+        members=len(nodes["alice"].groups[group_id].members()),
         sent=len(tally.sent),
         delivered_direct=direct,
         delivered_via_relay=relayed,

@@ -7,6 +7,7 @@ id when seen before. (Durable inbox ids and MLS state arrive with the encrypted 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -15,23 +16,26 @@ from dataclasses import dataclass, field
 from node.app.contacts import Contacts
 from node.app.router import Path, RelayInfo, Router
 from node.core import wire
+from node.core.addresses import Address
 from node.core.errors import (
     ErrorCode,
     LocalProtocolError,
     NodeError,
-    PeerUnreachableError,
     RelayError,
 )
 from node.core.identity import Identity, mailbox_of, short_fingerprint
 from node.core.runtime import Clock
 from node.mls import GroupError, MlsClient, MlsGroup, key_package_identity
-from node.transport.connection import Address, Caller
+from node.transport.connection import Caller
 from node.transport.endpoint import DatagramFactory, Endpoint, EndpointConfig, udp_socket
 from node.transport.runtime import system_clock_ms
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 128
+RELAY_LONG_POLL = 20.0  # seconds; the relay caps it below its own call deadline
+RELAY_RETRY_MIN, RELAY_RETRY_MAX = 1.0, 30.0
+MAX_DEFERRED = 1000
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
 MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -81,6 +85,7 @@ class Node:
         self._seen: set[bytes] = set()
         self._deferred: list[tuple[wire.Envelope, Path]] = []
         self._relay_cursor = 0
+        self._relay_watch: asyncio.Task[None] | None = None
         self._listen: Address | None = None
         self._inbox_changed = asyncio.Condition()
         self.on_message: Callable[[ChatMessage], None] | None = None
@@ -96,21 +101,34 @@ class Node:
         return self.endpoint.local_address
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
-        """Open the endpoint; if a relay is configured, collect what waited there."""
+        """Open the endpoint; if a relay is configured, collect what waited there and keep a
+        long poll open for what arrives later."""
         self._listen = await self.endpoint.start(host, port)
         if self.router.relay is not None:
             try:
                 await self.sync_relay()
             except RelayError as exc:
                 log.warning("could not fetch the relay mailbox: %s", exc)
+            self._relay_watch = asyncio.create_task(self._watch_relay())
         return self._listen
 
     async def stop(self) -> None:
+        await self._stop_watching()
         await self.endpoint.close()
 
     def go_offline(self) -> None:
         """Vanish from the network without a goodbye (a crash, a lid closed)."""
+        if self._relay_watch is not None:
+            self._relay_watch.cancel()
+            self._relay_watch = None
         self.endpoint.abort()
+
+    async def _stop_watching(self) -> None:
+        task, self._relay_watch = self._relay_watch, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -160,7 +178,7 @@ class Node:
                 return True
             target = self.groups.get(env.group_id)
             if target is None:
-                self._deferred.append((env, path))
+                self._defer(env, path)
                 return False
             group = target
             incoming = group.process(env.payload)
@@ -181,6 +199,14 @@ class Node:
                 self.on_message(message)
         return True
 
+    def _defer(self, env: wire.Envelope, path: Path) -> None:
+        """Keep an envelope for a group we have not joined yet (its Welcome may come later by
+        another path), within a bound: anyone may send envelopes naming made-up groups."""
+        if len(self._deferred) >= MAX_DEFERRED:
+            dropped, _ = self._deferred.pop(0)
+            log.warning("%s dropped a %s for an unknown group", self.name, dropped.kind.value)
+        self._deferred.append((env, path))
+
     def _retry_deferred(self) -> None:
         progress = True
         while progress and self._deferred:
@@ -200,21 +226,41 @@ class Node:
     async def sync_relay(self) -> int:
         """Fetch everything waiting at the relay, apply it, then acknowledge it. Returns count."""
         total = 0
+        while count := await self._pull_relay(wait_seconds=0):
+            total += count
+        return total
+
+    async def _pull_relay(self, wait_seconds: float) -> int:
+        """One fetch (or long poll, if ``wait_seconds``) → apply → acknowledge round."""
         mailbox = self.identity.mailbox
+        request: wire.Request
+        if wait_seconds > 0:
+            request = wire.Wait(mailbox, self._relay_cursor, FETCH_BATCH, int(wait_seconds * 1000))
+        else:
+            request = wire.Fetch(mailbox, self._relay_cursor, FETCH_BATCH)
+        response = await self.router.call_relay(request, deadline=wait_seconds + 10)
+        if not isinstance(response, wire.FetchResult):
+            raise RelayError("the relay answered fetch with something else")
+        if not response.envelopes:
+            return 0
+        ids = await self._accept(response.envelopes, Path.RELAY)
+        # Acknowledge only after applying: a crash in between means a re-fetch, and the
+        # duplicate is dropped by id.
+        await self.router.call_relay(wire.Ack(mailbox, ids))
+        self._relay_cursor = response.cursor
+        return len(response.envelopes)
+
+    async def _watch_relay(self) -> None:
+        """Keep a long poll open at the relay while the node runs; back off when it fails."""
+        backoff = RELAY_RETRY_MIN
         while True:
-            response = await self.router.call_relay(
-                wire.Fetch(mailbox, self._relay_cursor, FETCH_BATCH)
-            )
-            if not isinstance(response, wire.FetchResult):
-                raise RelayError("the relay answered fetch with something else")
-            if not response.envelopes:
-                return total
-            ids = await self._accept(response.envelopes, Path.RELAY)
-            # Acknowledge only after applying: a crash in between means a re-fetch, and the
-            # duplicate is dropped by id.
-            await self.router.call_relay(wire.Ack(mailbox, ids))
-            self._relay_cursor = response.cursor
-            total += len(response.envelopes)
+            try:
+                await self._pull_relay(wait_seconds=RELAY_LONG_POLL)
+                backoff = RELAY_RETRY_MIN
+            except NodeError as exc:
+                log.info("relay long poll failed (retrying in %.0f s): %s", backoff, exc)
+                await asyncio.sleep(backoff)  # a retry delay, not a wait for a condition
+                backoff = min(backoff * 2, RELAY_RETRY_MAX)
 
     # --- groups -----------------------------------------------------------------------------
 
@@ -275,7 +321,7 @@ class Node:
             )
             try:
                 report.paths[recipient] = await self.router.send(recipient, envelope)
-            except (PeerUnreachableError, RelayError) as exc:
+            except NodeError as exc:
                 report.failed[recipient] = str(exc)
                 log.warning("could not deliver to %s: %s", short_fingerprint(recipient), exc)
 

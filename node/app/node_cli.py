@@ -14,9 +14,10 @@ import click
 
 from node.app.node import ChatMessage, Node
 from node.app.router import RelayInfo
+from node.core.addresses import Address
+from node.core.addresses import parse_address as core_parse_address
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
-from node.transport.connection import Address
 from node.transport.keystore import load_or_create_identity
 from node.transport.runtime import ThreadRunner
 
@@ -24,10 +25,10 @@ PASSPHRASE_ENV = "QUICNPROTOCHAT_PASSPHRASE"  # noqa: S105 - a variable name
 
 
 def parse_address(text: str) -> Address:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return core_parse_address(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
 
 
 def parse_key(text: str) -> bytes:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from node.app.contacts import Contacts
 from node.core import wire
+from node.core.addresses import Address
 from node.core.errors import ErrorCode, NodeError, PeerUnreachableError, RelayError, RemoteError
 from node.core.identity import short_fingerprint
-from node.transport.connection import Address
 from node.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ class Router:
                 await self._deliver(address, recipient, envelope, self._direct_deadline)
                 self.peer_alive(recipient)
                 return Path.DIRECT
-            except (PeerUnreachableError, RemoteError) as exc:
+            except NodeError as exc:
+                # Unreachable, refused, wrong identity at that address, or a garbled answer:
+                # in every case the relay is the way to go.
                 log.info("direct delivery to %s failed: %s", short_fingerprint(recipient), exc)
                 self._endpoint.drop(address, recipient)
                 loop_now = asyncio.get_running_loop().time()
@@ -101,13 +103,15 @@ class Router:
         if not isinstance(response, wire.DeliverResult) or envelope.id not in response.accepted:
             raise RemoteError(ErrorCode.INTERNAL, "the envelope was not accepted")
 
-    async def call_relay(self, request: wire.Request) -> wire.Response:
+    async def call_relay(
+        self, request: wire.Request, deadline: float | None = None
+    ) -> wire.Response:
         if self.relay is None:
             raise RelayError("no relay is configured")
         try:
             conn = await self._endpoint.dial(self.relay.address, self.relay.identity)
-            response = await conn.call(request, self._relay_deadline)
-        except PeerUnreachableError as exc:
+            response = await conn.call(request, deadline or self._relay_deadline)
+        except NodeError as exc:
             self._endpoint.drop(self.relay.address, self.relay.identity)
             raise RelayError(f"the relay is unreachable: {exc}") from exc
         if isinstance(response, wire.ErrorResult):

@@ -18,9 +18,9 @@ from typing import Any
 import sqlcipher3
 
 from node.core import wire
+from node.core.addresses import Address
 from node.core.errors import StorageError
 from node.core.keyfile import DEFAULT_KDF, KdfParams, derive_key, derive_subkey
-from node.transport.connection import Address
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -83,7 +83,7 @@ class NodeStore:
             raise ValueError("the database key is 32 bytes")
         try:
             self._db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
-            # A wrong key would otherwise print "ERROR CORE" to stderr (LIBRARY-FACTS.md).
+            # A wrong key would otherwise print "ERROR CORE" to stderr.
             self._db.execute("PRAGMA cipher_log_level = NONE")
             self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
             # PRAGMA key never fails; the first real read tells a wrong key.

@@ -2,7 +2,8 @@
 
 Decoding reads each field exactly once into frozen dataclasses, under a traversal and nesting
 limit, and turns every decoder failure into :class:`RemoteProtocolError`. pycapnp validates lazily
-(LIBRARY-FACTS.md), so a decode that succeeds proves only shape: integrity comes from MLS.
+(a flipped bit often surfaces only when the field is read), so a decode that succeeds proves
+only shape: integrity comes from MLS.
 """
 
 from __future__ import annotations
@@ -85,7 +86,20 @@ class FetchKeyPackage:
     identity: bytes
 
 
-Request = Deliver | Fetch | Ack | FetchKeyPackage
+@dataclass(frozen=True)
+class Wait:
+    mailbox: bytes
+    cursor: int
+    limit: int
+    timeout_ms: int
+
+
+Request = Deliver | Fetch | Ack | FetchKeyPackage | Wait
+
+
+class UnknownMethodError(RemoteProtocolError):
+    """The request names a method this side does not know (a newer peer, perhaps)."""
+
 
 # --- responses ------------------------------------------------------------------------------
 
@@ -204,6 +218,12 @@ def encode_request(req: Request) -> bytes:
                 lst[i] = item
         case FetchKeyPackage(identity):
             msg.init("fetchKeyPackage").identity = identity
+        case Wait(mailbox, cursor, limit, timeout_ms):
+            p = msg.init("wait")
+            p.mailbox = mailbox
+            p.cursor = cursor
+            p.limit = limit
+            p.timeoutMs = timeout_ms
     return bytes(msg.to_bytes())
 
 
@@ -211,7 +231,7 @@ def decode_request(data: bytes) -> Request:
     """Parse one request frame. Raises :class:`RemoteProtocolError` on anything malformed."""
     try:
         with schemas.rpc.Request.from_bytes(bytes(data), **_limits(data)) as msg:
-            which = str(msg.which())
+            which = _method_of(msg)
             if which == "deliver":
                 return Deliver(tuple(_read_envelope(e) for e in msg.deliver.envelopes))
             if which == "fetch":
@@ -222,9 +242,35 @@ def decode_request(data: bytes) -> Request:
                 return Ack(mailbox=bytes(p.mailbox), ids=tuple(bytes(i) for i in p.ids))
             if which == "fetchKeyPackage":
                 return FetchKeyPackage(bytes(msg.fetchKeyPackage.identity))
+            if which == "wait":
+                w = msg.wait
+                return Wait(bytes(w.mailbox), int(w.cursor), int(w.limit), int(w.timeoutMs))
+    except UnknownMethodError:
+        raise
     except DECODE_EXCEPTIONS as exc:
         raise RemoteProtocolError("malformed request") from exc
-    raise RemoteProtocolError("request names an unknown method")
+    raise UnknownMethodError("request names an unknown method")
+
+
+def _method_of(msg: Any) -> str:
+    try:
+        ordinal = int(msg._which().raw)
+    except (RuntimeError, capnp.KjException) as exc:
+        # pycapnp cannot even name a discriminant its schema lacks ("Member was null").
+        raise UnknownMethodError("request names an unknown method") from exc
+    which = _REQUEST_METHODS.get(ordinal)
+    if which is None:
+        raise UnknownMethodError("request names an unknown method")
+    return which
+
+
+_REQUEST_METHODS: dict[int, str] = {
+    field.discriminantValue: name
+    for name, field in (
+        (name, schemas.rpc.Request.schema.fields[name].proto)
+        for name in schemas.rpc.Request.schema.union_fields
+    )
+}
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 
 from node.core import wire
+from node.core.addresses import Address
 from node.core.errors import (
     ErrorCode,
     LocalProtocolError,
@@ -32,8 +33,6 @@ APP_CANCELLED = 0x1
 APP_FRAME_TOO_LARGE = 0x2
 APP_UNAUTHENTICATED = 0x3
 APP_BUSY = 0x4
-
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -290,6 +289,8 @@ class PeerConnection(QuicConnectionProtocol):
         response: wire.Response
         try:
             request = wire.decode_request(body)
+        except wire.UnknownMethodError as exc:
+            response = wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, str(exc))
         except RemoteProtocolError as exc:
             response = wire.ErrorResult(ErrorCode.MALFORMED_REQUEST, str(exc))
         else:

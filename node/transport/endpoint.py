@@ -25,10 +25,11 @@ from aioquic.quic.packet import (
 )
 from aioquic.tls import AlertDescription
 
+from node.core.addresses import Address
 from node.core.errors import PeerIdentityError, PeerUnreachableError
 from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import Identity
-from node.transport.connection import Address, PeerConnection, RequestHandler
+from node.transport.connection import PeerConnection, RequestHandler
 from node.transport.tls import IdentityQuicConnection, identity_certificate, quic_configuration
 
 log = logging.getLogger(__name__)

@@ -140,3 +140,39 @@ def test_relay_refuses_a_wrong_passphrase_for_its_key(tmp_path: object) -> None:
     assert out.returncode == 1
     assert "wrong passphrase" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_a_long_poll_returns_as_soon_as_something_arrives(
+    relay_process: RelayProcess,
+) -> None:
+    import asyncio
+
+    alice, bob = Identity.generate(), Identity.generate()
+    assert relay_process.address is not None
+    assert relay_process.identity is not None
+    env = envelope_for(bob, 1)
+    async with running_endpoint(alice, None) as ea, running_endpoint(bob, None) as eb:
+        bob_relay = await eb.dial(relay_process.address, relay_process.identity)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        poll = asyncio.ensure_future(bob_relay.call(wire.Wait(bob.mailbox, 0, 10, 20_000), 30))
+        alice_relay = await ea.dial(relay_process.address, relay_process.identity)
+        await alice_relay.call(wire.Deliver((env,)))
+        answer = await poll
+        assert isinstance(answer, wire.FetchResult)
+        assert [e.id for e in answer.envelopes] == [env.id]
+        assert loop.time() - started < 15  # woken by the arrival, not by the 20 s timeout
+        # Someone else cannot long-poll bob's mailbox either.
+        refused = await alice_relay.call(wire.Wait(bob.mailbox, 0, 10, 1000))
+        assert isinstance(refused, wire.ErrorResult)
+        assert refused.code is ErrorCode.UNAUTHORIZED
+
+
+async def test_an_empty_long_poll_ends_quietly_at_its_timeout(relay_process: RelayProcess) -> None:
+    bob = Identity.generate()
+    assert relay_process.address is not None
+    assert relay_process.identity is not None
+    async with running_endpoint(bob, None) as eb:
+        relay = await eb.dial(relay_process.address, relay_process.identity)
+        answer = await relay.call(wire.Wait(bob.mailbox, 0, 10, 300), 10)
+        assert answer == wire.FetchResult((), 0)

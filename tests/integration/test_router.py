@@ -102,3 +102,35 @@ async def test_without_relay_an_unreachable_peer_is_reported_not_lost_silently()
         report = await alice.send_text(group, "anyone?")
         assert bob.public_key in report.failed
         assert "no relay is configured" in report.failed[bob.public_key]
+
+
+async def test_an_online_node_receives_relayed_messages_without_restarting(
+    relay_process: RelayProcess,
+) -> None:
+    async with nodes(relay_info(relay_process), "alice", "bob") as (alice, bob):
+        group = alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        # Alice's idea of bob's address goes stale (say bob's NAT rebinding changed it).
+        alice.remember_peer(bob.public_key, "bob", ("127.0.0.1", 9))
+        report = await alice.send_text(group, "via the relay, while you are online")
+        assert report.paths == {bob.public_key: Path.RELAY}
+        # Bob's standing long poll at the relay brings it in.
+        messages = await bob.wait_for_messages(1, deadline=15)
+        assert [(m.text, m.path) for m in messages] == [
+            ("via the relay, while you are online", Path.RELAY)
+        ]
+
+
+async def test_a_peer_with_another_identity_at_the_address_falls_back_to_the_relay(
+    relay_process: RelayProcess,
+) -> None:
+    async with nodes(relay_info(relay_process), "alice", "bob", "mallory") as (alice, bob, mallory):
+        group = alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        # Bob's old address now belongs to mallory.
+        alice.remember_peer(bob.public_key, "bob", mallory.address)
+        report = await alice.send_text(group, "not for mallory")
+        assert report.paths == {bob.public_key: Path.RELAY}
+        messages = await bob.wait_for_messages(1, deadline=15)
+        assert [m.text for m in messages] == ["not for mallory"]
+        assert mallory.inbox == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,33 @@ def test_error_codes_match_the_schema_ordinals() -> None:
         name: int(code) for code, name in _ERROR_CODE_NAMES.items()
     }
     assert set(ordinals) == set(_ERROR_CODE_NAMES.values())
+
+
+def test_a_method_from_a_newer_schema_is_reported_as_unknown(tmp_path: Path) -> None:
+    import capnp
+
+    import schemas
+
+    # A "newer" rpc.capnp: the same layout plus one more method in the Request union. File ids
+    # must differ from the loaded schemas' (pycapnp aborts the process on a clash).
+    envelope_text = (schemas.SCHEMA_DIR / "envelope.capnp").read_text()
+    (tmp_path / "envelope.capnp").write_text(
+        envelope_text.replace("@0xace5c86793aa8786;", "@0xace5c86793aa8787;")
+    )
+    text = (schemas.SCHEMA_DIR / "rpc.capnp").read_text()
+    text = text.replace("@0xa6bc50ab19fa0164;", "@0xa6bc50ab19fa0165;")
+    assert "    wait @4 :WaitParams;\n" in text
+    text = text.replace(
+        "    wait @4 :WaitParams;\n", "    wait @4 :WaitParams;\n    later @5 :Data;\n"
+    )
+    (tmp_path / "rpc.capnp").write_text(text)
+    newer = capnp.load(str(tmp_path / "rpc.capnp"), imports=[str(tmp_path)])
+    message = newer.Request.new_message()
+    message.later = b"x"
+    with pytest.raises(wire.UnknownMethodError):
+        wire.decode_request(message.to_bytes())
+
+
+def test_wait_round_trip() -> None:
+    request = wire.Wait(mailbox=b"\x01" * 32, cursor=9, limit=5, timeout_ms=25_000)
+    assert wire.decode_request(wire.encode_request(request)) == request
