@@ -1,0 +1,467 @@
+"""A Kademlia DHT of signed peer records, for finding nodes across networks.
+
+DESIGN.md §7. Each node stores its :class:`~discovery.records.PeerRecord`, signed, under
+:func:`dht_key` of its identity key; anyone can look it up with the identity key alone. The
+DHT is kademlia 2.2.3 over rpcudp, made safe by the subclasses in :mod:`discovery.kademlia_ext`:
+records are validated when stored and again when read, the newest valid one wins, a dead peer
+costs ``rpc_timeout`` (1 s) rather than 5 s, and time and randomness are injected.
+
+Usage::
+
+    dht = DhtNode(clock_ms=clock)
+    await dht.start("192.0.2.10", 7400)
+    await dht.bootstrap([("198.51.100.1", 7400)])
+    own = OwnRecord(identity, envelope_public_key, addresses=[("192.0.2.10", 4433)])
+    dht.keep_published(own)                        # now and whenever due
+    record = await dht.lookup(bob_identity_key, deadline=3.0)
+    ...
+    await dht.stop()
+
+Every deadline is a duration in seconds from the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kademlia.crawling import NodeSpiderCrawl
+from kademlia.network import Server
+from kademlia.node import Node
+
+from discovery.kademlia_ext import (
+    NODE_ID_SIZE,
+    RecordCrawl,
+    RecordProtocol,
+    RecordStorage,
+    dht_key,
+)
+from discovery.records import AcceptedRecord, OwnRecord, PeerRecord, RecordBook, Rejection, validate
+from node.core.runtime import Clock
+from node.transport.endpoint import DatagramFactory, udp_socket
+from node.transport.runtime import system_clock_ms
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+__all__ = ["DhtConfig", "DhtNode", "DhtStats", "LookupResult", "dht_key"]
+
+
+@dataclass(frozen=True)
+class DhtConfig:
+    """Tuning knobs; the defaults suit a real network.
+
+    :param rpc_timeout: seconds to wait for one reply before treating the peer as dead.
+    :param refresh_interval: seconds between routing refreshes and re-replication of stored
+        records (Kademlia §2.3, §2.5).
+    """
+
+    ksize: int = 20
+    alpha: int = 3
+    rpc_timeout: float = 1.0
+    max_records: int = 10_000
+    refresh_interval: float = 3600.0
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What one lookup found and what it cost."""
+
+    record: AcceptedRecord | None
+    hops: int  # crawl rounds; 0 when answered from local storage
+    queried: int  # find_value RPCs sent
+    rejected: dict[Rejection, int] = field(default_factory=dict)  # bad values received
+    timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class DhtStats:
+    routing_table: int
+    stored_records: int
+    refused_at_store: dict[Rejection, int]
+    rejected_at_read: dict[Rejection, int]
+    malformed_datagrams: int
+
+
+class _RecordServer(Server):  # type: ignore[misc]
+    """kademlia's Server with our protocol, storage, socket factory and store logic."""
+
+    def __init__(
+        self,
+        *,
+        ksize: int,
+        alpha: int,
+        node_id: bytes,
+        storage: RecordStorage,
+        protocol_args: dict[str, Any],
+    ) -> None:
+        super().__init__(ksize=ksize, alpha=alpha, node_id=node_id, storage=storage)
+        # Stock writes `storage or ForgetfulStorage()`: an empty store is falsy, so set it again.
+        self.storage = storage
+        self._protocol_args = protocol_args
+
+    def _create_protocol(self) -> RecordProtocol:
+        return RecordProtocol(self.node, self.storage, self.ksize, **self._protocol_args)
+
+    async def listen_with(self, factory: DatagramFactory, host: str, port: int) -> Address:
+        """Bind through the node's datagram factory (the simulator's seam), not
+        ``loop.create_datagram_endpoint``; no stock refresh timer (DhtNode runs its own)."""
+        protocol = self._create_protocol()
+        self.transport = await factory(lambda: protocol, (host, port))
+        self.protocol = protocol
+        sockname = self.transport.get_extra_info("sockname")
+        return (str(sockname[0]), int(sockname[1]))
+
+    async def bootstrap_node(self, addr: Address) -> Node | None:
+        node_id = await self.protocol.ping_address(addr)
+        if node_id is None:
+            return None
+        node = Node(node_id, addr[0], addr[1])
+        # Into the routing table at once, so a bootstrap cut short by its deadline still counts.
+        self.protocol.welcome_if_new(node)
+        return node
+
+    async def set_digest(self, dkey: bytes, value: bytes, accepted: list[int] | None = None) -> int:
+        """Store ``value`` on the k nodes nearest ``dkey``; return how many accepted it.
+
+        Unlike stock, an empty neighbour list is not a ``ValueError`` (``max()`` of nothing), a
+        refusal is not counted as success, and ``accepted`` (one counter) is updated as answers
+        arrive so a caller's deadline can still report partial success.
+        """
+        counter = accepted if accepted is not None else [0]
+        target = Node(dkey)
+        nearest = self.protocol.router.find_neighbors(target)
+        if not nearest:
+            return 0
+        nodes = await NodeSpiderCrawl(self.protocol, target, nearest, self.ksize, self.alpha).find()
+        if not nodes:
+            return 0
+
+        async def store(node: Node) -> None:
+            ok, _ = await self.protocol.call_store(node, dkey, value)
+            if ok:
+                counter[0] += 1
+
+        await asyncio.gather(*(store(n) for n in nodes))
+        return counter[0]
+
+    async def get(self, key: Any) -> Any:
+        raise NotImplementedError("use DhtNode.lookup: values must be validated")
+
+    async def set(self, key: Any, value: Any) -> Any:
+        raise NotImplementedError("use DhtNode.publish: values must be signed records")
+
+    def save_state(self, fname: Any) -> None:
+        raise NotImplementedError("kademlia state files are pickles; never written or loaded")
+
+    def save_state_regularly(self, fname: Any, frequency: Any = 600) -> None:
+        raise NotImplementedError("kademlia state files are pickles; never written or loaded")
+
+
+class DhtNode:
+    """One node of the peer-record DHT.
+
+    :param clock_ms: wall clock for record expiry (injected; the simulator's virtual clock).
+    :param random_bytes: randomness for the node id and refresh targets (seeded runs repeat).
+    :param datagram_factory: how to get a UDP socket (the simulator hands in its own).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock_ms: Clock = system_clock_ms,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        config: DhtConfig | None = None,
+        datagram_factory: DatagramFactory = udp_socket,
+        node_id: bytes | None = None,
+    ) -> None:
+        self.config = config or DhtConfig()
+        self._clock_ms = clock_ms
+        self._random_bytes = random_bytes
+        self._factory = datagram_factory
+        self.node_id = node_id if node_id is not None else random_bytes(NODE_ID_SIZE)
+        if len(self.node_id) != NODE_ID_SIZE:
+            raise ValueError(f"a DHT node id is {NODE_ID_SIZE} bytes")
+        self._server: _RecordServer | None = None
+        self._address: Address | None = None
+        self._family = socket.AF_INET
+        self._seen = RecordBook(capacity=self.config.max_records)
+        self.rejected_at_read: Counter[Rejection] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def address(self) -> Address:
+        if self._address is None:
+            raise RuntimeError("the DHT node is not started")
+        return self._address
+
+    def _protocol(self) -> RecordProtocol:
+        if self._server is None:
+            raise RuntimeError("the DHT node is not started")
+        protocol: RecordProtocol = self._server.protocol
+        return protocol
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
+        """Bind the DHT's UDP socket to ``host`` (an IP literal) and start maintenance."""
+        if self._server is not None:
+            raise RuntimeError("the DHT node is already started")
+        version = ipaddress.ip_address(host).version
+        self._family = socket.AF_INET if version == 4 else socket.AF_INET6
+        loop = asyncio.get_running_loop()
+        storage = RecordStorage(self._clock_ms, loop.time, self.config.max_records)
+        server = _RecordServer(
+            ksize=self.config.ksize,
+            alpha=self.config.alpha,
+            node_id=self.node_id,
+            storage=storage,
+            protocol_args={
+                "rpc_timeout": self.config.rpc_timeout,
+                "now": loop.time,
+                "random_bytes": self._random_bytes,
+                "ip_version": version,
+            },
+        )
+        self._address = await server.listen_with(self._factory, host, port)
+        self._server = server
+        self._spawn(self._maintain())
+        return self._address
+
+    async def stop(self) -> None:
+        """Stop periodic work, settle outstanding RPCs and close the socket."""
+        server, self._server = self._server, None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if server is None:
+            return
+        server.protocol.close()
+        if server.transport is not None:
+            server.transport.close()
+        pending = tasks + list(server.protocol._tasks)
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- joining --------------------------------------------------------------------------
+
+    async def _resolve(self, host: str, port: int) -> Address | None:
+        try:
+            ip = ipaddress.ip_address(host)
+            return (
+                (str(ip), port) if (ip.version == 4) == (self._family == socket.AF_INET) else None
+            )
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, family=self._family, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            log.warning("DHT bootstrap host %s does not resolve: %s", host, exc)
+            return None
+        return (str(infos[0][4][0]), port) if infos else None
+
+    async def bootstrap(self, peers: Sequence[Address], deadline: float = 5.0) -> int:
+        """Join the DHT through known peers (IPs or host names); return how many answered.
+
+        A dead peer costs at most ``rpc_timeout``, and the whole call at most ``deadline``.
+        """
+        server = self._server
+        if server is None:
+            raise RuntimeError("the DHT node is not started")
+        answered: list[Node] = []
+        try:
+            async with asyncio.timeout(deadline):
+                resolved = await asyncio.gather(*(self._resolve(h, p) for h, p in peers))
+                addresses = [a for a in dict.fromkeys(resolved) if a is not None]
+
+                async def ping(address: Address) -> None:
+                    node = await server.bootstrap_node(address)
+                    if node is not None:
+                        answered.append(node)
+
+                await asyncio.gather(*(ping(a) for a in addresses))
+                if answered:
+                    crawl = NodeSpiderCrawl(
+                        server.protocol, server.node, answered, server.ksize, server.alpha
+                    )
+                    await crawl.find()
+        except TimeoutError:
+            log.info("DHT bootstrap stopped at its %.1f s deadline", deadline)
+        return len(answered)
+
+    def neighbors(self) -> list[Address]:
+        """Addresses of the nodes in the routing table (closest to us first)."""
+        server = self._server
+        if server is None:
+            return []
+        return [(n.ip, n.port) for n in server.protocol.router.find_neighbors(server.node)]
+
+    # --- records --------------------------------------------------------------------------
+
+    async def publish(self, signed_record: bytes, deadline: float = 5.0) -> int:
+        """Store a signed record on the k nodes nearest its key; return how many accepted.
+
+        The record is also kept locally, so this node answers for it. Raises
+        :class:`ValueError` if the record is invalid or older than one already held.
+        """
+        server = self._server
+        if server is None:
+            raise RuntimeError("the DHT node is not started")
+        verdict = validate(signed_record, self._clock_ms())
+        if not isinstance(verdict, AcceptedRecord):
+            raise ValueError(f"refusing to publish a {verdict.reason.value} record")
+        key = dht_key(verdict.record.identity_key)
+        refused = server.storage.offer(key, signed_record)
+        if refused is not None:
+            raise ValueError(f"refusing to publish: the record is {refused.value}")
+        self._seen.keep(verdict, self._clock_ms())
+        accepted = [0]
+        try:
+            async with asyncio.timeout(deadline):
+                await server.set_digest(key, verdict.signed, accepted)
+        except TimeoutError:
+            log.info("DHT publish stopped at its deadline with %d stores", accepted[0])
+        return accepted[0]
+
+    async def republish(self, own: OwnRecord, deadline: float = 5.0) -> int:
+        """Sign a fresh record now (after an address change, say) and publish it."""
+        return await self.publish(own.sign(self._clock_ms()), deadline)
+
+    def keep_published(self, own: OwnRecord, check_interval: float = 60.0) -> None:
+        """Publish ``own`` now and again whenever it is due (changed, or half its life gone).
+
+        Call ``own.update(...)`` when addresses change; the next check republishes. For an
+        immediate republish, await :meth:`republish` instead.
+        """
+        self._spawn(self._keep_published(own, check_interval))
+
+    async def _keep_published(self, own: OwnRecord, check_interval: float) -> None:
+        while True:
+            if own.due(self._clock_ms()):
+                try:
+                    stored = await self.republish(own)
+                    log.info("published our peer record on %d DHT nodes", stored)
+                except ValueError as exc:
+                    log.warning("could not publish our peer record: %s", exc)
+                except Exception:  # keep trying at the next check rather than stop for good
+                    log.exception("publishing our peer record failed")
+            await asyncio.sleep(check_interval)
+
+    async def lookup(self, identity_key: bytes, deadline: float) -> PeerRecord | None:
+        """The newest valid record of ``identity_key``, or None if none was found in time."""
+        result = await self.lookup_detailed(identity_key, deadline)
+        return None if result.record is None else result.record.record
+
+    async def lookup_detailed(self, identity_key: bytes, deadline: float) -> LookupResult:
+        """Like :meth:`lookup`, with the cost of the search (for metrics and benchmarks)."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("the DHT node is not started")
+        now_ms = self._clock_ms()
+        key = dht_key(identity_key)
+        local = server.storage.accepted(key, now_ms)
+        if local is not None:
+            return LookupResult(self._newest(local, now_ms), hops=0, queried=0)
+        target = Node(key)
+        nearest = server.protocol.router.find_neighbors(target)
+        if not nearest:
+            return LookupResult(None, hops=0, queried=0)
+        crawl = RecordCrawl(
+            server.protocol,
+            target,
+            nearest,
+            server.ksize,
+            server.alpha,
+            identity_key=identity_key,
+            now_ms=now_ms,
+            known_sequence=self._seen.known_sequence(identity_key),
+        )
+        timed_out = False
+        try:
+            async with asyncio.timeout(deadline):
+                await crawl.find()
+        except TimeoutError:
+            timed_out = True
+        self.rejected_at_read.update(crawl.rejected)
+        best = crawl.best()
+        if best is not None:
+            best = self._newest(best, now_ms)
+            # Kademlia §2.3: cache the answer at the nearest node that lacked it.
+            peer = crawl.nearest_without_value.popleft()
+            if peer is not None:
+                server.protocol.spawn(server.protocol.call_store(peer, key, best.signed))
+        return LookupResult(best, crawl.rounds, crawl.queried, dict(crawl.rejected), timed_out)
+
+    def _newest(self, found: AcceptedRecord, now_ms: int) -> AcceptedRecord:
+        kept = self._seen.keep(found, now_ms)
+        if isinstance(kept, AcceptedRecord):
+            return kept
+        held = self._seen.get(found.record.identity_key, now_ms)
+        return held if held is not None else found
+
+    # --- upkeep ---------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.refresh_interval)
+            try:
+                await self.refresh()
+            except Exception:  # upkeep must outlive one bad round; the next one may work
+                log.exception("DHT refresh failed")
+
+    async def refresh(self, older_than: float | None = None) -> int:
+        """Refresh quiet buckets, then re-replicate records held longer than ``older_than``
+        seconds (default: the refresh interval) to their k nearest nodes (Kademlia §2.3, §2.5).
+
+        Runs every ``refresh_interval`` by itself; call it after a network change to re-join
+        faster. Returns how many records were re-replicated.
+        """
+        server = self._server
+        if server is None:
+            return 0
+        crawls = []
+        for node_id in server.protocol.get_refresh_ids():
+            target = Node(node_id)
+            nearest = server.protocol.router.find_neighbors(target, server.alpha)
+            crawls.append(
+                NodeSpiderCrawl(server.protocol, target, nearest, server.ksize, server.alpha).find()
+            )
+        await asyncio.gather(*crawls)
+        self._seen.expire(self._clock_ms())
+        age = self.config.refresh_interval if older_than is None else older_than
+        held = server.storage.iter_older_than(age)
+        for dkey, value in held:
+            await server.set_digest(dkey, value)
+        return len(held)
+
+    def stats(self) -> DhtStats:
+        server = self._server
+        if server is None:
+            return DhtStats(0, 0, {}, dict(self.rejected_at_read), 0)
+        protocol = server.protocol
+        table = sum(len(b) for b in protocol.router.buckets)
+        return DhtStats(
+            routing_table=table,
+            stored_records=len(server.storage),
+            refused_at_store=dict(server.storage.dropped),
+            rejected_at_read=dict(self.rejected_at_read),
+            malformed_datagrams=protocol.malformed,
+        )
