@@ -1,23 +1,42 @@
-//! A client: one Ed25519 signing key, its BasicCredential and its provider.
+//! A client: one Ed25519 signing key, its credential, and one store holding
+//! its KeyPackages and groups — in memory, or in an encrypted file.
+//!
+//! Every call that changes state is a transaction ([`ClientState::transact`]):
+//! the store is snapshotted, the call runs, and then either the whole store
+//! is written to the state file (success) or the snapshot is put back and the
+//! touched groups are reloaded from it (any error, including a failed write
+//! or a panic). A caller therefore sees each call happen completely or not at
+//! all, in memory and on disk.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use openmls::group::{
+    GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, ProcessedWelcome, StagedWelcome,
+    MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
+};
 use openmls::prelude::{
-    BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, SignatureScheme, StagedWelcome,
+    BasicCredential, Ciphersuite, CredentialWithKey, LeafNodeParameters, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, SenderRatchetConfiguration, SignatureScheme,
 };
 use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tls_codec::DeserializeBytes;
 use zeroize::Zeroize;
 
 use crate::error::{guarded, Error, Result};
-use crate::group::{create_config, join_config, Group, GroupState};
+use crate::group::Group;
 use crate::key_package::{
     ciphersuite_from_code, verified_identity, CIPHERSUITE_X25519_AES128GCM, IDENTITY_LEN,
 };
-use crate::provider::Provider;
+use crate::meta::{self, OwnCommit};
+use crate::policy::{capabilities, Policy};
+use crate::provider::{Entries, Provider};
+use crate::store_file::StateFile;
 
 // The Python signatures below spell the default ciphersuite as a literal so
 // that it shows up in `inspect.signature`; keep it equal to the constant.
@@ -26,17 +45,80 @@ const _: () = assert!(CIPHERSUITE_X25519_AES128GCM == 0x0001);
 /// Length of a raw Ed25519 private key (the RFC 8032 seed).
 pub const SIGNING_KEY_LEN: usize = 32;
 
-/// What a client and all of its groups share. Groups hold an `Arc` to it, so
-/// they keep working after the Python `Client` object is gone.
-pub struct ClientState {
-    pub(crate) provider: Provider,
+/// Past epochs whose message keys are kept, so that an application message
+/// sent just before a commit still decrypts after it. A trade-off: those keys
+/// live one commit longer (forward secrecy), and OpenMLS rewrites the past
+/// epochs' member lists with every message (cost grows with group size).
+pub const MAX_PAST_EPOCHS: usize = 1;
+
+/// Out-of-order tolerance within one sender's chain, and how far ahead a
+/// message may be (RFC 9420 §9.1; OpenMLS defaults are 5 and 1000).
+const OUT_OF_ORDER_TOLERANCE: u32 = 32;
+const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
+
+/// Configuration for groups we create. The ratchet tree goes into every
+/// Welcome and GroupInfo (RFC 9420 §12.4.3.3), so joiners need nothing out of
+/// band. Handshake messages go out encrypted; incoming ones may be
+/// PublicMessages only in groups open to external commits (which are always
+/// PublicMessages).
+pub(crate) fn create_config(suite: Ciphersuite, policy: &Policy) -> Result<MlsGroupCreateConfig> {
+    Ok(MlsGroupCreateConfig::builder()
+        .ciphersuite(suite)
+        .use_ratchet_tree_extension(true)
+        .capabilities(capabilities())
+        .with_group_context_extensions(policy.new_group_extensions()?)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+            OUT_OF_ORDER_TOLERANCE,
+            MAXIMUM_FORWARD_DISTANCE,
+        ))
+        .wire_format_policy(if policy.external_joins {
+            MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY
+        } else {
+            PURE_CIPHERTEXT_WIRE_FORMAT_POLICY
+        })
+        .build())
+}
+
+/// Configuration for groups we join (see [`create_config`]).
+pub(crate) fn join_config(external_joins: bool) -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .sender_ratchet_configuration(SenderRatchetConfiguration::new(
+            OUT_OF_ORDER_TOLERANCE,
+            MAXIMUM_FORWARD_DISTANCE,
+        ))
+        .wire_format_policy(if external_joins {
+            MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY
+        } else {
+            PURE_CIPHERTEXT_WIRE_FORMAT_POLICY
+        })
+        .build()
+}
+
+/// TLS-encodes an outgoing MLSMessage.
+pub(crate) fn encode(message: &MlsMessageOut) -> Result<Vec<u8>> {
+    message
+        .to_bytes()
+        .map_err(|_| Error::state("could not encode an MLS message"))
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The signing key and what is derived from it.
+pub struct Keys {
     pub(crate) signer: SignatureKeyPair,
     pub(crate) credential: CredentialWithKey,
     pub(crate) identity: [u8; IDENTITY_LEN],
 }
 
-impl ClientState {
-    /// Builds a client from a raw 32-byte Ed25519 private key.
+impl Keys {
+    /// From a raw 32-byte Ed25519 private key.
     pub fn from_signing_key(signing_key: &[u8]) -> Result<Self> {
         let mut seed: [u8; SIGNING_KEY_LEN] = signing_key.try_into().map_err(|_| {
             Error::invalid_input(format!(
@@ -49,7 +131,7 @@ impl ClientState {
             .verifying_key()
             .to_bytes();
         // openmls_basic_credential signs Ed25519 with the 32-byte seed as the
-        // private key and the 32-byte public key alongside it.
+        // private key (zeroized on drop) and the public key alongside it.
         let signer =
             SignatureKeyPair::from_raw(SignatureScheme::ED25519, seed.to_vec(), identity.to_vec());
         seed.zeroize();
@@ -58,65 +140,349 @@ impl ClientState {
             signature_key: identity.to_vec().into(),
         };
         Ok(Self {
-            provider: Provider::new(),
             signer,
             credential,
             identity,
         })
     }
+}
 
-    /// A fresh KeyPackage as MLSMessage bytes. Its private keys stay in this
-    /// client's provider until a Welcome uses them.
-    pub fn key_package(&self, ciphersuite: i64) -> Result<Vec<u8>> {
-        let suite = ciphersuite_from_code(ciphersuite)?;
-        let bundle = KeyPackage::builder().build(
-            suite,
-            &self.provider,
-            &self.signer,
-            self.credential.clone(),
-        )?;
-        encode(&MlsMessageOut::from(bundle))
+/// The mutable part of a client, behind one lock.
+pub struct Inner {
+    pub(crate) provider: Provider,
+    pub(crate) groups: HashMap<Vec<u8>, MlsGroup>,
+    file: Option<StateFile>,
+    /// Groups the running transaction changed, to reload if it fails.
+    touched: Vec<Vec<u8>>,
+    /// Set if undoing a failed call failed: the client refuses all calls.
+    broken: bool,
+}
+
+impl Inner {
+    /// Marks a group as changed by the running transaction.
+    pub(crate) fn touch(&mut self, group_id: &[u8]) {
+        if !self.touched.iter().any(|id| id == group_id) {
+            self.touched.push(group_id.to_vec());
+        }
     }
 
-    /// Creates a group with this client as its only member.
-    pub fn create_group(self: &Arc<Self>, group_id: &[u8], ciphersuite: i64) -> Result<GroupState> {
+    /// A group of this client, or NotMemberError.
+    pub(crate) fn group_mut(&mut self, group_id: &[u8]) -> Result<(&Provider, &mut MlsGroup)> {
+        let group = self
+            .groups
+            .get_mut(group_id)
+            .ok_or_else(|| Error::not_member("unknown group"))?;
+        Ok((&self.provider, group))
+    }
+
+    pub(crate) fn group(&self, group_id: &[u8]) -> Result<(&Provider, &MlsGroup)> {
+        let group = self
+            .groups
+            .get(group_id)
+            .ok_or_else(|| Error::not_member("unknown group"))?;
+        Ok((&self.provider, group))
+    }
+
+    fn persist(&self) -> Result<()> {
+        match &self.file {
+            Some(file) => self
+                .provider
+                .with_entries_ref(|entries| file.save(entries, self.provider.rand())),
+            None => Ok(()),
+        }
+    }
+
+    /// After a rollback: makes the in-memory groups match the store again.
+    fn reload_touched(&mut self) {
+        for group_id in std::mem::take(&mut self.touched) {
+            match MlsGroup::load(self.provider.storage(), &GroupId::from_slice(&group_id)) {
+                Ok(Some(group)) => {
+                    self.groups.insert(group_id, group);
+                }
+                // Absent (the failed call created it) or unreadable.
+                Ok(None) | Err(_) => {
+                    self.groups.remove(&group_id);
+                }
+            }
+        }
+    }
+
+    /// Forgets a group's state (in memory and in the store).
+    pub(crate) fn delete_group(&mut self, group_id: &[u8]) -> Result<()> {
+        self.touch(group_id);
+        if let Some(mut group) = self.groups.remove(group_id) {
+            group.delete(self.provider.storage())?;
+        }
+        self.provider.remove(&meta::own_commit_key(group_id));
+        meta::remove_group(&self.provider, group_id)
+    }
+}
+
+/// What a client and all of its groups share. Groups hold an `Arc` to it, so
+/// they keep working after the Python `Client` object is gone.
+pub struct ClientState {
+    pub(crate) keys: Keys,
+    inner: Mutex<Inner>,
+}
+
+impl ClientState {
+    /// An in-memory client (tests, simulations).
+    pub fn in_memory(signing_key: &[u8]) -> Result<Self> {
+        Self::open(signing_key, None)
+    }
+
+    /// A client whose state lives in the encrypted file at `path`; created
+    /// if it does not exist.
+    pub fn open(signing_key: &[u8], storage: Option<(PathBuf, &[u8])>) -> Result<Self> {
+        let keys = Keys::from_signing_key(signing_key)?;
+        // The identity a stored state belongs to must be ours.
+        let check = |entries: Option<&Entries>| match entries {
+            None => Ok(()),
+            Some(entries) => match entries.get(meta::IDENTITY) {
+                Some(identity) if *identity == keys.identity => Ok(()),
+                Some(_) => Err(Error::storage(
+                    "the MLS state file belongs to another identity",
+                )),
+                None => Err(Error::storage("the MLS state file has no identity record")),
+            },
+        };
+        let (provider, file, existed) = match storage {
+            None => (Provider::new()?, None, false),
+            Some((path, key)) => {
+                let (file, entries) = StateFile::open(&path, key, check)?;
+                match entries {
+                    Some(entries) => (Provider::with_entries(entries)?, Some(file), true),
+                    None => (Provider::new()?, Some(file), false),
+                }
+            }
+        };
+        if !existed {
+            provider.put(meta::IDENTITY.to_vec(), keys.identity.to_vec());
+            keys.signer.store(provider.storage())?;
+        }
+        let mut groups = HashMap::new();
+        for group_id in meta::groups(&provider)? {
+            let group = MlsGroup::load(provider.storage(), &GroupId::from_slice(&group_id))?
+                .ok_or_else(|| Error::storage("the MLS state file lacks a group it lists"))?;
+            groups.insert(group_id, group);
+        }
+        let inner = Inner {
+            provider,
+            groups,
+            file,
+            touched: Vec::new(),
+            broken: false,
+        };
+        if !existed {
+            inner.persist()?;
+        }
+        Ok(Self {
+            keys,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        let unusable = || Error::state("client is unusable after an internal error");
+        // Transactions catch panics inside the lock, so it is never poisoned
+        // in practice; if it is, refuse rather than use half-updated state.
+        let inner = self.inner.lock().map_err(|_| unusable())?;
+        if inner.broken {
+            return Err(unusable());
+        }
+        Ok(inner)
+    }
+
+    /// Runs a read-only `f`.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Keys, &Inner) -> Result<T>) -> Result<T> {
+        let inner = self.lock()?;
+        guarded(|| f(&self.keys, &inner))
+    }
+
+    /// Runs `f` as one atomic step: its changes are written to the state
+    /// file before this returns, or undone (in memory) if anything fails.
+    pub(crate) fn transact<T>(&self, f: impl FnOnce(&Keys, &mut Inner) -> Result<T>) -> Result<T> {
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
+        inner.touched.clear();
+        let snapshot = inner.provider.snapshot();
+        let result = guarded(|| {
+            let value = f(&self.keys, inner)?;
+            inner.persist()?;
+            Ok(value)
+        });
+        if result.is_ok() {
+            inner.touched.clear();
+            return result;
+        }
+        let rolled_back = guarded(|| {
+            inner.provider.restore(snapshot);
+            inner.reload_touched();
+            Ok(())
+        });
+        if rolled_back.is_err() {
+            // Memory no longer matches the file: refuse every further call
+            // (a new client reopens the file, which holds the last success).
+            inner.broken = true;
+        }
+        result
+    }
+
+    // --- groups -----------------------------------------------------------
+
+    /// Creates a group with this client as its only member and committer.
+    pub fn create_group(
+        &self,
+        group_id: &[u8],
+        ciphersuite: i64,
+        external_joins: bool,
+    ) -> Result<()> {
         let suite = ciphersuite_from_code(ciphersuite)?;
         if group_id.is_empty() {
             return Err(Error::invalid_input("group id must not be empty"));
         }
-        let mls = MlsGroup::new_with_group_id(
-            &self.provider,
-            &self.signer,
-            &create_config(suite),
-            GroupId::from_slice(group_id),
-            self.credential.clone(),
-        )?;
-        Ok(GroupState::new(Arc::clone(self), mls))
+        self.transact(|keys, inner| {
+            if inner.groups.contains_key(group_id) {
+                return Err(Error::state(
+                    "a group with this id already exists for this client",
+                ));
+            }
+            inner.touch(group_id);
+            let policy = Policy {
+                committer: keys.identity.to_vec(),
+                external_joins,
+            };
+            let group = MlsGroup::new_with_group_id(
+                &inner.provider,
+                &keys.signer,
+                &create_config(suite, &policy)?,
+                GroupId::from_slice(group_id),
+                keys.credential.clone(),
+            )?;
+            meta::add_group(&inner.provider, group_id)?;
+            inner.groups.insert(group_id.to_vec(), group);
+            Ok(())
+        })
     }
 
-    /// Joins a group from a Welcome MLSMessage made for one of this client's
-    /// KeyPackages. The Welcome must carry the ratchet tree.
-    pub fn join(self: &Arc<Self>, welcome: &[u8]) -> Result<GroupState> {
+    /// Joins a group from a Welcome made for one of this client's
+    /// KeyPackages; returns the group id.
+    pub fn join(&self, welcome: &[u8]) -> Result<Vec<u8>> {
         let welcome = match MlsMessageIn::tls_deserialize_exact_bytes(welcome)?.extract() {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
             _ => return Err(Error::invalid_input("message is not a welcome")),
         };
-        let staged =
-            StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)?;
-        // Apply our credential rule to everyone already in the group.
-        for member in staged.members() {
-            verified_identity(&member.credential, &member.signature_key)?;
-        }
-        let mls = staged.into_group(&self.provider)?;
-        Ok(GroupState::new(Arc::clone(self), mls))
+        self.transact(|_, inner| {
+            let processed =
+                ProcessedWelcome::new_from_welcome(&inner.provider, &join_config(false), welcome)?;
+            let group_id = processed
+                .unverified_group_info()
+                .group_id()
+                .as_slice()
+                .to_vec();
+            replace_inactive(inner, &group_id)?;
+            let staged: StagedWelcome = processed.into_staged_welcome(&inner.provider, None)?;
+            let policy = Policy::from_extensions(staged.group_context().extensions())?;
+            // Apply our credential rule to everyone already in the group.
+            let mut identities = Vec::new();
+            for member in staged.members() {
+                identities.push(verified_identity(
+                    &member.credential,
+                    &member.signature_key,
+                )?);
+            }
+            policy.require_member(&identities)?;
+            inner.touch(&group_id);
+            let mut group = staged.into_group(&inner.provider)?;
+            if policy.external_joins {
+                group.set_configuration(inner.provider.storage(), &join_config(true))?;
+            }
+            meta::add_group(&inner.provider, &group_id)?;
+            inner.groups.insert(group_id.clone(), group);
+            Ok(group_id)
+        })
+    }
+
+    /// Joins a group by external commit from its GroupInfo; returns the
+    /// group id and the commit to send to the members.
+    pub fn join_external(&self, group_info: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        let group_info = match MlsMessageIn::tls_deserialize_exact_bytes(group_info)?.extract() {
+            MlsMessageBodyIn::GroupInfo(info) => info,
+            _ => return Err(Error::invalid_input("message is not a group info")),
+        };
+        ciphersuite_from_code(group_info.ciphersuite() as i64)?;
+        self.transact(|keys, inner| {
+            let group_id = group_info.group_id().as_slice().to_vec();
+            replace_inactive(inner, &group_id)?;
+            inner.touch(&group_id);
+            let provider = &inner.provider;
+            let (group, bundle) = MlsGroup::external_commit_builder()
+                .with_config(join_config(true))
+                .build_group(provider, group_info, keys.credential.clone())?
+                .leaf_node_parameters(
+                    LeafNodeParameters::builder()
+                        .with_capabilities(capabilities())
+                        .build(),
+                )
+                .load_psks(provider.storage())?
+                .build(provider.rand(), provider.crypto(), &keys.signer, |_| true)?
+                .finalize(provider)?;
+            let policy = Policy::of(&group)?;
+            if !policy.external_joins {
+                return Err(Error::not_committer(
+                    "this group does not accept external joins",
+                ));
+            }
+            let mut identities = Vec::new();
+            for member in group.members() {
+                identities.push(verified_identity(
+                    &member.credential,
+                    &member.signature_key,
+                )?);
+            }
+            policy.require_member(&identities)?;
+            let commit = encode(bundle.commit())?;
+            meta::store(
+                provider,
+                &meta::own_commit_key(&group_id),
+                &OwnCommit {
+                    epoch: group.epoch().as_u64(),
+                    commit: commit.as_slice().into(),
+                    welcome: None,
+                },
+            )?;
+            meta::add_group(provider, &group_id)?;
+            inner.groups.insert(group_id.clone(), group);
+            Ok((group_id, commit))
+        })
+    }
+
+    /// Every group this client holds state for, in creation order.
+    pub fn group_ids(&self) -> Result<Vec<Vec<u8>>> {
+        self.read(|_, inner| meta::groups(&inner.provider))
+    }
+
+    /// Forgets a group: its state is deleted from the store.
+    pub fn forget_group(&self, group_id: &[u8]) -> Result<()> {
+        self.transact(|_, inner| {
+            if !inner.groups.contains_key(group_id) {
+                return Err(Error::not_member("unknown group"));
+            }
+            inner.delete_group(group_id)
+        })
     }
 }
 
-/// TLS-encodes an outgoing MLSMessage.
-pub(crate) fn encode(message: &MlsMessageOut) -> Result<Vec<u8>> {
-    message
-        .to_bytes()
-        .map_err(|_| Error::state("could not encode an MLS message"))
+/// Drops the state of a group we were removed from, so that we can join it
+/// again; refuses if we are still a member.
+fn replace_inactive(inner: &mut Inner, group_id: &[u8]) -> Result<()> {
+    match inner.groups.get(group_id) {
+        None => Ok(()),
+        Some(group) if group.is_active() => Err(Error::state(
+            "this client is already a member of that group",
+        )),
+        Some(_) => inner.delete_group(group_id),
+    }
 }
 
 /// An MLS client: an Ed25519 signing key and the groups and KeyPackages made
@@ -129,8 +495,22 @@ pub struct Client {
 #[pymethods]
 impl Client {
     #[new]
-    fn new(signing_key: &[u8]) -> PyResult<Self> {
-        let state = guarded(|| ClientState::from_signing_key(signing_key))?;
+    #[pyo3(signature = (signing_key, storage_path = None, storage_key = None))]
+    fn new(
+        py: Python<'_>,
+        signing_key: &[u8],
+        storage_path: Option<PathBuf>,
+        storage_key: Option<&[u8]>,
+    ) -> PyResult<Self> {
+        let state = py.detach(|| {
+            guarded(|| match (storage_path, storage_key) {
+                (None, None) => ClientState::in_memory(signing_key),
+                (Some(path), Some(key)) => ClientState::open(signing_key, Some((path, key))),
+                _ => Err(Error::invalid_input(
+                    "storage_path and storage_key must be given together",
+                )),
+            })
+        })?;
         Ok(Self {
             state: Arc::new(state),
         })
@@ -139,38 +519,182 @@ impl Client {
     /// The 32-byte Ed25519 public key; also the credential identity.
     #[getter]
     fn identity<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.state.identity)
+        PyBytes::new(py, &self.state.keys.identity)
     }
 
-    /// A fresh KeyPackage, serialized as an MLSMessage.
+    /// A fresh single-use KeyPackage, serialized as an MLSMessage.
     #[pyo3(signature = (ciphersuite = 0x0001))]
     fn key_package<'py>(&self, py: Python<'py>, ciphersuite: i64) -> PyResult<Bound<'py, PyBytes>> {
         let state = &self.state;
-        let bytes = py.detach(|| guarded(|| state.key_package(ciphersuite)))?;
-        Ok(PyBytes::new(py, &bytes))
+        let mut bytes = py.detach(|| guarded(|| state.key_packages(1, ciphersuite)))?;
+        let kp = bytes
+            .pop()
+            .ok_or_else(|| Error::state("no key package was made"))?;
+        Ok(PyBytes::new(py, &kp))
     }
 
-    /// Creates a new group with this client as its only member.
-    #[pyo3(signature = (group_id, ciphersuite = 0x0001))]
-    fn create_group(&self, py: Python<'_>, group_id: &[u8], ciphersuite: i64) -> PyResult<Group> {
+    /// `count` fresh single-use KeyPackages.
+    #[pyo3(signature = (count, ciphersuite = 0x0001))]
+    fn key_packages<'py>(
+        &self,
+        py: Python<'py>,
+        count: usize,
+        ciphersuite: i64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let state = &self.state;
-        let group = py.detach(|| guarded(|| state.create_group(group_id, ciphersuite)))?;
-        Ok(Group::from(group))
+        let kps = py.detach(|| guarded(|| state.key_packages(count, ciphersuite)))?;
+        Ok(kps.iter().map(|kp| PyBytes::new(py, kp)).collect())
+    }
+
+    /// How many single-use KeyPackages are still unused and unexpired.
+    #[pyo3(signature = (ciphersuite = 0x0001))]
+    fn unused_key_packages(&self, py: Python<'_>, ciphersuite: i64) -> PyResult<usize> {
+        let state = &self.state;
+        Ok(py.detach(|| guarded(|| state.unused_key_packages(ciphersuite)))?)
+    }
+
+    /// The last-resort KeyPackage (stable until rotated).
+    #[pyo3(signature = (ciphersuite = 0x0001))]
+    fn last_resort_key_package<'py>(
+        &self,
+        py: Python<'py>,
+        ciphersuite: i64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let state = &self.state;
+        let kp = py.detach(|| guarded(|| state.last_resort_key_package(ciphersuite)))?;
+        Ok(PyBytes::new(py, &kp))
+    }
+
+    /// Replaces the last-resort KeyPackage; returns the new one.
+    #[pyo3(signature = (ciphersuite = 0x0001))]
+    fn rotate_last_resort<'py>(
+        &self,
+        py: Python<'py>,
+        ciphersuite: i64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let state = &self.state;
+        let kp = py.detach(|| guarded(|| state.rotate_last_resort(ciphersuite)))?;
+        Ok(PyBytes::new(py, &kp))
+    }
+
+    /// Creates a new group with this client as its only member and committer.
+    #[pyo3(signature = (group_id, ciphersuite = 0x0001, *, external_joins = false))]
+    fn create_group(
+        &self,
+        py: Python<'_>,
+        group_id: &[u8],
+        ciphersuite: i64,
+        external_joins: bool,
+    ) -> PyResult<Group> {
+        let state = &self.state;
+        py.detach(|| guarded(|| state.create_group(group_id, ciphersuite, external_joins)))?;
+        Ok(Group::new(Arc::clone(state), group_id.to_vec()))
     }
 
     /// Joins a group from a Welcome MLSMessage.
     fn join(&self, py: Python<'_>, welcome: &[u8]) -> PyResult<Group> {
         let state = &self.state;
-        let group = py.detach(|| guarded(|| state.join(welcome)))?;
-        Ok(Group::from(group))
+        let group_id = py.detach(|| guarded(|| state.join(welcome)))?;
+        Ok(Group::new(Arc::clone(state), group_id))
+    }
+
+    /// Joins a group by external commit; returns the group and the commit.
+    fn join_external<'py>(
+        &self,
+        py: Python<'py>,
+        group_info: &[u8],
+    ) -> PyResult<(Group, Bound<'py, PyBytes>)> {
+        let state = &self.state;
+        let (group_id, commit) = py.detach(|| guarded(|| state.join_external(group_info)))?;
+        Ok((
+            Group::new(Arc::clone(state), group_id),
+            PyBytes::new(py, &commit),
+        ))
+    }
+
+    /// The ids of every group this client holds state for.
+    fn group_ids<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let ids = self.state.group_ids()?;
+        Ok(ids.iter().map(|id| PyBytes::new(py, id)).collect())
+    }
+
+    /// The group with this id, at the epoch it was left at.
+    fn load_group(&self, group_id: &[u8]) -> PyResult<Group> {
+        self.state
+            .read(|_, inner| inner.group(group_id).map(drop))?;
+        Ok(Group::new(Arc::clone(&self.state), group_id.to_vec()))
+    }
+
+    /// Deletes a group's state from this client.
+    fn forget_group(&self, py: Python<'_>, group_id: &[u8]) -> PyResult<()> {
+        let state = &self.state;
+        Ok(py.detach(|| guarded(|| state.forget_group(group_id)))?)
     }
 
     fn __repr__(&self) -> String {
-        format!("<Client identity={}…>", hex_prefix(&self.state.identity))
+        format!(
+            "<Client identity={}…>",
+            hex_prefix(&self.state.keys.identity)
+        )
     }
 }
 
 /// The first bytes of a public value as hex, for reprs.
 pub(crate) fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_package::{build_key_package, SUPPORTED_CIPHERSUITES as SUPPORTED};
+
+    #[test]
+    fn wrong_signing_key_length_is_invalid_input() {
+        let err = ClientState::in_memory(&[0u8; 31]).err().unwrap();
+        assert_eq!(err.python_class(), "InvalidInputError");
+        assert_eq!(err.message(), "signing key must be 32 bytes, got 31");
+    }
+
+    #[test]
+    fn failed_transaction_leaves_the_store_untouched() {
+        let client = ClientState::in_memory(&[1; 32]).unwrap();
+        let before = client
+            .read(|_, inner| Ok(inner.provider.with_entries_ref(|e| e.len())))
+            .unwrap();
+        let err = client
+            .transact(|keys, inner| {
+                build_key_package(
+                    &inner.provider,
+                    &keys.signer,
+                    &keys.credential,
+                    SUPPORTED[0],
+                    false,
+                    None,
+                )?;
+                Err::<(), _>(Error::state("boom"))
+            })
+            .unwrap_err();
+        assert_eq!(err.message(), "boom");
+        let after = client
+            .read(|_, inner| Ok(inner.provider.with_entries_ref(|e| e.len())))
+            .unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn panic_inside_a_transaction_is_an_error_and_rolls_back() {
+        let client = ClientState::in_memory(&[1; 32]).unwrap();
+        client.create_group(b"g", 1, false).unwrap();
+        let err = client
+            .transact(|_, inner| -> Result<()> {
+                inner.touch(b"g");
+                inner.groups.clear();
+                panic!("inside OpenMLS");
+            })
+            .unwrap_err();
+        assert_eq!(err.python_class(), "MlsError");
+        // The group was reloaded from the restored store.
+        client.read(|_, inner| inner.group(b"g").map(drop)).unwrap();
+    }
 }

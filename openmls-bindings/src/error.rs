@@ -11,8 +11,11 @@ use openmls::error::LibraryError;
 use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
 use openmls::group::{
     AddMembersError, CommitBuilderStageError, CreateCommitError, CreateMessageError,
-    MergeCommitError, MergePendingCommitError, MlsGroupStateError, NewGroupError,
-    ProcessMessageError, StageCommitError, ValidationError, WelcomeError,
+    ExportGroupInfoError, ExportSecretError, ExternalCommitBuilderError,
+    ExternalCommitBuilderFinalizeError, LeaveGroupError, MergeCommitError, MergePendingCommitError,
+    MlsGroupStateError, NewGroupError, ProcessMessageError, ProposeAddMemberError,
+    ProposeRemoveMemberError, ProposeSelfUpdateError, RemoveProposalError, StageCommitError,
+    ValidationError, WelcomeError,
 };
 use openmls::prelude::{KeyPackageNewError, KeyPackageVerifyError};
 use pyo3::PyErr;
@@ -26,6 +29,8 @@ mod py {
     pyo3::import_exception!(openmls_bindings.exceptions, WrongEpochError);
     pyo3::import_exception!(openmls_bindings.exceptions, WrongCiphersuiteError);
     pyo3::import_exception!(openmls_bindings.exceptions, StorageError);
+    pyo3::import_exception!(openmls_bindings.exceptions, NotMemberError);
+    pyo3::import_exception!(openmls_bindings.exceptions, NotCommitterError);
 }
 
 /// Everything that can go wrong in the binding.
@@ -40,8 +45,13 @@ pub enum Error {
     WrongEpoch(String),
     /// An unsupported ciphersuite, or one that does not match the group.
     WrongCiphersuite(String),
-    /// The storage provider failed.
+    /// The encrypted state file cannot be opened, read or written.
     Storage(String),
+    /// This client is not (or no longer) a member of the group, or the group
+    /// is unknown.
+    NotMember(String),
+    /// A commit by (or attempted by) someone other than the group's committer.
+    NotCommitter(String),
     /// Local state problems (e.g. use after eviction) and OpenMLS internal
     /// errors; raised as the base `MlsError`.
     State(String),
@@ -67,6 +77,18 @@ impl Error {
         Self::State(msg.into())
     }
 
+    pub(crate) fn storage(msg: impl Into<String>) -> Self {
+        Self::Storage(msg.into())
+    }
+
+    pub(crate) fn not_member(msg: impl Into<String>) -> Self {
+        Self::NotMember(msg.into())
+    }
+
+    pub(crate) fn not_committer(msg: impl Into<String>) -> Self {
+        Self::NotCommitter(msg.into())
+    }
+
     /// The user-facing message for a message from another epoch.
     pub(crate) fn wrong_epoch(message_epoch: u64, group_epoch: u64) -> Self {
         Self::WrongEpoch(format!(
@@ -82,6 +104,8 @@ impl Error {
             Self::WrongEpoch(_) => "WrongEpochError",
             Self::WrongCiphersuite(_) => "WrongCiphersuiteError",
             Self::Storage(_) => "StorageError",
+            Self::NotMember(_) => "NotMemberError",
+            Self::NotCommitter(_) => "NotCommitterError",
             Self::State(_) => "MlsError",
         }
     }
@@ -94,6 +118,8 @@ impl Error {
             | Self::WrongEpoch(m)
             | Self::WrongCiphersuite(m)
             | Self::Storage(m)
+            | Self::NotMember(m)
+            | Self::NotCommitter(m)
             | Self::State(m) => m,
         }
     }
@@ -115,6 +141,8 @@ impl From<Error> for PyErr {
             Error::WrongEpoch(m) => py::WrongEpochError::new_err(m),
             Error::WrongCiphersuite(m) => py::WrongCiphersuiteError::new_err(m),
             Error::Storage(m) => py::StorageError::new_err(m),
+            Error::NotMember(m) => py::NotMemberError::new_err(m),
+            Error::NotCommitter(m) => py::NotCommitterError::new_err(m),
             Error::State(m) => py::MlsError::new_err(m),
         }
     }
@@ -133,9 +161,15 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 // --- Conversions from OpenMLS errors -------------------------------------
 
 fn storage(_err: StorageError) -> Error {
-    // The in-memory store's errors carry no secrets, but a persistent store
-    // may echo keys or paths: keep the text generic.
+    // The in-memory store fails only when a stored value does not decode,
+    // i.e. the state is inconsistent: keep the text generic.
     Error::Storage("the MLS state store failed".into())
+}
+
+impl From<StorageError> for Error {
+    fn from(err: StorageError) -> Self {
+        storage(err)
+    }
 }
 
 impl From<LibraryError> for Error {
@@ -150,7 +184,7 @@ impl From<MlsGroupStateError> for Error {
         match err {
             MlsGroupStateError::LibraryError(e) => e.into(),
             MlsGroupStateError::UseAfterEviction => {
-                Error::state("this member was removed from the group")
+                Error::not_member("this member was removed from the group")
             }
             MlsGroupStateError::PendingProposal => {
                 Error::state("a proposal is pending; wait for the commit that covers it")
@@ -262,6 +296,9 @@ impl From<StageCommitError> for Error {
             StageCommitError::EpochMismatch => {
                 Error::WrongEpoch("commit is from another epoch".into())
             }
+            StageCommitError::MissingProposal => Error::invalid_message(
+                "commit covers a proposal this member has not received (yet)",
+            ),
             other => Error::InvalidMessage(format!("invalid commit: {other}")),
         }
     }
@@ -349,6 +386,119 @@ impl From<CreateMessageError> for Error {
     }
 }
 
+impl From<ProposeAddMemberError<StorageError>> for Error {
+    fn from(err: ProposeAddMemberError<StorageError>) -> Self {
+        match err {
+            ProposeAddMemberError::LibraryError(e) => e.into(),
+            ProposeAddMemberError::GroupStateError(e) => e.into(),
+            ProposeAddMemberError::StorageError(e) => storage(e),
+            ProposeAddMemberError::UnsupportedExtensions => {
+                Error::invalid_input("the key package does not support this group's extensions")
+            }
+            ProposeAddMemberError::LeafNodeValidation(e) => {
+                Error::invalid_input(format!("cannot add member: {e}"))
+            }
+        }
+    }
+}
+
+impl From<ProposeRemoveMemberError<StorageError>> for Error {
+    fn from(err: ProposeRemoveMemberError<StorageError>) -> Self {
+        match err {
+            ProposeRemoveMemberError::LibraryError(e) => e.into(),
+            ProposeRemoveMemberError::GroupStateError(e) => e.into(),
+            ProposeRemoveMemberError::StorageError(e) => storage(e),
+            ProposeRemoveMemberError::UnknownMember => {
+                Error::invalid_input("no such member in the group")
+            }
+        }
+    }
+}
+
+impl From<ProposeSelfUpdateError<StorageError>> for Error {
+    fn from(err: ProposeSelfUpdateError<StorageError>) -> Self {
+        match err {
+            ProposeSelfUpdateError::LibraryError(e) => e.into(),
+            ProposeSelfUpdateError::GroupStateError(e) => e.into(),
+            ProposeSelfUpdateError::StorageError(e) => storage(e),
+            other => Error::state(format!("cannot propose an update: {other}")),
+        }
+    }
+}
+
+impl From<LeaveGroupError<StorageError>> for Error {
+    fn from(err: LeaveGroupError<StorageError>) -> Self {
+        match err {
+            LeaveGroupError::LibraryError(e) => e.into(),
+            LeaveGroupError::GroupStateError(e) => e.into(),
+            LeaveGroupError::StorageError(e) => storage(e),
+            other => Error::state(format!("cannot leave: {other}")),
+        }
+    }
+}
+
+impl From<RemoveProposalError<StorageError>> for Error {
+    fn from(err: RemoveProposalError<StorageError>) -> Self {
+        match err {
+            RemoveProposalError::Storage(e) => storage(e),
+            RemoveProposalError::ProposalNotFound => {
+                Error::state("a pending proposal disappeared from the proposal store")
+            }
+        }
+    }
+}
+
+impl From<ExportGroupInfoError> for Error {
+    fn from(err: ExportGroupInfoError) -> Self {
+        match err {
+            ExportGroupInfoError::LibraryError(e) => e.into(),
+            ExportGroupInfoError::GroupStateError(e) => e.into(),
+            other => Error::state(format!("cannot export the group info: {other}")),
+        }
+    }
+}
+
+impl From<ExportSecretError> for Error {
+    fn from(err: ExportSecretError) -> Self {
+        match err {
+            ExportSecretError::LibraryError(e) => e.into(),
+            ExportSecretError::GroupStateError(e) => e.into(),
+            ExportSecretError::KeyLengthTooLong => {
+                Error::invalid_input("exporter length must be at most 65535")
+            }
+        }
+    }
+}
+
+impl From<ExternalCommitBuilderError<StorageError>> for Error {
+    fn from(err: ExternalCommitBuilderError<StorageError>) -> Self {
+        match err {
+            ExternalCommitBuilderError::LibraryError(e) => e.into(),
+            ExternalCommitBuilderError::StorageError(e) => storage(e),
+            ExternalCommitBuilderError::UnsupportedCiphersuite(_) => {
+                Error::wrong_ciphersuite("the group's ciphersuite is not supported")
+            }
+            ExternalCommitBuilderError::MissingRatchetTree => {
+                Error::invalid_message("group info does not carry the ratchet tree")
+            }
+            ExternalCommitBuilderError::MissingExternalPub => {
+                Error::invalid_message("group info does not carry an external public key")
+            }
+            other => Error::InvalidMessage(format!("invalid group info: {other}")),
+        }
+    }
+}
+
+impl From<ExternalCommitBuilderFinalizeError<StorageError>> for Error {
+    fn from(err: ExternalCommitBuilderFinalizeError<StorageError>) -> Self {
+        match err {
+            ExternalCommitBuilderFinalizeError::LibraryError(e) => e.into(),
+            ExternalCommitBuilderFinalizeError::StorageError(e) => storage(e),
+            ExternalCommitBuilderFinalizeError::MergeCommitError(e) => e.into(),
+        }
+    }
+}
+
 impl From<tls_codec::Error> for Error {
     fn from(_err: tls_codec::Error) -> Self {
         Error::invalid_input("bytes are not a well-formed MLS message")
@@ -402,6 +552,10 @@ mod tests {
         assert_eq!(err.python_class(), "StorageError");
         let err = Error::from(ProcessMessageError::<StorageError>::GroupStateError(
             MlsGroupStateError::UseAfterEviction,
+        ));
+        assert_eq!(err.python_class(), "NotMemberError");
+        let err = Error::from(ProcessMessageError::<StorageError>::GroupStateError(
+            MlsGroupStateError::PendingCommit,
         ));
         assert_eq!(err.python_class(), "MlsError");
         let err = Error::from(WelcomeError::<StorageError>::CiphersuiteMismatch);

@@ -1,302 +1,138 @@
-//! A group this client is a member of, and the result of processing a
-//! message for it.
+//! The Python `Group` (a handle on one group of a client) and `Processed`.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use openmls::prelude::{
-    Ciphersuite, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn,
-    MlsMessageIn, ProcessMessageError, ProcessedMessageContent, Proposal, ProtocolMessage,
-    StagedCommit,
-};
+use openmls::group::MlsGroup;
 use openmls_traits::OpenMlsProvider;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use tls_codec::DeserializeBytes;
 
-use crate::client::{encode, hex_prefix, ClientState};
+use crate::client::{encode, hex_prefix, ClientState, Keys};
 use crate::error::{guarded, Error, Result};
-use crate::key_package::{ciphersuite_code, leaf_identity, parse_key_package};
-use crate::provider::StorageError;
+use crate::group_ops::{parse_group_message, GroupOps, Outcome};
+use crate::key_package::ciphersuite_code;
+use crate::meta::{self, OwnCommit};
+use crate::policy::Policy;
+use crate::provider::Provider;
 
-/// Configuration for groups we create. The ratchet tree goes into every
-/// Welcome (RFC 9420 §12.4.3.3), so joiners need nothing out of band.
-pub(crate) fn create_config(suite: Ciphersuite) -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(suite)
-        .use_ratchet_tree_extension(true)
-        .build()
-}
-
-/// Configuration for groups we join; our own later Welcomes carry the tree too.
-pub(crate) fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
-        .build()
-}
-
-/// What a processed message was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Application,
-    Commit,
-    Proposal,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Application => "application",
-            Kind::Commit => "commit",
-            Kind::Proposal => "proposal",
-        }
-    }
-}
-
-/// The outcome of [`GroupState::process`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub kind: Kind,
-    pub sender: Vec<u8>,
-    pub plaintext: Option<Vec<u8>>,
-    pub epoch: u64,
-}
-
-/// An OpenMLS group plus the client state it signs and stores with.
-pub struct GroupState {
-    client: Arc<ClientState>,
-    mls: MlsGroup,
-}
-
-impl GroupState {
-    pub(crate) fn new(client: Arc<ClientState>, mls: MlsGroup) -> Self {
-        Self { client, mls }
-    }
-
-    pub fn group_id(&self) -> Vec<u8> {
-        self.mls.group_id().as_slice().to_vec()
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.mls.epoch().as_u64()
-    }
-
-    pub fn ciphersuite(&self) -> u16 {
-        ciphersuite_code(self.mls.ciphersuite())
-    }
-
-    /// `(leaf_index, identity)` for every member, by leaf index.
-    pub fn members(&self) -> Vec<(u32, Vec<u8>)> {
-        let mut members: Vec<(u32, Vec<u8>)> = self
-            .mls
-            .members()
-            .map(|m| (m.index.u32(), m.credential.serialized_content().to_vec()))
-            .collect();
-        members.sort_by_key(|(index, _)| *index);
-        members
-    }
-
-    /// Commits adding the owners of `key_packages`, merges the commit and
-    /// returns `(commit, welcome)` as MLSMessage bytes.
-    pub fn add_members<B: AsRef<[u8]>>(
-        &mut self,
-        key_packages: &[B],
-    ) -> Result<(Vec<u8>, Vec<u8>)> {
-        if key_packages.is_empty() {
-            return Err(Error::invalid_input("no key packages given"));
-        }
-        let group_suite = self.mls.ciphersuite();
-        let mut parsed = Vec::with_capacity(key_packages.len());
-        for (position, bytes) in key_packages.iter().enumerate() {
-            let kp = parse_key_package(bytes.as_ref())?;
-            if kp.ciphersuite() != group_suite {
-                return Err(Error::wrong_ciphersuite(format!(
-                    "key package {position} uses ciphersuite {:#06x} but the group uses {:#06x}",
-                    ciphersuite_code(kp.ciphersuite()),
-                    ciphersuite_code(group_suite),
-                )));
-            }
-            parsed.push(kp);
-        }
-        let client = &self.client;
-        let (commit, welcome, _group_info) =
-            self.mls
-                .add_members(&client.provider, &client.signer, &parsed)?;
-        self.mls.merge_pending_commit(&client.provider)?;
-        Ok((encode(&commit)?, encode(&welcome)?))
-    }
-
-    /// Encrypts an application message as a PrivateMessage MLSMessage.
-    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let client = &self.client;
-        let message = self
-            .mls
-            .create_message(&client.provider, &client.signer, plaintext)?;
-        encode(&message)
-    }
-
-    /// Processes one incoming MLSMessage for this group.
-    pub fn process(&mut self, bytes: &[u8]) -> Result<Outcome> {
-        let message: ProtocolMessage =
-            match MlsMessageIn::tls_deserialize_exact_bytes(bytes)?.extract() {
-                MlsMessageBodyIn::PrivateMessage(m) => m.into(),
-                MlsMessageBodyIn::PublicMessage(m) => m.into(),
-                _ => {
-                    return Err(Error::invalid_input(
-                        "message is not a group message (welcome, key package or group info)",
-                    ))
-                }
-            };
-        if message.group_id() != self.mls.group_id() {
-            return Err(Error::invalid_message("message is for another group"));
-        }
-        let message_epoch = message.epoch().as_u64();
-        let group_epoch = self.epoch();
-
-        let client = Arc::clone(&self.client);
-        let provider = &client.provider;
-        let processed = self
-            .mls
-            .process_message(provider, message)
-            .map_err(|e| epoch_error(e, message_epoch, group_epoch))?;
-        let sender = processed.credential().serialized_content().to_vec();
-
-        let (kind, plaintext) = match processed.into_content() {
-            ProcessedMessageContent::ApplicationMessage(app) => {
-                (Kind::Application, Some(app.into_bytes()))
-            }
-            ProcessedMessageContent::ProposalMessage(queued) => {
-                check_proposal(queued.proposal())?;
-                self.mls
-                    .store_pending_proposal(provider.storage(), *queued)
-                    .map_err(|_: StorageError| {
-                        Error::Storage("the MLS state store failed".into())
-                    })?;
-                (Kind::Proposal, None)
-            }
-            ProcessedMessageContent::StagedCommitMessage(staged) => {
-                check_commit(&staged)?;
-                self.mls.merge_staged_commit(provider, *staged)?;
-                (Kind::Commit, None)
-            }
-            ProcessedMessageContent::ExternalJoinProposalMessage(_) => {
-                return Err(Error::invalid_message(
-                    "proposals from outside the group are not accepted",
-                ))
-            }
-            ProcessedMessageContent::OwnPendingCommit
-            | ProcessedMessageContent::OwnPrivateMessage => {
-                return Err(Error::invalid_message(
-                    "message was sent by this member and cannot be processed by it",
-                ))
-            }
-        };
-        Ok(Outcome {
-            kind,
-            sender,
-            plaintext,
-            epoch: self.epoch(),
-        })
-    }
-}
-
-/// Classifies a processing error, naming both epochs when the message is
-/// from an epoch other than the group's.
-fn epoch_error(
-    err: ProcessMessageError<StorageError>,
-    message_epoch: u64,
-    group_epoch: u64,
-) -> Error {
-    match Error::from(err) {
-        Error::WrongEpoch(_) if message_epoch != group_epoch => {
-            Error::wrong_epoch(message_epoch, group_epoch)
-        }
-        // Same epoch but the key for that generation is gone.
-        Error::WrongEpoch(_) => Error::invalid_message(
-            "message is too old to decrypt (replayed or too far out of order)",
-        ),
-        other => other,
-    }
-}
-
-/// Applies the credential rule to every leaf a proposal would add or change.
-fn check_proposal(proposal: &Proposal) -> Result<()> {
-    match proposal {
-        Proposal::Add(add) => leaf_identity(add.key_package().leaf_node()).map(drop),
-        Proposal::Update(update) => leaf_identity(update.leaf_node()).map(drop),
-        _ => Ok(()),
-    }
-}
-
-/// Applies the credential rule to every leaf a commit would add or change.
-fn check_commit(staged: &StagedCommit) -> Result<()> {
-    if let Some(leaf) = staged.update_path_leaf_node() {
-        leaf_identity(leaf)?;
-    }
-    for queued in staged.queued_proposals() {
-        check_proposal(queued.proposal())?;
-    }
-    Ok(())
-}
-
-/// A group this client is a member of.
+/// A group this client is a member of: a handle on the client's state, so
+/// every handle of one group sees the same epoch.
 #[pyclass(frozen, module = "openmls_bindings._native")]
 pub struct Group {
-    state: Mutex<GroupState>,
-}
-
-impl From<GroupState> for Group {
-    fn from(state: GroupState) -> Self {
-        Self {
-            state: Mutex::new(state),
-        }
-    }
+    client: Arc<ClientState>,
+    group_id: Vec<u8>,
 }
 
 impl Group {
-    fn lock(&self) -> Result<MutexGuard<'_, GroupState>> {
-        self.state
-            .lock()
-            .map_err(|_| Error::state("group is unusable after an internal error"))
+    pub(crate) fn new(client: Arc<ClientState>, group_id: Vec<u8>) -> Self {
+        Self { client, group_id }
     }
 
-    /// Runs `f` on the locked group state without holding the GIL.
-    fn with_state<T: Send>(
+    /// Runs a read-only `f` on this group.
+    fn read<T>(&self, f: impl FnOnce(&Keys, &Provider, &MlsGroup) -> Result<T>) -> Result<T> {
+        self.client.read(|keys, inner| {
+            let (provider, group) = inner.group(&self.group_id)?;
+            f(keys, provider, group)
+        })
+    }
+
+    /// Runs `f` as one transaction on this group, without the GIL.
+    fn transact<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut GroupState) -> Result<T> + Send,
+        f: impl FnOnce(&mut GroupOps<'_>) -> Result<T> + Send,
     ) -> PyResult<T> {
-        Ok(py.detach(|| guarded(|| f(&mut *self.lock()?)))?)
+        let client = &self.client;
+        let group_id = &self.group_id;
+        Ok(py.detach(|| {
+            client.transact(|keys, inner| f(&mut GroupOps::new(keys, inner, group_id)?))
+        })?)
     }
+}
+
+/// `(commit, welcome)` as returned to Python.
+type CommitPair<'py> = (Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
+
+fn bytes_list<'py>(py: Python<'py>, items: &[Vec<u8>]) -> Vec<Bound<'py, PyBytes>> {
+    items.iter().map(|b| PyBytes::new(py, b)).collect()
+}
+
+fn to_vecs(items: &[Bound<'_, PyBytes>]) -> Vec<Vec<u8>> {
+    items.iter().map(|b| b.as_bytes().to_vec()).collect()
 }
 
 #[pymethods]
 impl Group {
     /// The group id.
     #[getter]
-    fn group_id<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let id = self.lock()?.group_id();
-        Ok(PyBytes::new(py, &id))
+    fn group_id<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.group_id)
     }
 
     /// The current epoch.
     #[getter]
     fn epoch(&self) -> PyResult<u64> {
-        Ok(self.lock()?.epoch())
+        Ok(self.read(|_, _, g| Ok(g.epoch().as_u64()))?)
     }
 
     /// The ciphersuite's IANA code point.
     #[getter]
     fn ciphersuite(&self) -> PyResult<u16> {
-        Ok(self.lock()?.ciphersuite())
+        Ok(self.read(|_, _, g| Ok(ciphersuite_code(g.ciphersuite())))?)
+    }
+
+    /// The identity of the group's committer.
+    #[getter]
+    fn committer<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let committer = self.read(|_, _, g| Ok(Policy::of(g)?.committer))?;
+        Ok(PyBytes::new(py, &committer))
+    }
+
+    /// Whether outsiders may join by external commit.
+    #[getter]
+    fn external_joins(&self) -> PyResult<bool> {
+        Ok(self.read(|_, _, g| Ok(Policy::of(g)?.external_joins))?)
+    }
+
+    /// False once this member has been removed from the group.
+    #[getter]
+    fn is_active(&self) -> PyResult<bool> {
+        Ok(self.read(|_, _, g| Ok(g.is_active()))?)
+    }
+
+    /// How many proposals wait for a commit.
+    #[getter]
+    fn pending_proposals(&self) -> PyResult<usize> {
+        Ok(self.read(|_, _, g| Ok(g.pending_proposals().count()))?)
     }
 
     /// `(leaf_index, identity)` for every member, ordered by leaf index.
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u32, Bound<'py, PyBytes>)>> {
-        let members = self.lock()?.members();
+        let mut members = self.read(|_, _, g| {
+            Ok(g.members()
+                .map(|m| (m.index.u32(), m.credential.serialized_content().to_vec()))
+                .collect::<Vec<_>>())
+        })?;
+        members.sort_by_key(|(index, _)| *index);
         Ok(members
             .into_iter()
             .map(|(index, identity)| (index, PyBytes::new(py, &identity)))
             .collect())
+    }
+
+    /// Commits the pending proposals plus adds; returns `(commit, welcome)`.
+    #[pyo3(signature = (add = Vec::new()))]
+    fn commit<'py>(
+        &self,
+        py: Python<'py>,
+        add: Vec<Bound<'py, PyBytes>>,
+    ) -> PyResult<CommitPair<'py>> {
+        let inputs = to_vecs(&add);
+        let output = self.transact(py, |g| g.commit(&inputs))?;
+        Ok((
+            PyBytes::new(py, &output.commit),
+            output.welcome.map(|w| PyBytes::new(py, &w)),
+        ))
     }
 
     /// Adds members from their KeyPackages; returns `(commit, welcome)`.
@@ -305,30 +141,144 @@ impl Group {
         py: Python<'py>,
         key_packages: Vec<Bound<'py, PyBytes>>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let inputs: Vec<Vec<u8>> = key_packages.iter().map(|b| b.as_bytes().to_vec()).collect();
-        let (commit, welcome) = self.with_state(py, |g| g.add_members(&inputs))?;
+        let inputs = to_vecs(&key_packages);
+        let (commit, welcome) = self.transact(py, |g| g.add_members(&inputs))?;
         Ok((PyBytes::new(py, &commit), PyBytes::new(py, &welcome)))
+    }
+
+    /// Removes members by identity; returns the commit.
+    fn remove_members<'py>(
+        &self,
+        py: Python<'py>,
+        identities: Vec<Bound<'py, PyBytes>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let inputs = to_vecs(&identities);
+        let commit = self.transact(py, |g| g.remove_members(&inputs))?;
+        Ok(PyBytes::new(py, &commit))
+    }
+
+    /// Commits fresh keys for this member; returns the commit.
+    fn self_update<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let commit = self.transact(py, |g| g.self_update())?;
+        Ok(PyBytes::new(py, &commit))
+    }
+
+    /// Hands the committer role to another member; returns the commit.
+    fn hand_over<'py>(&self, py: Python<'py>, identity: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let commit = self.transact(py, |g| g.hand_over(identity))?;
+        Ok(PyBytes::new(py, &commit))
+    }
+
+    /// Proposes adding a KeyPackage's owner; returns the proposal.
+    fn propose_add<'py>(
+        &self,
+        py: Python<'py>,
+        key_package: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let proposal = self.transact(py, |g| g.propose_add(key_package))?;
+        Ok(PyBytes::new(py, &proposal))
+    }
+
+    /// Proposes removing a member; returns the proposal.
+    fn propose_remove<'py>(
+        &self,
+        py: Python<'py>,
+        identity: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let proposal = self.transact(py, |g| g.propose_remove(identity))?;
+        Ok(PyBytes::new(py, &proposal))
+    }
+
+    /// Proposes fresh keys for this member; returns the proposal.
+    fn propose_update<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let proposal = self.transact(py, |g| g.propose_update())?;
+        Ok(PyBytes::new(py, &proposal))
+    }
+
+    /// Proposes this member's removal; returns the proposal.
+    fn leave<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let proposal = self.transact(py, |g| g.leave())?;
+        Ok(PyBytes::new(py, &proposal))
     }
 
     /// Encrypts an application message.
     fn encrypt<'py>(&self, py: Python<'py>, plaintext: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let message = self.with_state(py, |g| g.encrypt(plaintext))?;
+        let message = self.transact(py, |g| g.encrypt(plaintext))?;
         Ok(PyBytes::new(py, &message))
     }
 
     /// Processes an incoming MLSMessage for this group.
     fn process(&self, py: Python<'_>, message: &[u8]) -> PyResult<Processed> {
-        let outcome = self.with_state(py, |g| g.process(message))?;
+        let group_id = &self.group_id;
+        let parsed = py.detach(|| {
+            guarded(|| {
+                let parsed = parse_group_message(message)?;
+                if parsed.group_id().as_slice() != group_id.as_slice() {
+                    return Err(Error::invalid_message("message is for another group"));
+                }
+                Ok(parsed)
+            })
+        })?;
+        let outcome = self.transact(py, move |g| g.process(parsed))?;
         Ok(Processed { outcome })
     }
 
+    /// A GroupInfo (with the ratchet tree) for joining by external commit.
+    fn export_group_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let info = self.read(|keys, provider, g| {
+            if !g.is_active() {
+                return Err(Error::not_member("this member was removed from the group"));
+            }
+            encode(&g.export_group_info(provider.crypto(), &keys.signer, true)?)
+        })?;
+        Ok(PyBytes::new(py, &info))
+    }
+
+    /// A secret derived from the current epoch (RFC 9420 §8.5).
+    fn exporter<'py>(
+        &self,
+        py: Python<'py>,
+        label: &str,
+        context: &[u8],
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let secret = self.read(|_, provider, g| {
+            // HKDF-Expand yields at most 255 hash lengths (RFC 5869 §2.3).
+            let max = 255 * g.ciphersuite().hash_length();
+            if length == 0 || length > max {
+                return Err(Error::invalid_input(format!(
+                    "exporter length must be between 1 and {max}"
+                )));
+            }
+            if !g.is_active() {
+                return Err(Error::not_member("this member was removed from the group"));
+            }
+            Ok(g.export_secret(provider.crypto(), label, context, length)?)
+        })?;
+        Ok(PyBytes::new(py, &secret))
+    }
+
+    /// The commit (and Welcome) this member made to enter the current epoch.
+    fn last_commit<'py>(&self, py: Python<'py>) -> PyResult<Option<CommitPair<'py>>> {
+        let own = self.read(|_, provider, g| {
+            let own: Option<OwnCommit> =
+                meta::load(provider, &meta::own_commit_key(&self.group_id))?;
+            Ok(own.filter(|c| c.epoch == g.epoch().as_u64()))
+        })?;
+        Ok(own.map(|c| {
+            (
+                PyBytes::new(py, c.commit.as_slice()),
+                c.welcome.map(|w| PyBytes::new(py, w.as_slice())),
+            )
+        }))
+    }
+
     fn __repr__(&self) -> PyResult<String> {
-        let state = self.lock()?;
+        let (epoch, members) =
+            self.read(|_, _, g| Ok((g.epoch().as_u64(), g.members().count())))?;
         Ok(format!(
-            "<Group id={}… epoch={} members={}>",
-            hex_prefix(&state.group_id()),
-            state.epoch(),
-            state.mls.members().count()
+            "<Group id={}… epoch={epoch} members={members}>",
+            hex_prefix(&self.group_id),
         ))
     }
 }
@@ -368,6 +318,24 @@ impl Processed {
         self.outcome.epoch
     }
 
+    /// Identities a commit added (empty for other kinds).
+    #[getter]
+    fn added<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        bytes_list(py, &self.outcome.added)
+    }
+
+    /// Identities a commit removed (empty for other kinds).
+    #[getter]
+    fn removed<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        bytes_list(py, &self.outcome.removed)
+    }
+
+    /// Whether the commit removed this member.
+    #[getter]
+    fn self_removed(&self) -> bool {
+        self.outcome.self_removed
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "<Processed kind={} sender={}… epoch={}>",
@@ -375,53 +343,5 @@ impl Processed {
             hex_prefix(&self.outcome.sender),
             self.outcome.epoch
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::key_package::CIPHERSUITE_X25519_AES128GCM as SUITE;
-
-    fn client(seed: u8) -> Arc<ClientState> {
-        Arc::new(ClientState::from_signing_key(&[seed; 32]).unwrap())
-    }
-
-    #[test]
-    fn two_member_round_trip() {
-        let (alice, bob) = (client(1), client(2));
-        let mut group = alice.create_group(b"room", SUITE.into()).unwrap();
-        let kp = bob.key_package(SUITE.into()).unwrap();
-        let (_commit, welcome) = group.add_members(&[kp]).unwrap();
-        assert_eq!(group.epoch(), 1);
-
-        let mut bob_group = bob.join(&welcome).unwrap();
-        assert_eq!(bob_group.epoch(), 1);
-        assert_eq!(bob_group.members(), group.members());
-
-        let ct = group.encrypt(b"hi bob").unwrap();
-        let got = bob_group.process(&ct).unwrap();
-        assert_eq!(got.kind, Kind::Application);
-        assert_eq!(got.plaintext.as_deref(), Some(&b"hi bob"[..]));
-        assert_eq!(got.sender, alice.identity.to_vec());
-
-        // Replaying the same ciphertext is refused, not decrypted twice.
-        let err = bob_group.process(&ct).unwrap_err();
-        assert_eq!(err.python_class(), "InvalidMessageError");
-    }
-
-    #[test]
-    fn group_outlives_its_client_handle() {
-        let alice = client(3);
-        let mut group = alice.create_group(b"g", SUITE.into()).unwrap();
-        drop(alice);
-        assert!(group.encrypt(b"still works").is_ok());
-    }
-
-    #[test]
-    fn wrong_signing_key_length_is_invalid_input() {
-        let err = ClientState::from_signing_key(&[0u8; 31]).err().unwrap();
-        assert_eq!(err.python_class(), "InvalidInputError");
-        assert_eq!(err.message(), "signing key must be 32 bytes, got 31");
     }
 }

@@ -6,32 +6,46 @@
 //! leaf that enters a group through us is checked with [`leaf_identity`].
 
 use openmls::prelude::{
-    Ciphersuite, Credential, CredentialType, KeyPackage, LeafNode, MlsMessageBodyIn, MlsMessageIn,
-    OpenMlsCrypto, ProtocolVersion, SignatureScheme,
+    Ciphersuite, Credential, CredentialType, CredentialWithKey, KeyPackage, KeyPackageBundle,
+    LeafNode, Lifetime, MlsMessageBodyIn, MlsMessageIn, OpenMlsCrypto, ProtocolVersion,
 };
+use openmls_basic_credential::SignatureKeyPair;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tls_codec::DeserializeBytes;
 
 use crate::error::{guarded, Error, Result};
-use crate::provider::shared_crypto;
+use crate::policy::capabilities;
+use crate::provider::{shared_crypto, Provider};
 
 /// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (RFC 9420 §17.1).
 pub const CIPHERSUITE_X25519_AES128GCM: u16 = 0x0001;
 
+/// MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519
+/// (draft-ietf-mls-pq-ciphersuites; X-Wing = ML-KEM-768 + X25519).
+pub const CIPHERSUITE_XWING: u16 = 0x004D;
+
+/// Every ciphersuite a client offers: Ed25519 signatures (the only key a
+/// client holds) with the default suite, its ChaCha20 twin and X-Wing.
+pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 3] = [
+    Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
+    Ciphersuite::MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519,
+    Ciphersuite::MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519,
+];
+
 /// Length of an identity: a raw Ed25519 public key.
 pub const IDENTITY_LEN: usize = 32;
 
-/// Turns a Python int into a ciphersuite this binding can use: known to
-/// OpenMLS, supported by the crypto provider, and signed with Ed25519 (the
-/// only key type a [`crate::client::Client`] holds).
+/// Turns a Python int into a ciphersuite this binding can use: one of
+/// [`SUPPORTED_CIPHERSUITES`], and supported by the crypto provider.
 pub fn ciphersuite_from_code(code: i64) -> Result<Ciphersuite> {
     let unsupported = || Error::wrong_ciphersuite(format!("unsupported ciphersuite {code:#06x}"));
     let value = u16::try_from(code).map_err(|_| unsupported())?;
-    let suite = Ciphersuite::try_from(value).map_err(|_| unsupported())?;
-    if suite.signature_algorithm() != SignatureScheme::ED25519
-        || shared_crypto().supports(suite).is_err()
-    {
+    let suite = SUPPORTED_CIPHERSUITES
+        .into_iter()
+        .find(|suite| *suite as u16 == value)
+        .ok_or_else(unsupported)?;
+    if !shared_crypto()?.supported_ciphersuites().contains(&suite) {
         return Err(unsupported());
     }
     Ok(suite)
@@ -73,9 +87,29 @@ pub fn parse_key_package(bytes: &[u8]) -> Result<KeyPackage> {
         MlsMessageBodyIn::KeyPackage(kp) => kp,
         _ => return Err(Error::invalid_input("message is not a key package")),
     };
-    let key_package = key_package_in.validate(shared_crypto(), ProtocolVersion::Mls10)?;
+    let key_package = key_package_in.validate(shared_crypto()?, ProtocolVersion::Mls10)?;
     leaf_identity(key_package.leaf_node())?;
     Ok(key_package)
+}
+
+/// Makes a KeyPackage with our capabilities and stores its private keys in
+/// `provider`. `lifetime` defaults to OpenMLS's (about 12 weeks).
+pub fn build_key_package(
+    provider: &Provider,
+    signer: &SignatureKeyPair,
+    credential: &CredentialWithKey,
+    suite: Ciphersuite,
+    last_resort: bool,
+    lifetime: Option<Lifetime>,
+) -> Result<KeyPackageBundle> {
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+    if last_resort {
+        builder = builder.mark_as_last_resort();
+    }
+    if let Some(lifetime) = lifetime {
+        builder = builder.key_package_lifetime(lifetime);
+    }
+    Ok(builder.build(suite, provider, signer, credential.clone())?)
 }
 
 /// Validate a KeyPackage (an MLSMessage) and return its credential identity.
@@ -105,7 +139,8 @@ mod tests {
     fn only_ed25519_suites_the_provider_supports_are_accepted() {
         assert!(ciphersuite_from_code(0x0001).is_ok());
         assert!(ciphersuite_from_code(0x0003).is_ok());
-        for bad in [0x0002, 0x0004, 0x0007, 0x9999, -1, 1 << 20] {
+        assert!(ciphersuite_from_code(0x004D).is_ok());
+        for bad in [0x0002, 0x0004, 0x0007, 0x004F, 0x9999, -1, 1 << 20] {
             let err = ciphersuite_from_code(bad).unwrap_err();
             assert_eq!(err.python_class(), "WrongCiphersuiteError", "code {bad}");
         }

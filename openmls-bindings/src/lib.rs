@@ -7,8 +7,16 @@
 mod client;
 mod error;
 mod group;
+mod group_ops;
 mod key_package;
+mod meta;
+mod policy;
+mod pool;
 mod provider;
+mod store_file;
+
+#[cfg(test)]
+mod scenario_tests;
 
 pub use error::{Error, Result};
 
@@ -23,4 +31,6 @@ mod _native {
     use crate::key_package::key_package_identity;
     #[pymodule_export]
     const CIPHERSUITE_X25519_AES128GCM: u16 = crate::key_package::CIPHERSUITE_X25519_AES128GCM;
+    #[pymodule_export]
+    const CIPHERSUITE_XWING: u16 = crate::key_package::CIPHERSUITE_XWING;
 }

@@ -19,6 +19,8 @@ from openmls_bindings import (
     InvalidInputError,
     InvalidMessageError,
     MlsError,
+    NotCommitterError,
+    NotMemberError,
     Processed,
     StorageError,
     WrongCiphersuiteError,
@@ -172,14 +174,25 @@ def test_second_add_is_processed_by_existing_members(trio: tuple[Party, Party, P
     assert (got.plaintext, got.sender) == (b"thanks", dave.identity)
 
 
-def test_joiner_can_add_members_too(trio: tuple[Party, Party, Party]) -> None:
-    """A joiner's Welcome carries the ratchet tree as well."""
-    alice, bob, _carol = trio
+def test_joiner_proposes_and_the_committer_commits(trio: tuple[Party, Party, Party]) -> None:
+    """Only the committer commits; a joiner's add goes through a proposal, and the
+    committer's Welcome carries the ratchet tree."""
+    alice, bob, carol = trio
     erin = Party(Client(seed(5)))
-    commit, welcome = bob.g.add_members([erin.client.key_package()])
+    erin_kp = erin.client.key_package()
+    with pytest.raises(NotCommitterError):
+        bob.g.add_members([erin_kp])
+    assert bob.g.epoch == 1
+    proposal = bob.g.propose_add(erin_kp)
+    got = alice.g.process(proposal)
+    assert (got.kind, got.sender) == ("proposal", bob.identity)
+    commit, welcome = alice.g.commit()
+    assert welcome is not None
     erin.group = erin.client.join(welcome)
-    assert alice.g.process(commit).sender == bob.identity
-    assert erin.g.epoch == alice.g.epoch == 2
+    for member in (bob, carol):
+        got = member.g.process(commit)
+        assert (got.kind, got.sender, got.added) == ("commit", alice.identity, [erin.identity])
+    assert erin.g.epoch == alice.g.epoch == bob.g.epoch == 2
     assert alice.g.process(erin.g.encrypt(b"hi")).plaintext == b"hi"
 
 
@@ -327,14 +340,27 @@ def test_welcome_bytes_are_not_a_group_message(trio: tuple[Party, Party, Party])
 # --- epochs ---------------------------------------------------------------
 
 
-def test_application_message_from_a_past_epoch_is_wrong_epoch(
+def test_application_message_from_a_recent_past_epoch_still_decrypts(
     trio: tuple[Party, Party, Party],
 ) -> None:
+    """The previous epoch keeps its message keys (max_past_epochs = 1)."""
     alice, bob, _carol = trio
     stale = bob.g.encrypt(b"sent at epoch 1")
     alice.g.add_members([Client(seed(4)).key_package()])
     assert alice.g.epoch == 2
-    with pytest.raises(WrongEpochError, match="message is for epoch 1 but the group is at epoch 2"):
+    got = alice.g.process(stale)
+    assert (got.plaintext, got.sender, got.epoch) == (b"sent at epoch 1", bob.identity, 2)
+
+
+def test_application_message_from_an_old_epoch_is_wrong_epoch(
+    trio: tuple[Party, Party, Party],
+) -> None:
+    alice, bob, _carol = trio
+    stale = bob.g.encrypt(b"sent at epoch 1")
+    for _ in range(2):
+        alice.g.self_update()
+    assert alice.g.epoch == 3
+    with pytest.raises(WrongEpochError, match="message is for epoch 1 but the group is at epoch 3"):
         alice.g.process(stale)
 
 
@@ -409,6 +435,8 @@ def test_exception_family() -> None:
         WrongEpochError,
         WrongCiphersuiteError,
         StorageError,
+        NotMemberError,
+        NotCommitterError,
     ):
         assert issubclass(cls, MlsError)
     assert issubclass(MlsError, Exception)

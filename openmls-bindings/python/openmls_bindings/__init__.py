@@ -1,21 +1,29 @@
 """OpenMLS (RFC 9420) for quicnprotochat.
 
-Bytes in, bytes out: KeyPackages, Welcomes, commits and application messages
-are all RFC 9420 ``MLSMessage`` bytes. Every error is an :class:`MlsError`.
+Bytes in, bytes out: KeyPackages, Welcomes, GroupInfos, proposals, commits and
+application messages are all RFC 9420 ``MLSMessage`` bytes. Every error is an
+:class:`MlsError`.
 
 Typical use::
 
-    alice = Client(alice_signing_key)            # 32-byte raw Ed25519 key
-    group = alice.create_group(b"room")
+    alice = Client(alice_signing_key, "alice.mls", storage_key)  # 32-byte keys
+    group = alice.create_group(b"room")            # alice is the committer
     commit, welcome = group.add_members([bob_key_package])
     bob_group = bob.join(welcome)
     bob_group.process(group.encrypt(b"hi")).plaintext  # b"hi"
+    proposal = bob_group.propose_update()          # bob is not the committer:
+    group.process(proposal)                        # he proposes, alice commits
+    commit, _ = group.commit()
+
+With a storage path every call is atomic with respect to the encrypted state
+file, and ``Client(...).load_group(group_id)`` resumes a group after a restart.
 """
 
 from __future__ import annotations
 
 from openmls_bindings._native import (
     CIPHERSUITE_X25519_AES128GCM,
+    CIPHERSUITE_XWING,
     Client,
     Group,
     Processed,
@@ -25,6 +33,8 @@ from openmls_bindings.exceptions import (
     InvalidInputError,
     InvalidMessageError,
     MlsError,
+    NotCommitterError,
+    NotMemberError,
     StorageError,
     WrongCiphersuiteError,
     WrongEpochError,
@@ -32,11 +42,14 @@ from openmls_bindings.exceptions import (
 
 __all__ = [
     "CIPHERSUITE_X25519_AES128GCM",
+    "CIPHERSUITE_XWING",
     "Client",
     "Group",
     "InvalidInputError",
     "InvalidMessageError",
     "MlsError",
+    "NotCommitterError",
+    "NotMemberError",
     "Processed",
     "StorageError",
     "WrongCiphersuiteError",

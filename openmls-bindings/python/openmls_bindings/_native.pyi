@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Final, Literal, final
 
 __all__ = [
     "CIPHERSUITE_X25519_AES128GCM",
+    "CIPHERSUITE_XWING",
     "Client",
     "Group",
     "Processed",
@@ -13,16 +16,36 @@ __all__ = [
 ]
 
 CIPHERSUITE_X25519_AES128GCM: Final[int]
-"""MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (0x0001)."""
+"""MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519 (0x0001), the default."""
+
+CIPHERSUITE_XWING: Final[int]
+"""MLS_256_XWING_CHACHA20POLY1305_SHA256_Ed25519 (0x004D): post-quantum (X-Wing) key exchange."""
 
 @final
 class Client:
-    """An MLS client: an Ed25519 signing key, its credential and its KeyPackages."""
+    """An MLS client: an Ed25519 signing key, its credential, KeyPackages and groups.
 
-    def __new__(cls, signing_key: bytes) -> Client:
+    Without ``storage_path`` everything lives in memory. With it (and a
+    32-byte ``storage_key``) every key and group state lives in that one file,
+    encrypted with the key; each call that changes state is atomic with
+    respect to the file (it is rewritten, fsynced and renamed into place
+    before the call returns, or the call is undone). While the client or any of
+    its groups is alive, no other process can open the file; a newer client of
+    the same process takes it over, and the older one can no longer change it.
+    """
+
+    def __new__(
+        cls,
+        signing_key: bytes,
+        storage_path: str | os.PathLike[str] | None = None,
+        storage_key: bytes | None = None,
+    ) -> Client:
         """Build a client from a 32-byte raw Ed25519 private key (the seed).
 
-        :raises InvalidInputError: if the key is not 32 bytes.
+        :raises InvalidInputError: if a key has the wrong length, or only one
+            of ``storage_path`` and ``storage_key`` is given.
+        :raises StorageError: if the file cannot be opened or decrypted, belongs
+            to another identity, or is open in another process.
         """
 
     @property
@@ -30,14 +53,40 @@ class Client:
         """The 32-byte Ed25519 public key; also the credential identity."""
 
     def key_package(self, ciphersuite: int = 0x0001) -> bytes:
-        """A fresh KeyPackage as MLSMessage bytes.
+        """A fresh single-use KeyPackage as MLSMessage bytes.
 
         :raises WrongCiphersuiteError: if the ciphersuite is unsupported.
         """
 
-    def create_group(self, group_id: bytes, ciphersuite: int = 0x0001) -> Group:
-        """Create a group with this client as its only member (epoch 0).
+    def key_packages(self, count: int, ciphersuite: int = 0x0001) -> list[bytes]:
+        """``count`` (at most 1000) fresh single-use KeyPackages for the pool.
 
+        Expired, unused KeyPackages of earlier calls are deleted on the way.
+        """
+
+    def unused_key_packages(self, ciphersuite: int = 0x0001) -> int:
+        """How many single-use KeyPackages are neither used by a Welcome nor expired."""
+
+    def last_resort_key_package(self, ciphersuite: int = 0x0001) -> bytes:
+        """The last-resort KeyPackage (RFC 9420 last_resort extension).
+
+        The same bytes on every call and after restarts, until
+        :meth:`rotate_last_resort` (or until it is within a week of expiring).
+        """
+
+    def rotate_last_resort(self, ciphersuite: int = 0x0001) -> bytes:
+        """Replace the last-resort KeyPackage and return the new one.
+
+        The previous one keeps working until the next rotation.
+        """
+
+    def create_group(
+        self, group_id: bytes, ciphersuite: int = 0x0001, *, external_joins: bool = False
+    ) -> Group:
+        """Create a group with this client as its only member and its committer (epoch 0).
+
+        :param external_joins: whether outsiders holding a GroupInfo may join
+            by external commit.
         :raises WrongCiphersuiteError: if the ciphersuite is unsupported.
         :raises InvalidInputError: if the group id is empty.
         """
@@ -45,9 +94,27 @@ class Client:
     def join(self, welcome: bytes) -> Group:
         """Join a group from a Welcome made for one of this client's KeyPackages."""
 
+    def join_external(self, group_info: bytes) -> tuple[Group, bytes]:
+        """Join by external commit; return the group and the commit for the members.
+
+        :raises NotCommitterError: if the group does not accept external joins.
+        """
+
+    def group_ids(self) -> list[bytes]:
+        """The ids of every group this client holds state for, oldest first."""
+
+    def load_group(self, group_id: bytes) -> Group:
+        """The group with this id, at its current epoch.
+
+        :raises NotMemberError: if this client holds no state for it.
+        """
+
+    def forget_group(self, group_id: bytes) -> None:
+        """Delete this client's state for a group."""
+
 @final
 class Group:
-    """A group this client is a member of."""
+    """A group this client holds state for (a handle: all handles share one state)."""
 
     @property
     def group_id(self) -> bytes: ...
@@ -55,15 +122,68 @@ class Group:
     def epoch(self) -> int: ...
     @property
     def ciphersuite(self) -> int: ...
+    @property
+    def committer(self) -> bytes:
+        """The identity of the only member whose commits the group accepts."""
+
+    @property
+    def external_joins(self) -> bool:
+        """Whether outsiders may join by external commit."""
+
+    @property
+    def is_active(self) -> bool:
+        """False once this member has been removed."""
+
+    @property
+    def pending_proposals(self) -> int:
+        """How many received (or own) proposals wait for the committer's commit."""
+
     def members(self) -> list[tuple[int, bytes]]:
         """``(leaf_index, identity)`` for every member, ordered by leaf index."""
 
-    def add_members(self, key_packages: list[bytes]) -> tuple[bytes, bytes]:
-        """Commit adding the KeyPackages' owners; return ``(commit, welcome)``.
+    def commit(self, add: Sequence[bytes] = ...) -> tuple[bytes, bytes | None]:
+        """Commit the pending proposals, adding ``add``'s owners; return ``(commit, welcome)``.
 
-        The commit is merged locally before this returns, so the epoch advances.
+        The commit is merged before this returns, so the epoch advances. Add and
+        Remove proposals received from members are re-issued by value; Updates
+        are committed by reference. ``welcome`` is None when nobody joins.
 
+        :raises NotCommitterError: if this member is not the committer.
         :raises WrongCiphersuiteError: if a KeyPackage uses another ciphersuite.
+        :raises InvalidMessageError: if a KeyPackage is invalid or expired.
+        """
+
+    def add_members(self, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
+        """:meth:`commit` that adds at least one member; return ``(commit, welcome)``."""
+
+    def remove_members(self, identities: Sequence[bytes]) -> bytes:
+        """Commit removing these members (and the pending proposals); return the commit.
+
+        :raises MlsError: if add proposals are pending (use :meth:`commit`).
+        """
+
+    def self_update(self) -> bytes:
+        """Commit fresh keys for this member (post-compromise security)."""
+
+    def hand_over(self, identity: bytes) -> bytes:
+        """Commit handing the committer role to another member; return the commit."""
+
+    def propose_add(self, key_package: bytes) -> bytes:
+        """Propose adding a KeyPackage's owner; send the proposal to the committer."""
+
+    def propose_remove(self, identity: bytes) -> bytes:
+        """Propose removing a member; send the proposal to the committer."""
+
+    def propose_update(self) -> bytes:
+        """Propose fresh keys for this member.
+
+        Updates are committed by reference: send this to every member.
+        """
+
+    def leave(self) -> bytes:
+        """Propose this member's own removal; send it to the committer.
+
+        :raises MlsError: if this member is the committer (hand over first).
         """
 
     def encrypt(self, plaintext: bytes) -> bytes:
@@ -72,7 +192,23 @@ class Group:
     def process(self, message: bytes) -> Processed:
         """Process an incoming MLSMessage for this group.
 
-        Application messages are decrypted, commits merged, proposals stored.
+        Application messages are decrypted, proposals stored, commits checked
+        against the committer policy and merged.
+
+        :raises NotCommitterError: for a commit not sent by the committer.
+        """
+
+    def export_group_info(self) -> bytes:
+        """A signed GroupInfo with the ratchet tree, for :meth:`Client.join_external`."""
+
+    def exporter(self, label: str, context: bytes, length: int) -> bytes:
+        """A secret of ``length`` (1..8160) bytes from the current epoch (RFC 9420 §8.5)."""
+
+    def last_commit(self) -> tuple[bytes, bytes | None] | None:
+        """The commit (and Welcome) this member made to enter the current epoch.
+
+        For sending again after a crash between the call and the send; None
+        when the current epoch was entered otherwise.
         """
 
 @final
@@ -92,6 +228,18 @@ class Processed:
     @property
     def epoch(self) -> int:
         """The group's epoch after processing."""
+
+    @property
+    def added(self) -> list[bytes]:
+        """Identities the commit added (empty for other kinds)."""
+
+    @property
+    def removed(self) -> list[bytes]:
+        """Identities the commit removed (empty for other kinds)."""
+
+    @property
+    def self_removed(self) -> bool:
+        """Whether the commit removed this member."""
 
 def key_package_identity(key_package: bytes) -> bytes:
     """Validate a KeyPackage MLSMessage and return its credential identity.

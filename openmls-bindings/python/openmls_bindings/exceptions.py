@@ -11,6 +11,8 @@ __all__ = [
     "InvalidInputError",
     "InvalidMessageError",
     "MlsError",
+    "NotCommitterError",
+    "NotMemberError",
     "StorageError",
     "WrongCiphersuiteError",
     "WrongEpochError",
@@ -21,7 +23,8 @@ class MlsError(Exception):
     """Base class of every error raised by the MLS binding.
 
     Raised directly for local state problems that fit no subclass, such as
-    using a group after this member was removed from it.
+    committing while add proposals are pending with a call that cannot
+    return a Welcome.
     """
 
 
@@ -46,4 +49,22 @@ class WrongCiphersuiteError(MlsError):
 
 
 class StorageError(MlsError):
-    """The key/state store failed."""
+    """The encrypted state file cannot be opened, read or written.
+
+    Raised for a wrong storage key, a damaged or truncated file, a file that
+    belongs to another identity or is open in another process, and failed
+    writes (the call is then undone) — including every write of a client whose
+    file a newer client of the same process has opened.
+    """
+
+
+class NotMemberError(MlsError):
+    """This client is not a member of the group: it was removed, or the group is unknown."""
+
+
+class NotCommitterError(MlsError):
+    """A commit by, or attempted by, someone other than the group's committer.
+
+    Members who are not the committer send proposals to it instead; a group
+    created without ``external_joins`` also refuses external commits with this.
+    """

@@ -1,0 +1,270 @@
+//! One committer per group (DESIGN.md §6, docs/adr/0003).
+//!
+//! The group context carries a private-use extension naming the committer
+//! and whether outsiders may join by external commit:
+//!
+//! ```text
+//! struct {
+//!     uint8 version = 1;
+//!     uint8 flags;              // bit 0: external joins allowed
+//!     opaque committer[32];     // the committer's identity (Ed25519 key)
+//! } CommitterPolicy;            // extension type 0xF0C1
+//! ```
+//!
+//! It is listed in the group's RequiredCapabilities, so only leaves that
+//! advertise it (ours all do) can be added. Every member checks every commit
+//! against the policy of the epoch it is sent in: a commit from anyone else
+//! is refused before it touches the group state.
+
+use openmls::group::{GroupContext, MlsGroup, QueuedProposal, StagedCommit};
+use openmls::prelude::{
+    Capabilities, Ciphersuite, CredentialType, Extension, ExtensionType, Extensions, KeyPackage,
+    LeafNodeIndex, Proposal, RequiredCapabilitiesExtension, Sender, UnknownExtension,
+};
+
+use crate::error::{Error, Result};
+use crate::key_package::{leaf_identity, SUPPORTED_CIPHERSUITES};
+
+/// Private-use extension type (RFC 9420 §17.3: 0xF000–0xFFFF).
+pub const POLICY_EXTENSION_TYPE: u16 = 0xF0C1;
+const POLICY_VERSION: u8 = 1;
+const FLAG_EXTERNAL_JOINS: u8 = 0x01;
+const POLICY_LEN: usize = 2 + 32;
+
+/// Who may commit in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub committer: Vec<u8>,
+    pub external_joins: bool,
+}
+
+impl Policy {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(POLICY_LEN);
+        out.push(POLICY_VERSION);
+        out.push(if self.external_joins {
+            FLAG_EXTERNAL_JOINS
+        } else {
+            0
+        });
+        out.extend_from_slice(&self.committer);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let invalid = || Error::invalid_message("the group's committer record is malformed");
+        if bytes.len() != POLICY_LEN
+            || bytes[0] != POLICY_VERSION
+            || bytes[1] & !FLAG_EXTERNAL_JOINS != 0
+        {
+            return Err(invalid());
+        }
+        Ok(Self {
+            external_joins: bytes[1] & FLAG_EXTERNAL_JOINS != 0,
+            committer: bytes[2..].to_vec(),
+        })
+    }
+
+    pub fn extension(&self) -> Extension {
+        Extension::Unknown(POLICY_EXTENSION_TYPE, UnknownExtension(self.encode()))
+    }
+
+    /// The policy recorded in a group context's extensions.
+    pub fn from_extensions(extensions: &Extensions<GroupContext>) -> Result<Self> {
+        let ext = extensions
+            .unknown(POLICY_EXTENSION_TYPE)
+            .ok_or_else(|| Error::invalid_message("the group does not record a committer"))?;
+        Self::decode(&ext.0)
+    }
+
+    /// The policy of a group's current epoch.
+    pub fn of(group: &MlsGroup) -> Result<Self> {
+        Self::from_extensions(group.extensions())
+    }
+
+    /// Refuses a group whose committer is not among `identities` (its
+    /// members): nobody could ever commit in it.
+    pub fn require_member(&self, identities: &[Vec<u8>]) -> Result<()> {
+        if identities.contains(&self.committer) {
+            Ok(())
+        } else {
+            Err(Error::invalid_message(
+                "the group's committer is not one of its members",
+            ))
+        }
+    }
+
+    /// The group context extensions of a new group with this policy.
+    pub fn new_group_extensions(&self) -> Result<Extensions<GroupContext>> {
+        Extensions::from_vec(vec![self.extension(), required_capabilities()])
+            .map_err(|_| Error::state("cannot build the group context extensions"))
+    }
+
+    /// `current` with this policy in place of the old one.
+    pub fn replace_in(
+        &self,
+        current: &Extensions<GroupContext>,
+    ) -> Result<Extensions<GroupContext>> {
+        let mut extensions = current.clone();
+        extensions
+            .add_or_replace(self.extension())
+            .map_err(|_| Error::state("cannot build the group context extensions"))?;
+        Ok(extensions)
+    }
+}
+
+/// Requires every leaf to support the policy extension.
+fn required_capabilities() -> Extension {
+    Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
+        &[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)],
+        &[],
+        &[CredentialType::Basic],
+    ))
+}
+
+/// The capabilities of every leaf and KeyPackage we make.
+pub fn capabilities() -> Capabilities {
+    let suites: Vec<Ciphersuite> = SUPPORTED_CIPHERSUITES.to_vec();
+    Capabilities::new(
+        None,
+        Some(&suites),
+        Some(&[
+            ExtensionType::Unknown(POLICY_EXTENSION_TYPE),
+            ExtensionType::LastResort,
+        ]),
+        Some(&[]),
+        Some(&[CredentialType::Basic]),
+    )
+}
+
+/// Whether a KeyPackage's leaf can join a group with a committer policy.
+pub fn key_package_supports_policy(key_package: &KeyPackage) -> bool {
+    key_package
+        .leaf_node()
+        .capabilities()
+        .extensions()
+        .contains(&ExtensionType::Unknown(POLICY_EXTENSION_TYPE))
+}
+
+/// The identity of the member at `index` in the group's current epoch.
+pub fn member_identity(group: &MlsGroup, index: LeafNodeIndex) -> Option<Vec<u8>> {
+    group
+        .member(index)
+        .map(|credential| credential.serialized_content().to_vec())
+}
+
+/// Refuses a commit that the group's policy does not allow, before it is
+/// merged. `sender` is the commit's sender; `staged` the staged commit.
+pub fn check_commit(group: &MlsGroup, sender: &Sender, staged: &StagedCommit) -> Result<()> {
+    let policy = Policy::of(group)?;
+    match sender {
+        Sender::Member(index) => {
+            if member_identity(group, *index).as_deref() != Some(&policy.committer[..]) {
+                return Err(Error::not_committer(
+                    "commit from a member who is not the group's committer",
+                ));
+            }
+        }
+        Sender::NewMemberCommit => {
+            if !policy.external_joins {
+                return Err(Error::not_committer(
+                    "this group does not accept external joins",
+                ));
+            }
+        }
+        Sender::External(_) | Sender::NewMemberProposal => {
+            return Err(Error::invalid_message("commit from outside the group"));
+        }
+    }
+    let next = Policy::from_extensions(staged.group_context().extensions())?;
+    if next == policy {
+        return Ok(());
+    }
+    if matches!(sender, Sender::NewMemberCommit) {
+        return Err(Error::invalid_message(
+            "an external commit cannot change the committer",
+        ));
+    }
+    // A hand-over: the new committer must be a member who stays.
+    let removed: Vec<LeafNodeIndex> = staged
+        .remove_proposals()
+        .map(|r| r.remove_proposal().removed())
+        .collect();
+    let stays = group.members().any(|m| {
+        m.credential.serialized_content() == next.committer.as_slice()
+            && !removed.contains(&m.index)
+    });
+    if !stays {
+        return Err(Error::invalid_message(
+            "commit hands the committer role to someone who is not a member",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a standalone proposal we will not store: only members may
+/// propose, and only Add, Remove and Update.
+pub fn check_proposal(group: &MlsGroup, queued: &QueuedProposal) -> Result<()> {
+    if !matches!(queued.sender(), Sender::Member(_)) {
+        return Err(Error::invalid_message(
+            "proposals from outside the group are not accepted",
+        ));
+    }
+    match queued.proposal() {
+        Proposal::Add(add) => {
+            let kp = add.key_package();
+            leaf_identity(kp.leaf_node())?;
+            if kp.ciphersuite() != group.ciphersuite() {
+                return Err(Error::wrong_ciphersuite(
+                    "proposed key package uses another ciphersuite than the group",
+                ));
+            }
+            if !key_package_supports_policy(kp) {
+                return Err(Error::invalid_message(
+                    "proposed key package does not support the committer policy",
+                ));
+            }
+            Ok(())
+        }
+        Proposal::Update(update) => leaf_identity(update.leaf_node()).map(drop),
+        Proposal::Remove(_) => Ok(()),
+        _ => Err(Error::invalid_message(
+            "only add, remove and update proposals are accepted",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_round_trips_and_rejects_malformed_records() {
+        for external_joins in [false, true] {
+            let policy = Policy {
+                committer: vec![9; 32],
+                external_joins,
+            };
+            assert_eq!(Policy::decode(&policy.encode()).unwrap(), policy);
+        }
+        let good = Policy {
+            committer: vec![9; 32],
+            external_joins: true,
+        }
+        .encode();
+        let mut bad_version = good.clone();
+        bad_version[0] = 2;
+        let mut bad_flags = good.clone();
+        bad_flags[1] = 0x80;
+        for bad in [
+            vec![],
+            good[..33].to_vec(),
+            [&good[..], &[0]].concat(),
+            bad_version,
+            bad_flags,
+        ] {
+            let err = Policy::decode(&bad).unwrap_err();
+            assert_eq!(err.python_class(), "InvalidMessageError");
+        }
+    }
+}
