@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import openmls_bindings as ob
 
@@ -78,11 +79,34 @@ class MlsGroup:
 
 
 class MlsClient:
-    """A member's MLS engine: its signer (the identity key), KeyPackages and groups."""
+    """A member's MLS engine: its signer (the identity key), KeyPackages and groups.
 
-    def __init__(self, identity: Identity) -> None:
+    With ``state_file`` and ``state_key`` every key and group lives encrypted in that file and
+    survives restarts; without them, in memory.
+    """
+
+    def __init__(
+        self, identity: Identity, state_file: Path | None = None, state_key: bytes | None = None
+    ) -> None:
+        self._persistent = state_file is not None
         with _mls_errors():
-            self._client = ob.Client(identity.seed())
+            if state_file is None:
+                self._client = ob.Client(identity.seed())
+            else:
+                self._client = ob.Client(
+                    identity.seed(), storage_path=str(state_file), storage_key=state_key
+                )
+
+    def group_ids(self) -> list[bytes]:
+        """Groups kept in the state file (none for an in-memory client, which starts empty)."""
+        if not self._persistent:
+            return []
+        with _mls_errors():
+            return list(self._client.group_ids())
+
+    def load_group(self, group_id: bytes) -> MlsGroup:
+        with _mls_errors():
+            return MlsGroup(self._client.load_group(group_id))
 
     @property
     def identity(self) -> bytes:
@@ -91,6 +115,11 @@ class MlsClient:
     def key_package(self) -> bytes:
         with _mls_errors():
             return self._client.key_package(CIPHERSUITE_DEFAULT)
+
+    def last_resort_key_package(self) -> bytes:
+        """The KeyPackage that may be used more than once (it rides in the peer record)."""
+        with _mls_errors():
+            return self._client.last_resort_key_package(CIPHERSUITE_DEFAULT)
 
     def create_group(self, group_id: bytes) -> MlsGroup:
         with _mls_errors():

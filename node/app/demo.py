@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from node.app.node import ChatMessage, Node, SendReport
+from node.app.profile import open_node
 from node.app.router import Path as DeliveryPath
 from node.app.router import RelayInfo
 from node.core.errors import NodeError
-from node.core.identity import Identity, short_fingerprint
+from node.core.identity import short_fingerprint
 
 Script = list[tuple[str, str]]  # (sender name, text), in order
 
@@ -119,33 +120,47 @@ async def run_demo(messages: list[str], say: Callable[[str], None]) -> DemoResul
                 f"relay   listening on {relay.address[0]}:{relay.address[1]}"
                 f"  [{short_fingerprint(relay.identity)}]"
             )
-            nodes = {
-                name: Node(Identity.generate(), name=name, relay=relay)
-                for name in ("alice", "bob", "carol")
-            }
-            for node in nodes.values():
-                node.on_message = _reader(node.name, say)
+            cast = Cast(Path(tmp), relay, say)
             try:
-                return await _converse(nodes, online, away, back, say)
+                for name in ("alice", "bob", "carol"):
+                    await cast.open(name)
+                return await _converse(cast, online, away, back, say)
             finally:
-                for node in nodes.values():
+                for node in cast.nodes.values():
                     await node.stop()
 
 
+class Cast:
+    """The demo's nodes, each kept in its own data directory with its own passphrase."""
+
+    def __init__(self, root: Path, relay: RelayInfo, say: Callable[[str], None]) -> None:
+        self.root, self.relay, self.say = root, relay, say
+        self.nodes: dict[str, Node] = {}
+        self._passphrases: dict[str, bytes] = {}
+
+    async def open(self, name: str) -> Node:
+        passphrase = self._passphrases.setdefault(name, secrets.token_bytes(16))
+        node, _ = await open_node(self.root / name, passphrase, name=name, relay=self.relay)
+        node.on_message = _reader(name, self.say)
+        self.nodes[name] = node
+        return node
+
+
 async def _converse(
-    nodes: dict[str, Node],
+    cast: Cast,
     online: Script,
     away: Script,
     back: Script,
     say: Callable[[str], None],
 ) -> DemoResult:
+    nodes = cast.nodes
     for name, node in nodes.items():
         host, port = await node.start()
         say(f"{name:<7} listening on {host}:{port}  [{short_fingerprint(node.public_key)}]")
     for node in nodes.values():
         for other in nodes.values():
             if other is not node:
-                node.remember_peer(other.public_key, other.name, other.address)
+                await node.remember_peer(other.public_key, other.name, other.address)
 
     alice = nodes["alice"]
     group_id = alice.create_group()
@@ -172,13 +187,13 @@ async def _converse(
     for sender, text in online:
         await send(sender, text)
 
-    carol = nodes["carol"]
-    carol_host, carol_port = carol.address
-    carol.go_offline()
-    say("carol   went offline (her socket is gone, nobody was told)")
+    carol_host, carol_port = nodes["carol"].address
+    nodes["carol"].kill()
+    say("carol   crashed: her node is gone (socket, memory), nobody was told")
     for sender, text in away:
         await send(sender, text)
 
+    carol = await cast.open("carol")  # a new process would do exactly this: all from disk
     await carol.start(carol_host, carol_port)
     relayed = sum(1 for m in carol.inbox if m.path is DeliveryPath.RELAY)
     say(

@@ -1,7 +1,8 @@
-"""A peer node: one identity, one QUIC endpoint, its MLS groups, a router and an inbox.
+"""A peer node: one identity, one QUIC endpoint, its MLS groups, a router, an inbox, an outbox.
 
-Receiving is at-least-once on the wire and exactly-once to the user: envelopes are dropped by
-id when seen before. (Durable inbox ids and MLS state arrive with the encrypted store.)
+Receiving is at-least-once on the wire and exactly-once to the user (``node.app.inbox``);
+sending goes through a durable outbox (``node.app.outbox``). With a data directory everything
+survives a restart (``node.app.profile``); without one the node keeps its store in memory.
 """
 
 from __future__ import annotations
@@ -10,32 +11,33 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path as FilePath
 
 from node.app.contacts import Contacts
+from node.app.inbox import DEFERRED, Applied, Inbox
+from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
+from node.app.store import NodeStore, StoredMessage
 from node.core import wire
 from node.core.addresses import Address
-from node.core.errors import (
-    ErrorCode,
-    LocalProtocolError,
-    NodeError,
-    RelayError,
-)
-from node.core.identity import Identity, mailbox_of, short_fingerprint
-from node.core.runtime import Clock
+from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError
+from node.core.identity import Identity, mailbox_of
+from node.core.runtime import BlockingRunner, Clock
 from node.mls import GroupError, MlsClient, MlsGroup, key_package_identity
 from node.transport.connection import Caller
 from node.transport.endpoint import DatagramFactory, Endpoint, EndpointConfig, udp_socket
-from node.transport.runtime import system_clock_ms
+from node.transport.runtime import ThreadRunner, system_clock_ms
+
+__all__ = ["ChatMessage", "Node", "SendReport"]
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 128
 RELAY_LONG_POLL = 20.0  # seconds; the relay caps it below its own call deadline
 RELAY_RETRY_MIN, RELAY_RETRY_MAX = 1.0, 30.0
-MAX_DEFERRED = 1000
+OUTBOX_RETRY_MIN, OUTBOX_RETRY_MAX = 2.0, 60.0
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
 MAX_MESSAGE_BYTES = 256 * 1024
 
@@ -52,14 +54,6 @@ class ChatMessage:
     envelope_id: bytes
 
 
-@dataclass
-class SendReport:
-    """How one outgoing envelope set fared, per recipient."""
-
-    paths: dict[bytes, Path] = field(default_factory=dict)
-    failed: dict[bytes, str] = field(default_factory=dict)
-
-
 class Node:
     def __init__(
         self,
@@ -67,6 +61,9 @@ class Node:
         *,
         name: str,
         relay: RelayInfo | None = None,
+        store: NodeStore | None = None,
+        mls: MlsClient | None = None,
+        runner: BlockingRunner | None = None,
         clock_ms: Clock = system_clock_ms,
         endpoint_config: EndpointConfig | None = None,
         datagram_factory: DatagramFactory = udp_socket,
@@ -74,19 +71,23 @@ class Node:
     ) -> None:
         self.identity = identity
         self.name = name
-        self.contacts = Contacts()
         self._clock_ms = clock_ms
         self._random = random_bytes
+        self._own_runner = ThreadRunner(f"qpc-{name}") if runner is None else None
+        self._run: BlockingRunner = runner or self._own_runner  # type: ignore[assignment]
+        self.store = store or NodeStore(FilePath(":memory:"), os.urandom(32))
+        self.contacts = Contacts()
         self.endpoint = Endpoint(identity, self.handle, endpoint_config, datagram_factory)
         self.router = Router(self.endpoint, self.contacts, relay)
-        self.mls = MlsClient(identity)
+        self.mls = mls or MlsClient(identity)
         self.groups: dict[bytes, MlsGroup] = {}
         self.inbox: list[ChatMessage] = []
-        self._seen: set[bytes] = set()
-        self._deferred: list[tuple[wire.Envelope, Path]] = []
-        self._relay_cursor = 0
-        self._relay_watch: asyncio.Task[None] | None = None
-        self._listen: Address | None = None
+        self._inbox = Inbox(self.store, self._run, self._apply, self._deliver_to_user)
+        self.outbox = Outbox(self.store, self._run, self.router)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resumed = False
+        self._released = False
+        self._outbox_kick = asyncio.Event()
         self._inbox_changed = asyncio.Condition()
         self.on_message: Callable[[ChatMessage], None] | None = None
 
@@ -101,34 +102,93 @@ class Node:
         return self.endpoint.local_address
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
-        """Open the endpoint; if a relay is configured, collect what waited there and keep a
-        long poll open for what arrives later."""
-        self._listen = await self.endpoint.start(host, port)
+        """Resume from the store, open the endpoint, apply what was accepted but not applied,
+        collect the relay mailbox, then keep a long poll open and retry the outbox."""
+        if not self._resumed:
+            await self._resume()
+        listen = await self.endpoint.start(host, port)
+        await self._inbox.apply_pending()
         if self.router.relay is not None:
             try:
                 await self.sync_relay()
             except RelayError as exc:
                 log.warning("could not fetch the relay mailbox: %s", exc)
-            self._relay_watch = asyncio.create_task(self._watch_relay())
-        return self._listen
+            self._tasks.append(asyncio.create_task(self._watch_relay()))
+        self._tasks.append(asyncio.create_task(self._retry_outbox()))
+        return listen
+
+    async def _resume(self) -> None:
+        """Load what the store and the MLS state file hold (once: go_offline keeps it all)."""
+        store = self.store
+        for identity, name, address in await self._run(store.contacts):
+            self.contacts.add(identity, name, address)
+        for message in await self._run(store.messages):
+            self.inbox.append(self._chat_message(message))
+        for group_id in self.mls.group_ids():
+            self.groups[group_id] = self.mls.load_group(group_id)
+        self._resumed = True
 
     async def stop(self) -> None:
-        await self._stop_watching()
+        """Close connections politely and release the store (a no-op after :meth:`kill`)."""
+        if self._released:
+            return
+        await self._cancel_tasks()
         await self.endpoint.close()
+        self._release()
 
     def go_offline(self) -> None:
-        """Vanish from the network without a goodbye (a crash, a lid closed)."""
-        if self._relay_watch is not None:
-            self._relay_watch.cancel()
-            self._relay_watch = None
+        """Vanish from the network without a goodbye (a crash, a lid closed). The store stays
+        open: :meth:`start` brings the node back."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
         self.endpoint.abort()
 
-    async def _stop_watching(self) -> None:
-        task, self._relay_watch = self._relay_watch, None
-        if task is not None:
+    def kill(self) -> None:
+        """Die as a killed process would: no goodbye on the network, nothing more written.
+        What the store and the MLS state file hold is all a new node will find."""
+        self.go_offline()
+        self._release()
+
+    async def _cancel_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    @property
+    def run(self) -> BlockingRunner:
+        """The node's seam for blocking work (its store lives behind it)."""
+        return self._run
+
+    def spawn(self, work: Awaitable[object]) -> None:
+        """Run ``work`` in the background for as long as the node runs."""
+
+        async def wrapped() -> None:
+            try:
+                await work
+            except NodeError as exc:
+                log.warning("background work failed: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(wrapped())
+        self._tasks.append(task)
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+
+    def adopt_runner(self, runner: ThreadRunner) -> None:
+        """Shut ``runner`` down with the node (it was made for this node alone)."""
+        self._own_runner = runner
+
+    def _release(self) -> None:
+        self._released = True
+        self.store.close()
+        if self._own_runner is not None:
+            self._own_runner.shutdown()
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -137,8 +197,7 @@ class Node:
         relay = self.router.relay
         from_relay = relay is not None and caller.identity == relay.identity
         if not from_relay:
-            self.contacts.seen_at(caller.identity, caller.address)
-            self.router.peer_alive(caller.identity)
+            await self._peer_seen(caller)
         match request:
             case wire.Deliver(envelopes):
                 path = Path.RELAY if from_relay else Path.DIRECT
@@ -149,71 +208,71 @@ class Node:
                 return wire.FetchKeyPackageResult(self.mls.key_package())
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "a node does not serve this call")
 
-    def remember_peer(self, identity: bytes, name: str, address: Address | None) -> None:
+    async def _peer_seen(self, caller: Caller) -> None:
+        """A peer reached us: it listens where it called from (one socket per node), it is
+        worth dialing directly again, and whatever waits for it in the outbox can go now."""
+        self.router.peer_alive(caller.identity)
+        if self.contacts.address(caller.identity) != caller.address:
+            await self.remember_peer(caller.identity, None, caller.address)
+        self._outbox_kick.set()
+
+    async def remember_peer(
+        self, identity: bytes, name: str | None, address: Address | None
+    ) -> None:
         self.contacts.add(identity, name, address)
+        contact_name, store = self.contacts.name(identity), self.store
+        known = self.contacts.address(identity)
+        await self._run(lambda: store.save_contact(identity, contact_name, known))
 
     async def _accept(self, envelopes: tuple[wire.Envelope, ...], path: Path) -> tuple[bytes, ...]:
-        accepted = []
         own = self.identity.mailbox
-        for env in envelopes:
-            if env.recipient != own:
-                continue  # not ours: not accepted, the sender keeps it
-            accepted.append(env.id)
-            if env.id in self._seen:
-                continue
-            self._seen.add(env.id)
-            self._process(env, path)
-        self._retry_deferred()
-        async with self._inbox_changed:
-            self._inbox_changed.notify_all()
-        return tuple(accepted)
+        # Not ours: not accepted, so the sender keeps it.
+        mine = [env for env in envelopes if env.recipient == own]
+        await self._inbox.accept(mine, path)
+        return tuple(env.id for env in mine)
 
-    def _process(self, env: wire.Envelope, path: Path) -> bool:
-        """Apply one envelope; defer it if it belongs to a group we have not joined yet."""
+    def _apply(self, env: wire.Envelope, path: Path) -> Applied:
+        """Apply one stored envelope to MLS (called by the inbox, in arrival order)."""
         try:
             if env.kind is wire.EnvelopeKind.WELCOME:
                 group = self.mls.join(env.payload)
                 self.groups[group.group_id] = group
                 log.info("%s joined a group at epoch %d", self.name, group.epoch)
-                return True
+                return None
             target = self.groups.get(env.group_id)
             if target is None:
-                self._defer(env, path)
-                return False
-            group = target
-            incoming = group.process(env.payload)
+                return DEFERRED  # its Welcome may still be on its way by another path
+            incoming = target.process(env.payload)
         except GroupError as exc:
             log.warning("%s dropped an undecryptable %s: %s", self.name, env.kind.value, exc)
-            return True
-        if incoming.kind == "application" and incoming.plaintext is not None:
-            message = ChatMessage(
-                group_id=group.group_id,
-                sender=incoming.sender,
-                sender_name=self.contacts.name(incoming.sender),
-                text=incoming.plaintext.decode("utf-8", errors="replace"),
-                path=path,
-                envelope_id=env.id,
-            )
-            self.inbox.append(message)
-            if self.on_message is not None:
-                self.on_message(message)
-        return True
+            return None
+        if incoming.kind != "application" or incoming.plaintext is None:
+            return None
+        return StoredMessage(
+            envelope_id=env.id,
+            group_id=target.group_id,
+            sender=incoming.sender,
+            text=incoming.plaintext.decode("utf-8", errors="replace"),
+            path=path.value,
+        )
 
-    def _defer(self, env: wire.Envelope, path: Path) -> None:
-        """Keep an envelope for a group we have not joined yet (its Welcome may come later by
-        another path), within a bound: anyone may send envelopes naming made-up groups."""
-        if len(self._deferred) >= MAX_DEFERRED:
-            dropped, _ = self._deferred.pop(0)
-            log.warning("%s dropped a %s for an unknown group", self.name, dropped.kind.value)
-        self._deferred.append((env, path))
+    def _chat_message(self, message: StoredMessage) -> ChatMessage:
+        return ChatMessage(
+            group_id=message.group_id,
+            sender=message.sender,
+            sender_name=self.contacts.name(message.sender),
+            text=message.text,
+            path=Path(message.path),
+            envelope_id=message.envelope_id,
+        )
 
-    def _retry_deferred(self) -> None:
-        progress = True
-        while progress and self._deferred:
-            waiting, self._deferred = self._deferred, []
-            progress = False
-            for env, path in waiting:
-                progress |= self._process(env, path)
+    async def _deliver_to_user(self, message: StoredMessage) -> None:
+        chat = self._chat_message(message)
+        self.inbox.append(chat)
+        if self.on_message is not None:
+            self.on_message(chat)
+        async with self._inbox_changed:
+            self._inbox_changed.notify_all()
 
     async def wait_for_messages(self, count: int, deadline: float) -> list[ChatMessage]:
         """Wait until the inbox holds ``count`` messages, at most ``deadline`` seconds."""
@@ -231,23 +290,25 @@ class Node:
         return total
 
     async def _pull_relay(self, wait_seconds: float) -> int:
-        """One fetch (or long poll, if ``wait_seconds``) → apply → acknowledge round."""
+        """One fetch (or long poll, if ``wait_seconds``) → store → acknowledge round."""
         mailbox = self.identity.mailbox
+        store = self.store
+        cursor = await self._run(lambda: store.get_int("relay_cursor"))
         request: wire.Request
         if wait_seconds > 0:
-            request = wire.Wait(mailbox, self._relay_cursor, FETCH_BATCH, int(wait_seconds * 1000))
+            request = wire.Wait(mailbox, cursor, FETCH_BATCH, int(wait_seconds * 1000))
         else:
-            request = wire.Fetch(mailbox, self._relay_cursor, FETCH_BATCH)
+            request = wire.Fetch(mailbox, cursor, FETCH_BATCH)
         response = await self.router.call_relay(request, deadline=wait_seconds + 10)
         if not isinstance(response, wire.FetchResult):
             raise RelayError("the relay answered fetch with something else")
         if not response.envelopes:
             return 0
         ids = await self._accept(response.envelopes, Path.RELAY)
-        # Acknowledge only after applying: a crash in between means a re-fetch, and the
-        # duplicate is dropped by id.
+        # Acknowledge only once stored: a crash in between means a re-fetch, and the duplicate
+        # is dropped by id.
         await self.router.call_relay(wire.Ack(mailbox, ids))
-        self._relay_cursor = response.cursor
+        await self._run(lambda: store.set_int("relay_cursor", response.cursor))
         return len(response.envelopes)
 
     async def _watch_relay(self) -> None:
@@ -261,6 +322,20 @@ class Node:
                 log.info("relay long poll failed (retrying in %.0f s): %s", backoff, exc)
                 await asyncio.sleep(backoff)  # a retry delay, not a wait for a condition
                 backoff = min(backoff * 2, RELAY_RETRY_MAX)
+
+    async def _retry_outbox(self) -> None:
+        """Retry what the outbox still holds: soon after a peer reappears, else with backoff."""
+        delay = OUTBOX_RETRY_MIN
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._outbox_kick.wait()
+            self._outbox_kick.clear()
+            if not await self.outbox.pending():
+                delay = OUTBOX_RETRY_MIN
+                continue
+            report = await self.outbox.flush()
+            delay = min(delay * 2, OUTBOX_RETRY_MAX) if report.failed else OUTBOX_RETRY_MIN
 
     # --- groups -----------------------------------------------------------------------------
 
@@ -283,10 +358,9 @@ class Node:
             key_packages.append(response.key_package)
         existing = [m for m in group.members() if m != self.public_key]
         commit, welcome = group.add(key_packages)
-        report = SendReport()
-        await self._fan_out(report, existing, wire.EnvelopeKind.COMMIT, commit, group_id)
-        await self._fan_out(report, peers, wire.EnvelopeKind.WELCOME, welcome, b"")
-        return report
+        items = [self._envelope(m, wire.EnvelopeKind.COMMIT, commit, group_id) for m in existing]
+        items += [self._envelope(p, wire.EnvelopeKind.WELCOME, welcome, b"") for p in peers]
+        return await self.outbox.send(items)
 
     async def send_text(self, group_id: bytes, text: str) -> SendReport:
         group = self.groups[group_id]
@@ -298,31 +372,19 @@ class Node:
             )
         ciphertext = group.encrypt(plaintext)
         others = [m for m in group.members() if m != self.public_key]
-        report = SendReport()
-        await self._fan_out(report, others, wire.EnvelopeKind.APPLICATION, ciphertext, group_id)
-        return report
+        kind = wire.EnvelopeKind.APPLICATION
+        return await self.outbox.send(
+            [self._envelope(m, kind, ciphertext, group_id) for m in others]
+        )
 
-    async def _fan_out(
-        self,
-        report: SendReport,
-        recipients: list[bytes],
-        kind: wire.EnvelopeKind,
-        payload: bytes,
-        group_id: bytes,
-    ) -> None:
-        async def one(recipient: bytes) -> None:
-            envelope = wire.Envelope(
-                id=self._random(wire.ENVELOPE_ID_SIZE),
-                recipient=mailbox_of(recipient),
-                kind=kind,
-                payload=payload,
-                group_id=group_id,
-                created_at_ms=self._clock_ms(),
-            )
-            try:
-                report.paths[recipient] = await self.router.send(recipient, envelope)
-            except NodeError as exc:
-                report.failed[recipient] = str(exc)
-                log.warning("could not deliver to %s: %s", short_fingerprint(recipient), exc)
-
-        await asyncio.gather(*(one(r) for r in recipients))
+    def _envelope(
+        self, recipient: bytes, kind: wire.EnvelopeKind, payload: bytes, group_id: bytes
+    ) -> tuple[bytes, wire.Envelope]:
+        return recipient, wire.Envelope(
+            id=self._random(wire.ENVELOPE_ID_SIZE),
+            recipient=mailbox_of(recipient),
+            kind=kind,
+            payload=payload,
+            group_id=group_id,
+            created_at_ms=self._clock_ms(),
+        )

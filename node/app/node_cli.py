@@ -7,21 +7,26 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from node.app.node import ChatMessage, Node
+from node.app.presence import Presence, PresenceConfig
+from node.app.profile import open_node
 from node.app.router import RelayInfo
-from node.core.addresses import Address
+from node.app.store import NodeStore, SeenPeer, derive_store_keys
+from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
-from node.transport.keystore import load_or_create_identity
 from node.transport.runtime import ThreadRunner
 
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared against, never bound
 PASSPHRASE_ENV = "QUICNPROTOCHAT_PASSPHRASE"  # noqa: S105 - a variable name
+FIND_DEADLINE = 20.0  # seconds to wait for discovery to place an invitee
 
 
 def parse_address(text: str) -> Address:
@@ -45,16 +50,16 @@ def parse_key(text: str) -> bytes:
 class PeerSpec:
     name: str
     identity: bytes
-    address: Address
+    address: Address | None  # None: discovery finds it (mDNS, DHT)
 
 
 def parse_peer(text: str) -> PeerSpec:
-    """``NAME=KEYHEX@HOST:PORT``"""
+    """``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``"""
     name, eq, rest = text.partition("=")
     key, at, address = rest.partition("@")
-    if not eq or not at or not name:
-        raise click.BadParameter(f"expected NAME=KEYHEX@HOST:PORT, got {text!r}")
-    return PeerSpec(name, parse_key(key), parse_address(address))
+    if not eq or not name:
+        raise click.BadParameter(f"expected NAME=KEYHEX[@HOST:PORT], got {text!r}")
+    return PeerSpec(name, parse_key(key), parse_address(address) if at else None)
 
 
 @click.group("node")
@@ -68,18 +73,36 @@ def node_group() -> None:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Holds your identity key, sealed with $QUICNPROTOCHAT_PASSPHRASE.",
+    help="Holds your identity key and encrypted state ($QUICNPROTOCHAT_PASSPHRASE).",
 )
 @click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (UDP).")
 @click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional).")
 @click.option("--relay-key", default=None, help="The relay's identity key (hex), to pin it.")
-@click.option("--peer", "peers", multiple=True, help="NAME=KEYHEX@HOST:PORT of a known peer.")
+@click.option(
+    "--peer", "peers", multiple=True, help="NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable)."
+)
 @click.option(
     "--invite",
     "invites",
     multiple=True,
-    help="NAME=KEYHEX@HOST:PORT: create a group with these peers at start.",
+    help="NAME=KEYHEX[@HOST:PORT]: create a group with these peers at start.",
 )
+@click.option("--no-mdns", is_flag=True, help="Neither advertise nor browse on the LAN.")
+@click.option(
+    "--mdns-interface",
+    "mdns_interfaces",
+    multiple=True,
+    help="IP of an interface for mDNS (repeatable) [the --listen host].",
+)
+@click.option("--no-dht", is_flag=True, help="Do not join the DHT.")
+@click.option(
+    "--dht-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="UDP port of this node's DHT node (0: any).",
+)
+@click.option("--bootstrap", "bootstrap", multiple=True, help="DHT bootstrap HOST:PORT.")
 def run_command(
     name: str,
     data_dir: Path,
@@ -88,11 +111,14 @@ def run_command(
     relay_key: str | None,
     peers: tuple[str, ...],
     invites: tuple[str, ...],
+    no_mdns: bool,
+    mdns_interfaces: tuple[str, ...],
+    no_dht: bool,
+    dht_port: int,
+    bootstrap: tuple[str, ...],
 ) -> None:
     """Run a node: lines typed go to the group, messages received are printed."""
-    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
-    if not passphrase:
-        raise click.ClickException(f"set {PASSPHRASE_ENV} to the passphrase of your identity key")
+    passphrase = _passphrase()
     if (relay_address is None) != (relay_key is None):
         raise click.ClickException("--relay and --relay-key go together")
     relay = (
@@ -100,64 +126,154 @@ def run_command(
         if relay_address is not None and relay_key is not None
         else None
     )
+    listen_address = parse_address(listen)
+    if not no_mdns and not mdns_interfaces and listen_address[0] in WILDCARDS:
+        raise click.ClickException("listening on all interfaces: name one with --mdns-interface")
+    options = RunOptions(
+        name=name,
+        data_dir=data_dir,
+        listen=listen_address,
+        relay=relay,
+        passphrase=passphrase,
+        peers=[parse_peer(p) for p in peers],
+        invites=[parse_peer(p) for p in invites],
+        presence=PresenceConfig(
+            mdns=not no_mdns,
+            mdns_interfaces=mdns_interfaces,
+            dht=not no_dht,
+            dht_port=dht_port,
+            bootstrap=[parse_address(b) for b in bootstrap],
+        ),
+    )
     try:
-        asyncio.run(
-            _run(
-                name,
-                data_dir,
-                parse_address(listen),
-                relay,
-                passphrase,
-                [parse_peer(p) for p in peers],
-                [parse_peer(p) for p in invites],
-            )
-        )
+        asyncio.run(_run(options))
     except NodeError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-async def _run(
-    name: str,
-    data_dir: Path,
-    listen: Address,
-    relay: RelayInfo | None,
-    passphrase: bytes,
-    peers: list[PeerSpec],
-    invites: list[PeerSpec],
-) -> None:
-    runner = ThreadRunner()
+@dataclass(frozen=True)
+class RunOptions:
+    name: str
+    data_dir: Path
+    listen: Address
+    relay: RelayInfo | None
+    passphrase: bytes
+    peers: list[PeerSpec]
+    invites: list[PeerSpec]
+    presence: PresenceConfig
+
+
+def _passphrase() -> bytes:
+    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
+    if not passphrase:
+        raise click.ClickException(f"set {PASSPHRASE_ENV} to the passphrase of your identity key")
+    return passphrase
+
+
+async def _run(opts: RunOptions) -> None:
+    node, created = await open_node(
+        opts.data_dir, opts.passphrase, name=opts.name, relay=opts.relay
+    )
+    identity = node.identity
+    node.on_message = _print_message
+    for spec in [*opts.peers, *opts.invites]:
+        await node.remember_peer(spec.identity, spec.name, spec.address)
+    host, port = await node.start(*opts.listen)
+    presence = Presence(node, opts.presence)
     try:
-        identity, created = await load_or_create_identity(
-            data_dir / "identity.key", passphrase, runner
+        await presence.start()
+        click.echo(f"{'new identity' if created else 'identity'}: {identity.public_key.hex()}")
+        click.echo(f"fingerprint: {fingerprint(identity.public_key)}")
+        click.echo(f"listening on {host}:{port}")
+        if presence.dht_address is not None:
+            click.echo(f"dht on {format_address(presence.dht_address)}")
+        if opts.invites:
+            await _find(presence, [spec for spec in opts.invites if spec.address is None])
+            await _invite(node, opts.invites)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        reader = asyncio.create_task(_read_lines(node))
+        try:
+            await stop.wait()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    finally:
+        await presence.stop()
+        await node.stop()
+
+
+async def _find(presence: Presence, specs: list[PeerSpec]) -> None:
+    """Wait (a while) until discovery can place invitees given without an address."""
+    resolver = presence.resolver
+    if resolver is None or not specs:
+        return
+    for spec in specs:
+        click.echo(f"looking for {spec.name}...")
+        try:
+            async with asyncio.timeout(FIND_DEADLINE):
+                # Both mDNS and the DHT may answer, on their own schedules: poll the resolver.
+                while await resolver.resolve(spec.identity, deadline=1.0) is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.25)
+        except TimeoutError:
+            click.echo(f"{spec.name} was not found on the LAN or in the DHT", err=True)
+
+
+async def _invite(node: Node, invites: list[PeerSpec]) -> None:
+    group_id = node.create_group()
+    try:
+        report = await node.invite(group_id, [spec.identity for spec in invites])
+    except NodeError as exc:
+        click.echo(f"ERROR: could not create the group: {exc}", err=True)
+        return
+    for peer, why in report.failed.items():
+        click.echo(f"could not invite {node.contacts.name(peer)}: {why}", err=True)
+    click.echo(f"group created with {', '.join(s.name for s in invites)}")
+
+
+@click.command("peers")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The data directory of the node to ask ($QUICNPROTOCHAT_PASSPHRASE opens it).",
+)
+def peers_command(data_dir: Path) -> None:
+    """List the nodes that node has seen by discovery (LAN or DHT)."""
+    passphrase = _passphrase()
+    try:
+        seen = asyncio.run(_read_peers(data_dir, passphrase))
+    except NodeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not seen:
+        click.echo("no peers seen yet")
+        return
+    now = time.time_ns() // 1_000_000
+    click.echo(f"{'NAME':<16} {'FINGERPRINT':<20} {'SOURCE':<6} {'STATUS':<10} {'ADDRESS':<22} AGE")
+    for peer in seen:
+        age = max(0, now - peer.seen_at_ms) // 1000
+        address = format_address((peer.host, peer.port))
+        click.echo(
+            f"{peer.name[:16]:<16} {peer.fingerprint[:20]:<20} {peer.source:<6} "
+            f"{peer.status:<10} {address:<22} {age}s"
         )
+
+
+async def _read_peers(data_dir: Path, passphrase: bytes) -> list[SeenPeer]:
+    runner = ThreadRunner("qpc-peers")
+    try:
+        db_key, _ = await runner(lambda: derive_store_keys(data_dir, passphrase))
+        store = await runner(lambda: NodeStore(data_dir / "node.db", db_key))
+        try:
+            seen: list[SeenPeer] = await runner(store.peers)
+            return seen
+        finally:
+            await runner(store.close)
     finally:
         runner.shutdown()
-    node = Node(identity, name=name, relay=relay)
-    node.on_message = _print_message
-    for spec in [*peers, *invites]:
-        node.remember_peer(spec.identity, spec.name, spec.address)
-    host, port = await node.start(*listen)
-    click.echo(f"{'new identity' if created else 'identity'}: {identity.public_key.hex()}")
-    click.echo(f"fingerprint: {fingerprint(identity.public_key)}")
-    click.echo(f"listening on {host}:{port}", nl=True)
-    if invites:
-        group_id = node.create_group()
-        report = await node.invite(group_id, [spec.identity for spec in invites])
-        for peer, why in report.failed.items():
-            click.echo(f"could not invite {node.contacts.name(peer)}: {why}", err=True)
-        click.echo(f"group created with {', '.join(s.name for s in invites)}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    reader = asyncio.create_task(_read_lines(node))
-    try:
-        await stop.wait()
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        await node.stop()
 
 
 def _print_message(message: ChatMessage) -> None:

@@ -11,15 +11,35 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
+from discovery.lan import compact_fingerprint
+from discovery.resolver import Resolution, Resolver, Source
 from node.app.contacts import Contacts
 from node.core import wire
 from node.core.addresses import Address
-from node.core.errors import ErrorCode, NodeError, PeerUnreachableError, RelayError, RemoteError
+from node.core.errors import (
+    ErrorCode,
+    NodeError,
+    PeerIdentityError,
+    PeerUnreachableError,
+    RelayError,
+    RemoteError,
+)
 from node.core.identity import short_fingerprint
 from node.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
+
+MAX_ADDRESSES_TRIED = 3
+
+
+class LanFeedback(Protocol):
+    """What the router tells mDNS after a handshake (``discovery.mdns.MdnsService``)."""
+
+    def confirm(self, fingerprint: str, proven_identity_key: bytes, address: Address) -> object: ...
+
+    def refute(self, fingerprint: str, address: Address) -> object: ...
 
 
 class Path(enum.Enum):
@@ -43,7 +63,11 @@ class Router:
         direct_deadline: float = 1.5,
         relay_deadline: float = 10.0,
         unreachable_backoff: float = 30.0,
+        resolver: Resolver | None = None,
+        lan: LanFeedback | None = None,
     ) -> None:
+        self.resolver = resolver
+        self.lan = lan
         self._endpoint = endpoint
         self._contacts = contacts
         self.relay = relay
@@ -67,17 +91,15 @@ class Router:
 
         Raises :class:`PeerUnreachableError` when neither the peer nor a relay took it.
         """
-        address = self._contacts.address(recipient)
-        if address is not None and self._direct_worth_trying(recipient):
+        if self._direct_worth_trying(recipient):
             try:
-                await self._deliver(address, recipient, envelope, self._direct_deadline)
-                self.peer_alive(recipient)
+                response = await self._call_direct(recipient, wire.Deliver((envelope,)))
+                _check_accepted(response, envelope)
                 return Path.DIRECT
             except NodeError as exc:
                 # Unreachable, refused, wrong identity at that address, or a garbled answer:
                 # in every case the relay is the way to go.
                 log.info("direct delivery to %s failed: %s", short_fingerprint(recipient), exc)
-                self._endpoint.drop(address, recipient)
                 loop_now = asyncio.get_running_loop().time()
                 self._unreachable_until[recipient] = loop_now + self._backoff
         if self.relay is None:
@@ -85,23 +107,79 @@ class Router:
                 f"{self._contacts.name(recipient)} is unreachable and no relay is configured"
             )
         try:
-            await self._deliver(
-                self.relay.address, self.relay.identity, envelope, self._relay_deadline
+            conn = await self._endpoint.dial(
+                self.relay.address, self.relay.identity, self._relay_deadline
+            )
+            _check_accepted(
+                await conn.call(wire.Deliver((envelope,)), self._relay_deadline), envelope
             )
         except NodeError as exc:
             self._endpoint.drop(self.relay.address, self.relay.identity)
             raise RelayError(f"the relay did not take the message: {exc}") from exc
         return Path.RELAY
 
-    async def _deliver(
-        self, address: Address, peer: bytes, envelope: wire.Envelope, deadline: float
+    async def _candidates(self, peer: bytes) -> tuple[list[Address], Resolution | None]:
+        """Addresses to try for ``peer``: the last one that worked, then what discovery says."""
+        found: list[Address] = []
+        known = self._contacts.address(peer)
+        if known is not None:
+            found.append(known)
+        resolution = None
+        if self.resolver is not None:
+            try:
+                resolution = await self.resolver.resolve(peer, self._direct_deadline)
+            except NodeError as exc:
+                log.info("resolving %s failed: %s", short_fingerprint(peer), exc)
+            if resolution is not None:
+                found += [a for a in resolution.addresses if a not in found]
+        return found[:MAX_ADDRESSES_TRIED], resolution
+
+    async def _call_direct(self, peer: bytes, request: wire.Request) -> wire.Response:
+        """Call ``peer`` itself at the first of its addresses that proves its key."""
+        addresses, resolution = await self._candidates(peer)
+        if not addresses:
+            raise PeerUnreachableError(f"no address known for {self._contacts.name(peer)}")
+        failure: NodeError | None = None
+        for address in addresses:
+            try:
+                conn = await self._endpoint.dial(address, peer, self._direct_deadline)
+                response = await conn.call(request, self._direct_deadline)
+            except NodeError as exc:
+                failure = exc
+                self._endpoint.drop(address, peer)
+                self._discovery_feedback(peer, address, resolution, ok=False, error=exc)
+                continue
+            if isinstance(response, wire.ErrorResult):
+                raise RemoteError(response.code, response.message)
+            self._discovery_feedback(peer, address, resolution, ok=True, error=None)
+            self._contacts.seen_at(peer, address)
+            self.peer_alive(peer)
+            return response
+        assert failure is not None
+        raise failure
+
+    def _discovery_feedback(
+        self,
+        peer: bytes,
+        address: Address,
+        resolution: Resolution | None,
+        *,
+        ok: bool,
+        error: NodeError | None,
     ) -> None:
-        conn = await self._endpoint.dial(address, peer, deadline)
-        response = await conn.call(wire.Deliver((envelope,)), deadline)
-        if isinstance(response, wire.ErrorResult):
-            raise RemoteError(response.code, response.message)
-        if not isinstance(response, wire.DeliverResult) or envelope.id not in response.accepted:
-            raise RemoteError(ErrorCode.INTERNAL, "the envelope was not accepted")
+        """Tell mDNS what the handshake proved: a TXT record is only ever a claim."""
+        if self.resolver is None:
+            return
+        if not ok:
+            self.resolver.invalidate(peer)
+        if resolution is None or resolution.source is not Source.LAN or self.lan is None:
+            return
+        fingerprint = compact_fingerprint(peer)
+        if ok:
+            self.lan.confirm(fingerprint, peer, address)
+        elif isinstance(error, PeerIdentityError):
+            log.warning("a LAN node at %s:%d advertised %s falsely", *address, fingerprint)
+            self.lan.refute(fingerprint, address)
 
     async def call_relay(
         self, request: wire.Request, deadline: float | None = None
@@ -119,15 +197,12 @@ class Router:
         return response
 
     async def call_peer(self, peer: bytes, request: wire.Request) -> wire.Response:
-        address = self._contacts.address(peer)
-        if address is None:
-            raise PeerUnreachableError(f"no address known for {self._contacts.name(peer)}")
-        try:
-            conn = await self._endpoint.dial(address, peer, self._direct_deadline)
-            response = await conn.call(request, self._direct_deadline)
-        except PeerUnreachableError:
-            self._endpoint.drop(address, peer)
-            raise
-        if isinstance(response, wire.ErrorResult):
-            raise RemoteError(response.code, response.message)
-        return response
+        """Call the peer itself (no relay): used for its own KeyPackage, say."""
+        return await self._call_direct(peer, request)
+
+
+def _check_accepted(response: wire.Response, envelope: wire.Envelope) -> None:
+    if isinstance(response, wire.ErrorResult):
+        raise RemoteError(response.code, response.message)
+    if not isinstance(response, wire.DeliverResult) or envelope.id not in response.accepted:
+        raise RemoteError(ErrorCode.INTERNAL, "the envelope was not accepted")

@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS messages (
     envelope_id BLOB PRIMARY KEY, seq INTEGER NOT NULL, group_id BLOB NOT NULL,
     sender BLOB NOT NULL, text TEXT NOT NULL, path TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS secrets (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS peers (
+    fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, source TEXT NOT NULL,
+    host TEXT NOT NULL, port INTEGER NOT NULL, status TEXT NOT NULL, seen_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     envelope_id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0
@@ -50,6 +55,19 @@ class StoredMessage:
     sender: bytes
     text: str
     path: str
+
+
+@dataclass(frozen=True)
+class SeenPeer:
+    """A node discovery saw, for ``quicnprotochat peers``."""
+
+    fingerprint: str
+    name: str
+    source: str  # "lan" | "dht"
+    host: str
+    port: int
+    status: str  # "claimed" | "confirmed" | "refuted" | "record"
+    seen_at_ms: int
 
 
 def _salt(path: Path) -> bytes:
@@ -122,6 +140,39 @@ class NodeStore:
     def set_int(self, key: str, value: int) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_secret(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM secrets WHERE key = ?", (key,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def set_secret(self, key: str, value: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO secrets (key, value) VALUES (?, ?)", (key, value))
+
+    # --- peers seen by discovery ------------------------------------------------------------
+
+    def save_peer(self, peer: SeenPeer) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO peers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    peer.fingerprint,
+                    peer.name,
+                    peer.source,
+                    peer.host,
+                    peer.port,
+                    peer.status,
+                    peer.seen_at_ms,
+                ),
+            )
+
+    def forget_peer(self, fingerprint: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM peers WHERE fingerprint = ?", (fingerprint,))
+
+    def peers(self) -> list[SeenPeer]:
+        rows = self._db.execute("SELECT * FROM peers ORDER BY seen_at_ms DESC").fetchall()
+        return [SeenPeer(f, n, s, h, int(p), st, int(t)) for f, n, s, h, p, st, t in rows]
 
     # --- contacts ---------------------------------------------------------------------------
 
@@ -201,6 +252,12 @@ class NodeStore:
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1 WHERE envelope_id = ?", (envelope_id,)
             )
+
+    def outbox_for(self, recipient: bytes) -> list[wire.Envelope]:
+        rows = self._db.execute(
+            "SELECT envelope FROM outbox WHERE recipient = ? ORDER BY rowid", (recipient,)
+        ).fetchall()
+        return [wire.decode_envelope(bytes(e)) for (e,) in rows]
 
     def outbox(self) -> list[tuple[bytes, wire.Envelope, int]]:
         rows = self._db.execute(

@@ -1,8 +1,9 @@
 """The documentation builds cleanly and says what the code says.
 
 1. ``mkdocs build --strict`` succeeds (``mkdocs.yml`` turns every link problem into a warning).
-2. ``docs/protocol/wire-format.md`` describes the Cap'n Proto schemas exactly. The page must use
-   this format, which the check parses:
+2. ``docs/protocol/wire-format.md`` describes the Cap'n Proto schemas exactly: every ``*.capnp``
+   file in ``schemas/``, so a new schema file fails the check until it is documented (and listed
+   in ``SCHEMA_MODULES`` below). The page must use this format, which the check parses:
 
    * one level-2 heading per schema file, holding the file name and its id in backticks::
 
@@ -32,6 +33,8 @@
    ``### struct`` / ``### enum`` heading outside a schema file's section.
 3. The README's first fenced code block holds exactly the two quick-start commands.
 4. The demo's ``--json`` fields are the ones ``docs/getting-started.md`` documents.
+5. Every option of ``node run``, ``relay run`` and ``peers`` has a row in an options table of
+   ``docs/getting-started.md`` (a row starting with the option in backticks: ``| `--listen ...``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import capnp
+import click
 import pytest
 
 import schemas
@@ -50,11 +55,28 @@ import schemas
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 WIRE_FORMAT = DOCS / "protocol" / "wire-format.md"
+SCHEMA_DIR = REPO / "schemas"
 
+# Every schema file in schemas/ and the module schemas/__init__.py loads it as.
 SCHEMA_MODULES: dict[str, Any] = {
     "envelope.capnp": schemas.envelope,
     "rpc.capnp": schemas.rpc,
+    "peer_record.capnp": schemas.peer_record,
 }
+SCHEMA_FILES = sorted(path.name for path in SCHEMA_DIR.glob("*.capnp"))
+
+
+def _schema_modules() -> dict[str, Any]:
+    """Every ``*.capnp`` file in schemas/, loaded: from SCHEMA_MODULES, or straight from the
+    file for one that is not listed there (so that its declarations are still checked)."""
+    modules = {}
+    for file in SCHEMA_FILES:
+        module = SCHEMA_MODULES.get(file)
+        if module is None:
+            module = capnp.load(str(SCHEMA_DIR / file), imports=[str(SCHEMA_DIR)])
+        modules[file] = module
+    return modules
+
 
 PRIMITIVES = {
     "void": "Void",
@@ -106,7 +128,7 @@ def _walk(parent: Any, prefix: str) -> list[tuple[str, Any]]:
 def _type_names() -> dict[int, str]:
     """Schema node id -> dotted name, for every struct and enum in every schema file."""
     names = {}
-    for module in SCHEMA_MODULES.values():
+    for module in _schema_modules().values():
         for name, child in _walk(module, ""):
             names[child.schema.node.id] = name
     return names
@@ -128,10 +150,11 @@ def _render_type(capnp_type: Any, names: dict[int, str]) -> str:
 def schema_declarations() -> dict[tuple[str, str], Decl]:
     names = _type_names()
     decls = {}
-    for file, module in SCHEMA_MODULES.items():
+    for file, module in _schema_modules().items():
         for name, child in _walk(module, ""):
             node = child.schema.node
             kind = str(node.which())
+            rows: set[tuple[Any, ...]]
             if kind == "struct":
                 rows = set()
                 for field_name, field in child.schema.fields.items():
@@ -232,10 +255,18 @@ def test_every_markdown_page_is_in_the_nav() -> None:
     assert missing == []
 
 
+def test_every_schema_file_is_listed() -> None:
+    assert SCHEMA_FILES, "no *.capnp files under schemas/"
+    unlisted = [file for file in SCHEMA_FILES if file not in SCHEMA_MODULES]
+    gone = [file for file in SCHEMA_MODULES if file not in SCHEMA_FILES]
+    assert unlisted == [], "add these schema files to SCHEMA_MODULES and to wire-format.md"
+    assert gone == [], "these schema files no longer exist: remove them from SCHEMA_MODULES"
+
+
 def test_wire_format_names_every_schema_file_with_its_id() -> None:
     files, _ = page_declarations(WIRE_FORMAT.read_text())
-    assert set(files) == set(SCHEMA_MODULES)
-    for file, module in SCHEMA_MODULES.items():
+    assert sorted(files) == SCHEMA_FILES
+    for file, module in _schema_modules().items():
         file_id = f"@0x{module.schema.node.id:016x}"
         assert file_id in files[file], f"the heading of {file} must name its id {file_id}"
 
@@ -273,3 +304,26 @@ def test_getting_started_documents_every_demo_json_field() -> None:
     rows = set(re.findall(r"^\|\s*`(\w+)`\s*\|", page, re.MULTILINE))
     fields = {f.name for f in dataclasses.fields(DemoResult)}
     assert fields <= rows, f"undocumented --json fields: {sorted(fields - rows)}"
+
+
+def _long_options(command: click.Command) -> list[str]:
+    """The long form of every option of ``command`` (``--listen``, ``--no-mdns``, ...)."""
+    found = []
+    for param in command.params:
+        if isinstance(param, click.Option):
+            found += [opt for opt in param.opts if opt.startswith("--")][:1]
+    return found
+
+
+def test_getting_started_documents_every_command_line_option() -> None:
+    from node.app.node_cli import peers_command
+    from node.app.node_cli import run_command as node_run
+    from relay.cli import run_command as relay_run
+
+    page = (DOCS / "getting-started.md").read_text()
+    rows = set(re.findall(r"^\|\s*`(--[\w-]+)", page, re.MULTILINE))
+    for command in (node_run, relay_run, peers_command):
+        options = _long_options(command)
+        assert options, f"{command.name} has no options?"
+        missing = [opt for opt in options if opt not in rows]
+        assert missing == [], f"options of {command.name} with no row in getting-started.md"

@@ -89,3 +89,35 @@ async def test_node_keeps_its_identity_across_restarts(tmp_path: Path) -> None:
     key_file = tmp_path / "alice" / "identity.key"
     assert key_file.read_bytes()[:4] == b"QPCE"  # sealed, not a raw key
     assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+async def test_two_nodes_find_each_other_on_the_lan_and_chat_without_any_relay(
+    tmp_path: Path,
+) -> None:
+    async with node_process(tmp_path, "alice") as alice:
+        key = (await alice.expect(r"identity: ([0-9a-f]{64})")).group(1)
+        await alice.expect(r"listening on ")
+        # No address: bob's node must find alice by mDNS (pinned to 127.0.0.1).
+        async with node_process(tmp_path, "bob", "--invite", f"alice={key}") as bob:
+            await bob.expect(r"group created with alice")
+            await bob.type_line("found you on the LAN")
+            await alice.expect(r"\] found you on the LAN$")
+            await alice.type_line("and I you")
+            await bob.expect(r"^\[alice\] and I you$")
+            env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE="bob passphrase")
+            listing = await asyncio.create_subprocess_exec(
+                str(SCRIPT),
+                "peers",
+                "--data-dir",
+                str(tmp_path / "bob"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            async with asyncio.timeout(LINE_DEADLINE):
+                out, err = await listing.communicate()
+            assert listing.returncode == 0, err.decode()
+            rows = [line for line in out.decode().splitlines() if line.startswith("alice ")]
+            assert rows, out.decode()
+            assert " lan " in rows[0]
+            assert "127.0.0.1:" in rows[0]

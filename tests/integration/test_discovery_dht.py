@@ -133,7 +133,7 @@ async def test_keep_published_publishes_when_due(clock: Clock) -> None:
         alice = Identity.generate()
         nodes[0].keep_published(own_record(alice), check_interval=0.05)
         async with asyncio.timeout(5):
-            while await nodes[5].lookup(alice.public_key, deadline=1.0) is None:  # noqa: ASYNC110
+            while await nodes[5].lookup(alice.public_key, deadline=1.0) is None:
                 await asyncio.sleep(0.05)
 
 
@@ -330,7 +330,7 @@ async def test_hostile_datagrams_are_dropped(
         finally:
             sock.close()
         async with asyncio.timeout(5):
-            while target.stats().malformed_datagrams < 5:  # noqa: ASYNC110
+            while target.stats().malformed_datagrams < 5:
                 await asyncio.sleep(0.01)
         # Still alive and answering.
         alice = Identity.generate()

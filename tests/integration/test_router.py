@@ -3,6 +3,7 @@ is gone, and the mailbox is collected when the node comes back."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -26,7 +27,7 @@ async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node
         for node in started:
             for other in started:
                 if other is not node:
-                    node.remember_peer(other.public_key, other.name, other.address)
+                    await node.remember_peer(other.public_key, other.name, other.address)
         yield started
     finally:
         for node in started:
@@ -94,14 +95,25 @@ async def test_the_same_envelope_twice_reaches_the_user_once() -> None:
         assert len(bob.inbox) == 1
 
 
-async def test_without_relay_an_unreachable_peer_is_reported_not_lost_silently() -> None:
+async def test_without_relay_the_outbox_keeps_a_message_until_the_peer_is_back() -> None:
     async with nodes(None, "alice", "bob") as (alice, bob):
         group = alice.create_group()
         await alice.invite(group, [bob.public_key])
+        host, port = bob.address
         bob.go_offline()
         report = await alice.send_text(group, "anyone?")
-        assert bob.public_key in report.failed
         assert "no relay is configured" in report.failed[bob.public_key]
+        assert "kept for retry" in report.failed[bob.public_key]
+        assert await alice.outbox.pending() == 1
+        await bob.start(host, port)
+        # Bob speaks first; reaching alice tells her he is back, and her outbox drains to him.
+        await bob.send_text(group, "back online")
+        messages = await bob.wait_for_messages(1, deadline=15)
+        assert [m.text for m in messages] == ["anyone?"]
+        # Alice removes it from her outbox once bob's acceptance reaches her.
+        async with asyncio.timeout(10):
+            while await alice.outbox.pending():
+                await asyncio.sleep(0.02)
 
 
 async def test_an_online_node_receives_relayed_messages_without_restarting(
@@ -111,7 +123,7 @@ async def test_an_online_node_receives_relayed_messages_without_restarting(
         group = alice.create_group()
         await alice.invite(group, [bob.public_key])
         # Alice's idea of bob's address goes stale (say bob's NAT rebinding changed it).
-        alice.remember_peer(bob.public_key, "bob", ("127.0.0.1", 9))
+        await alice.remember_peer(bob.public_key, "bob", ("127.0.0.1", 9))
         report = await alice.send_text(group, "via the relay, while you are online")
         assert report.paths == {bob.public_key: Path.RELAY}
         # Bob's standing long poll at the relay brings it in.
@@ -128,7 +140,7 @@ async def test_a_peer_with_another_identity_at_the_address_falls_back_to_the_rel
         group = alice.create_group()
         await alice.invite(group, [bob.public_key])
         # Bob's old address now belongs to mallory.
-        alice.remember_peer(bob.public_key, "bob", mallory.address)
+        await alice.remember_peer(bob.public_key, "bob", mallory.address)
         report = await alice.send_text(group, "not for mallory")
         assert report.paths == {bob.public_key: Path.RELAY}
         messages = await bob.wait_for_messages(1, deadline=15)

@@ -1,0 +1,82 @@
+"""The receive path: persist before accepting, apply in order, deliver to the user once.
+
+An envelope is written to the node's store (its id to ``seen``, its bytes to ``inbox``) before
+the caller hears "accepted"; only then is it applied to MLS, and the inbox row is replaced by the
+message it produced in one transaction. A process that dies anywhere in between finds the
+envelope still in ``inbox`` at the next start and applies it then. A duplicate is accepted again
+(so the sender stops retrying) but never stored or applied twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Literal
+
+from node.app.router import Path
+from node.app.store import NodeStore, StoredMessage
+from node.core import wire
+from node.core.runtime import BlockingRunner
+
+log = logging.getLogger(__name__)
+
+DEFERRED: Literal["deferred"] = "deferred"
+# What applying one envelope gave: a message for the user, nothing to show (a commit, a
+# Welcome, an undecryptable payload), or "not yet" (its group is not joined yet).
+Applied = StoredMessage | None | Literal["deferred"]
+
+
+class Inbox:
+    def __init__(
+        self,
+        store: NodeStore,
+        run: BlockingRunner,
+        apply: Callable[[wire.Envelope, Path], Applied],
+        delivered: Callable[[StoredMessage], Awaitable[None]],
+        max_deferred: int = 1000,
+    ) -> None:
+        self._store = store
+        self._run = run
+        self._apply = apply
+        self._delivered = delivered
+        self._max_deferred = max_deferred
+        self._lock = asyncio.Lock()
+
+    async def accept(self, envelopes: Sequence[wire.Envelope], path: Path) -> None:
+        """Persist the envelopes not seen before, then apply whatever is pending."""
+        store = self._store
+        await self._run(lambda: store.stash_incoming(envelopes, path.value))
+        await self.apply_pending()
+
+    async def apply_pending(self) -> None:
+        """Apply stored envelopes in arrival order; keep the ones whose group is not joined yet
+        and retry them whenever another envelope made progress (a Welcome, typically)."""
+        store = self._store
+        async with self._lock:
+            pending = await self._run(store.pending_incoming)
+            progress = True
+            while pending and progress:
+                progress = False
+                waiting = []
+                for seq, env, path in pending:
+                    outcome = self._apply(env, Path(path))
+                    if outcome == DEFERRED:
+                        waiting.append((seq, env, path))
+                        continue
+                    message = outcome if isinstance(outcome, StoredMessage) else None
+                    await self._run(partial(store.complete_incoming, seq, message))
+                    if message is not None:
+                        await self._delivered(message)
+                    progress = True
+                pending = waiting
+            await self._bound(pending)
+
+    async def _bound(self, deferred: list[tuple[int, wire.Envelope, str]]) -> None:
+        # Anyone may send envelopes naming made-up groups: keep only the newest few.
+        store = self._store
+        excess = len(deferred) - self._max_deferred
+        for seq, env, _ in deferred[: max(0, excess)]:
+            log.warning("dropped a %s for a group never joined", env.kind.value)
+            await self._run(partial(store.complete_incoming, seq, None))

@@ -1,0 +1,73 @@
+"""The durable outbox: every outgoing envelope is stored before its first attempt and removed
+only when a peer or a relay accepted it; what failed is retried later (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from node.app.router import Path, Router
+from node.app.store import NodeStore
+from node.core import wire
+from node.core.errors import NodeError
+from node.core.identity import short_fingerprint
+from node.core.runtime import BlockingRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SendReport:
+    """How a set of outgoing envelopes fared, per recipient identity."""
+
+    paths: dict[bytes, Path] = field(default_factory=dict)
+    failed: dict[bytes, str] = field(default_factory=dict)  # still queued for retry
+
+
+class Outbox:
+    def __init__(self, store: NodeStore, run: BlockingRunner, router: Router) -> None:
+        self._store = store
+        self._run = run
+        self._router = router
+        self._locks: dict[bytes, asyncio.Lock] = {}
+
+    async def send(self, items: Sequence[tuple[bytes, wire.Envelope]]) -> SendReport:
+        """Queue (recipient, envelope) pairs durably, then drain those recipients' queues."""
+        store = self._store
+        await self._run(lambda: store.outbox_put(items))
+        return await self._drain({recipient for recipient, _ in items})
+
+    async def flush(self) -> SendReport:
+        """Try again everything still queued. Returns what happened."""
+        queued = await self._run(self._store.outbox)
+        return await self._drain({recipient for recipient, _, _ in queued})
+
+    async def pending(self) -> int:
+        return len(await self._run(self._store.outbox))
+
+    async def _drain(self, recipients: set[bytes]) -> SendReport:
+        # MLS needs order per recipient (a commit before the messages of its epoch): each
+        # recipient's queue goes out oldest first and stops at its first failure. Recipients
+        # are served concurrently.
+        report = SendReport()
+        await asyncio.gather(*(self._drain_one(recipient, report) for recipient in recipients))
+        return report
+
+    async def _drain_one(self, recipient: bytes, report: SendReport) -> None:
+        store = self._store
+        lock = self._locks.setdefault(recipient, asyncio.Lock())
+        async with lock:
+            queued = await self._run(lambda: store.outbox_for(recipient))
+            for env in queued:
+                try:
+                    path = await self._router.send(recipient, env)
+                except NodeError as exc:
+                    report.failed[recipient] = f"{exc} (kept for retry)"
+                    log.info("could not deliver to %s yet: %s", short_fingerprint(recipient), exc)
+                    await self._run(partial(store.outbox_failed, env.id))
+                    return
+                report.paths[recipient] = path
+                await self._run(partial(store.outbox_done, env.id))

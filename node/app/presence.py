@@ -1,0 +1,121 @@
+"""A node's presence in discovery: advertised and browsing on the LAN (mDNS), published in and
+resolving through the DHT, with what it sees written to the store for ``quicnprotochat peers``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from discovery.dht import DhtNode
+from discovery.lan import LanEvent, LanEventKind
+from discovery.mdns import MdnsService
+from discovery.records import OwnRecord, RelayHint
+from discovery.resolver import Resolver
+from node.app.node import Node
+from node.app.store import SeenPeer
+from node.core.addresses import Address
+from node.core.hybrid_kem import HybridPrivateKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PresenceConfig:
+    mdns: bool = True
+    mdns_interfaces: Sequence[str] = ()  # default: the host the node listens on
+    dht: bool = True
+    dht_port: int = 0
+    bootstrap: Sequence[Address] = ()
+
+
+class Presence:
+    def __init__(self, node: Node, config: PresenceConfig) -> None:
+        self.node = node
+        self.config = config
+        self.mdns: MdnsService | None = None
+        self.dht: DhtNode | None = None
+        self.resolver: Resolver | None = None
+        self.own: OwnRecord | None = None
+
+    async def start(self) -> None:
+        """Start after the node: advertise where its endpoint listens."""
+        node, cfg = self.node, self.config
+        host, port = node.address
+        if cfg.mdns:
+            self.mdns = MdnsService(
+                interfaces=list(cfg.mdns_interfaces) or [host],
+                identity_key=node.public_key,
+                display_name=node.name,
+                port=port,
+                on_event=self._on_lan_event,
+            )
+            await self.mdns.start()
+        if cfg.dht:
+            self.dht = DhtNode()
+            dht_address = await self.dht.start(host, cfg.dht_port)
+            log.info("DHT node on %s:%d", *dht_address)
+            if cfg.bootstrap:
+                answered = await self.dht.bootstrap(list(cfg.bootstrap))
+                if not answered:
+                    log.warning("no DHT bootstrap peer answered")
+            self.own = OwnRecord(
+                node.identity,
+                (await self._envelope_key()).public_key,
+                addresses=[(host, port)],
+                relay_hints=self._relay_hints(),
+                key_package=node.mls.last_resort_key_package(),
+            )
+            self.dht.keep_published(self.own)
+        self.resolver = Resolver(lan=self.mdns, dht=self.dht)
+        node.router.resolver = self.resolver
+        node.router.lan = self.mdns
+
+    @property
+    def dht_address(self) -> Address | None:
+        return self.dht.address if self.dht is not None else None
+
+    async def stop(self) -> None:
+        self.node.router.resolver = None
+        self.node.router.lan = None
+        if self.resolver is not None:
+            await self.resolver.close()
+        if self.dht is not None:
+            await self.dht.stop()
+        if self.mdns is not None:
+            await self.mdns.stop()
+
+    async def _envelope_key(self) -> HybridPrivateKey:
+        """The node's sealed-sender key, made once and kept (encrypted) in its store."""
+        store = self.node.store
+        seed = await self.node.run(lambda: store.get_secret("envelope_key_seed"))
+        if seed is None:
+            key = HybridPrivateKey.generate()
+            await self.node.run(lambda: store.set_secret("envelope_key_seed", key.seed))
+            return key
+        return HybridPrivateKey(seed)
+
+    def _relay_hints(self) -> list[RelayHint]:
+        relay = self.node.router.relay
+        if relay is None:
+            return []
+        return [RelayHint(relay.address[0], relay.address[1], relay.identity)]
+
+    def _on_lan_event(self, event: LanEvent) -> None:
+        peer, store = event.peer, self.node.store
+        if not peer.addresses:
+            return
+        if event.kind is LanEventKind.REMOVED:
+            self.node.spawn(self.node.run(lambda: store.forget_peer(peer.fingerprint)))
+            return
+        seen = SeenPeer(
+            fingerprint=peer.fingerprint,
+            name=peer.name,
+            source="lan",
+            host=peer.addresses[0],
+            port=peer.port,
+            status=peer.status.value,
+            seen_at_ms=peer.last_seen_ms,
+        )
+        self.node.spawn(self.node.run(lambda: store.save_peer(seen)))
