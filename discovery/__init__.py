@@ -1,6 +1,6 @@
 """Discovery: signed peer records, mDNS on the LAN, a Kademlia DHT, and the resolver.
 
-DESIGN.md §7. The pieces, from the bottom up:
+The pieces, from the bottom up:
 
 * :mod:`discovery.records` — peer records: encode, sign, validate, keep the newest (pure).
 * :mod:`discovery.lan` — the LAN table of mDNS claims and handshake proofs (pure).

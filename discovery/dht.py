@@ -1,6 +1,6 @@
 """A Kademlia DHT of signed peer records, for finding nodes across networks.
 
-DESIGN.md §7. Each node stores its :class:`~discovery.records.PeerRecord`, signed, under
+Each node stores its :class:`~discovery.records.PeerRecord`, signed, under
 :func:`dht_key` of its identity key; anyone can look it up with the identity key alone. The
 DHT is kademlia 2.2.3 over rpcudp, made safe by the subclasses in :mod:`discovery.kademlia_ext`:
 records are validated when stored and again when read, the newest valid one wins, a dead peer

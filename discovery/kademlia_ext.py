@@ -1,6 +1,6 @@
 """kademlia 2.2.3 subclasses that make the stock DHT safe to hold signed peer records.
 
-The stock library trusts everything (LIBRARY-FACTS.md): it stores any value anyone sends,
+The stock library trusts everything: it stores any value anyone sends,
 returns the majority answer of a lookup unchecked, reads ``time.monotonic()`` and the global
 ``random`` module, re-sends its whole store on every message from a node parked in a
 replacement cache (the *store storm*), waits 5 s for a dead peer, and lets one malformed datagram
@@ -143,7 +143,7 @@ class RoutingTable(_StockTable):  # type: ignore[misc]
         return heapq.nsmallest(k or self.ksize, candidates, key=node.distance_to)
 
     def is_new_node(self, node: Node) -> bool:
-        # Store-storm fix (LIBRARY-FACTS.md): the stock check ignores the replacement cache, so a
+        # Store-storm fix: the stock check ignores the replacement cache, so a
         # node parked there is "new" on every message and welcome_if_new re-sends it every
         # stored value each time (at 1,000 nodes: ~6,700 tasks, 2.9 GB).
         bucket = self.buckets[self.get_bucket_for(node)]

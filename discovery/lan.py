@@ -1,6 +1,6 @@
 """The LAN table: who mDNS says is on the local network, and what the handshake proved.
 
-DESIGN.md §7. mDNS TXT records are unauthenticated, so every entry starts *claimed*: the
+mDNS TXT records are unauthenticated, so every entry starts *claimed*: the
 fingerprint in the TXT is only what the advertiser says. The router dials a claimed entry
 pinning the identity key it expects; the QUIC handshake proves (or disproves) the key, and the
 router reports the outcome with :meth:`LanTable.confirm` or :meth:`LanTable.refute`. A refuted
@@ -62,7 +62,7 @@ def clean_name(raw: bytes | str) -> str:
 def usable_address(host: str, *, allow_ipv6: bool = True) -> bool:
     """Whether an address from mDNS is worth dialing.
 
-    Link-local IPv6 needs a scope id that mDNS answers do not carry (LIBRARY-FACTS.md: one can
+    Link-local IPv6 needs a scope id that mDNS answers do not carry (one can
     come back even on an IPv4-only instance); unspecified and multicast addresses are never a
     peer's address.
     """

@@ -1,13 +1,13 @@
 """LAN discovery over mDNS/DNS-SD with python-zeroconf: advertise, browse, keep a LAN table.
 
-DESIGN.md §7. The node advertises ``<instance>._qpc._udp.local.`` with a TXT record carrying
+The node advertises ``<instance>._qpc._udp.local.`` with a TXT record carrying
 the protocol version (``v``), its full compact fingerprint (``fp``), a display name (``name``)
 and its QUIC port (``port``), and browses for everybody else's. What the TXT says is a claim:
 entries live in a :class:`~discovery.lan.LanTable` as *claimed* until the router's QUIC
 handshake proves the key and calls :meth:`MdnsService.confirm` (or :meth:`MdnsService.refute`).
 
 mDNS only ever runs on the interfaces the caller names — there is no default — because
-python-zeroconf otherwise joins every interface of the machine (LIBRARY-FACTS.md).
+python-zeroconf otherwise joins every interface of the machine.
 
 Usage::
 

@@ -1,6 +1,6 @@
 """Signed peer records: encode, sign, validate, and keep the newest per identity.
 
-DESIGN.md §7. A node publishes one record saying where it can be reached: its identity key,
+A node publishes one record saying where it can be reached: its identity key,
 envelope key, addresses, relay hints, an optional last-resort KeyPackage, a sequence number and
 an expiry. On the wire it travels as a ``SignedPeerRecord`` (schemas/peer_record.capnp): the
 exact record bytes plus an Ed25519 signature over :data:`SIGNATURE_CONTEXT` followed by those
@@ -31,7 +31,7 @@ from node.core.identity import IDENTITY_KEY_SIZE, Identity
 from node.core.wire import DECODE_EXCEPTIONS
 
 # kademlia's store RPC must fit one 8,192-byte msgpack datagram with the method name, node id
-# and key around the value (LIBRARY-FACTS.md): 8,000 bytes leaves room for that framing.
+# and key around the value: 8,000 bytes leaves room for that framing.
 MAX_SIGNED_RECORD_SIZE = 8000
 MAX_ADDRESSES = 8
 MAX_RELAY_HINTS = 4

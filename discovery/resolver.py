@@ -1,6 +1,6 @@
 """Where is this identity now? The LAN table, then a cache, then the DHT.
 
-DESIGN.md §5 (router) and §7. :meth:`Resolver.resolve` answers with a :class:`Resolution`:
+:meth:`Resolver.resolve` answers with a :class:`Resolution`:
 the addresses to dial, where they came from, and the signed record if one is known (it carries
 the envelope key and relay hints). The order is cheapest first:
 

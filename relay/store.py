@@ -7,6 +7,7 @@ accepted and stored once. All calls are blocking: the service runs them on its e
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class MailboxStore:
 
     def __init__(self, path: Path, max_per_mailbox: int = 10_000) -> None:
         self._max = max_per_mailbox
+        if not path.exists():
+            # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode = WAL")

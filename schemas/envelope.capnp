@@ -1,5 +1,5 @@
 @0xace5c86793aa8786;
-# The unit of delivery between nodes and relays (DESIGN.md §5).
+# The unit of delivery between nodes and relays.
 
 struct Envelope {
   id @0 :Data;            # 16 random bytes chosen by the sender; duplicates are dropped by id

@@ -1,6 +1,6 @@
 @0xbe24508c86ebf816;
-# Signed peer records: how a node tells the LAN and the DHT where it can be reached
-# (DESIGN.md §7). discovery/records.py encodes, signs and validates them.
+# Signed peer records: how a node tells the LAN and the DHT where it can be reached.
+# discovery/records.py encodes, signs and validates them.
 
 struct PeerRecord {
   identityKey @0 :Data;            # Ed25519 public key of the node (32 bytes)

@@ -1,6 +1,6 @@
 @0xa6bc50ab19fa0164;
-# One QUIC bidirectional stream carries one call: a length-prefixed Request, then one Response
-# (DESIGN.md §4). The union's discriminant is the method ordinal.
+# One QUIC bidirectional stream carries one call: a length-prefixed Request, then one Response.
+# The union's discriminant is the method ordinal.
 
 using Env = import "envelope.capnp";
 

@@ -263,6 +263,8 @@ def peers_command(data_dir: Path) -> None:
 
 
 async def _read_peers(data_dir: Path, passphrase: bytes) -> list[SeenPeer]:
+    if not (data_dir / "node.db").exists():
+        raise NodeError(f"{data_dir} holds no node (run 'quicnprotochat node run' first)")
     runner = ThreadRunner("qpc-peers")
     try:
         db_key, _ = await runner(lambda: derive_store_keys(data_dir, passphrase))

@@ -1,5 +1,5 @@
 """The durable outbox: every outgoing envelope is stored before its first attempt and removed
-only when a peer or a relay accepted it; what failed is retried later (DESIGN.md §5)."""
+only when a peer or a relay accepted it; what failed is retried later."""
 
 from __future__ import annotations
 

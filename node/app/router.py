@@ -1,6 +1,6 @@
 """Where an envelope goes: straight to the peer if it answers quickly, else to a relay.
 
-DESIGN.md §5. The same envelope (same id) is offered on each path, so a direct delivery that
+The same envelope (same id) is offered on each path, so a direct delivery that
 arrived but whose answer was lost, followed by a relay copy, is dropped as a duplicate by the
 receiver.
 """

@@ -1,4 +1,4 @@
-"""The node's encrypted local database: SQLCipher keyed with a raw key (DESIGN.md §8).
+"""The node's encrypted local database: SQLCipher keyed with a raw key.
 
 What lives here: contacts, the inbox of accepted-but-not-yet-applied envelopes, the ids of
 every envelope ever accepted (for exactly-once delivery to the user), the messages the user
@@ -99,6 +99,9 @@ class NodeStore:
     def __init__(self, path: Path, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError("the database key is 32 bytes")
+        if str(path) != ":memory:" and not path.exists():
+            # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             self._db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
             # A wrong key would otherwise print "ERROR CORE" to stderr.

@@ -1,4 +1,4 @@
-"""Length-prefixed frames on a QUIC stream: one frame per direction per call (DESIGN.md §4).
+"""Length-prefixed frames on a QUIC stream: one frame per direction per call.
 
 A frame is a 4-byte big-endian length followed by that many bytes of Cap'n Proto message. The size
 cap is enforced from the prefix, before any of the body is buffered: aioquic has no backpressure.

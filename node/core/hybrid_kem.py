@@ -1,6 +1,6 @@
 """The envelope key: a hybrid KEM of X25519 and ML-KEM-768, combined the X-Wing way.
 
-DESIGN.md §2. Sealed-sender envelopes are encrypted to a key that stays safe if *either* X25519
+Sealed-sender envelopes are encrypted to a key that stays safe if *either* X25519
 or ML-KEM-768 holds. The construction follows X-Wing (draft-connolly-cfrg-xwing-kem-10):
 
 * the private key is a 32-byte seed; SHAKE-256 stretches it to 96 bytes, of which the first 64

@@ -1,4 +1,4 @@
-"""Ed25519 identity keys, mailboxes and fingerprints (DESIGN.md §2)."""
+"""Ed25519 identity keys, mailboxes and fingerprints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Secrets at rest in the "QPCE" format: Argon2id-derived key, ChaCha20-Poly1305 (DESIGN.md §8).
+"""Secrets at rest in the "QPCE" format: Argon2id-derived key, ChaCha20-Poly1305.
 
 Layout (big-endian): magic ``QPCE`` | version u8 | time_cost u32 | memory_kib u32 | lanes u8 |
 salt (16) | nonce (12) | ciphertext+tag. The header is the AEAD's associated data, so a tampered

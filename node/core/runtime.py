@@ -1,6 +1,6 @@
 """The seams through which time and blocking work reach node, relay and discovery logic.
 
-The simulator replaces both (DESIGN.md §10): logic never reads the wall clock or starts threads
+The simulator replaces both: logic never reads the wall clock or starts threads
 itself, it is handed a :class:`Clock` and a :class:`BlockingRunner`.
 """
 

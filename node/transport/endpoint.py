@@ -1,4 +1,4 @@
-"""One UDP socket per node that both accepts and dials QUIC connections (DESIGN.md §3).
+"""One UDP socket per node that both accepts and dials QUIC connections.
 
 Datagrams are routed by destination connection ID before anything else; all our connection IDs
 have one length, so short-header packets parse without state. An Initial packet for an unknown

@@ -1,4 +1,4 @@
-//! One committer per group (DESIGN.md §6, docs/adr/0003).
+//! One committer per group (docs/adr/0003).
 //!
 //! The group context carries a private-use extension naming the committer
 //! and whether outsiders may join by external commit:

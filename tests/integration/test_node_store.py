@@ -77,3 +77,10 @@ def test_outbox_survives_until_done(tmp_path: Path) -> None:
     assert store.outbox() == []
     store.set_int("relay_cursor", 42)
     assert store.get_int("relay_cursor") == 42
+
+
+def test_database_files_are_private(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "node.db", os.urandom(32))
+    store.save_contact(b"\x02" * 32, "x", None)
+    for file in tmp_path.glob("node.db*"):
+        assert file.stat().st_mode & 0o777 == 0o600, file.name

@@ -1,4 +1,4 @@
-"""The import rules of DESIGN.md §1, checked on every source file."""
+"""The import rules of docs/architecture.md, checked on every source file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""node.core stays free of I/O, clocks and threads so the simulator can drive it (STYLE.md §1).
+"""node.core stays free of I/O, clocks and threads so the simulator can drive it.
 
 pycapnp itself imports asyncio and socket, so a sys.modules check cannot tell; instead every
 import statement in node/core is read and checked against the forbidden modules.
