@@ -159,6 +159,10 @@ class Node:
                 await task
 
     @property
+    def clock_ms(self) -> Clock:
+        return self._clock_ms
+
+    @property
     def run(self) -> BlockingRunner:
         """The node's seam for blocking work (its store lives behind it)."""
         return self._run

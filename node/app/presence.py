@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from discovery.dht import DhtNode
-from discovery.lan import LanEvent, LanEventKind
+from discovery.lan import LanEvent, LanEventKind, compact_fingerprint
 from discovery.mdns import MdnsService
 from discovery.records import OwnRecord, RelayHint
-from discovery.resolver import Resolver
+from discovery.resolver import Resolution, Resolver, Source
 from node.app.node import Node
 from node.app.store import SeenPeer
 from node.core.addresses import Address
@@ -71,6 +71,7 @@ class Presence:
         self.resolver = Resolver(lan=self.mdns, dht=self.dht)
         node.router.resolver = self.resolver
         node.router.lan = self.mdns
+        node.router.on_reached = self._on_reached
 
     @property
     def dht_address(self) -> Address | None:
@@ -78,6 +79,7 @@ class Presence:
 
     async def stop(self) -> None:
         self.node.router.resolver = None
+        self.node.router.on_reached = None
         self.node.router.lan = None
         if self.resolver is not None:
             await self.resolver.close()
@@ -101,6 +103,23 @@ class Presence:
         if relay is None:
             return []
         return [RelayHint(relay.address[0], relay.address[1], relay.identity)]
+
+    def _on_reached(self, peer: bytes, address: Address, found: Resolution | None) -> None:
+        """A handshake just proved ``peer`` at ``address``: list it as confirmed."""
+        if found is None:
+            return  # reached at its last known address: discovery had no part in it
+        store = self.node.store
+        seen = SeenPeer(
+            fingerprint=compact_fingerprint(peer),
+            name=self.node.contacts.name(peer),
+            # The resolver's cache holds only DHT records; LAN answers are never cached.
+            source="lan" if found.source is Source.LAN else "dht",
+            host=address[0],
+            port=address[1],
+            status="confirmed",
+            seen_at_ms=self.node.clock_ms(),
+        )
+        self.node.spawn(self.node.run(lambda: store.save_peer(seen)))
 
     def _on_lan_event(self, event: LanEvent) -> None:
         peer, store = event.peer, self.node.store

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +69,8 @@ class Router:
     ) -> None:
         self.resolver = resolver
         self.lan = lan
+        # Told of every direct call that succeeded: (peer, address, how discovery found it).
+        self.on_reached: Callable[[bytes, Address, Resolution | None], None] | None = None
         self._endpoint = endpoint
         self._contacts = contacts
         self.relay = relay
@@ -153,6 +156,8 @@ class Router:
                 raise RemoteError(response.code, response.message)
             self._discovery_feedback(peer, address, resolution, ok=True, error=None)
             self._contacts.seen_at(peer, address)
+            if self.on_reached is not None:
+                self.on_reached(peer, address, resolution)
             self.peer_alive(peer)
             return response
         assert failure is not None

@@ -121,3 +121,32 @@ async def test_two_nodes_find_each_other_on_the_lan_and_chat_without_any_relay(
             assert rows, out.decode()
             assert " lan " in rows[0]
             assert "127.0.0.1:" in rows[0]
+
+
+async def test_two_nodes_find_each_other_through_the_dht_alone(tmp_path: Path) -> None:
+    async with node_process(tmp_path, "alice", "--no-mdns") as alice:
+        key = (await alice.expect(r"identity: ([0-9a-f]{64})")).group(1)
+        dht = (await alice.expect(r"dht on (\S+)")).group(1)
+        async with node_process(
+            tmp_path, "bob", "--no-mdns", "--bootstrap", dht, "--invite", f"alice={key}"
+        ) as bob:
+            await bob.expect(r"group created with alice")
+            await bob.type_line("found you in the DHT")
+            await alice.expect(r"\] found you in the DHT$")
+            env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE="bob passphrase")
+            listing = await asyncio.create_subprocess_exec(
+                str(SCRIPT),
+                "peers",
+                "--data-dir",
+                str(tmp_path / "bob"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            async with asyncio.timeout(LINE_DEADLINE):
+                out, err = await listing.communicate()
+            assert listing.returncode == 0, err.decode()
+            rows = [line for line in out.decode().splitlines() if line.startswith("alice ")]
+            assert rows, out.decode()
+            assert " dht " in rows[0]
+            assert "confirmed" in rows[0]
