@@ -60,7 +60,8 @@ const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 /// Welcome and GroupInfo (RFC 9420 §12.4.3.3), so joiners need nothing out of
 /// band. Handshake messages go out encrypted; incoming ones may be
 /// PublicMessages only in groups open to external commits (which are always
-/// PublicMessages).
+/// PublicMessages) and in interop groups (other implementations may send
+/// their handshakes in the clear).
 pub(crate) fn create_config(suite: Ciphersuite, policy: &Policy) -> Result<MlsGroupCreateConfig> {
     Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(suite)
@@ -72,7 +73,7 @@ pub(crate) fn create_config(suite: Ciphersuite, policy: &Policy) -> Result<MlsGr
             OUT_OF_ORDER_TOLERANCE,
             MAXIMUM_FORWARD_DISTANCE,
         ))
-        .wire_format_policy(if policy.external_joins {
+        .wire_format_policy(if policy.external_joins || policy.interop {
             MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY
         } else {
             PURE_CIPHERTEXT_WIRE_FORMAT_POLICY
@@ -81,7 +82,7 @@ pub(crate) fn create_config(suite: Ciphersuite, policy: &Policy) -> Result<MlsGr
 }
 
 /// Configuration for groups we join (see [`create_config`]).
-pub(crate) fn join_config(external_joins: bool) -> MlsGroupJoinConfig {
+pub(crate) fn join_config(accept_public: bool) -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
@@ -89,7 +90,7 @@ pub(crate) fn join_config(external_joins: bool) -> MlsGroupJoinConfig {
             OUT_OF_ORDER_TOLERANCE,
             MAXIMUM_FORWARD_DISTANCE,
         ))
-        .wire_format_policy(if external_joins {
+        .wire_format_policy(if accept_public {
             MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY
         } else {
             PURE_CIPHERTEXT_WIRE_FORMAT_POLICY
@@ -331,11 +332,15 @@ impl ClientState {
     // --- groups -----------------------------------------------------------
 
     /// Creates a group with this client as its only member and committer.
+    /// An `interop` group has no committer record, so members of other
+    /// implementations can be added, and no committer policy (see
+    /// src/policy.rs).
     pub fn create_group(
         &self,
         group_id: &[u8],
         ciphersuite: i64,
         external_joins: bool,
+        interop: bool,
     ) -> Result<()> {
         let suite = ciphersuite_from_code(ciphersuite)?;
         if group_id.is_empty() {
@@ -348,9 +353,19 @@ impl ClientState {
                 ));
             }
             inner.touch(group_id);
-            let policy = Policy {
-                committer: keys.identity.to_vec(),
-                external_joins,
+            let policy = if interop {
+                if external_joins {
+                    return Err(Error::invalid_input(
+                        "an interop group cannot accept external joins",
+                    ));
+                }
+                Policy::interop()
+            } else {
+                Policy {
+                    committer: keys.identity.to_vec(),
+                    external_joins,
+                    interop: false,
+                }
             };
             let group = MlsGroup::new_with_group_id(
                 &inner.provider,
@@ -366,8 +381,9 @@ impl ClientState {
     }
 
     /// Joins a group from a Welcome made for one of this client's
-    /// KeyPackages; returns the group id.
-    pub fn join(&self, welcome: &[u8]) -> Result<Vec<u8>> {
+    /// KeyPackages; returns the group id. A group without a committer record
+    /// (an interop group) is refused unless `interop`.
+    pub fn join(&self, welcome: &[u8], interop: bool) -> Result<Vec<u8>> {
         let welcome = match MlsMessageIn::tls_deserialize_exact_bytes(welcome)?.extract() {
             MlsMessageBodyIn::Welcome(welcome) => welcome,
             _ => return Err(Error::invalid_input("message is not a welcome")),
@@ -383,6 +399,12 @@ impl ClientState {
             replace_inactive(inner, &group_id)?;
             let staged: StagedWelcome = processed.into_staged_welcome(&inner.provider, None)?;
             let policy = Policy::from_extensions(staged.group_context().extensions())?;
+            if policy.interop && !interop {
+                return Err(Error::invalid_message(
+                    "the group does not record a committer (an interop group; \
+                     join it with interop=True)",
+                ));
+            }
             // Apply our credential rule to everyone already in the group.
             let mut identities = Vec::new();
             for member in staged.members() {
@@ -394,7 +416,7 @@ impl ClientState {
             policy.require_member(&identities)?;
             inner.touch(&group_id);
             let mut group = staged.into_group(&inner.provider)?;
-            if policy.external_joins {
+            if policy.external_joins || policy.interop {
                 group.set_configuration(inner.provider.storage(), &join_config(true))?;
             }
             meta::add_group(&inner.provider, &group_id)?;
@@ -578,23 +600,27 @@ impl Client {
     }
 
     /// Creates a new group with this client as its only member and committer.
-    #[pyo3(signature = (group_id, ciphersuite = 0x0001, *, external_joins = false))]
+    #[pyo3(signature = (group_id, ciphersuite = 0x0001, *, external_joins = false, interop = false))]
     fn create_group(
         &self,
         py: Python<'_>,
         group_id: &[u8],
         ciphersuite: i64,
         external_joins: bool,
+        interop: bool,
     ) -> PyResult<Group> {
         let state = &self.state;
-        py.detach(|| guarded(|| state.create_group(group_id, ciphersuite, external_joins)))?;
+        py.detach(|| {
+            guarded(|| state.create_group(group_id, ciphersuite, external_joins, interop))
+        })?;
         Ok(Group::new(Arc::clone(state), group_id.to_vec()))
     }
 
     /// Joins a group from a Welcome MLSMessage.
-    fn join(&self, py: Python<'_>, welcome: &[u8]) -> PyResult<Group> {
+    #[pyo3(signature = (welcome, *, interop = false))]
+    fn join(&self, py: Python<'_>, welcome: &[u8], interop: bool) -> PyResult<Group> {
         let state = &self.state;
-        let group_id = py.detach(|| guarded(|| state.join(welcome)))?;
+        let group_id = py.detach(|| guarded(|| state.join(welcome, interop)))?;
         Ok(Group::new(Arc::clone(state), group_id))
     }
 
@@ -685,7 +711,7 @@ mod tests {
     #[test]
     fn panic_inside_a_transaction_is_an_error_and_rolls_back() {
         let client = ClientState::in_memory(&[1; 32]).unwrap();
-        client.create_group(b"g", 1, false).unwrap();
+        client.create_group(b"g", 1, false, false).unwrap();
         let err = client
             .transact(|_, inner| -> Result<()> {
                 inner.touch(b"g");

@@ -94,6 +94,13 @@ impl Group {
         Ok(self.read(|_, _, g| Ok(Policy::of(g)?.external_joins))?)
     }
 
+    /// Whether the group has no committer record (members of other MLS
+    /// implementations may be added; any member may commit).
+    #[getter]
+    fn interop(&self) -> PyResult<bool> {
+        Ok(self.read(|_, _, g| Ok(Policy::of(g)?.interop))?)
+    }
+
     /// False once this member has been removed from the group.
     #[getter]
     fn is_active(&self) -> PyResult<bool> {

@@ -91,7 +91,7 @@ impl<'a> GroupOps<'a> {
 
     fn require_committer(&self) -> Result<()> {
         self.require_active()?;
-        if Policy::of(self.group)?.committer != self.keys.identity {
+        if !Policy::of(self.group)?.may_commit(&self.keys.identity) {
             return Err(Error::not_committer(
                 "only the group's committer can commit; send a proposal to it instead",
             ));
@@ -111,6 +111,7 @@ impl<'a> GroupOps<'a> {
     /// Parses KeyPackages to add and checks they fit this group.
     fn key_packages_to_add<B: AsRef<[u8]>>(&self, key_packages: &[B]) -> Result<Vec<KeyPackage>> {
         let group_suite = self.group.ciphersuite();
+        let policy = Policy::of(self.group)?;
         let mut parsed = Vec::with_capacity(key_packages.len());
         for (position, bytes) in key_packages.iter().enumerate() {
             let kp = parse_key_package(bytes.as_ref())?;
@@ -121,7 +122,7 @@ impl<'a> GroupOps<'a> {
                     ciphersuite_code(group_suite),
                 )));
             }
-            if !key_package_supports_policy(&kp) {
+            if !key_package_supports_policy(&policy, &kp) {
                 return Err(Error::invalid_input(format!(
                     "key package {position} does not support the committer policy"
                 )));
@@ -297,6 +298,12 @@ impl<'a> GroupOps<'a> {
 
     /// Commits handing the committer role to the member with `identity`.
     pub fn hand_over(&mut self, identity: &[u8]) -> Result<Vec<u8>> {
+        let current = Policy::of(self.group)?;
+        if current.interop {
+            return Err(Error::invalid_input(
+                "an interop group has no committer role to hand over",
+            ));
+        }
         self.require_committer()?;
         if identity == self.keys.identity {
             return Err(Error::invalid_input("this member is already the committer"));
@@ -304,7 +311,7 @@ impl<'a> GroupOps<'a> {
         self.leaf_of(identity)?;
         let policy = Policy {
             committer: identity.to_vec(),
-            ..Policy::of(self.group)?
+            ..current
         };
         Ok(self
             .commit_with(Vec::new(), Vec::new(), Some(policy), false, false)?
@@ -353,7 +360,8 @@ impl<'a> GroupOps<'a> {
     /// Proposes removing this member; the committer commits it.
     pub fn leave(&mut self) -> Result<Vec<u8>> {
         self.require_active()?;
-        if Policy::of(self.group)?.committer == self.keys.identity {
+        let policy = Policy::of(self.group)?;
+        if !policy.interop && policy.committer == self.keys.identity {
             return Err(Error::state(
                 "the committer must hand_over the role to another member before leaving",
             ));

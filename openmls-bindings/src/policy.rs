@@ -15,6 +15,13 @@
 //! advertise it (ours all do) can be added. Every member checks every commit
 //! against the policy of the epoch it is sent in: a commit from anyone else
 //! is refused before it touches the group state.
+//!
+//! An *interop* group carries no record at all: RFC 9420 requires every
+//! member to support each GroupContext extension, which members of other
+//! implementations cannot do for ours. Such a group has no committer policy:
+//! any member may commit (as in plain RFC 9420), nobody may join by external
+//! commit, and the group can never gain or lose the record (a commit that
+//! adds one is refused, as is one that drops it from a normal group).
 
 use openmls::group::{GroupContext, MlsGroup, QueuedProposal, StagedCommit};
 use openmls::prelude::{
@@ -36,6 +43,9 @@ const POLICY_LEN: usize = 2 + 32;
 pub struct Policy {
     pub committer: Vec<u8>,
     pub external_joins: bool,
+    /// No record: a group open to other implementations, where any member
+    /// may commit (`committer` is empty).
+    pub interop: bool,
 }
 
 impl Policy {
@@ -62,6 +72,7 @@ impl Policy {
         Ok(Self {
             external_joins: bytes[1] & FLAG_EXTERNAL_JOINS != 0,
             committer: bytes[2..].to_vec(),
+            interop: false,
         })
     }
 
@@ -69,12 +80,27 @@ impl Policy {
         Extension::Unknown(POLICY_EXTENSION_TYPE, UnknownExtension(self.encode()))
     }
 
-    /// The policy recorded in a group context's extensions.
+    /// The policy of an interop group: no committer, no external joins.
+    pub fn interop() -> Self {
+        Self {
+            committer: Vec::new(),
+            external_joins: false,
+            interop: true,
+        }
+    }
+
+    /// The policy recorded in a group context's extensions; an interop
+    /// policy if there is no record.
     pub fn from_extensions(extensions: &Extensions<GroupContext>) -> Result<Self> {
-        let ext = extensions
-            .unknown(POLICY_EXTENSION_TYPE)
-            .ok_or_else(|| Error::invalid_message("the group does not record a committer"))?;
-        Self::decode(&ext.0)
+        match extensions.unknown(POLICY_EXTENSION_TYPE) {
+            Some(ext) => Self::decode(&ext.0),
+            None => Ok(Self::interop()),
+        }
+    }
+
+    /// Whether the member with `identity` may commit.
+    pub fn may_commit(&self, identity: &[u8]) -> bool {
+        self.interop || self.committer == identity
     }
 
     /// The policy of a group's current epoch.
@@ -85,7 +111,7 @@ impl Policy {
     /// Refuses a group whose committer is not among `identities` (its
     /// members): nobody could ever commit in it.
     pub fn require_member(&self, identities: &[Vec<u8>]) -> Result<()> {
-        if identities.contains(&self.committer) {
+        if self.interop || identities.contains(&self.committer) {
             Ok(())
         } else {
             Err(Error::invalid_message(
@@ -96,7 +122,12 @@ impl Policy {
 
     /// The group context extensions of a new group with this policy.
     pub fn new_group_extensions(&self) -> Result<Extensions<GroupContext>> {
-        Extensions::from_vec(vec![self.extension(), required_capabilities()])
+        let extensions = if self.interop {
+            vec![required_capabilities(false)]
+        } else {
+            vec![self.extension(), required_capabilities(true)]
+        };
+        Extensions::from_vec(extensions)
             .map_err(|_| Error::state("cannot build the group context extensions"))
     }
 
@@ -113,10 +144,16 @@ impl Policy {
     }
 }
 
-/// Requires every leaf to support the policy extension.
-fn required_capabilities() -> Extension {
+/// Requires every leaf to use a basic credential and, with `policy`, to
+/// support the policy extension.
+fn required_capabilities(policy: bool) -> Extension {
+    let extensions: &[ExtensionType] = if policy {
+        &[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)]
+    } else {
+        &[]
+    };
     Extension::RequiredCapabilities(RequiredCapabilitiesExtension::new(
-        &[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)],
+        extensions,
         &[],
         &[CredentialType::Basic],
     ))
@@ -137,13 +174,15 @@ pub fn capabilities() -> Capabilities {
     )
 }
 
-/// Whether a KeyPackage's leaf can join a group with a committer policy.
-pub fn key_package_supports_policy(key_package: &KeyPackage) -> bool {
-    key_package
-        .leaf_node()
-        .capabilities()
-        .extensions()
-        .contains(&ExtensionType::Unknown(POLICY_EXTENSION_TYPE))
+/// Whether a KeyPackage's leaf can join a group with `policy`: it must
+/// support the record unless the group has none (interop).
+pub fn key_package_supports_policy(policy: &Policy, key_package: &KeyPackage) -> bool {
+    policy.interop
+        || key_package
+            .leaf_node()
+            .capabilities()
+            .extensions()
+            .contains(&ExtensionType::Unknown(POLICY_EXTENSION_TYPE))
 }
 
 /// The identity of the member at `index` in the group's current epoch.
@@ -159,7 +198,7 @@ pub fn check_commit(group: &MlsGroup, sender: &Sender, staged: &StagedCommit) ->
     let policy = Policy::of(group)?;
     match sender {
         Sender::Member(index) => {
-            if member_identity(group, *index).as_deref() != Some(&policy.committer[..]) {
+            if !member_identity(group, *index).is_some_and(|id| policy.may_commit(&id)) {
                 return Err(Error::not_committer(
                     "commit from a member who is not the group's committer",
                 ));
@@ -179,6 +218,11 @@ pub fn check_commit(group: &MlsGroup, sender: &Sender, staged: &StagedCommit) ->
     let next = Policy::from_extensions(staged.group_context().extensions())?;
     if next == policy {
         return Ok(());
+    }
+    if next.interop || policy.interop {
+        return Err(Error::invalid_message(
+            "commit adds or drops the group's committer record",
+        ));
     }
     if matches!(sender, Sender::NewMemberCommit) {
         return Err(Error::invalid_message(
@@ -219,7 +263,7 @@ pub fn check_proposal(group: &MlsGroup, queued: &QueuedProposal) -> Result<()> {
                     "proposed key package uses another ciphersuite than the group",
                 ));
             }
-            if !key_package_supports_policy(kp) {
+            if !key_package_supports_policy(&Policy::of(group)?, kp) {
                 return Err(Error::invalid_message(
                     "proposed key package does not support the committer policy",
                 ));
@@ -244,12 +288,14 @@ mod tests {
             let policy = Policy {
                 committer: vec![9; 32],
                 external_joins,
+                interop: false,
             };
             assert_eq!(Policy::decode(&policy.encode()).unwrap(), policy);
         }
         let good = Policy {
             committer: vec![9; 32],
             external_joins: true,
+            interop: false,
         }
         .encode();
         let mut bad_version = good.clone();

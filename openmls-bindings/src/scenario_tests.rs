@@ -33,10 +33,10 @@ fn epoch(c: &ClientState) -> u64 {
 /// alice (committer) and bob in one group at epoch 1.
 fn pair(external_joins: bool) -> (ClientState, ClientState) {
     let (alice, bob) = (client(1), client(2));
-    alice.create_group(GID, 1, external_joins).unwrap();
+    alice.create_group(GID, 1, external_joins, false).unwrap();
     let kp = bob.key_packages(1, 1).unwrap();
     let (_commit, welcome) = ops(&alice, |g| g.add_members(&kp)).unwrap();
-    bob.join(&welcome).unwrap();
+    bob.join(&welcome, false).unwrap();
     (alice, bob)
 }
 
@@ -110,6 +110,7 @@ fn a_hand_over_to_a_non_member_is_refused() {
         let policy = Policy {
             committer: stranger.keys.identity.to_vec(),
             external_joins: false,
+            interop: false,
         };
         let extensions = policy.replace_in(g.extensions())?;
         raw_commit(k, p, g, Some(extensions))
@@ -208,4 +209,35 @@ fn an_expired_key_package_is_invalid_message() {
     let err = ops(&alice, |g| g.add_members(&[&expired])).unwrap_err();
     assert_eq!(err.python_class(), "InvalidMessageError");
     assert_eq!(epoch(&alice), 1);
+}
+
+#[test]
+fn an_interop_group_has_no_committer_and_never_gains_one() {
+    let (alice, bob) = (client(1), client(2));
+    alice.create_group(GID, 1, false, true).unwrap();
+    let kp = bob.key_packages(1, 1).unwrap();
+    let (_commit, welcome) = ops(&alice, |g| g.add_members(&kp)).unwrap();
+    // Our clients join a group without the record only when they ask to.
+    let err = bob.join(&welcome, false).unwrap_err();
+    assert_eq!(err.python_class(), "InvalidMessageError");
+    bob.join(&welcome, true).unwrap();
+    // Any member may commit.
+    let commit = ops(&bob, |g| g.self_update()).unwrap();
+    process(&alice, &commit).unwrap();
+    assert_eq!((epoch(&alice), epoch(&bob)), (2, 2));
+    // A commit that adds a committer record is refused.
+    let rogue = raw(&alice, |k, p, g| {
+        let policy = Policy {
+            committer: k.identity.to_vec(),
+            external_joins: false,
+            interop: false,
+        };
+        // The record and a RequiredCapabilities listing it, as in a normal group.
+        raw_commit(k, p, g, Some(policy.new_group_extensions()?))
+    })
+    .unwrap();
+    let err = process(&bob, &rogue).unwrap_err();
+    assert_eq!(err.python_class(), "InvalidMessageError");
+    assert!(err.message().contains("committer record"), "{err}");
+    assert_eq!(epoch(&bob), 2);
 }

@@ -81,18 +81,38 @@ class Client:
         """
 
     def create_group(
-        self, group_id: bytes, ciphersuite: int = 0x0001, *, external_joins: bool = False
+        self,
+        group_id: bytes,
+        ciphersuite: int = 0x0001,
+        *,
+        external_joins: bool = False,
+        interop: bool = False,
     ) -> Group:
         """Create a group with this client as its only member and its committer (epoch 0).
 
         :param external_joins: whether outsiders holding a GroupInfo may join
             by external commit.
+        :param interop: create a group without the committer record, so that
+            members of other RFC 9420 implementations (which cannot support
+            our GroupContext extension) can be added. Such a group has **no
+            committer policy**: any member may commit, as in plain RFC 9420,
+            so concurrent commits can fork it (ADR 0003); incoming handshakes
+            may be PublicMessages; it cannot accept external joins and can
+            never gain the record. Our clients join it only with
+            ``join(welcome, interop=True)``.
+        :raises InvalidInputError: if both ``interop`` and ``external_joins``.
         :raises WrongCiphersuiteError: if the ciphersuite is unsupported.
         :raises InvalidInputError: if the group id is empty.
         """
 
-    def join(self, welcome: bytes) -> Group:
-        """Join a group from a Welcome made for one of this client's KeyPackages."""
+    def join(self, welcome: bytes, *, interop: bool = False) -> Group:
+        """Join a group from a Welcome made for one of this client's KeyPackages.
+
+        :param interop: also accept a group without a committer record (see
+            ``create_group(interop=True)``), where any member may commit.
+        :raises InvalidMessageError: if the group has no committer record and
+            ``interop`` is false.
+        """
 
     def join_external(self, group_info: bytes) -> tuple[Group, bytes]:
         """Join by external commit; return the group and the commit for the members.
@@ -124,11 +144,18 @@ class Group:
     def ciphersuite(self) -> int: ...
     @property
     def committer(self) -> bytes:
-        """The identity of the only member whose commits the group accepts."""
+        """The identity of the only member whose commits the group accepts.
+
+        Empty in an interop group, where any member may commit.
+        """
 
     @property
     def external_joins(self) -> bool:
         """Whether outsiders may join by external commit."""
+
+    @property
+    def interop(self) -> bool:
+        """Whether the group has no committer record (see ``Client.create_group``)."""
 
     @property
     def is_active(self) -> bool:
