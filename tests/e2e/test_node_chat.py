@@ -68,6 +68,26 @@ async def node_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodePr
                 await proc.wait()
 
 
+async def peers_listing(tmp: Path, node: str, peer: str) -> list[str]:
+    """The rows of ``quicnprotochat peers`` for ``node`` that name ``peer``."""
+    env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{node} passphrase")
+    listing = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        "peers",
+        "--data-dir",
+        str(tmp / node),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    async with asyncio.timeout(LINE_DEADLINE):
+        out, err = await listing.communicate()
+    assert listing.returncode == 0, err.decode()
+    rows = [line for line in out.decode().splitlines() if line.startswith(f"{peer} ")]
+    assert rows, out.decode()
+    return rows
+
+
 async def test_two_node_processes_chat_directly(tmp_path: Path) -> None:
     async with node_process(tmp_path, "alice") as alice:
         key = (await alice.expect(r"identity: ([0-9a-f]{64})")).group(1)
@@ -104,21 +124,7 @@ async def test_two_nodes_find_each_other_on_the_lan_and_chat_without_any_relay(
             await alice.expect(r"\] found you on the LAN$")
             await alice.type_line("and I you")
             await bob.expect(r"^\[alice\] and I you$")
-            env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE="bob passphrase")
-            listing = await asyncio.create_subprocess_exec(
-                str(SCRIPT),
-                "peers",
-                "--data-dir",
-                str(tmp_path / "bob"),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-            )
-            async with asyncio.timeout(LINE_DEADLINE):
-                out, err = await listing.communicate()
-            assert listing.returncode == 0, err.decode()
-            rows = [line for line in out.decode().splitlines() if line.startswith("alice ")]
-            assert rows, out.decode()
+            rows = await peers_listing(tmp_path, "bob", "alice")
             assert " lan " in rows[0]
             assert "127.0.0.1:" in rows[0]
 
@@ -133,20 +139,6 @@ async def test_two_nodes_find_each_other_through_the_dht_alone(tmp_path: Path) -
             await bob.expect(r"group created with alice")
             await bob.type_line("found you in the DHT")
             await alice.expect(r"\] found you in the DHT$")
-            env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE="bob passphrase")
-            listing = await asyncio.create_subprocess_exec(
-                str(SCRIPT),
-                "peers",
-                "--data-dir",
-                str(tmp_path / "bob"),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-            )
-            async with asyncio.timeout(LINE_DEADLINE):
-                out, err = await listing.communicate()
-            assert listing.returncode == 0, err.decode()
-            rows = [line for line in out.decode().splitlines() if line.startswith("alice ")]
-            assert rows, out.decode()
+            rows = await peers_listing(tmp_path, "bob", "alice")
             assert " dht " in rows[0]
             assert "confirmed" in rows[0]
