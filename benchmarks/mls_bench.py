@@ -157,11 +157,18 @@ def main() -> None:
             samples, setup_s = bench(suite, size, repeats)
             medians = {op: statistics.median(v) for op, v in samples.items()}
             rows.append(
-                {"suite": suite, "size": size, "repeats": repeats, "setup_s": round(setup_s, 3),
-                 "python_us": {k: round(v, 1) for k, v in sorted(medians.items())}}
+                {
+                    "suite": suite,
+                    "size": size,
+                    "repeats": repeats,
+                    "setup_s": round(setup_s, 3),
+                    "python_us": {k: round(v, 1) for k, v in sorted(medians.items())},
+                }
             )
-            print(f"python: suite {suite:#06x} size {size} done (setup {setup_s:.1f}s)",
-                  file=sys.stderr)
+            print(
+                f"python: suite {suite:#06x} size {size} done (setup {setup_s:.1f}s)",
+                file=sys.stderr,
+            )
     rust = run_rust(sizes, args.repeat, suites)
 
     met_ratio = True
@@ -178,12 +185,20 @@ def main() -> None:
     add_1000 = [row["python_us"]["add"] for row in rows if row["size"] == 1000]
     targets = {
         "ratio_le_1_3": met_ratio,
-        "add_1000_le_150ms": (all(v <= ADD_1000_TARGET_US for v in add_1000)
-                              if add_1000 else None),
+        "add_1000_le_150ms": (all(v <= ADD_1000_TARGET_US for v in add_1000) if add_1000 else None),
     }
     if args.json:
-        print(json.dumps({"message_bytes": len(MESSAGE), "cpus": os.cpu_count(),
-                          "results": rows, "targets": targets}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "message_bytes": len(MESSAGE),
+                    "cpus": os.cpu_count(),
+                    "results": rows,
+                    "targets": targets,
+                },
+                indent=2,
+            )
+        )
         return
 
     header = f"{'suite':>6} {'N':>5}  {'operation':<15} {'python':>11} {'rust':>11} {'py/rust':>8}"
@@ -196,12 +211,16 @@ def main() -> None:
             ratio = row["ratio"].get(op)
             flag = " !" if ratio is not None and ratio > RATIO_TARGET else ""
             ratio_s = f"{ratio:.2f}{flag}" if ratio is not None else "-"
-            print(f"{row['suite']:#06x} {row['size']:>5}  {LABELS[op]:<15} "
-                  f"{fmt(py):>11} {fmt(rs):>11} {ratio_s:>8}")
+            print(
+                f"{row['suite']:#06x} {row['size']:>5}  {LABELS[op]:<15} "
+                f"{fmt(py):>11} {fmt(rs):>11} {ratio_s:>8}"
+            )
         print()
-    print(f"targets: Python/Rust <= {RATIO_TARGET} for every operation: "
-          f"{'met' if targets['ratio_le_1_3'] else 'MISSED (! rows)'}; add 1 member to 1,000 "
-          f"<= 150 ms: {targets['add_1000_le_150ms']} (on {os.cpu_count()} cpus)")
+    print(
+        f"targets: Python/Rust <= {RATIO_TARGET} for every operation: "
+        f"{'met' if targets['ratio_le_1_3'] else 'MISSED (! rows)'}; add 1 member to 1,000 "
+        f"<= 150 ms: {targets['add_1000_le_150ms']} (on {os.cpu_count()} cpus)"
+    )
 
 
 if __name__ == "__main__":
