@@ -25,22 +25,10 @@ from discovery.records import (
     _decode_signed,
     _encode_signed,
 )
-from node.core.hybrid_kem import generate_keypair
 from node.core.identity import Identity
+from tests.discovery_support import ENVELOPE_KEY, NOW, Clock
 
 LOOPBACK = "127.0.0.1"
-NOW = 1_800_000_000_000
-ENVELOPE_KEY = generate_keypair(bytes(32))[1]
-
-
-class Clock:
-    """One wall clock shared by every node, moved by the test."""
-
-    def __init__(self) -> None:
-        self.ms = NOW
-
-    def __call__(self) -> int:
-        return self.ms
 
 
 @pytest.fixture

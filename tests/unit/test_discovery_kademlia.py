@@ -27,19 +27,8 @@ from discovery.records import (
     _decode_signed,
     _encode_signed,
 )
-from node.core.hybrid_kem import generate_keypair
 from node.core.identity import Identity
-
-NOW = 1_800_000_000_000
-ENVELOPE_KEY = generate_keypair(bytes(32))[1]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = NOW
-
-    def __call__(self) -> int:
-        return self.ms
+from tests.discovery_support import ENVELOPE_KEY, NOW, Clock
 
 
 def signed_by(identity: Identity, at: int = NOW, port: int = 4433, ttl_ms: int = 600_000) -> bytes:

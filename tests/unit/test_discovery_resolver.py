@@ -14,19 +14,8 @@ from discovery.dht import LookupResult
 from discovery.lan import LanTable, compact_fingerprint
 from discovery.records import AcceptedRecord, OwnRecord, validate
 from discovery.resolver import Resolver, Source
-from node.core.hybrid_kem import generate_keypair
 from node.core.identity import Identity
-
-NOW = 1_800_000_000_000
-ENVELOPE_KEY = generate_keypair(bytes(32))[1]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.ms = NOW
-
-    def __call__(self) -> int:
-        return self.ms
+from tests.discovery_support import ENVELOPE_KEY, NOW, Clock
 
 
 class FakeDht:

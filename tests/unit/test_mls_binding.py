@@ -8,14 +8,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from openmls_bindings import (
     CIPHERSUITE_X25519_AES128GCM,
     Client,
-    Group,
     InvalidInputError,
     InvalidMessageError,
     MlsError,
@@ -28,27 +26,11 @@ from openmls_bindings import (
     key_package_identity,
 )
 
+from tests.mls_support import Member as Party
+from tests.mls_support import seed
+
 CHACHA_SUITE = 0x0003  # MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519
 P256_SUITE = 0x0002  # needs an ECDSA key, which a Client does not have
-
-
-def seed(n: int) -> bytes:
-    return bytes([n]) * 32
-
-
-@dataclass
-class Party:
-    client: Client
-    group: Group | None = None
-
-    @property
-    def identity(self) -> bytes:
-        return self.client.identity
-
-    @property
-    def g(self) -> Group:
-        assert self.group is not None
-        return self.group
 
 
 @pytest.fixture

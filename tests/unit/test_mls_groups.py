@@ -9,7 +9,6 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,7 +16,6 @@ from openmls_bindings import (
     CIPHERSUITE_X25519_AES128GCM,
     CIPHERSUITE_XWING,
     Client,
-    Group,
     InvalidInputError,
     InvalidMessageError,
     MlsError,
@@ -27,24 +25,7 @@ from openmls_bindings import (
     key_package_identity,
 )
 
-
-def seed(n: int) -> bytes:
-    return bytes([n]) * 32
-
-
-@dataclass
-class Member:
-    client: Client
-    group: Group | None = None
-
-    @property
-    def identity(self) -> bytes:
-        return self.client.identity
-
-    @property
-    def g(self) -> Group:
-        assert self.group is not None
-        return self.group
+from tests.mls_support import Member, seed
 
 
 def make_group(
