@@ -2,10 +2,10 @@
 //! its KeyPackages and groups — in memory, or in an encrypted file.
 //!
 //! Every call that changes state is a transaction ([`ClientState::transact`]):
-//! the store is snapshotted, the call runs, and then either the whole store
-//! is written to the state file (success) or the snapshot is put back and the
-//! touched groups are reloaded from it (any error, including a failed write
-//! or a panic). A caller therefore sees each call happen completely or not at
+//! the store starts journaling, the call runs, and then either the store is
+//! written to the state file (success) or the journal puts back every value
+//! the call changed and the touched groups are reloaded from the store (any
+//! error, including a failed write or a panic). A caller therefore sees each call happen completely or not at
 //! all, in memory and on disk.
 
 use std::collections::HashMap;
@@ -184,11 +184,9 @@ impl Inner {
         Ok((&self.provider, group))
     }
 
-    fn persist(&self) -> Result<()> {
-        match &self.file {
-            Some(file) => self
-                .provider
-                .with_entries_ref(|entries| file.save(entries, self.provider.rand())),
+    fn persist(&mut self) -> Result<()> {
+        match &mut self.file {
+            Some(file) => file.save(self.provider.storage(), self.provider.rand()),
             None => Ok(()),
         }
     }
@@ -267,7 +265,7 @@ impl ClientState {
                 .ok_or_else(|| Error::storage("the MLS state file lacks a group it lists"))?;
             groups.insert(group_id, group);
         }
-        let inner = Inner {
+        let mut inner = Inner {
             provider,
             groups,
             file,
@@ -306,18 +304,19 @@ impl ClientState {
         let mut guard = self.lock()?;
         let inner = &mut *guard;
         inner.touched.clear();
-        let snapshot = inner.provider.snapshot();
+        inner.provider.storage().begin();
         let result = guarded(|| {
             let value = f(&self.keys, inner)?;
             inner.persist()?;
             Ok(value)
         });
         if result.is_ok() {
+            inner.provider.storage().commit();
             inner.touched.clear();
             return result;
         }
         let rolled_back = guarded(|| {
-            inner.provider.restore(snapshot);
+            inner.provider.storage().rollback();
             inner.reload_touched();
             Ok(())
         });
@@ -686,7 +685,7 @@ mod tests {
     fn failed_transaction_leaves_the_store_untouched() {
         let client = ClientState::in_memory(&[1; 32]).unwrap();
         let before = client
-            .read(|_, inner| Ok(inner.provider.with_entries_ref(|e| e.len())))
+            .read(|_, inner| Ok(inner.provider.storage().with_entries(|e| e.len())))
             .unwrap();
         let err = client
             .transact(|keys, inner| {
@@ -703,7 +702,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.message(), "boom");
         let after = client
-            .read(|_, inner| Ok(inner.provider.with_entries_ref(|e| e.len())))
+            .read(|_, inner| Ok(inner.provider.storage().with_entries(|e| e.len())))
             .unwrap();
         assert_eq!(before, after);
     }

@@ -161,8 +161,9 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 // --- Conversions from OpenMLS errors -------------------------------------
 
 fn storage(_err: StorageError) -> Error {
-    // The in-memory store fails only when a stored value does not decode,
-    // i.e. the state is inconsistent: keep the text generic.
+    // The store fails only when a value does not encode or decode, or an
+    // entry it refers to is missing: the state is inconsistent, and the text
+    // stays generic.
     Error::Storage("the MLS state store failed".into())
 }
 
@@ -547,7 +548,7 @@ mod tests {
     #[test]
     fn storage_and_state_errors_are_classified() {
         let err = Error::from(ProcessMessageError::<StorageError>::StorageError(
-            StorageError::SerializationError,
+            StorageError::Serialization,
         ));
         assert_eq!(err.python_class(), "StorageError");
         let err = Error::from(ProcessMessageError::<StorageError>::GroupStateError(

@@ -13,6 +13,7 @@ mod meta;
 mod policy;
 mod pool;
 mod provider;
+mod storage;
 mod store_file;
 
 #[cfg(test)]

@@ -128,14 +128,29 @@ def test_a_wrong_storage_key_is_a_storage_error(two_members: tuple[Path, Path]) 
     assert Client(ALICE, path_a, KEY_A).group_ids() == [b"room"]
 
 
-def test_a_damaged_file_is_a_storage_error(two_members: tuple[Path, Path]) -> None:
+HEADER_LEN = 78  # magic, version, suite, salt, nonce, key check, base length
+TAG_LEN = 16
+
+
+def base_end(state: bytes) -> int:
+    """Where the base image ends and the records of later calls begin."""
+    return HEADER_LEN + int.from_bytes(state[70:78], "big") + TAG_LEN
+
+
+def test_damage_to_the_base_or_an_earlier_record_is_a_storage_error(
+    two_members: tuple[Path, Path],
+) -> None:
     path_a, _ = two_members
     good = path_a.read_bytes()
+    end = base_end(good)
+    assert end < len(good), "the later calls were appended as records"
     rng = random.Random(7)
-    cuts = [0, 1, 7, 8, 69, 70, 85, len(good) // 2, len(good) - 1]
-    flips = [(i, 1 << rng.randrange(8)) for i in [0, 8, 9, 10, 45, 60, 75, len(good) - 1]]
-    flips += [(rng.randrange(len(good)), 1 << rng.randrange(8)) for _ in range(40)]
-    damaged = [good[:cut] for cut in cuts] + [good + b"\x00"]
+    cuts = [0, 1, 7, 8, 69, 70, 85, end // 2, end - 1]
+    flips = [(i, 1 << rng.randrange(8)) for i in [0, 8, 9, 10, 45, 60, 75, end - 1]]
+    flips += [(rng.randrange(end), 1 << rng.randrange(8)) for _ in range(40)]
+    # The body of the first record (past its 4-byte length), with records after it.
+    flips += [(rng.randrange(end + 4, end + 40), 1 << rng.randrange(8)) for _ in range(10)]
+    damaged = [good[:cut] for cut in cuts]
     for at, bit in flips:
         damaged.append(good[:at] + bytes([good[at] ^ bit]) + good[at + 1 :])
     for data in damaged:
@@ -144,6 +159,33 @@ def test_a_damaged_file_is_a_storage_error(two_members: tuple[Path, Path]) -> No
             Client(ALICE, path_a, KEY_A)
     path_a.write_bytes(good)
     assert Client(ALICE, path_a, KEY_A).load_group(b"room").epoch == 1
+
+
+def test_a_torn_last_record_leaves_the_call_undone(two_members: tuple[Path, Path]) -> None:
+    """A process killed while appending a call's record: the call never happened."""
+    path_a, _ = two_members
+    before = path_a.read_bytes()
+    group = Client(ALICE, path_a, KEY_A).load_group(b"room")
+    group.self_update()
+    assert group.epoch == 2
+    del group
+    collect()
+    after = path_a.read_bytes()
+    assert after.startswith(before), "the commit was appended as one record"
+    rng = random.Random(11)
+    torn = [after[:cut] for cut in rng.sample(range(len(before) + 1, len(after)), 20)]
+    torn.append(after[:-1] + bytes([after[-1] ^ 1]))
+    for data in torn:
+        path_a.write_bytes(data)
+        alice = Client(ALICE, path_a, KEY_A)
+        assert alice.load_group(b"room").epoch == 1
+        # The next call writes a clean file again.
+        alice.key_package()
+        del alice
+        collect()
+        assert base_end(path_a.read_bytes()) == len(path_a.read_bytes())
+    path_a.write_bytes(after)
+    assert Client(ALICE, path_a, KEY_A).load_group(b"room").epoch == 2
 
 
 def test_nothing_private_is_written_in_cleartext(tmp_path: Path) -> None:
@@ -217,16 +259,20 @@ def test_a_failed_write_undoes_the_call(two_members: tuple[Path, Path]) -> None:
     before = path_a.read_bytes()
     last_commit = alice.last_commit()  # the commit that added bob
     assert last_commit is not None
-    blocker = path_a.with_name(path_a.name + ".tmp")
-    blocker.mkdir()  # the temporary file cannot be created
-    with pytest.raises(StorageError, match="cannot write"):
+    # A directory where the file was: neither an append nor a new file can be written
+    # (permissions would not stop a test running as root).
+    aside = path_a.with_name("aside")
+    path_a.rename(aside)
+    path_a.mkdir()
+    with pytest.raises(StorageError, match="MLS state file"):
         alice.self_update()
     with pytest.raises(StorageError):
         alice.encrypt(b"lost")
     assert alice.epoch == 1
     assert alice.last_commit() == last_commit
+    path_a.rmdir()
+    aside.rename(path_a)
     assert path_a.read_bytes() == before
-    blocker.rmdir()
     commit = alice.self_update()
     assert bob.process(commit).epoch == alice.epoch == 2
 
