@@ -241,3 +241,45 @@ fn an_interop_group_has_no_committer_and_never_gains_one() {
     assert!(err.message().contains("committer record"), "{err}");
     assert_eq!(epoch(&bob), 2);
 }
+
+/// Keys in `c`'s store that start with `label`.
+fn stored(c: &ClientState, label: &[u8]) -> usize {
+    c.read(|_, inner| {
+        Ok(inner
+            .provider
+            .storage()
+            .with_entries(|e| e.keys().filter(|k| k.starts_with(label)).count()))
+    })
+    .unwrap()
+}
+
+#[test]
+fn committed_proposals_leave_nothing_queued_behind() {
+    let (alice, bob) = pair(false);
+    let proposal = ops(&bob, |g| g.propose_update()).unwrap();
+    process(&alice, &proposal).unwrap();
+    assert_eq!(stored(&alice, b"QueuedProposal"), 1);
+    assert_eq!(stored(&alice, b"ProposalQueueRefs"), 1);
+    let output = ops(&alice, |g| g.commit::<&[u8]>(&[])).unwrap();
+    process(&bob, &output.commit).unwrap();
+    assert_eq!(epoch(&bob), 2);
+    assert_eq!(stored(&alice, b"QueuedProposal"), 0);
+    assert_eq!(stored(&alice, b"ProposalQueueRefs"), 0);
+}
+
+#[test]
+fn encrypting_changes_only_the_message_secrets() {
+    // What a call changes is what gets written: one entry per message sent.
+    let (alice, _bob) = pair(false);
+    let changed = alice
+        .transact(|keys, inner| {
+            GroupOps::new(keys, inner, GID)?.encrypt(b"hi")?;
+            Ok(inner
+                .provider
+                .storage()
+                .changes(|changes| changes.iter().map(|(k, _)| k.to_vec()).collect::<Vec<_>>()))
+        })
+        .unwrap();
+    assert_eq!(changed.len(), 1);
+    assert!(changed[0].starts_with(b"MessageSecrets"));
+}
