@@ -384,7 +384,7 @@ class Node:
 
         The committer commits the adds, sends the Welcome to the newcomers and the commit to
         everyone who was already a member. Any other member proposes the adds to the
-        committer and returns once the proposals are in the outbox: the peers join when the
+        committer and returns after the outbox's first attempt at them: the peers join when the
         committer has committed them (ADR 0003)."""
         self.membership.check_member(group_id)
         key_packages = [await self._fetch_key_package(peer) for peer in peers]
