@@ -27,12 +27,31 @@ class StaleEpochError(GroupError):
     """The message belongs to an epoch this member can no longer (or not yet) process."""
 
 
+class NotCommitterError(GroupError):
+    """Only the group's committer may commit; other members propose (ADR 0003)."""
+
+
+class MissingProposalError(GroupError):
+    """A commit covers a proposal this member has not received yet; process it again after."""
+
+
+# The binding has no class of its own for this case (StageCommitError::MissingProposal), only
+# this message; tests/unit/test_node_mls.py fails if the wording changes.
+_MISSING_PROPOSAL = "has not received"
+
+
 @contextmanager
 def _mls_errors() -> Iterator[None]:
     try:
         yield
     except ob.WrongEpochError as exc:
         raise StaleEpochError(str(exc)) from exc
+    except ob.NotCommitterError as exc:
+        raise NotCommitterError(str(exc)) from exc
+    except ob.InvalidMessageError as exc:
+        if _MISSING_PROPOSAL in str(exc):
+            raise MissingProposalError(str(exc)) from exc
+        raise GroupError(str(exc)) from exc
     except ob.MlsError as exc:
         raise GroupError(str(exc)) from exc
 
@@ -59,14 +78,49 @@ class MlsGroup:
     def epoch(self) -> int:
         return self._group.epoch
 
+    @property
+    def committer(self) -> bytes:
+        """The identity of the only member whose commits the group accepts."""
+        return self._group.committer
+
+    @property
+    def pending_proposals(self) -> int:
+        return self._group.pending_proposals
+
+    @property
+    def is_active(self) -> bool:
+        """False once this member has been removed."""
+        return self._group.is_active
+
     def members(self) -> list[bytes]:
         """Member identity keys in leaf order."""
         return [identity for _, identity in self._group.members()]
 
-    def add(self, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
-        """Commit adding these members; returns (commit, welcome). Our own state advances."""
+    # The committer's side: each call makes a commit and merges it, so the epoch advances.
+
+    def commit(self, add: Sequence[bytes] = ()) -> tuple[bytes, bytes | None]:
+        """Commit every pending proposal and add ``add``'s owners; returns (commit, welcome)."""
         with _mls_errors():
-            return self._group.add_members(list(key_packages))
+            return self._group.commit(list(add))
+
+    def self_update(self) -> bytes:
+        """Commit fresh keys for the committer itself."""
+        with _mls_errors():
+            return self._group.self_update()
+
+    # Everyone else's side: proposals for the committer to commit.
+
+    def propose_add(self, key_package: bytes) -> bytes:
+        with _mls_errors():
+            return self._group.propose_add(key_package)
+
+    def propose_remove(self, identity: bytes) -> bytes:
+        with _mls_errors():
+            return self._group.propose_remove(identity)
+
+    def propose_update(self) -> bytes:
+        with _mls_errors():
+            return self._group.propose_update()
 
     def encrypt(self, plaintext: bytes) -> bytes:
         with _mls_errors():

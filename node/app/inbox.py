@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 DEFERRED: Literal["deferred"] = "deferred"
 # What applying one envelope gave: a message for the user, nothing to show (a commit, a
-# Welcome, an undecryptable payload), or "not yet" (its group is not joined yet).
+# Welcome, an undecryptable payload), or "not yet" (its group is not joined yet, its epoch has
+# not begun here, or it is a commit whose proposal has not arrived).
 Applied = StoredMessage | None | Literal["deferred"]
 
 
@@ -36,12 +37,14 @@ class Inbox:
         apply: Callable[[wire.Envelope, Path], Applied],
         delivered: Callable[[StoredMessage], Awaitable[None]],
         max_deferred: int = 1000,
+        dropped: Callable[[wire.Envelope], None] | None = None,
     ) -> None:
         self._store = store
         self._run = run
         self._apply = apply
         self._delivered = delivered
         self._max_deferred = max_deferred
+        self._dropped = dropped
         self._lock = asyncio.Lock()
 
     async def accept(self, envelopes: Sequence[wire.Envelope], path: Path) -> None:
@@ -74,9 +77,11 @@ class Inbox:
             await self._bound(pending)
 
     async def _bound(self, deferred: list[tuple[int, wire.Envelope, str]]) -> None:
-        # Anyone may send envelopes naming made-up groups: keep only the newest few.
+        # Anyone may send envelopes naming made-up groups or epochs: keep only the newest few.
         store = self._store
         excess = len(deferred) - self._max_deferred
         for seq, env, _ in deferred[: max(0, excess)]:
-            log.warning("dropped a %s for a group never joined", env.kind.value)
+            log.warning("dropped a %s whose group, epoch or proposal never came", env.kind.value)
+            if self._dropped is not None:
+                self._dropped(env)
             await self._run(partial(store.complete_incoming, seq, None))

@@ -17,6 +17,7 @@ from pathlib import Path as FilePath
 
 from node.app.contacts import Contacts
 from node.app.inbox import DEFERRED, Applied, Inbox
+from node.app.membership import Membership, Rejection
 from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
@@ -24,13 +25,21 @@ from node.core import wire
 from node.core.addresses import Address
 from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError
 from node.core.identity import Identity, mailbox_of
+from node.core.mls_header import read_header
 from node.core.runtime import BlockingRunner, Clock
-from node.mls import GroupError, MlsClient, MlsGroup, key_package_identity
+from node.mls import (
+    GroupError,
+    MissingProposalError,
+    MlsClient,
+    MlsGroup,
+    StaleEpochError,
+    key_package_identity,
+)
 from node.transport.connection import Caller
 from node.transport.endpoint import DatagramFactory, Endpoint, EndpointConfig, udp_socket
 from node.transport.runtime import ThreadRunner, system_clock_ms
 
-__all__ = ["ChatMessage", "Node", "SendReport"]
+__all__ = ["ChatMessage", "Node", "Rejection", "SendReport"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +91,11 @@ class Node:
         self.mls = mls or MlsClient(identity)
         self.groups: dict[bytes, MlsGroup] = {}
         self.inbox: list[ChatMessage] = []
-        self._inbox = Inbox(self.store, self._run, self._apply, self._deliver_to_user)
+        self._inbox = Inbox(
+            self.store, self._run, self._apply, self._deliver_to_user, dropped=self._dropped
+        )
         self.outbox = Outbox(self.store, self._run, self.router)
+        self.membership = Membership(self.public_key, self.groups, self.outbox, self._envelope)
         self._tasks: list[asyncio.Task[None]] = []
         self._resumed = False
         self._released = False
@@ -115,6 +127,9 @@ class Node:
                 log.warning("could not fetch the relay mailbox: %s", exc)
             self._tasks.append(asyncio.create_task(self._watch_relay()))
         self._tasks.append(asyncio.create_task(self._retry_outbox()))
+        self._tasks.append(asyncio.create_task(self.membership.run_committer()))
+        # Proposals applied before a restart (or while offline) may still wait for a commit.
+        self.membership.commit_due.set()
         return listen
 
     async def _resume(self) -> None:
@@ -237,16 +252,32 @@ class Node:
 
     def _apply(self, env: wire.Envelope, path: Path) -> Applied:
         """Apply one stored envelope to MLS (called by the inbox, in arrival order)."""
-        try:
-            if env.kind is wire.EnvelopeKind.WELCOME:
+        if env.kind is wire.EnvelopeKind.WELCOME:
+            try:
                 group = self.mls.join(env.payload)
-                self.groups[group.group_id] = group
-                log.info("%s joined a group at epoch %d", self.name, group.epoch)
+            except GroupError as exc:
+                log.warning("%s dropped an unusable welcome: %s", self.name, exc)
                 return None
-            target = self.groups.get(env.group_id)
-            if target is None:
-                return DEFERRED  # its Welcome may still be on its way by another path
+            self.groups[group.group_id] = group
+            log.info("%s joined a group at epoch %d", self.name, group.epoch)
+            return None
+        if env.kind is wire.EnvelopeKind.PROPOSAL:
+            return self.membership.apply_proposal(env)
+        target = self.groups.get(env.group_id)
+        if target is None:
+            return DEFERRED  # its Welcome may still be on its way by another path
+        try:
             incoming = target.process(env.payload)
+        except MissingProposalError:
+            # An Update proposal and the commit covering it come from different members, by
+            # different paths: keep the commit until the proposal is in (ADR 0003).
+            return DEFERRED
+        except StaleEpochError as exc:
+            header = read_header(env.payload)
+            if header is not None and header.epoch > target.epoch:
+                return DEFERRED  # sent after a commit that has not reached us yet
+            log.warning("%s dropped a %s from another epoch: %s", self.name, env.kind.value, exc)
+            return None
         except GroupError as exc:
             log.warning("%s dropped an undecryptable %s: %s", self.name, env.kind.value, exc)
             return None
@@ -349,22 +380,42 @@ class Node:
         return group.group_id
 
     async def invite(self, group_id: bytes, peers: list[bytes]) -> SendReport:
-        """Fetch each peer's KeyPackage from the peer itself, commit the adds, send the Welcome
-        to the newcomers and the commit to everyone who was already a member."""
-        group = self.groups[group_id]
-        key_packages = []
-        for peer in peers:
-            response = await self.router.call_peer(peer, wire.FetchKeyPackage(peer))
-            if not isinstance(response, wire.FetchKeyPackageResult):
-                raise NodeError(f"{self.contacts.name(peer)} sent no KeyPackage")
-            if key_package_identity(response.key_package) != peer:
-                raise NodeError(f"{self.contacts.name(peer)} sent someone else's KeyPackage")
-            key_packages.append(response.key_package)
-        existing = [m for m in group.members() if m != self.public_key]
-        commit, welcome = group.add(key_packages)
-        items = [self._envelope(m, wire.EnvelopeKind.COMMIT, commit, group_id) for m in existing]
-        items += [self._envelope(p, wire.EnvelopeKind.WELCOME, welcome, b"") for p in peers]
-        return await self.outbox.send(items)
+        """Fetch each peer's KeyPackage from the peer itself, then add them.
+
+        The committer commits the adds, sends the Welcome to the newcomers and the commit to
+        everyone who was already a member. Any other member proposes the adds to the
+        committer and returns after the outbox's first attempt at them: the peers join when the
+        committer has committed them (ADR 0003)."""
+        self.membership.check_member(group_id)
+        key_packages = [await self._fetch_key_package(peer) for peer in peers]
+        return await self.membership.add(group_id, key_packages)
+
+    async def remove(self, group_id: bytes, peers: list[bytes]) -> SendReport:
+        """Remove members: committed at once by the committer, proposed to it by anyone else."""
+        return await self.membership.remove(group_id, peers)
+
+    async def update_keys(self, group_id: bytes) -> SendReport:
+        """Refresh this member's keys in the group (post-compromise security): the committer
+        commits an update at once; any other member proposes one to every member, and it takes
+        effect when the committer commits it."""
+        return await self.membership.update_keys(group_id)
+
+    @property
+    def rejections(self) -> list[Rejection]:
+        """The latest proposals this node refused, oldest first."""
+        return list(self.membership.rejections)
+
+    def _dropped(self, env: wire.Envelope) -> None:
+        if env.kind is wire.EnvelopeKind.PROPOSAL and env.group_id not in self.groups:
+            self.membership.unknown_group(env)
+
+    async def _fetch_key_package(self, peer: bytes) -> bytes:
+        response = await self.router.call_peer(peer, wire.FetchKeyPackage(peer))
+        if not isinstance(response, wire.FetchKeyPackageResult):
+            raise NodeError(f"{self.contacts.name(peer)} sent no KeyPackage")
+        if key_package_identity(response.key_package) != peer:
+            raise NodeError(f"{self.contacts.name(peer)} sent someone else's KeyPackage")
+        return response.key_package
 
     async def send_text(self, group_id: bytes, text: str) -> SendReport:
         group = self.groups[group_id]

@@ -61,3 +61,13 @@ class StorageError(NodeError):
 
 class RelayError(NodeError):
     """The relay refused or failed a call."""
+
+
+class ProposalRejectedError(RemoteProtocolError):
+    """A proposal was refused and dropped: it was not an MLS proposal, not from a member of the
+    group, or from an epoch that has passed. The group is unchanged."""
+
+
+class UnknownGroupError(ProposalRejectedError):
+    """A proposal named a group this node does not hold (kept a while first, in case the
+    Welcome that makes this node a member is still on its way)."""

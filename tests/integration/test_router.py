@@ -4,39 +4,15 @@ is gone, and the mailbox is collected when the node comes back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 
-from node.app.node import Node
-from node.app.router import Path, RelayInfo
+from node.app.router import Path
 from node.core import wire
 from node.core.errors import LocalProtocolError
-from node.core.identity import Identity
 from node.transport.connection import Caller
-from tests.conftest import LOOPBACK, RelayProcess
-
-
-@contextlib.asynccontextmanager
-async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node]]:
-    started = [Node(Identity.generate(), name=name, relay=relay) for name in names]
-    try:
-        for node in started:
-            await node.start(LOOPBACK, 0)
-        for node in started:
-            for other in started:
-                if other is not node:
-                    await node.remember_peer(other.public_key, other.name, other.address)
-        yield started
-    finally:
-        for node in started:
-            await node.stop()
-
-
-def relay_info(relay: RelayProcess) -> RelayInfo:
-    assert relay.address is not None and relay.identity is not None
-    return RelayInfo(relay.address, relay.identity)
+from tests.conftest import RelayProcess
+from tests.node_support import nodes, relay_info
 
 
 async def test_a_group_forms_and_talks_directly_without_any_relay() -> None:

@@ -1,0 +1,204 @@
+"""Membership changes under the committer protocol (DESIGN §6, ADR 0003).
+
+Each group has one committer, its creator. The committer changes the group by committing and
+fans the commit out to every member of the epoch it ends (removed members included, so they
+learn it) and the Welcome to the members it adds. Everyone else proposes:
+
+* **Add** and **Remove** proposals go to the committer alone. The binding re-issues them in
+  the commit by value, so no other member needs to have seen them (RFC 9420 §12.4 allows
+  either; by value spares every member a message and removes an ordering hazard).
+* **Update** proposals go to every member. A commit can cover another member's Update only by
+  reference (RFC 9420 §12.4: by value it would update the committer's own leaf), and a member
+  must hold a proposal before it can process a commit that references it. Proposal and commit
+  then travel from different senders on different paths; a member that gets the commit first
+  keeps it (:class:`~node.mls.MissingProposalError`) and applies it once the proposal is in.
+
+The committer commits whatever proposals are pending as soon as it has applied one, so an
+absent committer delays membership changes (the proposals wait in the proposer's outbox or at
+the relay), never messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from node.app.inbox import DEFERRED, Applied
+from node.app.outbox import Outbox, SendReport
+from node.core import wire
+from node.core.errors import LocalProtocolError, ProposalRejectedError, UnknownGroupError
+from node.core.mls_header import ContentType, read_header
+from node.mls import GroupError, MlsGroup, StaleEpochError
+
+log = logging.getLogger(__name__)
+
+MAX_REJECTIONS = 100  # kept for the user (and tests) to inspect; older ones are forgotten
+
+EnvelopeMaker = Callable[[bytes, wire.EnvelopeKind, bytes, bytes], tuple[bytes, wire.Envelope]]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A proposal this node refused, and why."""
+
+    envelope_id: bytes
+    group_id: bytes
+    error: ProposalRejectedError
+
+
+class Membership:
+    """Invites, removals and key updates for the node's groups, as committer or as member."""
+
+    def __init__(
+        self,
+        own_identity: bytes,
+        groups: dict[bytes, MlsGroup],
+        outbox: Outbox,
+        envelope: EnvelopeMaker,
+    ) -> None:
+        self._me = own_identity
+        self._groups = groups
+        self._outbox = outbox
+        self._envelope = envelope
+        self.rejections: collections.deque[Rejection] = collections.deque(maxlen=MAX_REJECTIONS)
+        self.commit_due = asyncio.Event()
+
+    def is_committer(self, group_id: bytes) -> bool:
+        return self._group(group_id).committer == self._me
+
+    def check_member(self, group_id: bytes) -> None:
+        """Raise :class:`LocalProtocolError` unless this node is a member of the group."""
+        self._group(group_id)
+
+    def _group(self, group_id: bytes) -> MlsGroup:
+        group = self._groups.get(group_id)
+        if group is None:
+            raise LocalProtocolError("no such group")
+        if not group.is_active:
+            raise LocalProtocolError("this node is no longer a member of that group")
+        return group
+
+    # --- what a user asks for -----------------------------------------------------------------
+
+    async def add(self, group_id: bytes, key_packages: Sequence[bytes]) -> SendReport:
+        """The committer commits the adds; anyone else proposes them to the committer."""
+        group = self._group(group_id)
+        if group.committer == self._me:
+            return await self._commit(group, lambda: group.commit(key_packages))
+        proposals = [group.propose_add(kp) for kp in key_packages]
+        return await self._to_committer(group, proposals)
+
+    async def remove(self, group_id: bytes, identities: Sequence[bytes]) -> SendReport:
+        group = self._group(group_id)
+        proposals = [group.propose_remove(identity) for identity in identities]
+        if group.committer == self._me:
+            # The committer's own proposals are committed with everything else pending.
+            return await self._commit(group, group.commit)
+        return await self._to_committer(group, proposals)
+
+    async def update_keys(self, group_id: bytes) -> SendReport:
+        """Fresh leaf keys for this member (post-compromise security)."""
+        group = self._group(group_id)
+        if group.committer == self._me:
+            if group.pending_proposals:
+                # self_update refuses while adds are pending: commit those first.
+                report = await self._commit(group, group.commit)
+                more = await self._commit(group, lambda: (group.self_update(), None))
+                report.paths.update(more.paths)
+                report.failed.update(more.failed)
+                return report
+            return await self._commit(group, lambda: (group.self_update(), None))
+        proposal = group.propose_update()
+        kind = wire.EnvelopeKind.PROPOSAL
+        # By reference only, so every member needs it, not just the committer (module docstring).
+        items = [
+            self._envelope(m, kind, proposal, group_id) for m in group.members() if m != self._me
+        ]
+        return await self._outbox.send(items)
+
+    async def _to_committer(self, group: MlsGroup, proposals: list[bytes]) -> SendReport:
+        kind = wire.EnvelopeKind.PROPOSAL
+        items = [self._envelope(group.committer, kind, p, group.group_id) for p in proposals]
+        return await self._outbox.send(items)
+
+    async def _commit(
+        self, group: MlsGroup, make: Callable[[], tuple[bytes, bytes | None]]
+    ) -> SendReport:
+        """Make one commit and queue it for the members of the epoch it ends, and its Welcome
+        for the members it adds."""
+        before = group.members()
+        commit, welcome = make()
+        after = group.members()
+        # Nothing is awaited between the commit and its queueing, so the outbox holds commits
+        # in the order they were made and every member gets them in that order.
+        items = [
+            self._envelope(m, wire.EnvelopeKind.COMMIT, commit, group.group_id)
+            for m in before
+            if m != self._me
+        ]
+        if welcome is not None:
+            joined = [m for m in after if m not in before]
+            items += [self._envelope(m, wire.EnvelopeKind.WELCOME, welcome, b"") for m in joined]
+        log.info("committed epoch %d of a group (%d envelopes)", group.epoch, len(items))
+        return await self._outbox.send(items)
+
+    # --- the committer's loop -----------------------------------------------------------------
+
+    async def commit_pending(self) -> None:
+        """Commit the proposals waiting in every group this node commits for."""
+        for group in list(self._groups.values()):
+            if group.is_active and group.committer == self._me and group.pending_proposals:
+                try:
+                    await self._commit(group, group.commit)
+                except GroupError as exc:
+                    # A proposal that was valid alone can still clash with the rest (a KeyPackage
+                    # expired since); the binding left the state as it was.
+                    log.warning("could not commit pending proposals: %s", exc)
+
+    async def run_committer(self) -> None:
+        """While the node runs: commit soon after a proposal arrives (and once at start, for
+        proposals applied before a restart)."""
+        while True:
+            await self.commit_due.wait()
+            self.commit_due.clear()
+            await self.commit_pending()
+
+    # --- receiving a proposal -----------------------------------------------------------------
+
+    def apply_proposal(self, env: wire.Envelope) -> Applied:
+        """Store a member's proposal in its group; refuse anything else with a typed error."""
+        group = self._groups.get(env.group_id)
+        if group is None:
+            # An Update can overtake the Welcome of a member added in the same epoch.
+            return DEFERRED
+        header = read_header(env.payload)
+        if (
+            header is None
+            or header.content_type is not ContentType.PROPOSAL
+            or header.group_id != env.group_id
+        ):
+            return self._reject(env, ProposalRejectedError("the envelope holds no MLS proposal"))
+        try:
+            group.process(env.payload)
+        except StaleEpochError as exc:
+            if header.epoch > group.epoch:
+                return DEFERRED  # the commit that opens its epoch is still on its way
+            return self._reject(env, ProposalRejectedError(f"stale proposal: {exc}"))
+        except GroupError as exc:
+            # Not from a member of this epoch, forged, or tampered with: MLS authenticates it.
+            return self._reject(env, ProposalRejectedError(f"refused proposal: {exc}"))
+        if group.committer == self._me:
+            self.commit_due.set()
+        return None
+
+    def unknown_group(self, env: wire.Envelope) -> None:
+        """A proposal kept for a group never joined is being dropped."""
+        self._reject(env, UnknownGroupError("proposal for a group this node does not hold"))
+
+    def _reject(self, env: wire.Envelope, error: ProposalRejectedError) -> Applied:
+        log.warning("dropped a proposal (trigger=%s): %s", type(error).__name__, error)
+        self.rejections.append(Rejection(env.id, env.group_id, error))
+        return None

@@ -1,0 +1,47 @@
+"""Shared pieces of the node tests: running nodes that know each other, and waiting on state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from node.app.node import Node
+from node.app.router import RelayInfo
+from node.core.identity import Identity
+from tests.conftest import LOOPBACK, RelayProcess
+
+
+@contextlib.asynccontextmanager
+async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node]]:
+    """Started nodes on loopback, each knowing every other one's name and address."""
+    started = [Node(Identity.generate(), name=name, relay=relay) for name in names]
+    try:
+        for node in started:
+            await node.start(LOOPBACK, 0)
+        for node in started:
+            for other in started:
+                if other is not node:
+                    await node.remember_peer(other.public_key, other.name, other.address)
+        yield started
+    finally:
+        for node in started:
+            await node.stop()
+
+
+def relay_info(relay: RelayProcess) -> RelayInfo:
+    assert relay.address is not None and relay.identity is not None
+    return RelayInfo(relay.address, relay.identity)
+
+
+async def wait_until(condition: Callable[[], bool], deadline: float, what: str) -> None:
+    """Poll a node's state until ``condition`` holds; fail after ``deadline`` seconds.
+
+    Group state changes inside the nodes' own tasks, with nothing to await from outside: a
+    short poll under a deadline waits for the condition, never for luck."""
+    try:
+        async with asyncio.timeout(deadline):
+            while not condition():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting until {what}") from None
