@@ -6,6 +6,7 @@ Everything the binding raises is an ``openmls_bindings.MlsError``; here it becom
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,11 +36,6 @@ class MissingProposalError(GroupError):
     """A commit covers a proposal this member has not received yet; process it again after."""
 
 
-# The binding has no class of its own for this case (StageCommitError::MissingProposal), only
-# this message; tests/unit/test_node_mls.py fails if the wording changes.
-_MISSING_PROPOSAL = "has not received"
-
-
 @contextmanager
 def _mls_errors() -> Iterator[None]:
     try:
@@ -48,12 +44,36 @@ def _mls_errors() -> Iterator[None]:
         raise StaleEpochError(str(exc)) from exc
     except ob.NotCommitterError as exc:
         raise NotCommitterError(str(exc)) from exc
-    except ob.InvalidMessageError as exc:
-        if _MISSING_PROPOSAL in str(exc):
-            raise MissingProposalError(str(exc)) from exc
-        raise GroupError(str(exc)) from exc
+    except ob.MissingProposalError as exc:
+        raise MissingProposalError(str(exc)) from exc
     except ob.MlsError as exc:
         raise GroupError(str(exc)) from exc
+
+
+class ContentType(enum.Enum):
+    APPLICATION = "application"
+    PROPOSAL = "proposal"
+    COMMIT = "commit"
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    """What a group message says about itself in the clear; MLS authenticates it only when the
+    message is processed."""
+
+    group_id: bytes
+    epoch: int
+    content_type: ContentType
+
+
+def read_header(message: bytes) -> MessageHeader | None:
+    """The header of a group message (PublicMessage or PrivateMessage), read without keys; None
+    for anything else (a Welcome, a KeyPackage, a GroupInfo, or bytes that are not MLS)."""
+    try:
+        info = ob.message_info(message)
+    except ob.MlsError:
+        return None
+    return MessageHeader(info.group_id, info.epoch, ContentType(info.content_type))
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ from node.app.inbox import DEFERRED, Applied
 from node.app.outbox import Outbox, SendReport
 from node.core import wire
 from node.core.errors import LocalProtocolError, ProposalRejectedError, UnknownGroupError
-from node.core.mls_header import ContentType, read_header
-from node.mls import GroupError, MlsGroup, StaleEpochError
+from node.mls import ContentType, GroupError, MlsGroup, StaleEpochError, read_header
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from node.core import wire
 from node.core.addresses import Address
 from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError
 from node.core.identity import Identity, mailbox_of
-from node.core.mls_header import read_header
 from node.core.runtime import BlockingRunner, Clock
 from node.mls import (
     GroupError,
@@ -34,6 +33,7 @@ from node.mls import (
     MlsGroup,
     StaleEpochError,
     key_package_identity,
+    read_header,
 )
 from node.transport.connection import Caller
 from node.transport.endpoint import DatagramFactory, Endpoint, EndpointConfig, udp_socket

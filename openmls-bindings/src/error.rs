@@ -26,6 +26,7 @@ mod py {
     pyo3::import_exception!(openmls_bindings.exceptions, MlsError);
     pyo3::import_exception!(openmls_bindings.exceptions, InvalidInputError);
     pyo3::import_exception!(openmls_bindings.exceptions, InvalidMessageError);
+    pyo3::import_exception!(openmls_bindings.exceptions, MissingProposalError);
     pyo3::import_exception!(openmls_bindings.exceptions, WrongEpochError);
     pyo3::import_exception!(openmls_bindings.exceptions, WrongCiphersuiteError);
     pyo3::import_exception!(openmls_bindings.exceptions, StorageError);
@@ -41,6 +42,8 @@ pub enum Error {
     /// A decodable message that fails validation, authentication or
     /// decryption, or that belongs to another group.
     InvalidMessage(String),
+    /// A commit that covers a proposal this member has not received yet.
+    MissingProposal(String),
     /// A message from an epoch the group cannot process.
     WrongEpoch(String),
     /// An unsupported ciphersuite, or one that does not match the group.
@@ -101,6 +104,7 @@ impl Error {
         match self {
             Self::InvalidInput(_) => "InvalidInputError",
             Self::InvalidMessage(_) => "InvalidMessageError",
+            Self::MissingProposal(_) => "MissingProposalError",
             Self::WrongEpoch(_) => "WrongEpochError",
             Self::WrongCiphersuite(_) => "WrongCiphersuiteError",
             Self::Storage(_) => "StorageError",
@@ -115,6 +119,7 @@ impl Error {
         match self {
             Self::InvalidInput(m)
             | Self::InvalidMessage(m)
+            | Self::MissingProposal(m)
             | Self::WrongEpoch(m)
             | Self::WrongCiphersuite(m)
             | Self::Storage(m)
@@ -138,6 +143,7 @@ impl From<Error> for PyErr {
         match err {
             Error::InvalidInput(m) => py::InvalidInputError::new_err(m),
             Error::InvalidMessage(m) => py::InvalidMessageError::new_err(m),
+            Error::MissingProposal(m) => py::MissingProposalError::new_err(m),
             Error::WrongEpoch(m) => py::WrongEpochError::new_err(m),
             Error::WrongCiphersuite(m) => py::WrongCiphersuiteError::new_err(m),
             Error::Storage(m) => py::StorageError::new_err(m),
@@ -297,8 +303,8 @@ impl From<StageCommitError> for Error {
             StageCommitError::EpochMismatch => {
                 Error::WrongEpoch("commit is from another epoch".into())
             }
-            StageCommitError::MissingProposal => Error::invalid_message(
-                "commit covers a proposal this member has not received (yet)",
+            StageCommitError::MissingProposal => Error::MissingProposal(
+                "commit covers a proposal this member has not received (yet)".into(),
             ),
             other => Error::InvalidMessage(format!("invalid commit: {other}")),
         }

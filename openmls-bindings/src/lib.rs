@@ -9,6 +9,7 @@ mod error;
 mod group;
 mod group_ops;
 mod key_package;
+mod message_info;
 mod meta;
 mod policy;
 mod pool;
@@ -30,6 +31,8 @@ mod _native {
     use crate::group::{Group, Processed};
     #[pymodule_export]
     use crate::key_package::key_package_identity;
+    #[pymodule_export]
+    use crate::message_info::{message_info, MessageInfo};
     #[pymodule_export]
     const CIPHERSUITE_X25519_AES128GCM: u16 = crate::key_package::CIPHERSUITE_X25519_AES128GCM;
     #[pymodule_export]

@@ -15,8 +15,7 @@ from node.app.router import Path
 from node.core import wire
 from node.core.errors import LocalProtocolError, ProposalRejectedError
 from node.core.identity import Identity, mailbox_of
-from node.core.mls_header import ContentType, read_header
-from node.mls import MlsClient
+from node.mls import ContentType, MlsClient, read_header
 from tests.conftest import LOOPBACK, RelayProcess
 from tests.node_support import nodes, relay_info, wait_until
 

@@ -26,12 +26,15 @@ from openmls_bindings._native import (
     CIPHERSUITE_XWING,
     Client,
     Group,
+    MessageInfo,
     Processed,
     key_package_identity,
+    message_info,
 )
 from openmls_bindings.exceptions import (
     InvalidInputError,
     InvalidMessageError,
+    MissingProposalError,
     MlsError,
     NotCommitterError,
     NotMemberError,
@@ -47,6 +50,8 @@ __all__ = [
     "Group",
     "InvalidInputError",
     "InvalidMessageError",
+    "MessageInfo",
+    "MissingProposalError",
     "MlsError",
     "NotCommitterError",
     "NotMemberError",
@@ -55,4 +60,5 @@ __all__ = [
     "WrongCiphersuiteError",
     "WrongEpochError",
     "key_package_identity",
+    "message_info",
 ]

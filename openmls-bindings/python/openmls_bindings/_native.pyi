@@ -11,8 +11,10 @@ __all__ = [
     "CIPHERSUITE_XWING",
     "Client",
     "Group",
+    "MessageInfo",
     "Processed",
     "key_package_identity",
+    "message_info",
 ]
 
 CIPHERSUITE_X25519_AES128GCM: Final[int]
@@ -267,6 +269,26 @@ class Processed:
     @property
     def self_removed(self) -> bool:
         """Whether the commit removed this member."""
+
+@final
+class MessageInfo:
+    """The unauthenticated header of a group message (see :func:`message_info`)."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def content_type(self) -> Literal["application", "commit", "proposal"]: ...
+
+def message_info(message: bytes) -> MessageInfo:
+    """Read the group id, epoch and content type of a PublicMessage or PrivateMessage.
+
+    They are in the clear, so no keys are needed, and nothing read is
+    authenticated: processing the message is.
+
+    :raises InvalidInputError: for bytes that are not a group message.
+    """
 
 def key_package_identity(key_package: bytes) -> bytes:
     """Validate a KeyPackage MLSMessage and return its credential identity.

@@ -40,6 +40,15 @@ class InvalidMessageError(MlsError):
     """
 
 
+class MissingProposalError(InvalidMessageError):
+    """A commit covers a proposal this member has not received yet.
+
+    Not a bad commit: the proposal may still be on its way (RFC 9420 lets a
+    commit refer to proposals by reference). Process the commit again once
+    the proposal has been processed.
+    """
+
+
 class WrongEpochError(MlsError):
     """A message is from an epoch the group can no longer (or cannot yet) process."""
 

@@ -1,4 +1,5 @@
-"""The cleartext MLS header reader, and the node's view of the binding's proposal errors."""
+"""The node's MLS wrapper: reading a message's cleartext header, and the binding's proposal
+and committer errors as the node sees them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import pytest
 from openmls_bindings import Client
 
 from node.core.identity import Identity
-from node.core.mls_header import ContentType, MessageHeader, read_header
-from node.mls import MissingProposalError, MlsClient, MlsGroup, NotCommitterError
+from node.mls import (
+    ContentType,
+    MessageHeader,
+    MissingProposalError,
+    MlsClient,
+    MlsGroup,
+    NotCommitterError,
+    read_header,
+)
 
 
 @pytest.fixture
