@@ -146,9 +146,13 @@ class MlsGroup:
         with _mls_errors():
             return self._group.encrypt(plaintext)
 
-    def process(self, message: bytes) -> Incoming:
+    def process(self, message: bytes, delivery_id: bytes | None = None) -> Incoming:
+        """Apply one incoming message. With ``delivery_id`` (the envelope's id) the outcome is
+        kept in the MLS state, atomically with the message's effect, so that a node that dies
+        before recording the outcome in its own store gets the same outcome when it applies
+        the same envelope again at its next start; MLS alone would refuse the replay."""
         with _mls_errors():
-            result = self._group.process(message)
+            result = self._group.process(message, delivery_id=delivery_id)
         return Incoming(result.kind, result.sender, result.plaintext, result.epoch)
 
 

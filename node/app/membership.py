@@ -181,7 +181,7 @@ class Membership:
         ):
             return self._reject(env, ProposalRejectedError("the envelope holds no MLS proposal"))
         try:
-            group.process(env.payload)
+            group.process(env.payload, delivery_id=env.id)
         except StaleEpochError as exc:
             if header.epoch > group.epoch:
                 return DEFERRED  # the commit that opens its epoch is still on its way

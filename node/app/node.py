@@ -267,7 +267,7 @@ class Node:
         if target is None:
             return DEFERRED  # its Welcome may still be on its way by another path
         try:
-            incoming = target.process(env.payload)
+            incoming = target.process(env.payload, delivery_id=env.id)
         except MissingProposalError:
             # An Update proposal and the commit covering it come from different members, by
             # different paths: keep the commit until the proposal is in (ADR 0003).

@@ -9,7 +9,7 @@ use pyo3::types::PyBytes;
 
 use crate::client::{encode, hex_prefix, ClientState, Keys};
 use crate::error::{guarded, Error, Result};
-use crate::group_ops::{parse_group_message, GroupOps, Outcome};
+use crate::group_ops::{parse_group_message, receipt_digest, GroupOps, Outcome};
 use crate::key_package::ciphersuite_code;
 use crate::meta::{self, OwnCommit};
 use crate::policy::Policy;
@@ -214,20 +214,41 @@ impl Group {
         Ok(PyBytes::new(py, &message))
     }
 
-    /// Processes an incoming MLSMessage for this group.
-    fn process(&self, py: Python<'_>, message: &[u8]) -> PyResult<Processed> {
+    /// Processes an incoming MLSMessage for this group. With a
+    /// `delivery_id`, processing the same message under the same id again
+    /// returns the remembered outcome (`repeated`) instead of failing.
+    #[pyo3(signature = (message, *, delivery_id = None))]
+    fn process(
+        &self,
+        py: Python<'_>,
+        message: &[u8],
+        delivery_id: Option<&[u8]>,
+    ) -> PyResult<Processed> {
         let group_id = &self.group_id;
-        let parsed = py.detach(|| {
-            guarded(|| {
+        let client = &self.client;
+        let (outcome, repeated) = py.detach(|| {
+            let parsed = guarded(|| {
                 let parsed = parse_group_message(message)?;
                 if parsed.group_id().as_slice() != group_id.as_slice() {
                     return Err(Error::invalid_message("message is for another group"));
                 }
                 Ok(parsed)
+            })?;
+            let digest = delivery_id.map(|id| receipt_digest(group_id, id, message));
+            client.transact(|keys, inner| {
+                if let Some(digest) = &digest {
+                    if let Some(receipt) = meta::find_receipt(&inner.provider, digest)? {
+                        return Ok((Outcome::from_receipt(receipt)?, true));
+                    }
+                }
+                let outcome = GroupOps::new(keys, inner, group_id)?.process(parsed)?;
+                if let Some(digest) = &digest {
+                    meta::keep_receipt(&inner.provider, digest, &outcome.receipt())?;
+                }
+                Ok((outcome, false))
             })
         })?;
-        let outcome = self.transact(py, move |g| g.process(parsed))?;
-        Ok(Processed { outcome })
+        Ok(Processed { outcome, repeated })
     }
 
     /// A GroupInfo (with the ratchet tree) for joining by external commit.
@@ -294,6 +315,7 @@ impl Group {
 #[pyclass(frozen, module = "openmls_bindings._native")]
 pub struct Processed {
     outcome: Outcome,
+    repeated: bool,
 }
 
 #[pymethods]
@@ -317,6 +339,13 @@ impl Processed {
             .plaintext
             .as_deref()
             .map(|p| PyBytes::new(py, p))
+    }
+
+    /// True if this delivery was processed before and this is the outcome
+    /// remembered from then (see `Group.process`'s `delivery_id`).
+    #[getter]
+    fn repeated(&self) -> bool {
+        self.repeated
     }
 
     /// The group's epoch after processing.

@@ -16,7 +16,8 @@ use openmls::prelude::{
     ProcessedMessageContent, Proposal, ProposalOrRefType, ProtocolMessage, Sender,
 };
 use openmls_traits::OpenMlsProvider;
-use tls_codec::DeserializeBytes;
+use sha2::{Digest, Sha256};
+use tls_codec::{DeserializeBytes, VLBytes};
 
 use crate::client::{encode, Inner, Keys};
 use crate::error::{Error, Result};
@@ -53,6 +54,57 @@ pub struct Outcome {
     pub added: Vec<Vec<u8>>,
     pub removed: Vec<Vec<u8>>,
     pub self_removed: bool,
+}
+
+impl Outcome {
+    /// The receipt kept for a delivery (see [`meta::Receipt`]).
+    pub fn receipt(&self) -> meta::Receipt {
+        let list = |ids: &[Vec<u8>]| ids.iter().map(|id| id.as_slice().into()).collect();
+        meta::Receipt {
+            kind: match self.kind {
+                Kind::Application => 1,
+                Kind::Proposal => 2,
+                Kind::Commit => 3,
+            },
+            sender: self.sender.as_slice().into(),
+            plaintext: self.plaintext.as_deref().map(Into::into),
+            epoch: self.epoch,
+            added: list(&self.added),
+            removed: list(&self.removed),
+            self_removed: u8::from(self.self_removed),
+        }
+    }
+
+    /// The outcome a receipt recorded.
+    pub fn from_receipt(receipt: meta::Receipt) -> Result<Self> {
+        let list = |ids: Vec<VLBytes>| ids.into_iter().map(Vec::from).collect();
+        Ok(Self {
+            kind: match receipt.kind {
+                1 => Kind::Application,
+                2 => Kind::Proposal,
+                3 => Kind::Commit,
+                _ => return Err(Error::storage("a record in the MLS state is malformed")),
+            },
+            sender: receipt.sender.into(),
+            plaintext: receipt.plaintext.map(Vec::from),
+            epoch: receipt.epoch,
+            added: list(receipt.added),
+            removed: list(receipt.removed),
+            self_removed: receipt.self_removed != 0,
+        })
+    }
+}
+
+/// What identifies one delivery of `message` to `group_id` under a caller's
+/// `delivery_id`: the key of its receipt.
+pub fn receipt_digest(group_id: &[u8], delivery_id: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for part in [group_id, delivery_id] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.update(message);
+    hash.finalize().into()
 }
 
 /// What a commit we made produced.

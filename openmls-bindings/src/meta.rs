@@ -69,6 +69,63 @@ pub struct OwnCommit {
     pub welcome: Option<VLBytes>,
 }
 
+/// How many processed messages are remembered by delivery id ([`Receipt`]).
+pub const RECEIPTS: u64 = 256;
+const RECEIPT_NEXT: &[u8] = b"qpc/receipt-next";
+
+fn receipt_key(digest: &[u8]) -> Vec<u8> {
+    let mut key = b"qpc/receipt/".to_vec();
+    key.extend_from_slice(digest);
+    key
+}
+
+fn receipt_slot_key(slot: u64) -> Vec<u8> {
+    let mut key = b"qpc/receipt-slot/".to_vec();
+    key.extend_from_slice(&slot.to_be_bytes());
+    key
+}
+
+/// The outcome of processing one message delivered under a caller's id, so
+/// that a caller who crashed before recording it can process the same
+/// delivery again and get the same answer (MLS itself refuses a message
+/// twice). Kept in a ring of [`RECEIPTS`] slots.
+#[derive(Debug, TlsSerialize, TlsDeserializeBytes, TlsSize)]
+pub struct Receipt {
+    pub kind: u8,
+    pub sender: VLBytes,
+    pub plaintext: Option<VLBytes>,
+    pub epoch: u64,
+    pub added: Vec<VLBytes>,
+    pub removed: Vec<VLBytes>,
+    pub self_removed: u8,
+}
+
+/// The receipt kept under `digest`, if it is still in the ring.
+pub fn find_receipt(provider: &Provider, digest: &[u8]) -> Result<Option<Receipt>> {
+    load(provider, &receipt_key(digest))
+}
+
+/// Keeps `receipt` under `digest`, dropping the oldest one if the ring is full.
+pub fn keep_receipt(provider: &Provider, digest: &[u8], receipt: &Receipt) -> Result<()> {
+    let next = match provider.get(RECEIPT_NEXT) {
+        Some(bytes) => u64::from_be_bytes(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::storage("a record in the MLS state is malformed"))?,
+        ),
+        None => 0,
+    };
+    let slot = receipt_slot_key(next % RECEIPTS);
+    if let Some(oldest) = provider.get(&slot) {
+        provider.remove(&receipt_key(&oldest));
+    }
+    provider.put(slot, digest.to_vec());
+    store(provider, &receipt_key(digest), receipt)?;
+    provider.put(RECEIPT_NEXT.to_vec(), (next + 1).to_be_bytes().to_vec());
+    Ok(())
+}
+
 /// Reads and decodes one record.
 pub fn load<T: DeserializeBytes>(provider: &Provider, key: &[u8]) -> Result<Option<T>> {
     provider

@@ -248,6 +248,9 @@ impl StateFile {
             ));
         }
         if let Some(log) = &self.log {
+            if store.changes(|changes| changes.is_empty()) {
+                return Ok(());
+            }
             let record = store.changes(|changes| seal_record(log, changes, rand))?;
             let base_len = log.base_end - HEADER_LEN - TAG_LEN;
             if log.len - log.base_end + record.len() <= base_len.max(MIN_LOG_BYTES) {

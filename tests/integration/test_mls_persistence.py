@@ -371,3 +371,17 @@ def test_killed_at_any_moment_the_group_stays_consistent(
         assert bob.process(alice.encrypt(b"next from alice")).plaintext == b"next from alice"
         del alice, bob
         collect()
+
+
+def test_a_delivery_is_remembered_across_a_restart(two_members: tuple[Path, Path]) -> None:
+    """The outcome is written with the message's effect: a caller that died before recording
+    it gets it again after the restart."""
+    path_a, path_b = two_members
+    alice, bob = reopen(path_a, path_b)
+    message = alice.encrypt(b"before the crash")
+    assert bob.process(message, delivery_id=b"envelope").plaintext == b"before the crash"
+    del bob
+    collect()
+    _, bob = reopen(path_a, path_b)
+    again = bob.process(message, delivery_id=b"envelope")
+    assert (again.plaintext, again.repeated) == (b"before the crash", True)

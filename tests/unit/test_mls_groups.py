@@ -500,3 +500,36 @@ def test_wrong_python_types_raise_type_error(trio: list[Member]) -> None:
         Client(seed(1), storage_path=3, storage_key=b"k" * 32)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="together"):
         Client(seed(1), storage_key=b"k" * 32)
+
+
+# --- processing a delivery again (crash recovery) ----------------------------------------------
+
+
+def test_the_same_delivery_processed_again_gets_the_same_outcome(trio: list[Member]) -> None:
+    alice, bob, _carol = trio
+    message = alice.g.encrypt(b"once")
+    first = bob.g.process(message, delivery_id=b"envelope-1")
+    again = bob.g.process(message, delivery_id=b"envelope-1")
+    assert (first.plaintext, first.repeated) == (b"once", False)
+    assert (again.plaintext, again.sender, again.repeated) == (b"once", alice.identity, True)
+    # Under another id, or none, it is a replay, refused as MLS refuses it.
+    for other in (b"envelope-2", None):
+        with pytest.raises(InvalidMessageError):
+            bob.g.process(message, delivery_id=other)
+    commit = alice.g.self_update()
+    assert bob.g.process(commit, delivery_id=b"commit").epoch == 2
+    repeated = bob.g.process(commit, delivery_id=b"commit")
+    assert (repeated.kind, repeated.epoch, repeated.repeated) == ("commit", 2, True)
+    assert bob.g.epoch == 2
+
+
+def test_only_the_last_256_deliveries_are_remembered(trio: list[Member]) -> None:
+    alice, bob, _carol = trio
+    first = alice.g.encrypt(b"first")
+    bob.g.process(first, delivery_id=b"first")
+    for i in range(255):
+        bob.g.process(alice.g.encrypt(b"%d" % i), delivery_id=b"%d" % i)
+    assert bob.g.process(first, delivery_id=b"first").repeated
+    bob.g.process(alice.g.encrypt(b"one more"), delivery_id=b"one more")
+    with pytest.raises(InvalidMessageError):
+        bob.g.process(first, delivery_id=b"first")

@@ -218,11 +218,19 @@ class Group:
     def encrypt(self, plaintext: bytes) -> bytes:
         """Encrypt application data as a PrivateMessage (MLSMessage bytes)."""
 
-    def process(self, message: bytes) -> Processed:
+    def process(self, message: bytes, *, delivery_id: bytes | None = None) -> Processed:
         """Process an incoming MLSMessage for this group.
 
         Application messages are decrypted, proposals stored, commits checked
         against the committer policy and merged.
+
+        With ``delivery_id`` (the caller's id for this delivery of the
+        message), the outcome is kept in the state, atomically with the
+        message's effect, for the last 256 deliveries: processing the same
+        message under the same id again returns that outcome, with
+        ``repeated`` set, instead of failing as a replay. A caller that
+        crashed before recording an outcome can thus redo its step. Another
+        id (or none) still gets MLS's replay protection.
 
         :raises NotCommitterError: for a commit not sent by the committer.
         """
@@ -253,6 +261,10 @@ class Processed:
     @property
     def plaintext(self) -> bytes | None:
         """Decrypted application data; None for commits and proposals."""
+
+    @property
+    def repeated(self) -> bool:
+        """True if this delivery was processed before and this is its kept outcome."""
 
     @property
     def epoch(self) -> int:

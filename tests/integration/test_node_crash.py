@@ -1,0 +1,84 @@
+"""A node that dies between applying an envelope to MLS and recording it in its own store.
+
+``mls.state`` and ``node.db`` are two files written one after the other. The MLS state keeps
+each envelope's outcome under the envelope's id, atomically with the envelope's effect, so the
+restarted node applies the still-pending envelope again and gets the same outcome instead of
+MLS refusing the replay (which would lose the message).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node.app.node import Node
+from node.app.profile import open_node
+from node.core.keyfile import FAST_KDF
+from node.core.wire import EnvelopeKind
+from tests.conftest import LOOPBACK
+from tests.node_support import wait_until
+
+DEADLINE = 20.0
+
+
+async def open_started(root: Path, name: str, port: int = 0) -> Node:
+    node, _ = await open_node(root / name, name.encode(), name=name, kdf=FAST_KDF)
+    await node.start(LOOPBACK, port)
+    return node
+
+
+@pytest.mark.parametrize("kind", [EnvelopeKind.APPLICATION, EnvelopeKind.COMMIT])
+async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: EnvelopeKind
+) -> None:
+    alice, bob = await open_started(tmp_path, "alice"), await open_started(tmp_path, "bob")
+    try:
+        await alice.remember_peer(bob.public_key, "bob", bob.address)
+        await bob.remember_peer(alice.public_key, "alice", alice.address)
+        group_id = alice.create_group()
+        await alice.invite(group_id, [bob.public_key])
+        await wait_until(lambda: group_id in bob.groups, DEADLINE, "bob joined")
+
+        crashed: list[EnvelopeKind] = []
+        real_complete = bob.store.complete_incoming
+
+        def die_after_mls(seq: int, message: object) -> None:
+            # MLS has applied the envelope (its state file is written); the node dies before
+            # its own store records that. Later calls (after the restart) go through.
+            if not crashed:
+                pending = [env.kind for _, env, _ in real_pending()]
+                crashed.append(pending[0])
+                raise RuntimeError("killed between mls.state and node.db")
+            real_complete(seq, message)  # type: ignore[arg-type]
+
+        real_pending = bob.store.pending_incoming
+        monkeypatch.setattr(bob.store, "complete_incoming", die_after_mls)
+        if kind is EnvelopeKind.APPLICATION:
+            await alice.send_text(group_id, "sent just before bob's crash")
+        else:
+            await alice.update_keys(group_id)
+        await wait_until(lambda: bool(crashed), DEADLINE, "bob applied the envelope and died")
+        assert crashed == [kind]
+        epoch_before = bob.groups[group_id].epoch
+        host, port = bob.address
+        bob.kill()
+
+        bob = await open_started(tmp_path, "bob", port)
+        assert bob.address == (host, port)
+        if kind is EnvelopeKind.APPLICATION:
+            messages = await bob.wait_for_messages(1, DEADLINE)
+            assert [(m.sender, m.text) for m in messages] == [
+                (alice.public_key, "sent just before bob's crash")
+            ]
+        else:
+            # The commit took effect in MLS before the crash and is not applied twice.
+            await wait_until(lambda: not bob.store.pending_incoming(), DEADLINE, "inbox empty")
+            assert bob.groups[group_id].epoch == alice.groups[group_id].epoch == epoch_before
+        # The group goes on: bob's next message reads at alice.
+        await bob.send_text(group_id, "back after the restart")
+        messages = await alice.wait_for_messages(1, DEADLINE)
+        assert [m.text for m in messages] == ["back after the restart"]
+    finally:
+        await alice.stop()
+        await bob.stop()
