@@ -86,6 +86,16 @@ class Incoming:
     epoch: int
 
 
+@dataclass(frozen=True)
+class OwnCommit:
+    """The commit this member made to enter the group's current epoch, and whom it goes to."""
+
+    commit: bytes
+    welcome: bytes | None
+    recipients: list[bytes]  # the other members of the epoch it ended, removed ones included
+    joiners: list[bytes]  # the members it added: the Welcome goes to them
+
+
 class MlsGroup:
     def __init__(self, group: ob.Group) -> None:
         self._group = group
@@ -145,6 +155,14 @@ class MlsGroup:
     def encrypt(self, plaintext: bytes) -> bytes:
         with _mls_errors():
             return self._group.encrypt(plaintext)
+
+    def own_commit(self) -> OwnCommit | None:
+        """The commit that made the current epoch, if this member made it (to send it again
+        after a crash between making it and queueing it)."""
+        last, recipients = self._group.last_commit(), self._group.last_commit_recipients()
+        if last is None or recipients is None:
+            return None
+        return OwnCommit(last[0], last[1], recipients[0], recipients[1])
 
     def process(self, message: bytes, delivery_id: bytes | None = None) -> Incoming:
         """Apply one incoming message. With ``delivery_id`` (the envelope's id) the outcome is

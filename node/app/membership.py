@@ -128,21 +128,35 @@ class Membership:
     ) -> SendReport:
         """Make one commit and queue it for the members of the epoch it ends, and its Welcome
         for the members it adds."""
-        before = group.members()
-        commit, welcome = make()
-        after = group.members()
+        make()
         # Nothing is awaited between the commit and its queueing, so the outbox holds commits
         # in the order they were made and every member gets them in that order.
-        items = [
-            self._envelope(m, wire.EnvelopeKind.COMMIT, commit, group.group_id)
-            for m in before
-            if m != self._me
-        ]
-        if welcome is not None:
-            joined = [m for m in after if m not in before]
-            items += [self._envelope(m, wire.EnvelopeKind.WELCOME, welcome, b"") for m in joined]
+        return await self._fan_out(group)
+
+    async def _fan_out(self, group: MlsGroup) -> SendReport:
+        """Queue the commit that made the group's current epoch (ours) for the members of the
+        epoch it ended, and its Welcome for the members it added; the outbox records that it
+        did, in the same transaction."""
+        own = group.own_commit()
+        if own is None:
+            raise LocalProtocolError("this node did not make the group's last commit")
+        commit_kind, welcome_kind = wire.EnvelopeKind.COMMIT, wire.EnvelopeKind.WELCOME
+        items = [self._envelope(m, commit_kind, own.commit, group.group_id) for m in own.recipients]
+        if own.welcome is not None:
+            items += [self._envelope(m, welcome_kind, own.welcome, b"") for m in own.joiners]
         log.info("committed epoch %d of a group (%d envelopes)", group.epoch, len(items))
-        return await self._outbox.send(items)
+        return await self._outbox.send(items, commit=(group.group_id, group.epoch))
+
+    async def resend_lost_commits(self) -> None:
+        """At start: queue again the fan-out of any own commit that the node made but died
+        before queueing (the MLS state and the node's store are two files)."""
+        for group in list(self._groups.values()):
+            if not group.is_active or group.own_commit() is None:
+                continue
+            queued = await self._outbox.queued_commit_epoch(group.group_id)
+            if queued is None or queued < group.epoch:
+                log.warning("queueing again a commit lost in a crash (epoch %d)", group.epoch)
+                await self._fan_out(group)
 
     # --- the committer's loop -----------------------------------------------------------------
 

@@ -119,6 +119,8 @@ class Node:
         if not self._resumed:
             await self._resume()
         listen = await self.endpoint.start(host, port)
+        # Before anything else is sent: a commit lost in a crash must reach the members first.
+        await self.membership.resend_lost_commits()
         await self._inbox.apply_pending()
         if self.router.relay is not None:
             try:

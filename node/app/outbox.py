@@ -34,11 +34,20 @@ class Outbox:
         self._router = router
         self._locks: dict[bytes, asyncio.Lock] = {}
 
-    async def send(self, items: Sequence[tuple[bytes, wire.Envelope]]) -> SendReport:
-        """Queue (recipient, envelope) pairs durably, then drain those recipients' queues."""
+    async def send(
+        self,
+        items: Sequence[tuple[bytes, wire.Envelope]],
+        commit: tuple[bytes, int] | None = None,
+    ) -> SendReport:
+        """Queue (recipient, envelope) pairs durably, then drain those recipients' queues.
+        ``commit`` = (group id, epoch) marks them as the fan-out of this node's commit."""
         store = self._store
-        await self._run(lambda: store.outbox_put(items))
+        await self._run(lambda: store.outbox_put(items, commit))
         return await self._drain({recipient for recipient, _ in items})
+
+    async def queued_commit_epoch(self, group_id: bytes) -> int | None:
+        store = self._store
+        return await self._run(lambda: store.queued_commit_epoch(group_id))
 
     async def flush(self) -> SendReport:
         """Try again everything still queued. Returns what happened."""

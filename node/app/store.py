@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     envelope_id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS commits_queued (group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL);
 """
 
 
@@ -236,8 +237,14 @@ class NodeStore:
 
     # --- outbox -----------------------------------------------------------------------------
 
-    def outbox_put(self, items: Sequence[tuple[bytes, wire.Envelope]]) -> None:
-        """Record (recipient identity, envelope) pairs before the first delivery attempt."""
+    def outbox_put(
+        self,
+        items: Sequence[tuple[bytes, wire.Envelope]],
+        commit: tuple[bytes, int] | None = None,
+    ) -> None:
+        """Record (recipient identity, envelope) pairs before the first delivery attempt. With
+        ``commit`` = (group id, epoch), they are the fan-out of this node's commit into that
+        epoch, and that is recorded in the same transaction."""
         with self._tx() as db:
             for recipient, env in items:
                 db.execute(
@@ -245,6 +252,18 @@ class NodeStore:
                     " VALUES (?, ?, ?)",
                     (env.id, recipient, wire.encode_envelope(env)),
                 )
+            if commit is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO commits_queued (group_id, epoch) VALUES (?, ?)",
+                    commit,
+                )
+
+    def queued_commit_epoch(self, group_id: bytes) -> int | None:
+        """The epoch of the latest own commit of this group whose fan-out was queued."""
+        row = self._db.execute(
+            "SELECT epoch FROM commits_queued WHERE group_id = ?", (group_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def outbox_done(self, envelope_id: bytes) -> None:
         with self._tx() as db:

@@ -470,6 +470,11 @@ impl ClientState {
                     epoch: group.epoch().as_u64(),
                     commit: commit.as_slice().into(),
                     welcome: None,
+                    recipients: meta::identities_except(&group, &keys.identity)
+                        .into_iter()
+                        .map(Into::into)
+                        .collect(),
+                    joiners: Vec::new(),
                 },
             )?;
             meta::add_group(provider, &group_id)?;

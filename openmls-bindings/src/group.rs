@@ -50,6 +50,9 @@ impl Group {
     }
 }
 
+/// `(recipients, joiners)` as returned to Python.
+type Recipients<'py> = (Vec<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>);
+
 /// `(commit, welcome)` as returned to Python.
 type CommitPair<'py> = (Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>);
 
@@ -299,6 +302,23 @@ impl Group {
                 c.welcome.map(|w| PyBytes::new(py, w.as_slice())),
             )
         }))
+    }
+
+    /// Whom [`last_commit`](Self::last_commit) goes to: the other members of
+    /// the epoch it ended (removed ones included) and the members it added
+    /// (the Welcome's recipients); None when it is None.
+    fn last_commit_recipients<'py>(&self, py: Python<'py>) -> PyResult<Option<Recipients<'py>>> {
+        let own = self.read(|_, provider, g| {
+            let own: Option<OwnCommit> =
+                meta::load(provider, &meta::own_commit_key(&self.group_id))?;
+            Ok(own.filter(|c| c.epoch == g.epoch().as_u64()))
+        })?;
+        let list = |ids: Vec<tls_codec::VLBytes>| {
+            ids.iter()
+                .map(|id| PyBytes::new(py, id.as_slice()))
+                .collect::<Vec<_>>()
+        };
+        Ok(own.map(|c| (list(c.recipients), list(c.joiners))))
     }
 
     fn __repr__(&self) -> PyResult<String> {

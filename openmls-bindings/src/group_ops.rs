@@ -279,7 +279,14 @@ impl<'a> GroupOps<'a> {
             .ok_or_else(|| Error::state("the commit was not staged"))?;
         // Our own commit obeys the same rule we apply to others'.
         policy::check_commit(self.group, &Sender::Member(own), staged)?;
+        let identity = self.keys.identity;
+        let before = meta::identities_except(self.group, &identity);
         self.group.merge_pending_commit(self.provider)?;
+        let joiners: Vec<VLBytes> = meta::identities_except(self.group, &identity)
+            .into_iter()
+            .filter(|member| !before.contains(member))
+            .map(Into::into)
+            .collect();
         let output = CommitOutput {
             commit: encode(bundle.commit())?,
             welcome: bundle.to_welcome_msg().as_ref().map(encode).transpose()?,
@@ -291,6 +298,8 @@ impl<'a> GroupOps<'a> {
                 epoch: self.group.epoch().as_u64(),
                 commit: output.commit.as_slice().into(),
                 welcome: output.welcome.as_deref().map(Into::into),
+                recipients: before.into_iter().map(Into::into).collect(),
+                joiners,
             },
         )?;
         Ok(output)

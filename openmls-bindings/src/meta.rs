@@ -60,13 +60,29 @@ pub struct LastResort {
     pub previous_hash_ref: Option<VLBytes>,
 }
 
-/// The commit (and Welcome) this member made to enter `epoch`, so it can be
-/// sent again after a crash between the call and the send.
+/// The commit (and Welcome) this member made to enter `epoch`, and whom
+/// they go to, so they can be sent again after a crash between the call and
+/// the send.
 #[derive(Debug, TlsSerialize, TlsDeserializeBytes, TlsSize)]
 pub struct OwnCommit {
     pub epoch: u64,
     pub commit: VLBytes,
     pub welcome: Option<VLBytes>,
+    /// The other members of the epoch the commit ended (removed ones too).
+    pub recipients: Vec<VLBytes>,
+    /// The members it added: the Welcome's recipients.
+    pub joiners: Vec<VLBytes>,
+}
+
+/// Every member's identity but `own`, in leaf order.
+pub fn identities_except(group: &openmls::group::MlsGroup, own: &[u8]) -> Vec<Vec<u8>> {
+    let mut members: Vec<_> = group
+        .members()
+        .map(|m| (m.index.u32(), m.credential.serialized_content().to_vec()))
+        .filter(|(_, identity)| identity.as_slice() != own)
+        .collect();
+    members.sort_by_key(|(index, _)| *index);
+    members.into_iter().map(|(_, identity)| identity).collect()
 }
 
 /// How many processed messages are remembered by delivery id ([`Receipt`]).

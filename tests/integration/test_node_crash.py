@@ -82,3 +82,41 @@ async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
     finally:
         await alice.stop()
         await bob.stop()
+
+
+async def test_a_commit_made_just_before_a_crash_reaches_the_members_after_the_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, bob = await open_started(tmp_path, "alice"), await open_started(tmp_path, "bob")
+    try:
+        await alice.remember_peer(bob.public_key, "bob", bob.address)
+        await bob.remember_peer(alice.public_key, "alice", alice.address)
+        group_id = alice.create_group()
+        await alice.invite(group_id, [bob.public_key])
+        await wait_until(lambda: group_id in bob.groups, DEADLINE, "bob joined")
+
+        def die_before_queueing(items: object, commit: object = None) -> None:
+            raise RuntimeError("killed between mls.state and node.db")
+
+        # alice commits (a key update); the MLS state has the new epoch, the outbox never
+        # learns of the commit.
+        monkeypatch.setattr(alice.store, "outbox_put", die_before_queueing)
+        with pytest.raises(RuntimeError, match="killed"):
+            await alice.update_keys(group_id)
+        assert alice.groups[group_id].epoch == bob.groups[group_id].epoch + 1
+        host, port = alice.address
+        alice.kill()
+
+        alice = await open_started(tmp_path, "alice", port)
+        assert alice.address == (host, port)
+        await wait_until(
+            lambda: bob.groups[group_id].epoch == alice.groups[group_id].epoch,
+            DEADLINE,
+            "bob reached alice's epoch",
+        )
+        await alice.send_text(group_id, "in the new epoch")
+        messages = await bob.wait_for_messages(1, DEADLINE)
+        assert [m.text for m in messages] == ["in the new epoch"]
+    finally:
+        await alice.stop()
+        await bob.stop()

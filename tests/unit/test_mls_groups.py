@@ -229,6 +229,13 @@ def test_one_commit_covers_every_pending_proposal(trio: list[Member]) -> None:
     assert dave.g.members() == alice.g.members() == erin.g.members()
     assert len(alice.g.members()) == 4
     assert alice.g.last_commit() == (commit, welcome)
+    # Whom it goes to: the commit to the others of the epoch it ended (carol too, so she learns
+    # she is out), the Welcome to the newcomers.
+    recipients = alice.g.last_commit_recipients()
+    assert recipients is not None
+    assert recipients[0] == [bob.identity, carol.identity]
+    assert sorted(recipients[1]) == sorted([dave.identity, erin.identity])
+    assert bob.g.last_commit_recipients() is None
 
 
 def test_pending_adds_need_a_call_that_returns_a_welcome(trio: list[Member]) -> None:

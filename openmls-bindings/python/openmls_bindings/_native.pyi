@@ -248,6 +248,15 @@ class Group:
         when the current epoch was entered otherwise.
         """
 
+    def last_commit_recipients(self) -> tuple[list[bytes], list[bytes]] | None:
+        """Whom :meth:`last_commit` goes to: ``(recipients, joiners)``.
+
+        ``recipients`` are the other members of the epoch the commit ended
+        (removed members included, so they learn it); ``joiners`` the members
+        it added, who get the Welcome instead. None when :meth:`last_commit`
+        is None.
+        """
+
 @final
 class Processed:
     """The result of :meth:`Group.process`."""
