@@ -2,7 +2,8 @@
 
 Run by hand: ``python openmls-bindings/bench/commit_cost.py [sizes...]`` (default 10 100
 1000). For each ciphersuite and size it prints the median time of: the committer's
-``self_update()`` (commit + merge + whole-file write, fsync and rename), a member's
+``self_update()`` (commit + merge + the state file's write: one appended, fsynced record of the
+changed entries, or now and then a whole new base), a member's
 ``process()`` of that commit, one ``encrypt()`` and one ``process()`` of an application
 message — once with state files and once in memory — and the committer's file size.
 """

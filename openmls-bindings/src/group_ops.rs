@@ -8,7 +8,7 @@
 //! reference, so every member must have received one before the commit
 //! covering it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use openmls::group::{MlsGroup, QueuedProposal};
 use openmls::prelude::{
@@ -282,9 +282,10 @@ impl<'a> GroupOps<'a> {
         let identity = self.keys.identity;
         let before = meta::identities_except(self.group, &identity);
         self.group.merge_pending_commit(self.provider)?;
+        let known: HashSet<&[u8]> = before.iter().map(Vec::as_slice).collect();
         let joiners: Vec<VLBytes> = meta::identities_except(self.group, &identity)
             .into_iter()
-            .filter(|member| !before.contains(member))
+            .filter(|member| !known.contains(member.as_slice()))
             .map(Into::into)
             .collect();
         let output = CommitOutput {
