@@ -1,11 +1,11 @@
 //! The encrypted state file: one file holds a client's whole store, as a
 //! base image followed by a log of the calls made since.
 //!
-//! Format (version 2), all integers big-endian:
+//! Format (version 3), all integers big-endian:
 //!
 //! ```text
 //! magic     8  "QPC-MLS\0"
-//! version   1  2
+//! version   1  3
 //! suite     1  1 = HKDF-SHA256 + ChaCha20-Poly1305
 //! salt     32  random, fresh for every base image
 //! nonce    12  random, the base image's nonce
@@ -26,8 +26,8 @@
 //!            u8 1 + u32 len + value (written) or u8 0 (deleted)
 //! ```
 //!
-//! Version 1 (read, never written) is the same header without `base_len`,
-//! whose base runs to the end of the file.
+//! Files of earlier versions (1: one whole-store image, no records; 2: JSON
+//! values, see [`crate::storage`]) are refused with a StorageError.
 //!
 //! A call's record holds only the entries it changed, so a call costs what
 //! it changes, not the size of the store. When the records outgrow the base
@@ -77,7 +77,7 @@ use crate::storage::Change;
 pub const STORAGE_KEY_LEN: usize = 32;
 
 const MAGIC: &[u8; 8] = b"QPC-MLS\0";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 const SUITE_HKDF_SHA256_CHACHA20POLY1305: u8 = 1;
 const SALT_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
