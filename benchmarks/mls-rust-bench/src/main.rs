@@ -6,12 +6,13 @@
 //! The binding's Rust API (`ClientState`, `GroupOps`) sits in private
 //! modules of `openmls-bindings`, so this drives OpenMLS 0.9.2 directly with
 //! the binding's configuration (src/client.rs `create_config`/`join_config`,
-//! src/policy.rs capabilities and committer record, libcrux crypto,
-//! `MemoryStorage`). It does the same bytes-in/bytes-out work per call
-//! (decode, validate, build, stage, merge, encode) but not the binding's
-//! per-call transaction (a copy of the whole store for rollback) nor its
-//! policy checks, so Python/Rust shows everything the binding adds on top of
-//! OpenMLS, Python included.
+//! src/policy.rs capabilities and committer record, libcrux crypto) and
+//! OpenMLS's own `MemoryStorage`. It does the same bytes-in/bytes-out work per
+//! call (decode, validate, build, stage, merge, encode) but not the binding's
+//! per-call transaction (the store's undo journal) nor its policy checks, so
+//! Python/Rust shows everything the binding adds on top of OpenMLS, Python
+//! included — less what its own store saves: it keeps values as MessagePack,
+//! `MemoryStorage` as JSON.
 //!
 //! Same procedure as the Python script: the N-member group is built with one
 //! add commit of N-1 KeyPackages; only member B joins from the Welcome.
