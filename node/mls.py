@@ -17,7 +17,8 @@ import openmls_bindings as ob
 from node.core.errors import CryptoError
 from node.core.identity import Identity
 
-CIPHERSUITE_DEFAULT = ob.CIPHERSUITE_X25519_AES128GCM
+# Post-quantum HPKE (X25519 + ML-KEM-768) for every group and KeyPackage the node makes.
+CIPHERSUITE_DEFAULT = ob.CIPHERSUITE_XWING
 
 
 class GroupError(CryptoError):
@@ -107,6 +108,10 @@ class MlsGroup:
     @property
     def epoch(self) -> int:
         return self._group.epoch
+
+    @property
+    def ciphersuite(self) -> int:
+        return self._group.ciphersuite
 
     @property
     def committer(self) -> bytes:

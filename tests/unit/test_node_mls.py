@@ -4,11 +4,12 @@ and committer errors as the node sees them."""
 from __future__ import annotations
 
 import pytest
-from openmls_bindings import Client
+from openmls_bindings import CIPHERSUITE_X25519_AES128GCM, CIPHERSUITE_XWING, Client
 
 from node.core.identity import Identity
 from node.mls import (
     ContentType,
+    GroupError,
     MessageHeader,
     MissingProposalError,
     MlsClient,
@@ -87,3 +88,16 @@ def test_the_header_of_a_public_message() -> None:
     creator = Client(bytes([1]) * 32).create_group(b"open room", external_joins=True)
     _joined, commit = Client(bytes([2]) * 32).join_external(creator.export_group_info())
     assert read_header(commit) == MessageHeader(b"open room", 0, ContentType.COMMIT)
+
+
+def test_the_node_makes_post_quantum_groups_and_key_packages() -> None:
+    alice, bob = MlsClient(Identity.generate()), MlsClient(Identity.generate())
+    group = alice.create_group(b"room")
+    assert group.ciphersuite == CIPHERSUITE_XWING
+    _commit, welcome = group.commit([bob.key_package()])
+    assert welcome is not None
+    assert bob.join(welcome).ciphersuite == CIPHERSUITE_XWING
+    # A KeyPackage of the classical suite cannot join the node's groups.
+    classical = Client(bytes([9]) * 32).key_package(CIPHERSUITE_X25519_AES128GCM)
+    with pytest.raises(GroupError):
+        group.commit([classical])
