@@ -36,6 +36,16 @@ impl Group {
         })
     }
 
+    /// The record of the commit this member made to enter the current
+    /// epoch, if it did.
+    fn own_commit(&self) -> Result<Option<OwnCommit>> {
+        self.read(|_, provider, g| {
+            let own: Option<OwnCommit> =
+                meta::load(provider, &meta::own_commit_key(&self.group_id))?;
+            Ok(own.filter(|c| c.epoch == g.epoch().as_u64()))
+        })
+    }
+
     /// Runs `f` as one transaction on this group, without the GIL.
     fn transact<T: Send>(
         &self,
@@ -291,12 +301,7 @@ impl Group {
 
     /// The commit (and Welcome) this member made to enter the current epoch.
     fn last_commit<'py>(&self, py: Python<'py>) -> PyResult<Option<CommitPair<'py>>> {
-        let own = self.read(|_, provider, g| {
-            let own: Option<OwnCommit> =
-                meta::load(provider, &meta::own_commit_key(&self.group_id))?;
-            Ok(own.filter(|c| c.epoch == g.epoch().as_u64()))
-        })?;
-        Ok(own.map(|c| {
+        Ok(self.own_commit()?.map(|c| {
             (
                 PyBytes::new(py, c.commit.as_slice()),
                 c.welcome.map(|w| PyBytes::new(py, w.as_slice())),
@@ -308,11 +313,7 @@ impl Group {
     /// the epoch it ended (removed ones included) and the members it added
     /// (the Welcome's recipients); None when it is None.
     fn last_commit_recipients<'py>(&self, py: Python<'py>) -> PyResult<Option<Recipients<'py>>> {
-        let own = self.read(|_, provider, g| {
-            let own: Option<OwnCommit> =
-                meta::load(provider, &meta::own_commit_key(&self.group_id))?;
-            Ok(own.filter(|c| c.epoch == g.epoch().as_u64()))
-        })?;
+        let own = self.own_commit()?;
         let list = |ids: Vec<tls_codec::VLBytes>| {
             ids.iter()
                 .map(|id| PyBytes::new(py, id.as_slice()))

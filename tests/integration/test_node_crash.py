@@ -28,18 +28,28 @@ async def open_started(root: Path, name: str, port: int = 0) -> Node:
     return node
 
 
-@pytest.mark.parametrize("kind", [EnvelopeKind.APPLICATION, EnvelopeKind.COMMIT])
-async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: EnvelopeKind
-) -> None:
-    alice, bob = await open_started(tmp_path, "alice"), await open_started(tmp_path, "bob")
+async def pair_in_group(root: Path) -> tuple[Node, Node, bytes]:
+    """alice (creator and committer) and bob, each with a data directory, in one group."""
+    alice, bob = await open_started(root, "alice"), await open_started(root, "bob")
     try:
         await alice.remember_peer(bob.public_key, "bob", bob.address)
         await bob.remember_peer(alice.public_key, "alice", alice.address)
         group_id = alice.create_group()
         await alice.invite(group_id, [bob.public_key])
         await wait_until(lambda: group_id in bob.groups, DEADLINE, "bob joined")
+    except BaseException:
+        await alice.stop()
+        await bob.stop()
+        raise
+    return alice, bob, group_id
 
+
+@pytest.mark.parametrize("kind", [EnvelopeKind.APPLICATION, EnvelopeKind.COMMIT])
+async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: EnvelopeKind
+) -> None:
+    alice, bob, group_id = await pair_in_group(tmp_path)
+    try:
         crashed: list[EnvelopeKind] = []
         real_complete = bob.store.complete_incoming
 
@@ -87,13 +97,8 @@ async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
 async def test_a_commit_made_just_before_a_crash_reaches_the_members_after_the_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    alice, bob = await open_started(tmp_path, "alice"), await open_started(tmp_path, "bob")
+    alice, bob, group_id = await pair_in_group(tmp_path)
     try:
-        await alice.remember_peer(bob.public_key, "bob", bob.address)
-        await bob.remember_peer(alice.public_key, "alice", alice.address)
-        group_id = alice.create_group()
-        await alice.invite(group_id, [bob.public_key])
-        await wait_until(lambda: group_id in bob.groups, DEADLINE, "bob joined")
 
         def die_before_queueing(items: object, commit: object = None) -> None:
             raise RuntimeError("killed between mls.state and node.db")
