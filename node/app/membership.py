@@ -30,13 +30,34 @@ from node.app.inbox import DEFERRED, Applied
 from node.app.outbox import Outbox, SendReport
 from node.core import wire
 from node.core.errors import LocalProtocolError, ProposalRejectedError, UnknownGroupError
-from node.mls import ContentType, GroupError, MlsGroup, StaleEpochError, read_header
+from node.mls import (
+    ContentType,
+    GroupError,
+    MlsGroup,
+    StaleEpochError,
+    key_package_identity,
+    read_header,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_REJECTIONS = 100  # kept for the user (and tests) to inspect; older ones are forgotten
+MAX_PROPOSALS = 3  # times one wanted change is proposed before the node gives up on it
 
 EnvelopeMaker = Callable[[bytes, wire.EnvelopeKind, bytes, bytes], tuple[bytes, wire.Envelope]]
+
+
+@dataclass
+class _Wanted:
+    """A change this member proposed to the committer and has not seen committed yet."""
+
+    add: bool  # True: add ``identity`` (with ``key_package``); False: remove it
+    identity: bytes
+    key_package: bytes | None
+    proposed: int = 1
+
+    def done(self, members: set[bytes]) -> bool:
+        return (self.identity in members) is self.add
 
 
 @dataclass(frozen=True)
@@ -64,6 +85,8 @@ class Membership:
         self._envelope = envelope
         self.rejections: collections.deque[Rejection] = collections.deque(maxlen=MAX_REJECTIONS)
         self.commit_due = asyncio.Event()
+        # In memory only: after a restart, changes proposed before it are not proposed again.
+        self._wanted: dict[bytes, list[_Wanted]] = {}
 
     def is_committer(self, group_id: bytes) -> bool:
         return self._group(group_id).committer == self._me
@@ -88,6 +111,7 @@ class Membership:
         if group.committer == self._me:
             return await self._commit(group, lambda: group.commit(key_packages))
         proposals = [group.propose_add(kp) for kp in key_packages]
+        self._want(group_id, [_Wanted(True, key_package_identity(kp), kp) for kp in key_packages])
         return await self._to_committer(group, proposals)
 
     async def remove(self, group_id: bytes, identities: Sequence[bytes]) -> SendReport:
@@ -96,6 +120,7 @@ class Membership:
         if group.committer == self._me:
             # The committer's own proposals are committed with everything else pending.
             return await self._commit(group, group.commit)
+        self._want(group_id, [_Wanted(False, identity, None) for identity in identities])
         return await self._to_committer(group, proposals)
 
     async def update_keys(self, group_id: bytes) -> SendReport:
@@ -117,6 +142,41 @@ class Membership:
             self._envelope(m, kind, proposal, group_id) for m in group.members() if m != self._me
         ]
         return await self._outbox.send(items)
+
+    def _want(self, group_id: bytes, changes: list[_Wanted]) -> None:
+        wanted = self._wanted.setdefault(group_id, [])
+        wanted.extend(c for c in changes if all(c.identity != w.identity for w in wanted))
+
+    async def after_commit(self, group_id: bytes) -> None:
+        """A commit was applied: propose again, at the new epoch, what this member asked for
+        and the commit did not do. A proposal belongs to its epoch: if the committer committed
+        anything else before ours reached it, it refused ours as stale (ADR 0003)."""
+        group = self._groups.get(group_id)
+        wanted = self._wanted.pop(group_id, [])
+        if group is None or not group.is_active or group.committer == self._me:
+            return
+        members = set(group.members())
+        again = [w for w in wanted if not w.done(members)]
+        for w in [w for w in again if w.proposed >= MAX_PROPOSALS]:
+            log.warning("gave up a change proposed %d times and never committed", w.proposed)
+        again = [w for w in again if w.proposed < MAX_PROPOSALS]
+        if not again:
+            return
+        proposals, kept = [], []
+        for w in again:
+            w.proposed += 1
+            try:
+                if w.key_package is not None:
+                    proposals.append(group.propose_add(w.key_package))
+                else:
+                    proposals.append(group.propose_remove(w.identity))
+            except GroupError as exc:  # e.g. the KeyPackage expired meanwhile
+                log.warning("cannot propose a wanted change again: %s", exc)
+                continue
+            kept.append(w)
+        self._want(group_id, kept)
+        if proposals:
+            await self._to_committer(group, proposals)
 
     async def _to_committer(self, group: MlsGroup, proposals: list[bytes]) -> SendReport:
         kind = wire.EnvelopeKind.PROPOSAL

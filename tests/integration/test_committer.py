@@ -164,6 +164,29 @@ async def test_an_absent_committer_delays_the_invite_until_it_is_back(
         await all_talk(group, alice, bob, carol)
 
 
+async def test_a_proposal_overtaken_by_another_commit_is_proposed_again(
+    relay_process: RelayProcess,
+) -> None:
+    async with nodes(relay_info(relay_process), "alice", "bob", "carol") as (alice, bob, carol):
+        group = alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        host, port = alice.address
+        alice.go_offline()
+        await bob.invite(group, [carol.public_key])  # a proposal for epoch 1, at the relay
+        await alice.update_keys(group)  # meanwhile alice commits something else: epoch 2
+        assert alice.groups[group].epoch == 2
+
+        # Back, alice refuses bob's proposal as stale; bob, on getting epoch 2, proposes again.
+        await alice.start(host, port)
+        await wait_until(
+            lambda: group in carol.groups and epochs(group, alice, bob, carol) == {3},
+            DEADLINE,
+            "bob proposed carol again and alice committed it",
+        )
+        assert any("stale" in str(r.error) for r in alice.rejections)
+        await all_talk(group, alice, bob, carol)
+
+
 async def test_forged_and_garbage_proposals_are_refused_and_the_group_carries_on() -> None:
     async with nodes(None, "alice", "bob", "carol", "eve") as (alice, bob, carol, eve):
         group = alice.create_group()
