@@ -130,11 +130,11 @@ class Membership:
             if group.pending_proposals:
                 # self_update refuses while adds are pending: commit those first.
                 report = await self._commit(group, group.commit)
-                more = await self._commit(group, lambda: (group.self_update(), None))
+                more = await self._commit(group, group.self_update)
                 report.paths.update(more.paths)
                 report.failed.update(more.failed)
                 return report
-            return await self._commit(group, lambda: (group.self_update(), None))
+            return await self._commit(group, group.self_update)
         proposal = group.propose_update()
         kind = wire.EnvelopeKind.PROPOSAL
         # By reference only, so every member needs it, not just the committer (module docstring).
@@ -142,6 +142,10 @@ class Membership:
             self._envelope(m, kind, proposal, group_id) for m in group.members() if m != self._me
         ]
         return await self._outbox.send(items)
+
+    def waits_on_commits(self, group_id: bytes) -> bool:
+        """Whether this member asked the committer for changes it has not seen committed."""
+        return bool(self._wanted.get(group_id))
 
     def _want(self, group_id: bytes, changes: list[_Wanted]) -> None:
         wanted = self._wanted.setdefault(group_id, [])
@@ -183,9 +187,7 @@ class Membership:
         items = [self._envelope(group.committer, kind, p, group.group_id) for p in proposals]
         return await self._outbox.send(items)
 
-    async def _commit(
-        self, group: MlsGroup, make: Callable[[], tuple[bytes, bytes | None]]
-    ) -> SendReport:
+    async def _commit(self, group: MlsGroup, make: Callable[[], object]) -> SendReport:
         """Make one commit and queue it for the members of the epoch it ends, and its Welcome
         for the members it adds."""
         make()

@@ -283,7 +283,7 @@ class Node:
         except GroupError as exc:
             log.warning("%s dropped an undecryptable %s: %s", self.name, env.kind.value, exc)
             return None
-        if incoming.kind == "commit":
+        if incoming.kind == "commit" and self.membership.waits_on_commits(target.group_id):
             self.spawn(self.membership.after_commit(target.group_id))
         if incoming.kind != "application" or incoming.plaintext is None:
             return None

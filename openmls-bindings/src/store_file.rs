@@ -248,10 +248,14 @@ impl StateFile {
             ));
         }
         if let Some(log) = &self.log {
-            if store.changes(|changes| changes.is_empty()) {
-                return Ok(());
-            }
-            let record = store.changes(|changes| seal_record(log, changes, rand))?;
+            let record = store.changes(|changes| {
+                (!changes.is_empty())
+                    .then(|| seal_record(log, changes, rand))
+                    .transpose()
+            })?;
+            let Some(record) = record else {
+                return Ok(()); // nothing changed: nothing to write
+            };
             let base_len = log.base_end - HEADER_LEN - TAG_LEN;
             if log.len - log.base_end + record.len() <= base_len.max(MIN_LOG_BYTES) {
                 return self.append(&record);
