@@ -15,10 +15,24 @@ FORBIDDEN = {"asyncio", "socket", "aioquic", "threading", "time", "sqlite3", "se
 CORE = Path(node.core.__file__).parent
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node but those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    found: list[ast.AST] = []
+    todo = [tree]
+    while todo:
+        item = todo.pop()
+        found.append(item)
+        if isinstance(item, ast.If) and ast.unparse(item.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
+            todo.extend(item.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(item))
+    return found
+
+
 def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names: set[str] = set()
-    for item in ast.walk(tree):
+    for item in _runtime_nodes(tree):
         if isinstance(item, ast.Import):
             names |= {alias.name.split(".")[0] for alias in item.names}
         elif isinstance(item, ast.ImportFrom) and item.module and item.level == 0:
@@ -31,6 +45,14 @@ def test_core_modules_import_no_io_clock_or_threads() -> None:
     assert len(files) >= 6
     offenders = {f.name: sorted(imported_modules(f) & FORBIDDEN) for f in files}
     assert {name: bad for name, bad in offenders.items() if bad} == {}
+
+
+def test_an_import_for_annotations_only_is_allowed(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import asyncio\n")
+    assert imported_modules(module) == {"typing"}
+    module.write_text("import typing\nif typing.TYPE_CHECKING:\n    import socket\nelse:\n    import time\n")
+    assert imported_modules(module) == {"typing", "time"}
 
 
 def test_core_never_imports_the_upper_layers() -> None:
