@@ -3,8 +3,8 @@ node, relay, discovery and MLS logic.
 
 Library code never reads the wall clock, draws randomness, opens a socket, starts a thread or
 creates a task on its own: it is handed a :class:`Runtime` and asks it. Only the command line
-(and the code that opens a data directory for it) builds the real one
-(``node.transport.runtime.RealRuntime``); the simulator builds one per simulated node over a
+(and the code that opens a data directory for it) builds the real one, the transport
+layer's ``RealRuntime``; the simulator builds one per simulated node over a
 virtual clock and an in-memory network. There is deliberately no default anywhere: a seam with
 a real default is one the simulator silently misses.
 

@@ -22,7 +22,10 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     while todo:
         item = todo.pop()
         found.append(item)
-        if isinstance(item, ast.If) and ast.unparse(item.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
+        if isinstance(item, ast.If) and ast.unparse(item.test) in {
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        }:
             todo.extend(item.orelse)
             continue
         todo.extend(ast.iter_child_nodes(item))
@@ -51,7 +54,9 @@ def test_an_import_for_annotations_only_is_allowed(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import asyncio\n")
     assert imported_modules(module) == {"typing"}
-    module.write_text("import typing\nif typing.TYPE_CHECKING:\n    import socket\nelse:\n    import time\n")
+    module.write_text(
+        "import typing\nif typing.TYPE_CHECKING:\n    import socket\nelse:\n    import time\n"
+    )
     assert imported_modules(module) == {"typing", "time"}
 
 
