@@ -40,8 +40,21 @@ from discovery.mdns import MdnsService
 from discovery.records import OwnRecord, RelayHint, validate
 from node.core.hybrid_kem import generate_keypair
 from node.core.identity import Identity
+from node.transport.runtime import RealRuntime
 
 LOOPBACK = "127.0.0.1"
+
+
+class SeededRuntime(RealRuntime):
+    """Real sockets and clocks; node ids and refresh targets from one seeded generator, so
+    a benchmark's DHT has the same shape from run to run."""
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__("qpc-bench")
+        self._rng = rng
+
+    def random_bytes(self, n: int, /) -> bytes:
+        return self._rng.randbytes(n)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -59,9 +72,13 @@ def max_rss_mb() -> float:
 async def lan_bench(trials: int) -> dict[str, Any]:
     observer_key = Identity.generate().public_key
     observer = MdnsService(
-        interfaces=[LOOPBACK], identity_key=observer_key, display_name="observer", port=1,
+        RealRuntime(),
+        interfaces=[LOOPBACK],
+        identity_key=observer_key,
+        display_name="observer",
+        port=1,
         advertise=False,
-    )  # fmt: skip
+    )
     await observer.start()
     times = []
     try:
@@ -69,7 +86,11 @@ async def lan_bench(trials: int) -> dict[str, Any]:
             key = Identity.generate().public_key
             fp = compact_fingerprint(key)
             advertiser = MdnsService(
-                interfaces=[LOOPBACK], identity_key=key, display_name=f"bench{trial}", port=2
+                RealRuntime(),
+                interfaces=[LOOPBACK],
+                identity_key=key,
+                display_name=f"bench{trial}",
+                port=2,
             )
             started = time.perf_counter()
             await advertiser.start()
@@ -101,7 +122,8 @@ async def lan_bench(trials: int) -> dict[str, Any]:
 async def dht_bench(size: int, lookups: int, records: int, seed: int, ksize: int) -> dict[str, Any]:
     rng = random.Random(seed)
     config = DhtConfig(ksize=ksize)  # alpha = 3, 1 s RPC timeout
-    nodes = [DhtNode(config=config, random_bytes=rng.randbytes) for _ in range(size)]
+    runtime = SeededRuntime(rng)
+    nodes = [DhtNode(runtime, config=config) for _ in range(size)]
     started = time.perf_counter()
     for node in nodes:
         await node.start(LOOPBACK, 0)

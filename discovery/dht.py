@@ -4,11 +4,12 @@ Each node stores its :class:`~discovery.records.PeerRecord`, signed, under
 :func:`dht_key` of its identity key; anyone can look it up with the identity key alone. The
 DHT is kademlia 2.2.3 over rpcudp, made safe by the subclasses in :mod:`discovery.kademlia_ext`:
 records are validated when stored and again when read, the newest valid one wins, a dead peer
-costs ``rpc_timeout`` (1 s) rather than 5 s, and time and randomness are injected.
+costs ``rpc_timeout`` (1 s) rather than 5 s, and time, randomness, the socket and background
+tasks come from the :class:`~node.core.runtime.Runtime` the node is given.
 
 Usage::
 
-    dht = DhtNode(clock_ms=clock)
+    dht = DhtNode(runtime)
     await dht.start("192.0.2.10", 7400)
     await dht.bootstrap([("198.51.100.1", 7400)])
     own = OwnRecord(identity, envelope_public_key, addresses=[("192.0.2.10", 4433)])
@@ -25,10 +26,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
-import socket
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,9 +43,7 @@ from discovery.kademlia_ext import (
     dht_key,
 )
 from discovery.records import AcceptedRecord, OwnRecord, PeerRecord, RecordBook, Rejection, validate
-from node.core.runtime import Clock
-from node.transport.endpoint import DatagramFactory, udp_socket
-from node.transport.runtime import system_clock_ms
+from node.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +108,11 @@ class _RecordServer(Server):  # type: ignore[misc]
     def _create_protocol(self) -> RecordProtocol:
         return RecordProtocol(self.node, self.storage, self.ksize, **self._protocol_args)
 
-    async def listen_with(self, factory: DatagramFactory, host: str, port: int) -> Address:
-        """Bind through the node's datagram factory (the simulator's seam), not
+    async def listen_with(self, runtime: Runtime, host: str, port: int) -> Address:
+        """Bind through the runtime (the simulator's seam), not
         ``loop.create_datagram_endpoint``; no stock refresh timer (DhtNode runs its own)."""
         protocol = self._create_protocol()
-        self.transport = await factory(lambda: protocol, (host, port))
+        self.transport = await runtime.open_datagram(lambda: protocol, (host, port))
         self.protocol = protocol
         sockname = self.transport.get_extra_info("sockname")
         return (str(sockname[0]), int(sockname[1]))
@@ -169,30 +166,26 @@ class _RecordServer(Server):  # type: ignore[misc]
 class DhtNode:
     """One node of the peer-record DHT.
 
-    :param clock_ms: wall clock for record expiry (injected; the simulator's virtual clock).
-    :param random_bytes: randomness for the node id and refresh targets (seeded runs repeat).
-    :param datagram_factory: how to get a UDP socket (the simulator hands in its own).
+    :param runtime: the wall clock for record expiry, randomness for the node id and refresh
+        targets, the UDP socket and background tasks (the simulator hands in its own).
     """
 
     def __init__(
         self,
+        runtime: Runtime,
         *,
-        clock_ms: Clock = system_clock_ms,
-        random_bytes: Callable[[int], bytes] = os.urandom,
         config: DhtConfig | None = None,
-        datagram_factory: DatagramFactory = udp_socket,
         node_id: bytes | None = None,
     ) -> None:
         self.config = config or DhtConfig()
-        self._clock_ms = clock_ms
-        self._random_bytes = random_bytes
-        self._factory = datagram_factory
-        self.node_id = node_id if node_id is not None else random_bytes(NODE_ID_SIZE)
+        self._runtime = runtime
+        self._clock_ms = runtime.wall_ms
+        self.node_id = node_id if node_id is not None else runtime.random_bytes(NODE_ID_SIZE)
         if len(self.node_id) != NODE_ID_SIZE:
             raise ValueError(f"a DHT node id is {NODE_ID_SIZE} bytes")
         self._server: _RecordServer | None = None
         self._address: Address | None = None
-        self._family = socket.AF_INET
+        self._ipv6 = False
         self._seen = RecordBook(capacity=self.config.max_records)
         self.rejected_at_read: Counter[Rejection] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -220,9 +213,9 @@ class DhtNode:
         if self._server is not None:
             raise RuntimeError("the DHT node is already started")
         version = ipaddress.ip_address(host).version
-        self._family = socket.AF_INET if version == 4 else socket.AF_INET6
-        loop = asyncio.get_running_loop()
-        storage = RecordStorage(self._clock_ms, loop.time, self.config.max_records)
+        self._ipv6 = version == 6
+        runtime = self._runtime
+        storage = RecordStorage(runtime.wall_ms, runtime.monotonic, self.config.max_records)
         server = _RecordServer(
             ksize=self.config.ksize,
             alpha=self.config.alpha,
@@ -230,12 +223,13 @@ class DhtNode:
             storage=storage,
             protocol_args={
                 "rpc_timeout": self.config.rpc_timeout,
-                "now": loop.time,
-                "random_bytes": self._random_bytes,
+                "now": runtime.monotonic,
+                "random_bytes": runtime.random_bytes,
+                "spawn": runtime.spawn,
                 "ip_version": version,
             },
         )
-        self._address = await server.listen_with(self._factory, host, port)
+        self._address = await server.listen_with(runtime, host, port)
         self._server = server
         self._spawn(self._maintain())
         return self._address
@@ -255,8 +249,8 @@ class DhtNode:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._runtime.spawn(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -265,18 +259,15 @@ class DhtNode:
     async def _resolve(self, host: str, port: int) -> Address | None:
         try:
             ip = ipaddress.ip_address(host)
-            return (
-                (str(ip), port) if (ip.version == 4) == (self._family == socket.AF_INET) else None
-            )
+            return (str(ip), port) if (ip.version == 6) == self._ipv6 else None
         except ValueError:
             pass
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, port, family=self._family, type=socket.SOCK_DGRAM)
+            found = await self._runtime.resolve_host(host, port, ipv6=self._ipv6)
         except OSError as exc:
             log.warning("DHT bootstrap host %s does not resolve: %s", host, exc)
             return None
-        return (str(infos[0][4][0]), port) if infos else None
+        return found[0] if found else None
 
     async def bootstrap(self, peers: Sequence[Address], deadline: float = 5.0) -> int:
         """Join the DHT through known peers (IPs or host names); return how many answered.

@@ -62,6 +62,7 @@ _ID_SPACE = 2**160
 
 Monotonic = Callable[[], float]
 RandomBytes = Callable[[int], bytes]
+Spawn = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]
 
 
 def dht_key(identity_key: bytes) -> bytes:
@@ -288,6 +289,7 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
         rpc_timeout: float,
         now: Monotonic,
         random_bytes: RandomBytes,
+        spawn: Spawn,
         ip_version: int,
     ) -> None:
         super().__init__(source_node, storage, ksize)
@@ -295,13 +297,14 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
         self.router = RoutingTable(self, ksize, source_node, now)
         self._ksize = ksize
         self._random_bytes = random_bytes
+        self._spawn_task = spawn
         self._ip_version = ip_version
         self._tasks: set[asyncio.Task[Any]] = set()
         self.malformed = 0  # datagrams dropped as undecodable or ill-formed
 
     # Background work (stores to newcomers, cache stores) is tracked so stop() can end it.
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task = self._spawn_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -11,8 +11,8 @@ python-zeroconf otherwise joins every interface of the machine.
 
 Usage::
 
-    mdns = MdnsService(interfaces=["192.168.1.20"], identity_key=key, display_name="alice",
-                       port=4433)
+    mdns = MdnsService(runtime, interfaces=["192.168.1.20"], identity_key=key,
+                       display_name="alice", port=4433)
     await mdns.start()
     event = await mdns.events.get()          # LanEvent(ADDED, LanPeer(...))
     peers = mdns.lookup(compact_fingerprint(bob_key))
@@ -42,8 +42,7 @@ from discovery.lan import (
     is_fingerprint,
     usable_address,
 )
-from node.core.runtime import Clock
-from node.transport.runtime import system_clock_ms
+from node.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +77,20 @@ def ip_version_for(interfaces: Sequence[str]) -> IPVersion:
 class MdnsService:
     """Advertises this node and tracks the others on the chosen interfaces.
 
+    zeroconf opens its own multicast sockets, which no runtime can hand in: a simulation gives
+    its nodes a LAN table of its own instead (``discovery.resolver.LanSource``).
+
+    :param runtime: the wall clock for the table's first/last-seen times, and the tasks that
+        resolve services.
     :param interfaces: IP addresses of the interfaces to use (required; usually the address
         the node's QUIC endpoint listens on).
     :param advertise: False to only browse.
     :param on_event: called for every :class:`LanEvent`, in addition to :attr:`events`.
-    :param clock_ms: wall clock for the table's first/last-seen times.
     """
 
     def __init__(
         self,
+        runtime: Runtime,
         *,
         interfaces: Sequence[str],
         identity_key: bytes,
@@ -95,7 +99,6 @@ class MdnsService:
         advertise: bool = True,
         addresses: Sequence[str] | None = None,
         on_event: Callable[[LanEvent], None] | None = None,
-        clock_ms: Clock = system_clock_ms,
         resolve_timeout: float = 3.0,
         event_queue_size: int = 256,
     ) -> None:
@@ -110,7 +113,8 @@ class MdnsService:
         self.events: asyncio.Queue[LanEvent] = asyncio.Queue(maxsize=event_queue_size)
         self.events_dropped = 0
         self._on_event = on_event
-        self._clock_ms = clock_ms
+        self._runtime = runtime
+        self._clock_ms = runtime.wall_ms
         self._resolve_timeout_ms = int(resolve_timeout * 1000)
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
@@ -212,7 +216,7 @@ class MdnsService:
             self._generation.pop(name, None)
             self._emit(self.table.remove(name))
             return
-        task = asyncio.get_running_loop().create_task(self._resolve(name, generation))
+        task = self._runtime.spawn(self._resolve(name, generation))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

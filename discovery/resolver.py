@@ -18,7 +18,8 @@ When a dial to a resolved address fails, the router calls :meth:`Resolver.invali
 cached record is dropped, and if the answer came from the LAN, LAN entries not re-announced
 since are skipped for ``lan_retry_after_ms`` so the next resolve asks the DHT.
 
-Time comes from the injected ``clock_ms`` (milliseconds since the epoch) only.
+Time comes from the :class:`~node.core.runtime.Runtime`'s wall clock only, and lookups run as
+its tasks.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ from typing import Protocol
 
 from discovery.lan import Address, LanPeer, compact_fingerprint
 from discovery.records import AcceptedRecord, PeerRecord, RecordVerdict, validate
-from node.core.runtime import Clock
-from node.transport.runtime import system_clock_ms
+from node.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Resolution:
 class Resolver:
     """Resolve identity keys to addresses: LAN, then cache, then DHT.
 
+    :param runtime: the wall clock for expiry, and the tasks that run DHT lookups.
     :param lan: the LAN table source, or None when mDNS is off.
     :param dht: the DHT, or None when the DHT is off.
     :param cache_size: records kept at most.
@@ -97,10 +98,10 @@ class Resolver:
 
     def __init__(
         self,
+        runtime: Runtime,
         *,
         lan: LanSource | None = None,
         dht: RecordSource | None = None,
-        clock_ms: Clock = system_clock_ms,
         cache_size: int = 1024,
         negative_ttl_ms: int = 30_000,
         lan_retry_after_ms: int = 30_000,
@@ -109,7 +110,8 @@ class Resolver:
             raise ValueError("the cache holds at least one record")
         self.lan = lan
         self.dht = dht
-        self._clock_ms = clock_ms
+        self._runtime = runtime
+        self._clock_ms = runtime.wall_ms
         self._cache_size = cache_size
         self._negative_ttl_ms = negative_ttl_ms
         self._lan_retry_after_ms = lan_retry_after_ms
@@ -184,7 +186,7 @@ class Resolver:
     ) -> LookupOutcome | None:
         task = self._inflight.get(identity_key)
         if task is None:
-            task = asyncio.ensure_future(dht.lookup_detailed(identity_key, deadline))
+            task = self._runtime.spawn(self._run_lookup(dht, identity_key, deadline))
             self._inflight[identity_key] = task
             self._tasks.add(task)
             task.add_done_callback(lambda t: self._lookup_done(identity_key, t))
@@ -200,6 +202,10 @@ class Resolver:
             return None
         except Exception:  # a failing DHT must not take the router down; logged when done
             return None
+
+    @staticmethod
+    async def _run_lookup(dht: RecordSource, identity_key: bytes, deadline: float) -> LookupOutcome:
+        return await dht.lookup_detailed(identity_key, deadline)
 
     def _lookup_done(self, identity_key: bytes, task: asyncio.Task[LookupOutcome]) -> None:
         self._tasks.discard(task)

@@ -16,6 +16,7 @@ import openmls_bindings as ob
 
 from node.core.errors import CryptoError
 from node.core.identity import Identity
+from node.core.runtime import Runtime
 
 # Post-quantum HPKE (X25519 + ML-KEM-768) for every group and KeyPackage the node makes.
 CIPHERSUITE_DEFAULT = ob.CIPHERSUITE_XWING
@@ -183,12 +184,18 @@ class MlsClient:
     """A member's MLS engine: its signer (the identity key), KeyPackages and groups.
 
     With ``state_file`` and ``state_key`` every key and group lives encrypted in that file and
-    survives restarts; without them, in memory.
+    survives restarts; without them, in memory. Every method may write the state file (and
+    fsync it): callers run them through the runtime's executor, never on the event loop.
     """
 
     def __init__(
-        self, identity: Identity, state_file: Path | None = None, state_key: bytes | None = None
+        self,
+        identity: Identity,
+        runtime: Runtime,
+        state_file: Path | None = None,
+        state_key: bytes | None = None,
     ) -> None:
+        self._runtime = runtime
         self._persistent = state_file is not None
         with _mls_errors():
             if state_file is None:

@@ -16,6 +16,7 @@ import click
 from node.core.addresses import parse_address
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
+from node.transport.runtime import RealRuntime
 from relay.server import Relay, RelayConfig
 
 PASSPHRASE_ENV = "QUICNPROTOCHAT_RELAY_PASSPHRASE"  # noqa: S105 - a variable name
@@ -76,7 +77,14 @@ def run_command(
 
 
 async def _serve(config: RelayConfig, as_json: bool) -> None:
-    relay = Relay(config)
+    runtime = RealRuntime("qpc-relay")
+    try:
+        await _serve_with(config, as_json, Relay(config, runtime))
+    finally:
+        runtime.close()
+
+
+async def _serve_with(config: RelayConfig, as_json: bool, relay: Relay) -> None:
     running = await relay.start()
     key = running.identity.public_key
     host, port = running.address

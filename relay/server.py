@@ -8,9 +8,9 @@ from pathlib import Path
 
 from node.core.addresses import Address
 from node.core.identity import Identity
+from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
-from node.transport.runtime import ThreadRunner, system_clock_ms
 from relay.service import RelayService
 from relay.store import MailboxStore
 
@@ -35,25 +35,29 @@ class RunningRelay:
 
 
 class Relay:
-    def __init__(self, config: RelayConfig) -> None:
+    """A relay process's service. Its clock, randomness, socket and the thread its store is
+    written from come from ``runtime``, which belongs to whoever built it."""
+
+    def __init__(self, config: RelayConfig, runtime: Runtime) -> None:
         self.config = config
-        self._runner = ThreadRunner("qpc-relay-store")
+        self._runtime = runtime
         self._store: MailboxStore | None = None
         self._endpoint: Endpoint | None = None
 
     async def start(self) -> RunningRelay:
         cfg = self.config
+        run = self._runtime.run_blocking
         identity, created = await load_or_create_identity(
-            cfg.data_dir / "relay.key", cfg.passphrase, self._runner
+            cfg.data_dir / "relay.key", cfg.passphrase, self._runtime
         )
-        store = await self._runner(
+        store = await run(
             lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", cfg.max_per_mailbox)
         )
         self._store = store
-        service = RelayService(store, self._runner, system_clock_ms, cfg.max_frame)
+        service = RelayService(store, self._runtime, cfg.max_frame)
         # The call deadline sits above the longest long poll (relay.service.MAX_WAIT_MS).
         config = EndpointConfig(max_frame=cfg.max_frame, call_deadline=40.0)
-        self._endpoint = Endpoint(identity, service.handle, config)
+        self._endpoint = Endpoint(identity, service.handle, self._runtime, config)
         address = await self._endpoint.start(cfg.host, cfg.port)
         return RunningRelay(identity, address, created)
 
@@ -61,6 +65,5 @@ class Relay:
         if self._endpoint is not None:
             await self._endpoint.close()
         if self._store is not None:
-            store = self._store
-            await self._runner(store.close)
-        self._runner.shutdown()
+            store, self._store = self._store, None
+            await self._runtime.run_blocking(store.close)

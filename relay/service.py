@@ -1,7 +1,7 @@
 """The relay's Delivery service: the same calls a node serves, plus a mailbox for each identity.
 
-Pure request → response logic over a :class:`MailboxStore`; blocking store calls run through the
-injected ``run_blocking`` seam and the clock is injected, so the simulator can drive it.
+Pure request → response logic over a :class:`MailboxStore`; blocking store calls and the clock
+come from the :class:`~node.core.runtime.Runtime` it is given, so the simulator can drive it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from node.core import wire
 from node.core.errors import ErrorCode, StorageError
 from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import mailbox_of
-from node.core.runtime import BlockingRunner, Clock
+from node.core.runtime import Runtime
 from node.transport.connection import Caller
 from relay.store import MailboxFullError, MailboxStore
 
@@ -28,18 +28,18 @@ class RelayService:
     def __init__(
         self,
         store: MailboxStore,
-        run_blocking: BlockingRunner,
-        clock_ms: Clock,
+        runtime: Runtime,
         max_frame: int,
     ) -> None:
         self._store = store
         # Nodes accept frames of DEFAULT_MAX_FRAME at most, whatever this relay allows inbound;
         # leave room for the response's own structure around the envelopes.
         self._fetch_budget = min(max_frame, DEFAULT_MAX_FRAME) - 1024
-        self._run = run_blocking
-        self._clock_ms = clock_ms
-        # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox.
-        self._waiters: dict[bytes, set[asyncio.Future[None]]] = {}
+        self._run = runtime.run_blocking
+        self._clock_ms = runtime.wall_ms
+        # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox, oldest
+        # first (a dict keeps that order; a set's would vary from run to run).
+        self._waiters: dict[bytes, dict[asyncio.Future[None], None]] = {}
 
     async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
         match request:
@@ -73,8 +73,8 @@ class RelayService:
     ) -> wire.FetchResult:
         # Registered before the fetch, so an arrival between the two is not missed.
         arrival: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(mailbox, set())
-        waiters.add(arrival)
+        waiters = self._waiters.setdefault(mailbox, {})
+        waiters[arrival] = None
         try:
             result = await self._fetch(mailbox, cursor, limit)
             if result.envelopes:
@@ -86,7 +86,7 @@ class RelayService:
                 return result
             return await self._fetch(mailbox, cursor, limit)
         finally:
-            waiters.discard(arrival)
+            waiters.pop(arrival, None)
             if not waiters:
                 self._waiters.pop(mailbox, None)
 

@@ -16,6 +16,8 @@ from node.core.addresses import Address
 from node.core.identity import Identity
 from node.transport.connection import RequestHandler
 from node.transport.endpoint import Endpoint, EndpointConfig
+from node.transport.runtime import RealRuntime
+from tests.runtime_support import Runtimes
 
 LOOPBACK = "127.0.0.1"
 
@@ -24,12 +26,24 @@ LOOPBACK = "127.0.0.1"
 async def running_endpoint(
     identity: Identity, handler: RequestHandler | None, config: EndpointConfig | None = None
 ) -> AsyncIterator[Endpoint]:
-    endpoint = Endpoint(identity, handler, config)
+    runtime = RealRuntime("qpc-endpoint")
+    endpoint = Endpoint(identity, handler, runtime, config)
     await endpoint.start(LOOPBACK, 0)
     try:
         yield endpoint
     finally:
         await endpoint.close()
+        runtime.close()
+
+
+@pytest.fixture
+def runtimes() -> Iterator[Runtimes]:
+    """Real runtimes made on demand (one per node or service), closed after the test."""
+    made = Runtimes()
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @dataclass

@@ -9,13 +9,19 @@ from collections.abc import AsyncIterator, Callable
 from node.app.node import Node
 from node.app.router import RelayInfo
 from node.core.identity import Identity
+from node.transport.runtime import RealRuntime
 from tests.conftest import LOOPBACK, RelayProcess
 
 
 @contextlib.asynccontextmanager
 async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node]]:
-    """Started nodes on loopback, each knowing every other one's name and address."""
-    started = [Node(Identity.generate(), name=name, relay=relay) for name in names]
+    """Started nodes on loopback, each knowing every other one's name and address, each on a
+    real runtime of its own."""
+    runtimes = [RealRuntime(f"qpc-{name}") for name in names]
+    started = [
+        Node(Identity.generate(), runtime, name=name, relay=relay)
+        for name, runtime in zip(names, runtimes, strict=True)
+    ]
     try:
         for node in started:
             await node.start(LOOPBACK, 0)
@@ -27,6 +33,8 @@ async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node
     finally:
         for node in started:
             await node.stop()
+        for runtime in runtimes:
+            runtime.close()
 
 
 def relay_info(relay: RelayProcess) -> RelayInfo:

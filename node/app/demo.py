@@ -26,6 +26,7 @@ from node.app.router import Path as DeliveryPath
 from node.app.router import RelayInfo
 from node.core.errors import NodeError
 from node.core.identity import short_fingerprint
+from node.transport.runtime import RealRuntime
 
 Script = list[tuple[str, str]]  # (sender name, text), in order
 
@@ -126,24 +127,34 @@ async def run_demo(messages: list[str], say: Callable[[str], None]) -> DemoResul
                     await cast.open(name)
                 return await _converse(cast, online, away, back, say)
             finally:
-                for node in cast.nodes.values():
-                    await node.stop()
+                await cast.close()
 
 
 class Cast:
-    """The demo's nodes, each kept in its own data directory with its own passphrase."""
+    """The demo's nodes, each kept in its own data directory with its own passphrase and run
+    on its own real runtime (as a process of its own would be)."""
 
     def __init__(self, root: Path, relay: RelayInfo, say: Callable[[str], None]) -> None:
         self.root, self.relay, self.say = root, relay, say
         self.nodes: dict[str, Node] = {}
         self._passphrases: dict[str, bytes] = {}
+        self._runtimes: dict[str, RealRuntime] = {}
 
     async def open(self, name: str) -> Node:
         passphrase = self._passphrases.setdefault(name, secrets.token_bytes(16))
-        node, _ = await open_node(self.root / name, passphrase, name=name, relay=self.relay)
+        runtime = self._runtimes.setdefault(name, RealRuntime(f"qpc-{name}"))
+        node, _ = await open_node(
+            self.root / name, passphrase, runtime, name=name, relay=self.relay
+        )
         node.on_message = _reader(name, self.say)
         self.nodes[name] = node
         return node
+
+    async def close(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+        for runtime in self._runtimes.values():
+            runtime.close()
 
 
 async def _converse(
@@ -163,7 +174,7 @@ async def _converse(
                 await node.remember_peer(other.public_key, other.name, other.address)
 
     alice = nodes["alice"]
-    group_id = alice.create_group()
+    group_id = await alice.create_group()
     invitees = [nodes["bob"].public_key, nodes["carol"].public_key]
     report = await alice.invite(group_id, invitees)
     _check(report, nodes)

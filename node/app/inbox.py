@@ -34,7 +34,7 @@ class Inbox:
         self,
         store: NodeStore,
         run: BlockingRunner,
-        apply: Callable[[wire.Envelope, Path], Applied],
+        apply: Callable[[wire.Envelope, Path], Awaitable[Applied]],
         delivered: Callable[[StoredMessage], Awaitable[None]],
         max_deferred: int = 1000,
         dropped: Callable[[wire.Envelope], None] | None = None,
@@ -64,7 +64,7 @@ class Inbox:
                 progress = False
                 waiting = []
                 for seq, env, path in pending:
-                    outcome = self._apply(env, Path(path))
+                    outcome = await self._apply(env, Path(path))
                     if outcome == DEFERRED:
                         waiting.append((seq, env, path))
                         continue

@@ -30,10 +30,12 @@ from node.app.inbox import DEFERRED, Applied
 from node.app.outbox import Outbox, SendReport
 from node.core import wire
 from node.core.errors import LocalProtocolError, ProposalRejectedError, UnknownGroupError
+from node.core.runtime import BlockingRunner
 from node.mls import (
     ContentType,
     GroupError,
     MlsGroup,
+    OwnCommit,
     StaleEpochError,
     key_package_identity,
     read_header,
@@ -78,11 +80,17 @@ class Membership:
         groups: dict[bytes, MlsGroup],
         outbox: Outbox,
         envelope: EnvelopeMaker,
+        run: BlockingRunner,
     ) -> None:
         self._me = own_identity
         self._groups = groups
         self._outbox = outbox
         self._envelope = envelope
+        # MLS calls write the state file: they run through the executor, never on the loop.
+        self._run = run
+        # One commit and its queueing at a time per group, so the outbox holds commits in the
+        # order they were made and each fan-out is that of its own commit.
+        self._commit_locks: dict[bytes, asyncio.Lock] = {}
         self.rejections: collections.deque[Rejection] = collections.deque(maxlen=MAX_REJECTIONS)
         self.commit_due = asyncio.Event()
         # In memory only: after a restart, changes proposed before it are not proposed again.
@@ -110,13 +118,13 @@ class Membership:
         group = self._group(group_id)
         if group.committer == self._me:
             return await self._commit(group, lambda: group.commit(key_packages))
-        proposals = [group.propose_add(kp) for kp in key_packages]
+        proposals = await self._run(lambda: [group.propose_add(kp) for kp in key_packages])
         self._want(group_id, [_Wanted(True, key_package_identity(kp), kp) for kp in key_packages])
         return await self._to_committer(group, proposals)
 
     async def remove(self, group_id: bytes, identities: Sequence[bytes]) -> SendReport:
         group = self._group(group_id)
-        proposals = [group.propose_remove(identity) for identity in identities]
+        proposals = await self._run(lambda: [group.propose_remove(i) for i in identities])
         if group.committer == self._me:
             # The committer's own proposals are committed with everything else pending.
             return await self._commit(group, group.commit)
@@ -135,7 +143,7 @@ class Membership:
                 report.failed.update(more.failed)
                 return report
             return await self._commit(group, group.self_update)
-        proposal = group.propose_update()
+        proposal = await self._run(group.propose_update)
         kind = wire.EnvelopeKind.PROPOSAL
         # By reference only, so every member needs it, not just the committer (module docstring).
         items = [
@@ -166,18 +174,23 @@ class Membership:
         again = [w for w in again if w.proposed < MAX_PROPOSALS]
         if not again:
             return
-        proposals, kept = [], []
-        for w in again:
-            w.proposed += 1
-            try:
-                if w.key_package is not None:
-                    proposals.append(group.propose_add(w.key_package))
-                else:
-                    proposals.append(group.propose_remove(w.identity))
-            except GroupError as exc:  # e.g. the KeyPackage expired meanwhile
-                log.warning("cannot propose a wanted change again: %s", exc)
-                continue
-            kept.append(w)
+
+        def propose_again() -> tuple[list[bytes], list[_Wanted]]:
+            proposals, kept = [], []
+            for w in again:
+                w.proposed += 1
+                try:
+                    if w.key_package is not None:
+                        proposals.append(group.propose_add(w.key_package))
+                    else:
+                        proposals.append(group.propose_remove(w.identity))
+                except GroupError as exc:  # e.g. the KeyPackage expired meanwhile
+                    log.warning("cannot propose a wanted change again: %s", exc)
+                    continue
+                kept.append(w)
+            return proposals, kept
+
+        proposals, kept = await self._run(propose_again)
         self._want(group_id, kept)
         if proposals:
             await self._to_committer(group, proposals)
@@ -190,35 +203,40 @@ class Membership:
     async def _commit(self, group: MlsGroup, make: Callable[[], object]) -> SendReport:
         """Make one commit and queue it for the members of the epoch it ends, and its Welcome
         for the members it adds."""
-        make()
-        # Nothing is awaited between the commit and its queueing, so the outbox holds commits
-        # in the order they were made and every member gets them in that order.
-        return await self._fan_out(group)
 
-    async def _fan_out(self, group: MlsGroup) -> SendReport:
-        """Queue the commit that made the group's current epoch (ours) for the members of the
+        def commit() -> tuple[OwnCommit | None, int]:
+            make()
+            return group.own_commit(), group.epoch
+
+        lock = self._commit_locks.setdefault(group.group_id, asyncio.Lock())
+        async with lock:
+            own, epoch = await self._run(commit)
+            return await self._fan_out(group, own, epoch)
+
+    async def _fan_out(self, group: MlsGroup, own: OwnCommit | None, epoch: int) -> SendReport:
+        """Queue ``own``, the commit that made ``epoch`` of the group, for the members of the
         epoch it ended, and its Welcome for the members it added; the outbox records that it
         did, in the same transaction."""
-        own = group.own_commit()
         if own is None:
             raise LocalProtocolError("this node did not make the group's last commit")
         commit_kind, welcome_kind = wire.EnvelopeKind.COMMIT, wire.EnvelopeKind.WELCOME
         items = [self._envelope(m, commit_kind, own.commit, group.group_id) for m in own.recipients]
         if own.welcome is not None:
             items += [self._envelope(m, welcome_kind, own.welcome, b"") for m in own.joiners]
-        log.info("committed epoch %d of a group (%d envelopes)", group.epoch, len(items))
-        return await self._outbox.send(items, commit=(group.group_id, group.epoch))
+        log.info("committed epoch %d of a group (%d envelopes)", epoch, len(items))
+        return await self._outbox.send(items, commit=(group.group_id, epoch))
 
     async def resend_lost_commits(self) -> None:
         """At start: queue again the fan-out of any own commit that the node made but died
         before queueing (the MLS state and the node's store are two files)."""
         for group in list(self._groups.values()):
-            if not group.is_active or group.own_commit() is None:
+            own = group.own_commit()
+            if not group.is_active or own is None:
                 continue
             queued = await self._outbox.queued_commit_epoch(group.group_id)
             if queued is None or queued < group.epoch:
                 log.warning("queueing again a commit lost in a crash (epoch %d)", group.epoch)
-                await self._fan_out(group)
+                await self._fan_out(group, own, group.epoch)
 
     # --- the committer's loop -----------------------------------------------------------------
 
@@ -243,7 +261,7 @@ class Membership:
 
     # --- receiving a proposal -----------------------------------------------------------------
 
-    def apply_proposal(self, env: wire.Envelope) -> Applied:
+    async def apply_proposal(self, env: wire.Envelope) -> Applied:
         """Store a member's proposal in its group; refuse anything else with a typed error."""
         group = self._groups.get(env.group_id)
         if group is None:
@@ -257,7 +275,7 @@ class Membership:
         ):
             return self._reject(env, ProposalRejectedError("the envelope holds no MLS proposal"))
         try:
-            group.process(env.payload, delivery_id=env.id)
+            await self._run(lambda: group.process(env.payload, delivery_id=env.id))
         except StaleEpochError as exc:
             if header.epoch > group.epoch:
                 return DEFERRED  # the commit that opens its epoch is still on its way

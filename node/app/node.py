@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path as FilePath
@@ -25,7 +24,7 @@ from node.core import wire
 from node.core.addresses import Address
 from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError
 from node.core.identity import Identity, mailbox_of
-from node.core.runtime import BlockingRunner, Clock
+from node.core.runtime import BlockingRunner, Clock, Runtime
 from node.mls import (
     GroupError,
     MissingProposalError,
@@ -36,8 +35,7 @@ from node.mls import (
     read_header,
 )
 from node.transport.connection import Caller
-from node.transport.endpoint import DatagramFactory, Endpoint, EndpointConfig, udp_socket
-from node.transport.runtime import ThreadRunner, system_clock_ms
+from node.transport.endpoint import Endpoint, EndpointConfig
 
 __all__ = ["ChatMessage", "Node", "Rejection", "SendReport"]
 
@@ -64,38 +62,41 @@ class ChatMessage:
 
 
 class Node:
+    """A peer node. Everything it takes from the world (clock, randomness, its socket, the
+    thread its store and MLS state are written from, its background tasks) comes from
+    ``runtime``. Without ``store`` and ``mls`` it keeps both in memory."""
+
     def __init__(
         self,
         identity: Identity,
+        runtime: Runtime,
         *,
         name: str,
         relay: RelayInfo | None = None,
         store: NodeStore | None = None,
         mls: MlsClient | None = None,
-        runner: BlockingRunner | None = None,
-        clock_ms: Clock = system_clock_ms,
         endpoint_config: EndpointConfig | None = None,
-        datagram_factory: DatagramFactory = udp_socket,
-        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.identity = identity
         self.name = name
-        self._clock_ms = clock_ms
-        self._random = random_bytes
-        self._own_runner = ThreadRunner(f"qpc-{name}") if runner is None else None
-        self._run: BlockingRunner = runner or self._own_runner  # type: ignore[assignment]
-        self.store = store or NodeStore(FilePath(":memory:"), os.urandom(32))
+        self.runtime = runtime
+        self._clock_ms = runtime.wall_ms
+        self._random = runtime.random_bytes
+        self._run: BlockingRunner = runtime.run_blocking
+        self.store = store or NodeStore(FilePath(":memory:"), runtime.random_bytes(32))
         self.contacts = Contacts()
-        self.endpoint = Endpoint(identity, self.handle, endpoint_config, datagram_factory)
-        self.router = Router(self.endpoint, self.contacts, relay)
-        self.mls = mls or MlsClient(identity)
+        self.endpoint = Endpoint(identity, self.handle, runtime, endpoint_config)
+        self.router = Router(self.endpoint, self.contacts, relay, runtime)
+        self.mls = mls or MlsClient(identity, runtime)
         self.groups: dict[bytes, MlsGroup] = {}
         self.inbox: list[ChatMessage] = []
         self._inbox = Inbox(
             self.store, self._run, self._apply, self._deliver_to_user, dropped=self._dropped
         )
         self.outbox = Outbox(self.store, self._run, self.router)
-        self.membership = Membership(self.public_key, self.groups, self.outbox, self._envelope)
+        self.membership = Membership(
+            self.public_key, self.groups, self.outbox, self._envelope, self._run
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._resumed = False
         self._released = False
@@ -127,9 +128,9 @@ class Node:
                 await self.sync_relay()
             except RelayError as exc:
                 log.warning("could not fetch the relay mailbox: %s", exc)
-            self._tasks.append(asyncio.create_task(self._watch_relay()))
-        self._tasks.append(asyncio.create_task(self._retry_outbox()))
-        self._tasks.append(asyncio.create_task(self.membership.run_committer()))
+            self._tasks.append(self.runtime.spawn(self._watch_relay()))
+        self._tasks.append(self.runtime.spawn(self._retry_outbox()))
+        self._tasks.append(self.runtime.spawn(self.membership.run_committer()))
         # Proposals applied before a restart (or while offline) may still wait for a commit.
         self.membership.commit_due.set()
         return listen
@@ -141,8 +142,9 @@ class Node:
             self.contacts.add(identity, name, address)
         for message in await self._run(store.messages):
             self.inbox.append(self._chat_message(message))
-        for group_id in self.mls.group_ids():
-            self.groups[group_id] = self.mls.load_group(group_id)
+        mls = self.mls
+        loaded = await self._run(lambda: [mls.load_group(g) for g in mls.group_ids()])
+        self.groups.update((group.group_id, group) for group in loaded)
         self._resumed = True
 
     async def stop(self) -> None:
@@ -193,7 +195,7 @@ class Node:
             except NodeError as exc:
                 log.warning("background work failed: %s", exc)
 
-        task = asyncio.get_running_loop().create_task(wrapped())
+        task = self.runtime.spawn(wrapped())
         self._tasks.append(task)
         task.add_done_callback(self._forget_task)
 
@@ -201,15 +203,10 @@ class Node:
         if task in self._tasks:
             self._tasks.remove(task)
 
-    def adopt_runner(self, runner: ThreadRunner) -> None:
-        """Shut ``runner`` down with the node (it was made for this node alone)."""
-        self._own_runner = runner
-
     def _release(self) -> None:
+        """Close the store; the runtime belongs to whoever built it."""
         self._released = True
         self.store.close()
-        if self._own_runner is not None:
-            self._own_runner.shutdown()
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -226,7 +223,7 @@ class Node:
             case wire.FetchKeyPackage(identity):
                 if identity != self.public_key:
                     return wire.ErrorResult(ErrorCode.NOT_FOUND, "a node serves only its own")
-                return wire.FetchKeyPackageResult(self.mls.key_package())
+                return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "a node does not serve this call")
 
     async def _peer_seen(self, caller: Caller) -> None:
@@ -252,11 +249,13 @@ class Node:
         await self._inbox.accept(mine, path)
         return tuple(env.id for env in mine)
 
-    def _apply(self, env: wire.Envelope, path: Path) -> Applied:
-        """Apply one stored envelope to MLS (called by the inbox, in arrival order)."""
+    async def _apply(self, env: wire.Envelope, path: Path) -> Applied:
+        """Apply one stored envelope to MLS (called by the inbox, in arrival order); MLS writes
+        its state file, so each call runs through the runtime's executor."""
         if env.kind is wire.EnvelopeKind.WELCOME:
+            mls = self.mls
             try:
-                group = self.mls.join(env.payload)
+                group = await self._run(lambda: mls.join(env.payload))
             except GroupError as exc:
                 log.warning("%s dropped an unusable welcome: %s", self.name, exc)
                 return None
@@ -264,12 +263,12 @@ class Node:
             log.info("%s joined a group at epoch %d", self.name, group.epoch)
             return None
         if env.kind is wire.EnvelopeKind.PROPOSAL:
-            return self.membership.apply_proposal(env)
+            return await self.membership.apply_proposal(env)
         target = self.groups.get(env.group_id)
         if target is None:
             return DEFERRED  # its Welcome may still be on its way by another path
         try:
-            incoming = target.process(env.payload, delivery_id=env.id)
+            incoming = await self._run(lambda: target.process(env.payload, delivery_id=env.id))
         except MissingProposalError:
             # An Update proposal and the commit covering it come from different members, by
             # different paths: keep the commit until the proposal is in (ADR 0003).
@@ -378,8 +377,10 @@ class Node:
 
     # --- groups -----------------------------------------------------------------------------
 
-    def create_group(self) -> bytes:
-        group = self.mls.create_group(self._random(16))
+    async def create_group(self) -> bytes:
+        """A new group with this node as its only member and committer; returns its id."""
+        group_id, mls = self._random(16), self.mls
+        group = await self._run(lambda: mls.create_group(group_id))
         self.groups[group.group_id] = group
         return group.group_id
 
@@ -429,8 +430,13 @@ class Node:
                 f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB "
                 f"({len(plaintext) // 1024} KiB given)"
             )
-        ciphertext = group.encrypt(plaintext)
-        others = [m for m in group.members() if m != self.public_key]
+        me = self.public_key
+
+        def encrypt() -> tuple[bytes, list[bytes]]:
+            # One executor call: the members are those of the epoch the message is sent in.
+            return group.encrypt(plaintext), [m for m in group.members() if m != me]
+
+        ciphertext, others = await self._run(encrypt)
         kind = wire.EnvelopeKind.APPLICATION
         return await self.outbox.send(
             [self._envelope(m, kind, ciphertext, group_id) for m in others]

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +16,13 @@ from node.app.node import ChatMessage, Node
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
 from node.app.router import RelayInfo
-from node.app.store import NodeStore, SeenPeer, derive_store_keys
+from node.app.store import SALT_SIZE, NodeStore, SeenPeer, derive_store_keys
 from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
-from node.transport.runtime import ThreadRunner
+from node.core.keyfile import DEFAULT_KDF
+from node.transport.runtime import RealRuntime
 
 WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared against, never bound
 PASSPHRASE_ENV = "QUICNPROTOCHAT_PASSPHRASE"  # noqa: S105 - a variable name
@@ -171,8 +171,16 @@ def _passphrase() -> bytes:
 
 
 async def _run(opts: RunOptions) -> None:
+    runtime = RealRuntime(f"qpc-{opts.name}")
+    try:
+        await _run_node(opts, runtime)
+    finally:
+        runtime.close()
+
+
+async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     node, created = await open_node(
-        opts.data_dir, opts.passphrase, name=opts.name, relay=opts.relay
+        opts.data_dir, opts.passphrase, runtime, name=opts.name, relay=opts.relay
     )
     identity = node.identity
     node.on_message = _print_message
@@ -194,7 +202,7 @@ async def _run(opts: RunOptions) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        reader = asyncio.create_task(_read_lines(node))
+        reader = runtime.spawn(_read_lines(node))
         try:
             await stop.wait()
         finally:
@@ -223,8 +231,8 @@ async def _find(presence: Presence, specs: list[PeerSpec]) -> None:
 
 
 async def _invite(node: Node, invites: list[PeerSpec]) -> None:
-    group_id = node.create_group()
     try:
+        group_id = await node.create_group()
         report = await node.invite(group_id, [spec.identity for spec in invites])
     except NodeError as exc:
         click.echo(f"ERROR: could not create the group: {exc}", err=True)
@@ -245,13 +253,12 @@ def peers_command(data_dir: Path) -> None:
     """List the nodes that node has seen by discovery (LAN or DHT)."""
     passphrase = _passphrase()
     try:
-        seen = asyncio.run(_read_peers(data_dir, passphrase))
+        seen, now = asyncio.run(_read_peers(data_dir, passphrase))
     except NodeError as exc:
         raise click.ClickException(str(exc)) from exc
     if not seen:
         click.echo("no peers seen yet")
         return
-    now = time.time_ns() // 1_000_000
     click.echo(f"{'NAME':<16} {'FINGERPRINT':<20} {'SOURCE':<6} {'STATUS':<10} {'ADDRESS':<22} AGE")
     for peer in seen:
         age = max(0, now - peer.seen_at_ms) // 1000
@@ -262,20 +269,25 @@ def peers_command(data_dir: Path) -> None:
         )
 
 
-async def _read_peers(data_dir: Path, passphrase: bytes) -> list[SeenPeer]:
+async def _read_peers(data_dir: Path, passphrase: bytes) -> tuple[list[SeenPeer], int]:
+    """What the node's store lists, and the wall time now (to tell each entry's age)."""
     if not (data_dir / "node.db").exists():
         raise NodeError(f"{data_dir} holds no node (run 'quicnprotochat node run' first)")
-    runner = ThreadRunner("qpc-peers")
+    runtime = RealRuntime("qpc-peers")
+    run = runtime.run_blocking
+    fresh_salt = runtime.random_bytes(SALT_SIZE)
     try:
-        db_key, _ = await runner(lambda: derive_store_keys(data_dir, passphrase))
-        store = await runner(lambda: NodeStore(data_dir / "node.db", db_key))
+        db_key, _ = await run(
+            lambda: derive_store_keys(data_dir, passphrase, DEFAULT_KDF, fresh_salt)
+        )
+        store = await run(lambda: NodeStore(data_dir / "node.db", db_key))
         try:
-            seen: list[SeenPeer] = await runner(store.peers)
-            return seen
+            seen: list[SeenPeer] = await run(store.peers)
+            return seen, runtime.wall_ms()
         finally:
-            await runner(store.close)
+            await run(store.close)
     finally:
-        runner.shutdown()
+        runtime.close()
 
 
 def _print_message(message: ChatMessage) -> None:

@@ -43,7 +43,7 @@ class Outbox:
         ``commit`` = (group id, epoch) marks them as the fan-out of this node's commit."""
         store = self._store
         await self._run(lambda: store.outbox_put(items, commit))
-        return await self._drain({recipient for recipient, _ in items})
+        return await self._drain([recipient for recipient, _ in items])
 
     async def queued_commit_epoch(self, group_id: bytes) -> int | None:
         store = self._store
@@ -52,17 +52,19 @@ class Outbox:
     async def flush(self) -> SendReport:
         """Try again everything still queued. Returns what happened."""
         queued = await self._run(self._store.outbox)
-        return await self._drain({recipient for recipient, _, _ in queued})
+        return await self._drain([recipient for recipient, _, _ in queued])
 
     async def pending(self) -> int:
         return len(await self._run(self._store.outbox))
 
-    async def _drain(self, recipients: set[bytes]) -> SendReport:
+    async def _drain(self, recipients: list[bytes]) -> SendReport:
         # MLS needs order per recipient (a commit before the messages of its epoch): each
         # recipient's queue goes out oldest first and stops at its first failure. Recipients
-        # are served concurrently.
+        # are served concurrently, started in the order they were queued (never a set's
+        # order, which varies from run to run: a seeded simulation must repeat exactly).
         report = SendReport()
-        await asyncio.gather(*(self._drain_one(recipient, report) for recipient in recipients))
+        ordered = dict.fromkeys(recipients)
+        await asyncio.gather(*(self._drain_one(recipient, report) for recipient in ordered))
         return report
 
     async def _drain_one(self, recipient: bytes, report: SendReport) -> None:

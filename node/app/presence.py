@@ -16,7 +16,7 @@ from discovery.resolver import Resolution, Resolver, Source
 from node.app.node import Node
 from node.app.store import SeenPeer
 from node.core.addresses import Address
-from node.core.hybrid_kem import HybridPrivateKey
+from node.core.hybrid_kem import SEED_SIZE, HybridPrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ class PresenceConfig:
 
 
 class Presence:
+    """Discovery for one node, on that node's runtime (its clock, randomness, sockets and
+    tasks): a presence never runs on another runtime than the node it advertises."""
+
     def __init__(self, node: Node, config: PresenceConfig) -> None:
         self.node = node
         self.config = config
@@ -45,6 +48,7 @@ class Presence:
         host, port = node.address
         if cfg.mdns:
             self.mdns = MdnsService(
+                node.runtime,
                 interfaces=list(cfg.mdns_interfaces) or [host],
                 identity_key=node.public_key,
                 display_name=node.name,
@@ -53,22 +57,23 @@ class Presence:
             )
             await self.mdns.start()
         if cfg.dht:
-            self.dht = DhtNode()
+            self.dht = DhtNode(node.runtime)
             dht_address = await self.dht.start(host, cfg.dht_port)
             log.info("DHT node on %s:%d", *dht_address)
             if cfg.bootstrap:
                 answered = await self.dht.bootstrap(list(cfg.bootstrap))
                 if not answered:
                     log.warning("no DHT bootstrap peer answered")
+            mls = node.mls
             self.own = OwnRecord(
                 node.identity,
                 (await self._envelope_key()).public_key,
                 addresses=[(host, port)],
                 relay_hints=self._relay_hints(),
-                key_package=node.mls.last_resort_key_package(),
+                key_package=await node.run(mls.last_resort_key_package),
             )
             self.dht.keep_published(self.own)
-        self.resolver = Resolver(lan=self.mdns, dht=self.dht)
+        self.resolver = Resolver(node.runtime, lan=self.mdns, dht=self.dht)
         node.router.resolver = self.resolver
         node.router.lan = self.mdns
         node.router.on_reached = self._on_reached
@@ -93,7 +98,7 @@ class Presence:
         store = self.node.store
         seed = await self.node.run(lambda: store.get_secret("envelope_key_seed"))
         if seed is None:
-            key = HybridPrivateKey.generate()
+            key = HybridPrivateKey(self.node.runtime.random_bytes(SEED_SIZE))
             await self.node.run(lambda: store.set_secret("envelope_key_seed", key.seed))
             return key
         return HybridPrivateKey(seed)

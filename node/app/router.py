@@ -7,7 +7,6 @@ receiver.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from node.core.errors import (
     RemoteError,
 )
 from node.core.identity import short_fingerprint
+from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Router:
         endpoint: Endpoint,
         contacts: Contacts,
         relay: RelayInfo | None,
+        runtime: Runtime,
         *,
         direct_deadline: float = 1.5,
         relay_deadline: float = 10.0,
@@ -72,6 +73,7 @@ class Router:
         # Told of every direct call that succeeded: (peer, address, how discovery found it).
         self.on_reached: Callable[[bytes, Address, Resolution | None], None] | None = None
         self._endpoint = endpoint
+        self._now = runtime.monotonic
         self._contacts = contacts
         self.relay = relay
         self._direct_deadline = direct_deadline
@@ -87,7 +89,7 @@ class Router:
 
     def _direct_worth_trying(self, identity: bytes) -> bool:
         until = self._unreachable_until.get(identity)
-        return until is None or asyncio.get_running_loop().time() >= until
+        return until is None or self._now() >= until
 
     async def send(self, recipient: bytes, envelope: wire.Envelope) -> Path:
         """Deliver one envelope; return the path that accepted it.
@@ -103,8 +105,7 @@ class Router:
                 # Unreachable, refused, wrong identity at that address, or a garbled answer:
                 # in every case the relay is the way to go.
                 log.info("direct delivery to %s failed: %s", short_fingerprint(recipient), exc)
-                loop_now = asyncio.get_running_loop().time()
-                self._unreachable_until[recipient] = loop_now + self._backoff
+                self._unreachable_until[recipient] = self._now() + self._backoff
         if self.relay is None:
             raise PeerUnreachableError(
                 f"{self._contacts.name(recipient)} is unreachable and no relay is configured"

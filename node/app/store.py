@@ -20,7 +20,7 @@ import sqlcipher3
 from node.core import wire
 from node.core.addresses import Address
 from node.core.errors import StorageError
-from node.core.keyfile import DEFAULT_KDF, KdfParams, derive_key, derive_subkey
+from node.core.keyfile import KdfParams, derive_key, derive_subkey
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -71,14 +71,15 @@ class SeenPeer:
     seen_at_ms: int
 
 
-def _salt(path: Path) -> bytes:
-    """The database's Argon2 salt, created once next to it with mode 0600."""
+def _salt(path: Path, fresh: bytes) -> bytes:
+    """The database's Argon2 salt, created once next to it with mode 0600 (``fresh``: 16
+    random bytes for a new one)."""
     if path.exists():
         salt = path.read_bytes()
         if len(salt) != 16:
             raise StorageError(f"{path} is damaged (expected 16 bytes)")
         return salt
-    salt = os.urandom(16)
+    salt = fresh
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, salt)
@@ -88,11 +89,19 @@ def _salt(path: Path) -> bytes:
     return salt
 
 
+SALT_SIZE = 16
+
+
 def derive_store_keys(
-    data_dir: Path, passphrase: bytes, params: KdfParams = DEFAULT_KDF
+    data_dir: Path, passphrase: bytes, params: KdfParams, fresh_salt: bytes
 ) -> tuple[bytes, bytes]:
-    """(SQLCipher key, MLS state key) from the passphrase and the data dir's salt. Blocking."""
-    master = derive_key(passphrase, _salt(data_dir / "store.salt"), params)
+    """(SQLCipher key, MLS state key) from the passphrase and the data dir's salt. Blocking.
+
+    ``fresh_salt`` (:data:`SALT_SIZE` random bytes from the runtime) becomes the salt if the
+    data directory has none yet."""
+    if len(fresh_salt) != SALT_SIZE:
+        raise ValueError(f"a salt is {SALT_SIZE} bytes")
+    master = derive_key(passphrase, _salt(data_dir / "store.salt", fresh_salt), params)
     return derive_subkey(master, "sqlcipher"), derive_subkey(master, "mls-state")
 
 

@@ -8,7 +8,6 @@ reads and writes files and runs Argon2 off the event loop.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 
@@ -55,8 +54,15 @@ def derive_key(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     )
 
 
-def seal(secret: bytes, passphrase: bytes, params: KdfParams = DEFAULT_KDF) -> bytes:
-    salt, nonce = os.urandom(16), os.urandom(12)
+SEAL_RANDOM_SIZE = 28  # a 16-byte salt, then a 12-byte nonce
+
+
+def seal(secret: bytes, passphrase: bytes, params: KdfParams, fresh: bytes) -> bytes:
+    """Seal ``secret`` under ``passphrase``; ``fresh`` is :data:`SEAL_RANDOM_SIZE` random
+    bytes, never used before (the runtime's randomness: salt and nonce)."""
+    if len(fresh) != SEAL_RANDOM_SIZE:
+        raise ValueError(f"sealing takes {SEAL_RANDOM_SIZE} fresh random bytes")
+    salt, nonce = fresh[:16], fresh[16:]
     header = _HEADER.pack(
         MAGIC, VERSION, params.time_cost, params.memory_kib, params.lanes, salt, nonce
     )

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
@@ -60,8 +61,10 @@ class PeerConnection(QuicConnectionProtocol):
         max_frame: int,
         call_deadline: float,
         max_concurrent: int,
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
         super().__init__(quic)
+        self._spawn = spawn
         self._handler = handler
         self.remote = remote
         self._max_frame = max_frame
@@ -72,6 +75,8 @@ class PeerConnection(QuicConnectionProtocol):
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._handshake_done = asyncio.Event()
+        # Set once the handshake has proven the peer, or the connection is gone.
+        self._settled = asyncio.Event()
         self._terminated: str | None = None
         self.close_code: int | None = None
         self._detached = False
@@ -90,13 +95,7 @@ class PeerConnection(QuicConnectionProtocol):
         """Wait for the handshake; return the peer's proven identity key."""
         if self._terminated is not None:
             raise PeerUnreachableError(self._terminated)
-        waiter = asyncio.ensure_future(self._handshake_done.wait())
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            closed.cancel()
+        await self._settled.wait()
         key = self.peer_key
         if key is None:
             raise PeerUnreachableError(self._terminated or "handshake failed")
@@ -166,6 +165,7 @@ class PeerConnection(QuicConnectionProtocol):
                 self.close(error_code=APP_UNAUTHENTICATED, reason_phrase="unauthenticated")
                 return
             self._handshake_done.set()
+            self._settled.set()
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, events.StreamReset):
@@ -181,6 +181,7 @@ class PeerConnection(QuicConnectionProtocol):
             self.close_code = code
         if self._terminated is None:
             self._terminated = why
+        self._settled.set()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(PeerUnreachableError(why))
@@ -231,7 +232,7 @@ class PeerConnection(QuicConnectionProtocol):
             if future is not None and not future.done():
                 future.set_result(body)
         else:
-            task = self._loop.create_task(self._serve(stream_id, body))
+            task = self._spawn(self._serve(stream_id, body))
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
 

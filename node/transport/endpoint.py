@@ -4,15 +4,15 @@ Datagrams are routed by destination connection ID before anything else; all our 
 have one length, so short-header packets parse without state. An Initial packet for an unknown
 connection ID starts an inbound connection; anything else unknown is dropped.
 
-Sockets are created only through a :data:`DatagramFactory`, the seam through which the simulator
-hands in an in-memory datagram network.
+The socket comes from the :class:`~node.core.runtime.Runtime` the endpoint is given, the seam
+through which the simulator hands in an in-memory datagram network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from node.core.addresses import Address
 from node.core.errors import PeerIdentityError, PeerUnreachableError
 from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import Identity
+from node.core.runtime import Runtime
 from node.transport.connection import PeerConnection, RequestHandler
 from node.transport.tls import IdentityQuicConnection, identity_certificate, quic_configuration
 
@@ -37,20 +38,7 @@ log = logging.getLogger(__name__)
 # RFC 9001 §4.8: a TLS alert becomes QUIC error 0x100 + alert; bad_certificate is alert 42.
 BAD_CERTIFICATE = QuicErrorCode.CRYPTO_ERROR + AlertDescription.bad_certificate
 
-DatagramFactory = Callable[
-    [Callable[[], asyncio.DatagramProtocol], Address],
-    Awaitable[asyncio.DatagramTransport],
-]
 _SMALLEST_INITIAL = 1200  # RFC 9000 §14.1: client Initial datagrams are padded to 1200 bytes
-
-
-async def udp_socket(
-    protocol_factory: Callable[[], asyncio.DatagramProtocol], local: Address
-) -> asyncio.DatagramTransport:
-    """The real datagram factory: a UDP socket bound to ``local``."""
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(protocol_factory, local_addr=local)
-    return transport
 
 
 @dataclass(frozen=True)
@@ -68,13 +56,13 @@ class Endpoint(asyncio.DatagramProtocol):
         self,
         identity: Identity,
         handler: RequestHandler | None,
+        runtime: Runtime,
         config: EndpointConfig | None = None,
-        datagram_factory: DatagramFactory = udp_socket,
     ) -> None:
         self._identity = identity
         self._handler = handler
         self._config = config or EndpointConfig()
-        self._factory = datagram_factory
+        self._runtime = runtime
         self._certificate = identity_certificate(identity)
         self._server_config = self._quic_config(is_client=False)
         self._client_config = self._quic_config(is_client=True)
@@ -94,7 +82,7 @@ class Endpoint(asyncio.DatagramProtocol):
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
-        self._transport = await self._factory(lambda: self, (host, port))
+        self._transport = await self._runtime.open_datagram(lambda: self, (host, port))
         return self.local_address
 
     @property
@@ -114,10 +102,10 @@ class Endpoint(asyncio.DatagramProtocol):
         for protocol in protocols:
             protocol.close()
         if protocols:
-            waits = [asyncio.ensure_future(p.wait_closed()) for p in protocols]
-            await asyncio.wait(waits, timeout=1.0)
-            for w in waits:
-                w.cancel()
+            # A peer that never answers the close costs one second, not its idle timeout.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.gather(*(p.wait_closed() for p in protocols))
         self._detach_all("endpoint closed")
         if self._transport is not None:
             self._transport.close()
@@ -187,6 +175,7 @@ class Endpoint(asyncio.DatagramProtocol):
             max_frame=self._config.max_frame,
             call_deadline=self._config.call_deadline,
             max_concurrent=self._config.max_concurrent_calls,
+            spawn=self._runtime.spawn,
         )
         protocol.connection_made(self._transport)
         protocol._connection_id_issued_handler = lambda cid: self._routes.__setitem__(cid, protocol)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from node.core.errors import StorageError
 from node.core.identity import Identity
-from node.core.keyfile import DEFAULT_KDF, KdfParams, open_sealed, seal
-from node.core.runtime import BlockingRunner
+from node.core.keyfile import DEFAULT_KDF, SEAL_RANDOM_SIZE, KdfParams, open_sealed, seal
+from node.core.runtime import Runtime
 
 
 def _read(path: Path) -> bytes:
@@ -28,19 +28,21 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 async def load_or_create_identity(
-    path: Path, passphrase: bytes, run: BlockingRunner, params: KdfParams = DEFAULT_KDF
+    path: Path, passphrase: bytes, runtime: Runtime, params: KdfParams = DEFAULT_KDF
 ) -> tuple[Identity, bool]:
     """The identity sealed at ``path``, or a new one sealed there. Returns (identity, created)."""
     if not passphrase:
         raise StorageError("a passphrase is required to protect the identity key")
+    run = runtime.run_blocking
     try:
         if await run(path.exists):
             blob = await run(lambda: _read(path))
             seed = await run(lambda: open_sealed(blob, passphrase))
             return Identity.from_seed(seed), False
         await run(lambda: path.parent.mkdir(parents=True, exist_ok=True, mode=0o700))
-        identity = Identity.generate()
-        blob = await run(lambda: seal(identity.seed(), passphrase, params))
+        identity = Identity.from_seed(runtime.random_bytes(32))
+        fresh = runtime.random_bytes(SEAL_RANDOM_SIZE)
+        blob = await run(lambda: seal(identity.seed(), passphrase, params, fresh))
         await run(lambda: _write_private(path, blob))
         return identity, True
     except OSError as exc:

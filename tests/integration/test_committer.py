@@ -18,6 +18,7 @@ from node.core.identity import Identity, mailbox_of
 from node.mls import ContentType, MlsClient, read_header
 from tests.conftest import LOOPBACK, RelayProcess
 from tests.node_support import nodes, relay_info, wait_until
+from tests.runtime_support import Runtimes
 
 DEADLINE = 20.0
 
@@ -44,7 +45,7 @@ async def all_talk(group_id: bytes, *members: Node) -> None:
 
 async def test_a_member_invites_through_the_committer() -> None:
     async with nodes(None, "alice", "bob", "carol") as (alice, bob, carol):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         assert not bob.membership.is_committer(group)
 
@@ -68,7 +69,7 @@ async def test_a_member_invites_through_the_committer() -> None:
 
 async def test_a_members_key_update_is_committed_and_messages_still_flow() -> None:
     async with nodes(None, "alice", "bob", "carol") as (alice, bob, carol):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key, carol.public_key])
         await wait_until(lambda: group in carol.groups, DEADLINE, "carol joined")
 
@@ -93,7 +94,10 @@ async def test_a_members_key_update_is_committed_and_messages_still_flow() -> No
 @contextlib.asynccontextmanager
 async def bob_cannot_reach_carol() -> AsyncIterator[tuple[Node, Node, Node]]:
     """Alice knows both; bob and carol know only alice, and there is no relay."""
-    alice, bob, carol = (Node(Identity.generate(), name=n) for n in ("alice", "bob", "carol"))
+    runtimes = Runtimes()
+    alice, bob, carol = (
+        Node(Identity.generate(), runtimes(n), name=n) for n in ("alice", "bob", "carol")
+    )
     try:
         for node in (alice, bob, carol):
             await node.start(LOOPBACK, 0)
@@ -104,11 +108,12 @@ async def bob_cannot_reach_carol() -> AsyncIterator[tuple[Node, Node, Node]]:
     finally:
         for node in (alice, bob, carol):
             await node.stop()
+        runtimes.close()
 
 
 async def test_a_commit_that_overtakes_its_update_proposal_waits_for_it() -> None:
     async with bob_cannot_reach_carol() as (alice, bob, carol):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key, carol.public_key])
         await wait_until(lambda: group in carol.groups, DEADLINE, "carol joined")
 
@@ -137,7 +142,7 @@ async def test_an_absent_committer_delays_the_invite_until_it_is_back(
     relay_process: RelayProcess,
 ) -> None:
     async with nodes(relay_info(relay_process), "alice", "bob", "carol") as (alice, bob, carol):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         host, port = alice.address
         alice.go_offline()
@@ -168,7 +173,7 @@ async def test_a_proposal_overtaken_by_another_commit_is_proposed_again(
     relay_process: RelayProcess,
 ) -> None:
     async with nodes(relay_info(relay_process), "alice", "bob", "carol") as (alice, bob, carol):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         host, port = alice.address
         alice.go_offline()
@@ -189,14 +194,14 @@ async def test_a_proposal_overtaken_by_another_commit_is_proposed_again(
 
 async def test_forged_and_garbage_proposals_are_refused_and_the_group_carries_on() -> None:
     async with nodes(None, "alice", "bob", "carol", "eve") as (alice, bob, carol, eve):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
 
         def to_alice(payload: bytes, group_id: bytes = group) -> tuple[bytes, wire.Envelope]:
             return eve._envelope(alice.public_key, wire.EnvelopeKind.PROPOSAL, payload, group_id)
 
         # A well-formed MLS proposal from a non-member: eve's own group under the same id.
-        outsider = MlsClient(Identity.generate()).create_group(group)
+        outsider = MlsClient(Identity.generate(), eve.runtime).create_group(group)
         forged = outsider.propose_update()
         header = read_header(forged)
         assert header is not None and header.content_type is ContentType.PROPOSAL
@@ -228,7 +233,7 @@ async def test_forged_and_garbage_proposals_are_refused_and_the_group_carries_on
 
 async def test_a_member_proposes_a_removal_and_the_committer_commits_it() -> None:
     async with nodes(None, "alice", "bob", "carol") as (alice, bob, carol):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key, carol.public_key])
         await wait_until(lambda: group in carol.groups, DEADLINE, "carol joined")
 

@@ -27,6 +27,7 @@ from discovery.records import (
 )
 from node.core.identity import Identity
 from tests.discovery_support import ENVELOPE_KEY, NOW, Clock
+from tests.runtime_support import ClockedRuntime
 
 LOOPBACK = "127.0.0.1"
 
@@ -52,7 +53,7 @@ async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
 async def network(
     size: int, clock: Clock, config: DhtConfig | None = None
 ) -> AsyncIterator[list[DhtNode]]:
-    nodes = [DhtNode(clock_ms=clock, config=config) for _ in range(size)]
+    nodes = [DhtNode(ClockedRuntime(clock), config=config) for _ in range(size)]
     try:
         for node in nodes:
             await node.start(LOOPBACK, 0)
@@ -260,7 +261,7 @@ async def test_a_dead_bootstrap_peer_costs_one_rpc_timeout(
 ) -> None:
     config = DhtConfig(rpc_timeout=0.5)
     async with network(3, clock, config) as nodes:
-        joiner = DhtNode(clock_ms=clock, config=config)
+        joiner = DhtNode(ClockedRuntime(clock), config=config)
         await joiner.start(LOOPBACK, 0)
         try:
             loop = asyncio.get_running_loop()
@@ -333,7 +334,7 @@ async def test_publishing_with_nobody_to_store_on_is_zero_not_an_error(clock: Cl
         assert await nodes[0].publish(own_record(alice).sign(clock.ms), deadline=3.0) == 0
         # The record is still served by the node itself.
         assert await nodes[0].lookup(alice.public_key, deadline=1.0) is not None
-    lonely = DhtNode(clock_ms=clock)
+    lonely = DhtNode(ClockedRuntime(clock))
     await lonely.start(LOOPBACK, 0)
     try:
         bob = Identity.generate()

@@ -24,6 +24,7 @@ import discovery
 from discovery.lan import LanEvent, LanEventKind, LanStatus, compact_fingerprint
 from discovery.mdns import MdnsService
 from node.core.identity import Identity
+from node.transport.runtime import RealRuntime
 
 LOOPBACK = "127.0.0.1"
 REPO = Path(discovery.__file__).resolve().parent.parent
@@ -43,7 +44,9 @@ async def next_event(service: MdnsService, kind: LanEventKind, fingerprint: str)
 @contextlib.asynccontextmanager
 async def advertiser(name: str, port: int) -> AsyncIterator[tuple[MdnsService, bytes]]:
     key = Identity.generate().public_key
-    service = MdnsService(interfaces=[LOOPBACK], identity_key=key, display_name=name, port=port)
+    service = MdnsService(
+        RealRuntime(), interfaces=[LOOPBACK], identity_key=key, display_name=name, port=port
+    )
     try:
         yield service, key
     finally:
@@ -91,7 +94,11 @@ async def test_an_impostor_is_refuted() -> None:
     victim_fp = compact_fingerprint(victim)
     async with advertiser("watcher", 4010) as (watcher, _):
         impostor = MdnsService(
-            interfaces=[LOOPBACK], identity_key=victim, display_name="not-victim", port=4011
+            RealRuntime(),
+            interfaces=[LOOPBACK],
+            identity_key=victim,
+            display_name="not-victim",
+            port=4011,
         )
         try:
             await asyncio.gather(watcher.start(), impostor.start())
@@ -109,7 +116,9 @@ def test_mdns_needs_explicit_interfaces() -> None:
     key = Identity.generate().public_key
     for interfaces in ([], ["0.0.0.0"]):
         with pytest.raises(ValueError):
-            MdnsService(interfaces=interfaces, identity_key=key, display_name="x", port=1)
+            MdnsService(
+                RealRuntime(), interfaces=interfaces, identity_key=key, display_name="x", port=1
+            )
 
 
 # --- two network namespaces joined by a veth pair ---------------------------------------------
@@ -119,10 +128,11 @@ import asyncio, json, sys
 from discovery.lan import LanEventKind
 from discovery.mdns import MdnsService
 from node.core.identity import Identity
+from node.transport.runtime import RealRuntime
 
 async def main(address, name, port):
     key = Identity.generate().public_key
-    service = MdnsService(interfaces=[address], identity_key=key, display_name=name, port=port)
+    service = MdnsService(RealRuntime(), interfaces=[address], identity_key=key, display_name=name, port=port)
     await service.start()
     print(json.dumps({"ready": name}), flush=True)
     loop = asyncio.get_running_loop()

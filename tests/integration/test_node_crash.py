@@ -18,23 +18,26 @@ from node.core.keyfile import FAST_KDF
 from node.core.wire import EnvelopeKind
 from tests.conftest import LOOPBACK
 from tests.node_support import wait_until
+from tests.runtime_support import Runtimes
 
 DEADLINE = 20.0
 
 
-async def open_started(root: Path, name: str, port: int = 0) -> Node:
-    node, _ = await open_node(root / name, name.encode(), name=name, kdf=FAST_KDF)
+async def open_started(root: Path, name: str, runtimes: Runtimes, port: int = 0) -> Node:
+    """Open ``name``'s data directory as a new process would: with a runtime of its own."""
+    node, _ = await open_node(root / name, name.encode(), runtimes(name), name=name, kdf=FAST_KDF)
     await node.start(LOOPBACK, port)
     return node
 
 
-async def pair_in_group(root: Path) -> tuple[Node, Node, bytes]:
+async def pair_in_group(root: Path, runtimes: Runtimes) -> tuple[Node, Node, bytes]:
     """alice (creator and committer) and bob, each with a data directory, in one group."""
-    alice, bob = await open_started(root, "alice"), await open_started(root, "bob")
+    alice = await open_started(root, "alice", runtimes)
+    bob = await open_started(root, "bob", runtimes)
     try:
         await alice.remember_peer(bob.public_key, "bob", bob.address)
         await bob.remember_peer(alice.public_key, "alice", alice.address)
-        group_id = alice.create_group()
+        group_id = await alice.create_group()
         await alice.invite(group_id, [bob.public_key])
         await wait_until(lambda: group_id in bob.groups, DEADLINE, "bob joined")
     except BaseException:
@@ -46,9 +49,9 @@ async def pair_in_group(root: Path) -> tuple[Node, Node, bytes]:
 
 @pytest.mark.parametrize("kind", [EnvelopeKind.APPLICATION, EnvelopeKind.COMMIT])
 async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: EnvelopeKind
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: EnvelopeKind, runtimes: Runtimes
 ) -> None:
-    alice, bob, group_id = await pair_in_group(tmp_path)
+    alice, bob, group_id = await pair_in_group(tmp_path, runtimes)
     try:
         crashed: list[EnvelopeKind] = []
         real_complete = bob.store.complete_incoming
@@ -74,7 +77,7 @@ async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
         host, port = bob.address
         bob.kill()
 
-        bob = await open_started(tmp_path, "bob", port)
+        bob = await open_started(tmp_path, "bob", runtimes, port)
         assert bob.address == (host, port)
         if kind is EnvelopeKind.APPLICATION:
             messages = await bob.wait_for_messages(1, DEADLINE)
@@ -95,9 +98,9 @@ async def test_an_envelope_applied_just_before_a_crash_counts_after_the_restart(
 
 
 async def test_a_commit_made_just_before_a_crash_reaches_the_members_after_the_restart(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtimes: Runtimes
 ) -> None:
-    alice, bob, group_id = await pair_in_group(tmp_path)
+    alice, bob, group_id = await pair_in_group(tmp_path, runtimes)
     try:
 
         def die_before_queueing(items: object, commit: object = None) -> None:
@@ -112,7 +115,7 @@ async def test_a_commit_made_just_before_a_crash_reaches_the_members_after_the_r
         host, port = alice.address
         alice.kill()
 
-        alice = await open_started(tmp_path, "alice", port)
+        alice = await open_started(tmp_path, "alice", runtimes, port)
         assert alice.address == (host, port)
         await wait_until(
             lambda: bob.groups[group_id].epoch == alice.groups[group_id].epoch,

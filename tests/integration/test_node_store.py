@@ -25,10 +25,12 @@ def envelope(n: int) -> wire.Envelope:
 
 
 def test_keys_come_from_the_passphrase_and_a_private_salt(tmp_path: Path) -> None:
-    db_key, mls_key = derive_store_keys(tmp_path, b"pw", FAST_KDF)
-    assert (db_key, mls_key) == derive_store_keys(tmp_path, b"pw", FAST_KDF)
+    db_key, mls_key = derive_store_keys(tmp_path, b"pw", FAST_KDF, bytes(range(16)))
+    # The salt is made once: a later open with other fresh bytes derives the same keys.
+    assert (db_key, mls_key) == derive_store_keys(tmp_path, b"pw", FAST_KDF, bytes(16))
+    assert (tmp_path / "store.salt").read_bytes() == bytes(range(16))
     assert db_key != mls_key
-    assert derive_store_keys(tmp_path, b"other", FAST_KDF)[0] != db_key
+    assert derive_store_keys(tmp_path, b"other", FAST_KDF, bytes(16))[0] != db_key
     assert (tmp_path / "store.salt").stat().st_mode & 0o777 == 0o600
 
 

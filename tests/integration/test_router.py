@@ -17,7 +17,7 @@ from tests.node_support import nodes, relay_info
 
 async def test_a_group_forms_and_talks_directly_without_any_relay() -> None:
     async with nodes(None, "alice", "bob") as (alice, bob):
-        group = alice.create_group()
+        group = await alice.create_group()
         report = await alice.invite(group, [bob.public_key])
         assert report.paths == {bob.public_key: Path.DIRECT}
         assert group in bob.groups
@@ -37,7 +37,7 @@ async def test_an_absent_peer_gets_its_messages_through_the_relay(
     relay_process: RelayProcess,
 ) -> None:
     async with nodes(relay_info(relay_process), "alice", "bob") as (alice, bob):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         host, port = bob.address
         bob.go_offline()
@@ -57,7 +57,7 @@ async def test_an_absent_peer_gets_its_messages_through_the_relay(
 
 async def test_the_same_envelope_twice_reaches_the_user_once() -> None:
     async with nodes(None, "alice", "bob") as (alice, bob):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         await alice.send_text(group, "once")
         assert len(bob.inbox) == 1
@@ -73,7 +73,7 @@ async def test_the_same_envelope_twice_reaches_the_user_once() -> None:
 
 async def test_without_relay_the_outbox_keeps_a_message_until_the_peer_is_back() -> None:
     async with nodes(None, "alice", "bob") as (alice, bob):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         host, port = bob.address
         bob.go_offline()
@@ -96,7 +96,7 @@ async def test_an_online_node_receives_relayed_messages_without_restarting(
     relay_process: RelayProcess,
 ) -> None:
     async with nodes(relay_info(relay_process), "alice", "bob") as (alice, bob):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         # Alice's idea of bob's address goes stale (say bob's NAT rebinding changed it).
         await alice.remember_peer(bob.public_key, "bob", ("127.0.0.1", 9))
@@ -113,7 +113,7 @@ async def test_a_peer_with_another_identity_at_the_address_falls_back_to_the_rel
     relay_process: RelayProcess,
 ) -> None:
     async with nodes(relay_info(relay_process), "alice", "bob", "mallory") as (alice, bob, mallory):
-        group = alice.create_group()
+        group = await alice.create_group()
         await alice.invite(group, [bob.public_key])
         # Bob's old address now belongs to mallory.
         await alice.remember_peer(bob.public_key, "bob", mallory.address)

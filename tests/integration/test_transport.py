@@ -19,6 +19,7 @@ from node.transport.connection import Caller
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.tls import ALPN
 from tests.conftest import LOOPBACK, running_endpoint
+from tests.runtime_support import Runtimes
 
 
 class Recorder:
@@ -181,7 +182,7 @@ async def test_too_many_concurrent_calls_are_refused_not_queued() -> None:
         assert answer == wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "too many calls in flight")
 
 
-async def test_endpoints_talk_over_ipv6_loopback() -> None:
+async def test_endpoints_talk_over_ipv6_loopback(runtimes: Runtimes) -> None:
     import socket
 
     try:
@@ -191,7 +192,7 @@ async def test_endpoints_talk_over_ipv6_loopback() -> None:
     except OSError as exc:
         pytest.skip(f"no IPv6 loopback on this machine: {exc}")
     alice, bob = Identity.generate(), Identity.generate()
-    ea, eb = Endpoint(alice, None), Endpoint(bob, Recorder())
+    ea, eb = Endpoint(alice, None, runtimes()), Endpoint(bob, Recorder(), runtimes())
     await ea.start("::1", 0)
     await eb.start("::1", 0)
     try:

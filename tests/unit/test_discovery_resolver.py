@@ -16,6 +16,7 @@ from discovery.records import AcceptedRecord, OwnRecord, validate
 from discovery.resolver import Resolver, Source
 from node.core.identity import Identity
 from tests.discovery_support import ENVELOPE_KEY, NOW, Clock
+from tests.runtime_support import ClockedRuntime
 
 
 class FakeDht:
@@ -74,7 +75,7 @@ def lan_with(bob: Identity, host: str = "192.168.1.7", now_ms: int = NOW) -> Lan
 async def test_lan_first(bob: Identity, clock: Clock) -> None:
     dht = FakeDht()
     dht.publish(bob_record(bob, clock))
-    resolver = Resolver(lan=lan_with(bob), dht=dht, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), lan=lan_with(bob), dht=dht)
     found = await resolver.resolve(bob.public_key, deadline=1.0)
     assert found is not None and found.source is Source.LAN
     assert found.addresses == (("192.168.1.7", 4433),)
@@ -83,7 +84,7 @@ async def test_lan_first(bob: Identity, clock: Clock) -> None:
 
 
 async def test_lan_entries_of_other_fingerprints_are_ignored(bob: Identity, clock: Clock) -> None:
-    resolver = Resolver(lan=lan_with(Identity.generate()), dht=None, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), lan=lan_with(Identity.generate()), dht=None)
     assert await resolver.resolve(bob.public_key, deadline=1.0) is None
     assert resolver.outcomes["miss"] == 1
 
@@ -91,14 +92,14 @@ async def test_lan_entries_of_other_fingerprints_are_ignored(bob: Identity, cloc
 async def test_refuted_lan_entries_are_ignored(bob: Identity, clock: Clock) -> None:
     table = lan_with(bob)
     table.refute(compact_fingerprint(bob.public_key))
-    resolver = Resolver(lan=table, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), lan=table)
     assert await resolver.resolve(bob.public_key, deadline=1.0) is None
 
 
 async def test_dht_then_cache(bob: Identity, clock: Clock) -> None:
     dht = FakeDht()
     dht.publish(bob_record(bob, clock))
-    resolver = Resolver(dht=dht, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=dht)
     first = await resolver.resolve(bob.public_key, deadline=1.0)
     assert first is not None and first.source is Source.DHT
     assert first.addresses == (("198.51.100.7", 4433),)
@@ -112,7 +113,7 @@ async def test_dht_then_cache(bob: Identity, clock: Clock) -> None:
 async def test_cache_lives_until_the_record_expires(bob: Identity, clock: Clock) -> None:
     dht = FakeDht()
     dht.publish(bob_record(bob, clock, ttl_ms=60_000))
-    resolver = Resolver(dht=dht, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=dht)
     await resolver.resolve(bob.public_key, deadline=1.0)
     clock.ms += 59_999
     assert (await resolver.resolve(bob.public_key, deadline=1.0)).source is Source.CACHE  # type: ignore[union-attr]
@@ -123,7 +124,7 @@ async def test_cache_lives_until_the_record_expires(bob: Identity, clock: Clock)
 
 
 async def test_lan_answer_carries_the_cached_record(bob: Identity, clock: Clock) -> None:
-    resolver = Resolver(lan=lan_with(bob), clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), lan=lan_with(bob))
     assert resolver.learn(bob_record(bob, clock)).ok
     found = await resolver.resolve(bob.public_key, deadline=1.0)
     assert found is not None and found.source is Source.LAN
@@ -132,7 +133,7 @@ async def test_lan_answer_carries_the_cached_record(bob: Identity, clock: Clock)
 
 async def test_negative_caching(bob: Identity, clock: Clock) -> None:
     dht = FakeDht()
-    resolver = Resolver(dht=dht, clock_ms=clock, negative_ttl_ms=10_000)
+    resolver = Resolver(ClockedRuntime(clock), dht=dht, negative_ttl_ms=10_000)
     assert await resolver.resolve(bob.public_key, deadline=1.0) is None
     assert await resolver.resolve(bob.public_key, deadline=1.0) is None
     assert dht.calls == 1 and resolver.outcomes == {"miss": 1, "negative": 1}
@@ -145,7 +146,7 @@ async def test_negative_caching(bob: Identity, clock: Clock) -> None:
 async def test_a_timeout_is_not_negatively_cached(bob: Identity, clock: Clock) -> None:
     dht = FakeDht()
     dht.gate = asyncio.Event()
-    resolver = Resolver(dht=dht, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=dht)
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await resolver.resolve(bob.public_key, deadline=0.05) is None
@@ -163,7 +164,7 @@ async def test_the_deadline_holds_even_if_the_dht_ignores_it(bob: Identity, cloc
             await asyncio.sleep(30)
             raise AssertionError("unreachable")
 
-    resolver = Resolver(dht=DeafDht(), clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=DeafDht())
     async with asyncio.timeout(2):
         assert await resolver.resolve(bob.public_key, deadline=0.05) is None
     await resolver.close()
@@ -173,7 +174,7 @@ async def test_concurrent_resolves_share_one_lookup(bob: Identity, clock: Clock)
     dht = FakeDht()
     dht.gate = asyncio.Event()
     dht.publish(bob_record(bob, clock))
-    resolver = Resolver(dht=dht, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=dht)
     waiters = [asyncio.ensure_future(resolver.resolve(bob.public_key, 2.0)) for _ in range(5)]
     await asyncio.sleep(0)
     dht.gate.set()
@@ -187,14 +188,14 @@ async def test_a_failing_dht_is_a_miss_not_a_crash(bob: Identity, clock: Clock) 
         async def lookup_detailed(self, identity_key: bytes, deadline: float) -> LookupResult:
             raise RuntimeError("the DHT node is not started")
 
-    resolver = Resolver(dht=BrokenDht(), clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=BrokenDht())
     assert await resolver.resolve(bob.public_key, deadline=1.0) is None
 
 
 async def test_invalidate_after_a_failed_dht_address(bob: Identity, clock: Clock) -> None:
     dht = FakeDht()
     dht.publish(bob_record(bob, clock))
-    resolver = Resolver(dht=dht, clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock), dht=dht)
     await resolver.resolve(bob.public_key, 1.0)
     resolver.invalidate(bob.public_key)
     assert resolver.cached(bob.public_key) is None
@@ -210,7 +211,7 @@ async def test_invalidate_after_a_failed_lan_address_falls_back_to_the_dht(
     dht = FakeDht()
     dht.publish(bob_record(bob, clock))
     table = lan_with(bob)
-    resolver = Resolver(lan=table, dht=dht, clock_ms=clock, lan_retry_after_ms=30_000)
+    resolver = Resolver(ClockedRuntime(clock), lan=table, dht=dht, lan_retry_after_ms=30_000)
     assert (await resolver.resolve(bob.public_key, 1.0)).source is Source.LAN  # type: ignore[union-attr]
     resolver.invalidate(bob.public_key)
     clock.ms += 1
@@ -231,7 +232,7 @@ async def test_invalidate_after_a_failed_lan_address_falls_back_to_the_dht(
 
 
 async def test_cache_is_bounded_and_keeps_the_newest(clock: Clock) -> None:
-    resolver = Resolver(clock_ms=clock, cache_size=2)
+    resolver = Resolver(ClockedRuntime(clock), cache_size=2)
     people = [Identity.generate() for _ in range(3)]
     for person in people:
         assert resolver.learn(bob_record(person, clock)).ok
@@ -247,7 +248,7 @@ async def test_cache_is_bounded_and_keeps_the_newest(clock: Clock) -> None:
 
 
 async def test_learn_rejects_bad_records(bob: Identity, clock: Clock) -> None:
-    resolver = Resolver(clock_ms=clock)
+    resolver = Resolver(ClockedRuntime(clock))
     assert not resolver.learn(b"garbage").ok
     assert not resolver.learn(bob_record(bob, clock), expected_identity=bytes(32)).ok
     assert resolver.cached(bob.public_key) is None

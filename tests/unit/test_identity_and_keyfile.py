@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
 from node.core.errors import CryptoError
 from node.core.identity import Identity, fingerprint, mailbox_of
-from node.core.keyfile import FAST_KDF, WrongPassphraseError, open_sealed, seal
+from node.core.keyfile import FAST_KDF, SEAL_RANDOM_SIZE, WrongPassphraseError, open_sealed, seal
 
 
 def test_fingerprint_is_grouped_base32_of_the_key_hash() -> None:
@@ -32,7 +33,7 @@ def test_identity_repr_holds_no_private_key() -> None:
 
 def test_sealed_key_opens_only_with_its_passphrase() -> None:
     secret = Identity.generate().seed()
-    blob = seal(secret, b"correct horse", FAST_KDF)
+    blob = seal(secret, b"correct horse", FAST_KDF, os.urandom(SEAL_RANDOM_SIZE))
     assert secret not in blob
     assert open_sealed(blob, b"correct horse") == secret
     with pytest.raises(WrongPassphraseError):
@@ -40,11 +41,11 @@ def test_sealed_key_opens_only_with_its_passphrase() -> None:
 
 
 def test_tampered_header_fails_like_a_wrong_passphrase() -> None:
-    blob = bytearray(seal(b"s" * 32, b"pw", FAST_KDF))
+    blob = bytearray(seal(b"s" * 32, b"pw", FAST_KDF, os.urandom(SEAL_RANDOM_SIZE)))
     blob[-40] ^= 1  # inside the ciphertext
     with pytest.raises(WrongPassphraseError):
         open_sealed(bytes(blob), b"pw")
-    blob = bytearray(seal(b"s" * 32, b"pw", FAST_KDF))
+    blob = bytearray(seal(b"s" * 32, b"pw", FAST_KDF, os.urandom(SEAL_RANDOM_SIZE)))
     blob[20] ^= 1  # inside the salt, part of the authenticated header
     with pytest.raises(WrongPassphraseError):
         open_sealed(bytes(blob), b"pw")

@@ -17,11 +17,15 @@ from node.mls import (
     NotCommitterError,
     read_header,
 )
+from node.transport.runtime import RealRuntime
+
+# The adapter takes only the clock and the RNG seed from its runtime (no loop, no thread).
+RUNTIME = RealRuntime("qpc-mls-test")
 
 
 @pytest.fixture
 def trio() -> tuple[MlsGroup, MlsGroup, MlsGroup]:
-    alice, bob, carol = (MlsClient(Identity.generate()) for _ in range(3))
+    alice, bob, carol = (MlsClient(Identity.generate(), RUNTIME) for _ in range(3))
     group = alice.create_group(b"room")
     _commit, welcome = group.commit([bob.key_package(), carol.key_package()])
     assert welcome is not None
@@ -40,7 +44,7 @@ def test_the_header_of_each_kind_of_group_message(
 
 def test_anything_else_has_no_header(trio: tuple[MlsGroup, MlsGroup, MlsGroup]) -> None:
     alice, bob, _carol = trio
-    key_package = MlsClient(Identity.generate()).key_package()
+    key_package = MlsClient(Identity.generate(), RUNTIME).key_package()
     _commit, welcome = alice.commit([key_package])
     message = bob.encrypt(b"hi")
     for data in (
@@ -91,7 +95,7 @@ def test_the_header_of_a_public_message() -> None:
 
 
 def test_the_node_makes_post_quantum_groups_and_key_packages() -> None:
-    alice, bob = MlsClient(Identity.generate()), MlsClient(Identity.generate())
+    alice, bob = MlsClient(Identity.generate(), RUNTIME), MlsClient(Identity.generate(), RUNTIME)
     group = alice.create_group(b"room")
     assert group.ciphersuite == CIPHERSUITE_XWING
     _commit, welcome = group.commit([bob.key_package()])
