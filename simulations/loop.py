@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import time
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
@@ -106,6 +107,32 @@ class _VirtualSelector:
         pass
 
 
+class _OrderedTimerHandle(asyncio.TimerHandle):
+    """A timer that breaks deadline ties by scheduling order (heapq only uses ``<``)."""
+
+    __slots__ = ("_seq",)
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context | None,
+        seq: int,
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._seq = seq
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, _OrderedTimerHandle):
+            return NotImplemented
+        if self._when == other._when:  # type: ignore[attr-defined]
+            return self._seq < other._seq
+        when: bool = self._when < other._when  # type: ignore[attr-defined]
+        return when
+
+
 class VirtualLoop(asyncio.BaseEventLoop):
     """An event loop whose ``time()`` is virtual and whose I/O is only what the simulation
     delivers through callbacks.
@@ -136,8 +163,16 @@ class VirtualLoop(asyncio.BaseEventLoop):
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
+        """As the base loop's, but timers with equal deadlines fire in the order they were
+        scheduled (the base heap orders ties arbitrarily, if repeatably)."""
+        self._check_closed()  # type: ignore[attr-defined]
         self.timers_scheduled += 1
-        return super().call_at(when, callback, *args, context=context)
+        timer = _OrderedTimerHandle(when, callback, args, self, context, self.timers_scheduled)
+        if timer._source_traceback:  # type: ignore[attr-defined]
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]
+        heapq.heappush(self.scheduled_handles(), timer)
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
 
     def scheduled_handles(self) -> list[asyncio.TimerHandle]:
         """The base loop's timer heap (cancelled handles included; the first is the earliest)."""
