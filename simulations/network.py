@@ -10,6 +10,15 @@ NAT filter?), since those can change while a datagram is in flight. Partitions a
 send time only: what was already on the wire when a link was cut still arrives, as on a real
 network.
 
+**Draws are keyed by the datagram, not by the order of sends.** Loss and latency for a datagram
+come from a hash of (seed, send time, source, destination, bytes) rather than from one shared
+stream. Code under simulation often sends several datagrams in the same instant in an order that
+depends on memory addresses (iterating a ``set`` of connection objects, as
+``Endpoint._protocols()`` does on close); with a shared stream that order would decide which
+datagram is lost and the run would differ between processes. Keyed draws also mean that adding
+a node leaves every other datagram's fate alone. The one quirk: byte-identical datagrams sent on
+the same link in the same instant share one fate.
+
 What is *not* modelled: address/port translation (a host behind NAT keeps its own address;
 only inbound filtering is modelled), downlink bandwidth, reordering beyond what random latency
 gives, duplication, ICMP errors (``error_received`` is never called), MTU limits.
@@ -186,11 +195,11 @@ class SimHost:
 class SimNetwork:
     """Hosts, links between them and the datagrams in flight.
 
-    :param seed: seeds the one RNG that draws latency and loss (in event order, which a
-        virtual loop makes deterministic).
+    :param seed: keys the per-datagram draws of latency and loss (see the module docstring).
     :param default_link: the profile for host pairs with nothing more specific.
-    :param trace: keep a running SHA-256 over every datagram sent (time, addresses, bytes), so
-        two runs can be compared bit for bit with :attr:`trace_digest`.
+    :param trace: keep a digest of every datagram sent (time, addresses, bytes), so two runs
+        can be compared bit for bit with :attr:`trace_digest`. It is a sum of per-datagram
+        hashes: the same datagrams at the same times, in whatever order within an instant.
     """
 
     def __init__(
@@ -200,7 +209,8 @@ class SimNetwork:
         default_link: LinkProfile | None = None,
         trace: bool = False,
     ) -> None:
-        self._rng = random.Random(seed)  # noqa: S311 -- seeded on purpose
+        self._key = hashlib.sha256(f"simulations.network:{seed}".encode()).digest()[:32]
+        self._draws = _DigestDraws()
         self.default_link = default_link or LinkProfile()
         self.hosts: dict[str, SimHost] = {}
         self.names: dict[str, list[str]] = {}
@@ -212,7 +222,8 @@ class SimNetwork:
         # Arrivals run in a context of their own; the receiving transport then enters its
         # node's context (see SimDatagramTransport), never the sender's.
         self._neutral = contextvars.Context()
-        self._trace = hashlib.sha256() if trace else None
+        self._trace: int | None = 0 if trace else None
+        self._traced = 0
 
     # --- building ---------------------------------------------------------------------------
 
@@ -349,12 +360,17 @@ class SimNetwork:
         for counters in (src_host.counters, self.totals):
             counters.sent_datagrams += 1
             counters.sent_bytes += size
-        if self._trace is not None:
-            self._trace.update(
-                struct.pack("!dHI", now, transport.port, size)
-                + f"{src_host.address}>{dst[0]}:{dst[1]}".encode()
-                + data
-            )
+        profile = self.link(src_host.address, dst[0])
+        src = (src_host.address, transport.port)
+        keyed = (
+            self._trace is not None or profile.loss > 0.0 or not isinstance(profile.latency, Fixed)
+        )
+        if keyed:
+            digest = self._digest(now, src, dst, data)
+            if self._trace is not None:
+                self._trace = (self._trace + int.from_bytes(digest, "big")) % _TRACE_MODULUS
+                self._traced += 1
+            self._draws.reset(digest)
         if src_host.crashed:
             self._drop(src_host, DropCause.CRASHED, size)
             return
@@ -374,13 +390,11 @@ class SimNetwork:
                 return
             depart = start + size * 8 / src_host.uplink_bps
             src_host._uplink_free_at = depart
-        profile = self.link(src_host.address, dst[0])
-        # Loss is drawn before latency, both from one stream, in send order.
-        if profile.loss > 0.0 and self._rng.random() < profile.loss:
+        # Loss first, then latency, both from this datagram's own draws.
+        if profile.loss > 0.0 and self._draws.random() < profile.loss:
             self._drop(src_host, DropCause.LOSS, size)
             return
-        latency = max(0.0, profile.latency.sample(self._rng))
-        src = (src_host.address, transport.port)
+        latency = max(0.0, profile.latency.sample(self._draws))
         loop.call_at(
             depart + latency, self._arrive, src_host, src, dst, data, context=self._neutral
         )
@@ -409,12 +423,46 @@ class SimNetwork:
             counters.delivered_bytes += size
         transport._run(transport.protocol.datagram_received, data, src)
 
+    def _digest(self, now: float, src: Address, dst: Address, data: bytes) -> bytes:
+        h = hashlib.blake2b(data, digest_size=64, key=self._key)
+        h.update(struct.pack("!dHH", now, src[1], dst[1]))
+        h.update(f"{src[0]}>{dst[0]}".encode())
+        return h.digest()
+
     @property
     def trace_digest(self) -> str:
-        """Hex SHA-256 over every datagram sent so far (``trace=True`` only)."""
+        """Hex digest of every datagram sent so far, with their count (``trace=True`` only)."""
         if self._trace is None:
             raise RuntimeError("the network was built without trace=True")
-        return self._trace.hexdigest()
+        return f"{self._traced}:{self._trace:064x}"
+
+
+_TRACE_MODULUS = 1 << 512
+
+
+class _DigestDraws(random.Random):
+    """A ``random.Random`` whose numbers come from one datagram's digest (and, if a latency
+    model wants more than eight, from hashes of it), so each datagram has its own draws.
+
+    ``random()`` is what ``uniform``, ``lognormvariate`` and friends are built on.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self._block = b""
+        self._offset = 0
+
+    def reset(self, digest: bytes) -> None:
+        self._block = digest
+        self._offset = 0
+
+    def random(self) -> float:
+        if self._offset + 8 > len(self._block):
+            self._block = hashlib.blake2b(self._block).digest()
+            self._offset = 0
+        chunk = self._block[self._offset : self._offset + 8]
+        self._offset += 8
+        return (int.from_bytes(chunk, "big") >> 11) * (1.0 / (1 << 53))  # 53 bits, as CPython
 
 
 class SimDatagramTransport(asyncio.DatagramTransport):
