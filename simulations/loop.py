@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import heapq
+import inspect
 import time
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
@@ -34,6 +35,7 @@ __all__ = [
     "RealIOError",
     "SimulationDeadlock",
     "SimulationError",
+    "SimulationLivelock",
     "SimulationTimeLimit",
     "TaskOwner",
     "VirtualLoop",
@@ -51,6 +53,11 @@ class SimulationError(Exception):
 
 class SimulationDeadlock(SimulationError):
     """Nothing is ready and no timer is pending, yet the main coroutine has not finished."""
+
+
+class SimulationLivelock(SimulationError):
+    """The loop went round too many times without the clock moving: something re-arms itself
+    at the same instant forever (what exact jumps do to aioquic)."""
 
 
 class SimulationTimeLimit(SimulationError):
@@ -87,9 +94,21 @@ class _VirtualSelector:
 
     def __init__(self, loop: VirtualLoop) -> None:
         self._loop = loop
+        self._instant = loop._now
+        self._turns_at_instant = 0
 
     def select(self, timeout: float | None) -> list[Any]:
         loop = self._loop
+        if loop._now == self._instant:
+            self._turns_at_instant += 1
+            if self._turns_at_instant > loop.livelock_turns:
+                raise SimulationLivelock(
+                    f"{loop.livelock_turns} loop turns at t={loop._now:.6f} s without the clock "
+                    "moving"
+                )
+        else:
+            self._instant = loop._now
+            self._turns_at_instant = 0
         if timeout is None:
             raise SimulationDeadlock(
                 f"at t={loop.time():.6f} s nothing is ready or scheduled, so nothing can ever "
@@ -99,12 +118,16 @@ class _VirtualSelector:
             # The base loop computed timeout from its earliest live timer; jump to that
             # deadline itself (not now + timeout, which rounds) plus the epsilon.
             deadline = loop.scheduled_handles()[0].when()
-            loop._now = max(loop._now, deadline + JUMP_EPSILON)
+            loop._now = max(loop._now, deadline + loop.jump_epsilon)
             loop.jumps += 1
         return []
 
     def close(self) -> None:
         pass
+
+    def fresh_allowance(self) -> None:
+        """Start counting turns at this instant afresh (cleanup after a livelock)."""
+        self._turns_at_instant = 0
 
 
 class _OrderedTimerHandle(asyncio.TimerHandle):
@@ -138,11 +161,23 @@ class VirtualLoop(asyncio.BaseEventLoop):
     delivers through callbacks.
 
     :param start: the virtual time (seconds) the clock starts at.
+    :param jump_epsilon: seconds past each deadline a jump lands (0 only to show the livelock).
+    :param livelock_turns: loop turns allowed at one instant before :class:`SimulationLivelock`
+        (a turn runs every callback that is ready, so legitimate code needs as many turns as
+        its longest chain of ``call_soon``/``sleep(0)`` within one instant).
     """
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(
+        self,
+        start: float = 0.0,
+        *,
+        jump_epsilon: float = JUMP_EPSILON,
+        livelock_turns: int = 1_000_000,
+    ) -> None:
         super().__init__()
         self._now = start
+        self.jump_epsilon = jump_epsilon
+        self.livelock_turns = livelock_turns
         self._selector = _VirtualSelector(self)
         # The base loop fires handles with ``_when < time() + resolution``; keeping its 1 ns
         # resolution lets ``call_later(0)`` fire without a jump.
@@ -323,10 +358,19 @@ def _cancel_leftovers(loop: VirtualLoop, cleanup_limit: float) -> None:
         except TimeoutError:
             pass
 
+    selector = loop._selector
+    if isinstance(selector, _VirtualSelector):
+        selector.fresh_allowance()
+    settling = settle()
     try:
-        loop.run_until_complete(settle())
-    except SimulationDeadlock:
-        pass  # a leftover waits on something that will never come: nothing more to run
+        loop.run_until_complete(settling)
+    except SimulationError:
+        # A leftover waits for what never comes, or the livelock that ended the run goes on:
+        # nothing more can be settled. (The primary error, if any, is already on its way.)
+        if inspect.getcoroutinestate(settling) == inspect.CORO_CREATED:
+            settling.close()
+        gathered.cancel()
+        return
     for t in leftovers:
         if t.done() and not t.cancelled() and t.exception() is not None:
             loop.call_exception_handler(

@@ -80,7 +80,8 @@ class SimRuntime:
     # --- clock -------------------------------------------------------------------------------
 
     def wall_ms(self) -> int:
-        return self.epoch_ms + int(asyncio.get_running_loop().time() * 1000)
+        # The nanosecond nudge keeps 0.29 s from flooring to 289 ms (float products).
+        return self.epoch_ms + int(asyncio.get_running_loop().time() * 1000 + 1e-6)
 
     def monotonic(self) -> float:
         return asyncio.get_running_loop().time()

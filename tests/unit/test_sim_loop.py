@@ -14,6 +14,7 @@ from simulations.loop import (
     JUMP_EPSILON,
     RealIOError,
     SimulationDeadlock,
+    SimulationLivelock,
     SimulationTimeLimit,
     VirtualLoop,
     run_simulated,
@@ -199,3 +200,17 @@ def test_timer_rate_is_measured() -> None:
     # A floor far under the ~300 k/s measured on a 2-core machine, so it only catches a loop
     # that stopped jumping (which would take real seconds per timer).
     assert timer_rate(count=20_000, concurrent=200) > 10_000
+
+
+def test_a_callback_re_arming_itself_at_the_same_instant_is_a_livelock() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def again() -> None:
+            loop.call_at(loop.time(), again)  # due at once, forever: the clock never moves
+
+        loop.call_soon(again)
+        await asyncio.sleep(1)
+
+    with pytest.raises(SimulationLivelock, match="without the clock moving"):
+        run_simulated(main(), loop=VirtualLoop(livelock_turns=1_000))
