@@ -78,7 +78,9 @@ class RealIOError(SimulationError, OSError):
 
 class TaskOwner(Protocol):
     """Whoever should hear of tasks created in its context (a simulated node's runtime), so
-    that crashing it can cancel them."""
+    that crashing it can cancel them; once ``crashed``, its timers no longer fire."""
+
+    crashed: bool
 
     def adopt_task(self, task: asyncio.Task[Any]) -> None: ...
 
@@ -131,7 +133,8 @@ class _VirtualSelector:
 
 
 class _OrderedTimerHandle(asyncio.TimerHandle):
-    """A timer that breaks deadline ties by scheduling order (heapq only uses ``<``)."""
+    """A timer that breaks deadline ties by scheduling order (heapq only uses ``<``) and does
+    not fire for a crashed node."""
 
     __slots__ = ("_seq",)
 
@@ -146,6 +149,13 @@ class _OrderedTimerHandle(asyncio.TimerHandle):
     ) -> None:
         super().__init__(when, callback, args, loop, context)
         self._seq = seq
+
+    def _run(self) -> None:
+        # A crashed node's timers (aioquic's loss and idle timers, its sleeps) die with it.
+        owner = self._context.get(TASK_OWNER)  # type: ignore[attr-defined]
+        if owner is not None and owner.crashed:
+            return
+        super()._run()
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, _OrderedTimerHandle):

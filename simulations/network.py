@@ -178,6 +178,18 @@ class SimHost:
     _uplink_free_at: float = 0.0
     # (local port, remote address) -> last time this host sent there, for NAT filtering.
     _nat_sent: dict[tuple[int, Address], float] = field(default_factory=dict)
+    _nat_sweep_at: int = 1024
+
+    def note_outbound(self, port: int, remote: Address, now: float) -> None:
+        """Open (or refresh) the NAT filter for ``remote`` at local ``port``."""
+        bindings = self._nat_sent
+        bindings[(port, remote)] = now
+        if len(bindings) > self._nat_sweep_at and self.nat is not None:
+            # Forget expired bindings now and then, so a long run's table stays bounded.
+            oldest = now - self.nat.timeout
+            for key in [k for k, t in bindings.items() if t < oldest]:
+                del bindings[key]
+            self._nat_sweep_at = max(1024, 2 * len(bindings))
 
     def allocate_port(self) -> int:
         low, high = EPHEMERAL_PORTS
@@ -375,7 +387,7 @@ class SimNetwork:
             self._drop(src_host, DropCause.CRASHED, size)
             return
         if src_host.nat is not None:
-            src_host._nat_sent[(transport.port, dst)] = now
+            src_host.note_outbound(transport.port, dst, now)
         if self.partitioned(src_host.address, dst[0]):
             self._drop(src_host, DropCause.PARTITION, size)
             return

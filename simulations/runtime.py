@@ -50,6 +50,8 @@ class SimRuntime:
     :param epoch_ms: the wall clock at virtual time 0.
     :param blocking_cost: simulated seconds each :meth:`run_blocking` call occupies the node's
         one (virtual) worker; None: blocking work takes no simulated time.
+    :param incarnation: how many times this host's node has restarted; a restarted process
+        draws fresh randomness (a durable identity comes from its data, not from here).
     """
 
     def __init__(
@@ -60,14 +62,18 @@ class SimRuntime:
         seed: int,
         epoch_ms: int = DEFAULT_EPOCH_MS,
         blocking_cost: BlockingCost | None = None,
+        incarnation: int = 0,
     ) -> None:
         self.network = network
         self.host = host
+        self.seed = seed
+        self.incarnation = incarnation
         if host not in network.hosts:
             network.add_host(host)
         self.epoch_ms = epoch_ms
-        self._rng = random.Random(derive_seed(seed, host, "runtime"))  # noqa: S311 -- seeded on purpose
-        self._ambient = random.Random(derive_seed(seed, host, "libraries"))  # noqa: S311 -- seeded on purpose
+        life = str(incarnation)
+        self._rng = random.Random(derive_seed(seed, host, life, "runtime"))  # noqa: S311 -- seeded on purpose
+        self._ambient = random.Random(derive_seed(seed, host, life, "libraries"))  # noqa: S311 -- seeded on purpose
         self._blocking_cost = blocking_cost
         self._worker_free_at = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -174,6 +180,20 @@ class SimRuntime:
             task.cancel()
         if host_down:
             self.network.crash(self.host)
+
+    def restarted(self) -> SimRuntime:
+        """The runtime of the node's next life on the same host (brought back up if down)."""
+        if not self.crashed:
+            raise RuntimeError("crash the node before restarting it")
+        self.network.restart(self.host)
+        return SimRuntime(
+            self.network,
+            self.host,
+            seed=self.seed,
+            epoch_ms=self.epoch_ms,
+            blocking_cost=self._blocking_cost,
+            incarnation=self.incarnation + 1,
+        )
 
 
 def _settle(future: asyncio.Future[T], outcome: tuple[bool, Any]) -> None:

@@ -310,3 +310,17 @@ def test_a_datagrams_fate_depends_on_it_not_on_send_order_or_other_traffic() -> 
     assert 10 < len(forward) < 30  # some lost, some not
     assert fates(list(reversed(range(40))), extra_host=False) == forward
     assert fates(list(range(40)), extra_host=True) == forward
+
+
+def test_the_nat_table_forgets_expired_bindings() -> None:
+    async def main() -> None:
+        net = SimNetwork()
+        nat_host = net.add_host(A, nat=NatConfig(timeout=10.0))
+        net.add_host(B)
+        ta, _ = bind(net, A, 5000)
+        for port in range(1, 3001):
+            ta.sendto(b"x", (B, port))
+            await asyncio.sleep(0.1)  # 300 s in all: most bindings long expired
+        assert len(nat_host._nat_sent) < 1500
+
+    run_simulated(main())

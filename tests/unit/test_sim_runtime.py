@@ -184,3 +184,48 @@ def test_seeded_libraries_patch_only_the_library_modules_and_only_while_active()
         assert in_node != outside
     with pytest.raises(RuntimeError, match="outside seeded_libraries"):
         ambient_bytes(1)
+
+
+def test_a_crashed_nodes_timers_no_longer_fire() -> None:
+    async def main() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        net = SimNetwork()
+        rt, other = SimRuntime(net, A, seed=1), SimRuntime(net, B, seed=1)
+        mine: list[float] = []
+        theirs: list[float] = []
+
+        def tick(log: list[float]) -> None:
+            log.append(loop.time())
+            loop.call_later(1.0, tick, log)  # re-armed in the same (node's) context
+
+        rt.run(loop.call_soon, tick, mine)
+        other.run(loop.call_soon, tick, theirs)
+        await asyncio.sleep(2.5)
+        rt.crash()
+        await asyncio.sleep(3)
+        return mine, theirs
+
+    mine, theirs = run_simulated(main())
+    assert len(mine) == 3  # t = 0, 1, 2, then nothing
+    assert len(theirs) == 6
+
+
+def test_a_restarted_node_is_a_new_life_on_the_same_host() -> None:
+    async def main() -> None:
+        net = SimNetwork()
+        first = SimRuntime(net, A, seed=1)
+        drawn = first.random_bytes(8)
+        await first.open_datagram(asyncio.DatagramProtocol, (A, 7400))
+        with pytest.raises(RuntimeError, match="crash the node"):
+            first.restarted()
+        first.crash()
+        second = first.restarted()
+        assert second.incarnation == 1 and not net.host(A).crashed
+        transport = await second.open_datagram(asyncio.DatagramProtocol, (A, 7400))
+        assert transport.get_extra_info("sockname") == (A, 7400)  # the old port is free again
+        redrawn = second.random_bytes(8)
+        assert redrawn != drawn  # fresh randomness, yet as repeatable as the first life's
+        assert SimRuntime(SimNetwork(), A, seed=1, incarnation=1).random_bytes(8) == redrawn
+        transport.close()
+
+    run_simulated(main())
