@@ -3,7 +3,7 @@ NAT filtering and host crashes, with counters of everything that went on the wir
 
 Hosts are IP address strings; each host binds its own ports. A datagram is decided at send
 time (sender crashed? partitioned? lost? uplink queue full?) and, if it survives, scheduled
-with ``loop.call_later`` to arrive after the uplink's serialization delay plus the link's
+with ``loop.call_at`` to arrive after the uplink's serialization delay plus the link's
 latency — never synchronously, because rpcudp sends a request before it registers the future
 that waits for the reply. At arrival the receiver is checked again (crashed? anyone bound?
 NAT filter?), since those can change while a datagram is in flight. Partitions are judged at
@@ -344,8 +344,11 @@ class SimNetwork:
             raise OSError(98, f"{address}:{port} is already bound")  # EADDRINUSE
         if not 0 < port <= 65535:
             raise OSError(22, f"bad port {port}")
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if any(h.ports for h in self.hosts.values()):
+                raise RuntimeError("a simulated network runs on one event loop at a time")
+            self._loop = loop
         transport = SimDatagramTransport(self, host, port, protocol, context)
         host.ports[port] = transport
         transport._run(protocol.connection_made, transport)
