@@ -85,10 +85,11 @@ class LookupResult:
 @dataclass(frozen=True)
 class DhtStats:
     routing_table: int
-    stored_records: int
+    stored_records: int  # home and cache copies
     refused_at_store: dict[Rejection, int]
     rejected_at_read: dict[Rejection, int]
     malformed_datagrams: int
+    cached_records: int = 0  # of stored_records, those held as cache (far from their key)
 
 
 class _RecordServer(Server):  # type: ignore[misc]
@@ -464,4 +465,5 @@ class DhtNode:
             refused_at_store=dict(server.storage.dropped),
             rejected_at_read=dict(self.rejected_at_read),
             malformed_datagrams=protocol.malformed,
+            cached_records=sum(1 for key, _ in server.storage if server.storage.is_cached(key)),
         )

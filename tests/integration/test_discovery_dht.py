@@ -250,6 +250,10 @@ async def test_an_old_record_replayed_far_from_the_key_loses_to_the_newer_one(
                 assert all(ok for ok, _ in answers), "every node answers the store"
 
             await replay()
+            assert all(n.stats().stored_records == 1 for n in nodes)
+            # Nodes that know k nodes nearer the key keep it only as a short-lived cache (about
+            # half of them here: the others' routing tables do not show them they are far).
+            assert sum(n.stats().cached_records for n in nodes) >= 5
             clock.ms += 10
             assert await nodes[3].republish(own) >= 1
             await replay()
@@ -394,7 +398,11 @@ async def test_refresh_re_replicates_held_records(clock: Clock) -> None:
     async with network(8, clock, DhtConfig(ksize=3)) as nodes:
         alice = Identity.generate()
         await nodes[0].publish(own_record(alice).sign(clock.ms))
-        holder = next(n for n in nodes if n.stats().stored_records and n is not nodes[0])
+        holders = [n for n in nodes[1:] if n.stats().stored_records]
+        # When the publisher is among the 3 nearest, the 4th nearest it stored on keeps a cache.
+        holder = next(n for n in holders if n.stats().cached_records == 0)
         assert await holder.refresh(older_than=3600) == 0  # nothing held that long yet
         assert await holder.refresh(older_than=0) == 1
+        for cache in (n for n in holders if n.stats().cached_records):
+            assert await cache.refresh(older_than=0) == 0  # a cache copy is not re-replicated
         assert all(n.stats().malformed_datagrams == 0 for n in nodes)

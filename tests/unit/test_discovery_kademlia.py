@@ -105,6 +105,41 @@ def test_storage_republish_age_uses_loop_time() -> None:
     assert [k for k, _ in storage.iter_older_than(3600)] == [dht_key(alice.public_key)]
 
 
+def test_a_cache_copy_is_short_lived_and_never_handed_on() -> None:
+    now = [100.0]
+    storage = RecordStorage(Clock(), lambda: now[0])
+    alice, bob = Identity.generate(), Identity.generate()
+    far, home = dht_key(alice.public_key), dht_key(bob.public_key)
+    assert storage.offer(far, signed_by(alice), cache_for=60) is None
+    assert storage.offer(home, signed_by(bob)) is None
+    assert storage.is_cached(far) and not storage.is_cached(home)
+    assert len(storage) == 2
+    assert [k for k, _ in storage.home_items()] == [home]
+    now[0] += 3600
+    assert [k for k, _ in storage.iter_older_than(0)] == [home]  # caches are not re-replicated
+    assert storage.get(far) is None  # and are gone after cache_for seconds
+    # A newer record offered as a cache replaces a home copy; offered again as home, it is one.
+    newer = signed_by(bob, NOW + 1)
+    assert storage.offer(home, newer, cache_for=60) is None
+    assert storage.is_cached(home) and storage.get(home) == newer
+    assert storage.offer(home, newer) is None
+    assert not storage.is_cached(home)
+    # An older record loses to the held one either way.
+    assert storage.offer(home, signed_by(bob, NOW), cache_for=60) is Rejection.STALE
+
+
+def test_a_full_store_drops_a_cache_copy_first() -> None:
+    storage = RecordStorage(Clock(), lambda: 0.0, capacity=2)
+    people = [Identity.generate() for _ in range(3)]
+    keys = [dht_key(p.public_key) for p in people]
+    # The home copy expires soonest: the book alone would evict it.
+    assert storage.offer(keys[0], signed_by(people[0], ttl_ms=120_000)) is None
+    assert storage.offer(keys[1], signed_by(people[1]), cache_for=60) is None
+    assert storage.offer(keys[2], signed_by(people[2])) is None
+    assert storage.get(keys[0]) is not None and storage.get(keys[2]) is not None
+    assert storage.get(keys[1]) is None
+
+
 # --- routing: the store storm ---------------------------------------------------------------
 
 
