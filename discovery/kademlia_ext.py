@@ -547,6 +547,8 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
     have all answered — asking all of them at once from then on — and the highest sequence
     wins. Our nodes send their closest contacts along with a value (an extra ``nodes`` entry
     that stock kademlia ignores), so walking past value holders still gets closer to the key.
+    :meth:`behind` names the nodes among those k that answered with no record or an older one,
+    for the caller to store the newest on (Kademlia §2.3, extended to stale holders).
     """
 
     def __init__(
@@ -568,6 +570,7 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         self.found: list[AcceptedRecord] = []
         self.rejected: Counter[Rejection] = Counter()
         self._verdicts: dict[bytes, RecordVerdict] = {}
+        self._answered: dict[bytes, int | None] = {}  # peer id -> valid sequence it returned
         self.rounds = 0
         self.queried = 0
 
@@ -576,6 +579,18 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         if not self.found:
             return None
         return max(self.found, key=lambda a: a.record.sequence)
+
+    def behind(self, record: AcceptedRecord) -> list[Node]:
+        """The nearest nodes (at most k) that answered without ``record`` or anything newer."""
+        sequence = record.record.sequence
+        behind = []
+        for peer in self.nearest:
+            if peer.id not in self._answered:
+                continue  # not asked (the crawl was cut short)
+            held = self._answered[peer.id]
+            if held is None or held < sequence:
+                behind.append(peer)
+        return behind
 
     async def _nodes_found(self, responses: dict[bytes, Any]) -> AcceptedRecord | None:
         self._absorb(responses)
@@ -611,10 +626,13 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
                 verdict = self._judge(response.get_value())
                 if isinstance(verdict, AcceptedRecord):
                     self.found.append(verdict)
+                    self._answered[peer_id] = verdict.record.sequence
                 else:
                     self.rejected[verdict.reason] += 1
+                    self._answered[peer_id] = None
                 self.nearest.push([Node(*n) for n in raw[1].get("nodes", [])])
                 continue
+            self._answered[peer_id] = None
             peer = self.nearest.get_node(peer_id)
             if peer is not None:
                 self.nearest_without_value.push(peer)

@@ -266,6 +266,25 @@ async def test_crawl_returns_the_newest_valid_value_not_the_majority() -> None:
     assert crawl.rejected[Rejection.MALFORMED] == 1
 
 
+async def test_crawl_names_the_nodes_behind_the_newest_record() -> None:
+    alice = Identity.generate()
+    nodes = peers(5)
+    older, newer = signed_by(alice, NOW), signed_by(alice, NOW + 5)
+    protocol = ScriptedProtocol(
+        {
+            nodes[0].id: older,
+            nodes[1].id: newer,
+            nodes[2].id: [],  # no record, no contacts
+            nodes[3].id: forge(alice),
+            # nodes[4] never answers
+        }
+    )
+    crawl = crawl_for(alice, protocol, nodes)
+    best = await crawl.find()
+    assert best is not None and best.signed == newer
+    assert sorted(n.id for n in crawl.behind(best)) == [nodes[0].id, nodes[2].id, nodes[3].id]
+
+
 async def test_crawl_gives_nothing_when_only_forgeries_exist() -> None:
     alice = Identity.generate()
     nodes = peers(4)
