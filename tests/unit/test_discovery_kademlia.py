@@ -15,6 +15,7 @@ from kademlia.routing import RoutingTable as StockRoutingTable
 from discovery.kademlia_ext import (
     DHT_KEY_CONTEXT,
     RecordCrawl,
+    RecordProtocol,
     RecordStorage,
     RoutingTable,
     _sanitise_nodes,
@@ -138,6 +139,26 @@ def test_a_full_store_drops_a_cache_copy_first() -> None:
     assert storage.offer(keys[2], signed_by(people[2])) is None
     assert storage.get(keys[0]) is not None and storage.get(keys[2]) is not None
     assert storage.get(keys[1]) is None
+
+
+def test_a_node_keeps_records_far_from_it_as_cache_copies() -> None:
+    # k = 2: a node that knows two nodes nearer a key than itself is not where it belongs.
+    me = Node(_id(0x00))
+    storage = RecordStorage(Clock(), lambda: 0.0)
+    protocol = RecordProtocol(
+        me, storage, 2, rpc_timeout=1.0, now=lambda: 0.0, random_bytes=bytes, ip_version=4
+    )
+    for first in (0x80, 0x90):
+        protocol.router.add_contact(Node(_id(first), "127.0.0.1", 7000 + first))
+    assert protocol.far_from(_id(0x81)) and protocol.far_from(_id(0xFF))
+    assert not protocol.far_from(_id(0x01))  # nearer to us than to either contact
+    people = [Identity.generate() for _ in range(60)]
+    far = next(p for p in people if protocol.far_from(dht_key(p.public_key)))
+    near = next(p for p in people if not protocol.far_from(dht_key(p.public_key)))
+    assert protocol.keep_record(dht_key(far.public_key), signed_by(far)) is None
+    assert protocol.keep_record(dht_key(near.public_key), signed_by(near)) is None
+    assert storage.is_cached(dht_key(far.public_key))
+    assert not storage.is_cached(dht_key(near.public_key))
 
 
 # --- routing: the store storm ---------------------------------------------------------------
