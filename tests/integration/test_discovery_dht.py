@@ -2,8 +2,9 @@
 
 Covers: a network of real nodes resolving records; forged, replayed-older and expired records
 refused at the store RPC and ignored at read; a stock (unvalidating) kademlia node trying to
-poison a key; dead peers bounded by the RPC timeout and the caller's deadline; hostile
-datagrams dropped.
+poison a key, or replaying an older record to every node, far from the key too; only a node's
+own record answered without a crawl; dead peers bounded by the RPC timeout and the caller's
+deadline; hostile datagrams dropped.
 """
 
 from __future__ import annotations
