@@ -13,6 +13,7 @@ from node.app.demo import run_demo
 from node.app.node_cli import node_group, peers_command
 from node.core.errors import NodeError
 from relay.cli import relay_group
+from simulations.cli import sim_group
 
 
 @click.group()
@@ -60,3 +61,4 @@ def demo(messages: tuple[str, ...], as_json: bool) -> None:
 main.add_command(relay_group)
 main.add_command(node_group)
 main.add_command(peers_command)
+main.add_command(sim_group)
