@@ -62,6 +62,7 @@ SCHEMA_MODULES: dict[str, Any] = {
     "envelope.capnp": schemas.envelope,
     "rpc.capnp": schemas.rpc,
     "peer_record.capnp": schemas.peer_record,
+    "invite_link.capnp": schemas.invite_link,
 }
 SCHEMA_FILES = sorted(path.name for path in SCHEMA_DIR.glob("*.capnp"))
 
