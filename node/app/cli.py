@@ -10,6 +10,7 @@ import sys
 import click
 
 from node.app.demo import run_demo
+from node.app.identity_cli import verify_command, whoami_command
 from node.app.node_cli import node_group, peers_command
 from node.core.errors import NodeError
 from relay.cli import relay_group
@@ -60,3 +61,5 @@ def demo(messages: tuple[str, ...], as_json: bool) -> None:
 main.add_command(relay_group)
 main.add_command(node_group)
 main.add_command(peers_command)
+main.add_command(whoami_command)
+main.add_command(verify_command)

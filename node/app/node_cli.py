@@ -7,12 +7,14 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from node.app.node import ChatMessage, Node
+from node.app.peer_ref import PeerRefError, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
 from node.app.router import RelayInfo
@@ -22,6 +24,7 @@ from node.core.addresses import parse_address as core_parse_address
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
+from node.core.invite_link import InviteLinkError
 from node.core.keyfile import DEFAULT_KDF
 from node.transport.runtime import RealRuntime
 
@@ -54,13 +57,26 @@ class PeerSpec:
     address: Address | None  # None: discovery finds it (mDNS, DHT)
 
 
-def parse_peer(text: str) -> PeerSpec:
-    """``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``"""
-    name, eq, rest = text.partition("=")
-    key, at, address = rest.partition("@")
-    if not eq or not name:
-        raise click.BadParameter(f"expected NAME=KEYHEX[@HOST:PORT], got {text!r}")
-    return PeerSpec(name, parse_key(key), parse_address(address) if at else None)
+def parse_peer(text: str, now_ms: int) -> PeerSpec:
+    """A ``qpc://`` invite link, ``NAME=LINK``, ``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``
+    (``node.app.peer_ref``). A refused link raises ``InviteLinkError``."""
+    try:
+        ref = parse_peer_ref(text, now_ms=now_ms)
+    except PeerRefError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return PeerSpec(ref.name, ref.identity, ref.address)
+
+
+def _parse_peers(option: str, texts: tuple[str, ...]) -> list[PeerSpec]:
+    now_ms = time.time_ns() // 1_000_000  # the command line reads the clock itself
+    specs = []
+    for text in texts:
+        try:
+            specs.append(parse_peer(text, now_ms))
+        except InviteLinkError as exc:
+            click.echo(f"ERROR: {option}: {terminal_safe(str(exc))}", err=True)
+            sys.exit(1)
+    return specs
 
 
 @click.group("node")
@@ -80,13 +96,16 @@ def node_group() -> None:
 @click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional).")
 @click.option("--relay-key", default=None, help="The relay's identity key (hex), to pin it.")
 @click.option(
-    "--peer", "peers", multiple=True, help="NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable)."
+    "--peer",
+    "peers",
+    multiple=True,
+    help="A qpc:// link or NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable).",
 )
 @click.option(
     "--invite",
     "invites",
     multiple=True,
-    help="NAME=KEYHEX[@HOST:PORT]: create a group with these peers at start.",
+    help="A qpc:// link or NAME=KEYHEX[@HOST:PORT]: create a group with these peers at start.",
 )
 @click.option("--no-mdns", is_flag=True, help="Neither advertise nor browse on the LAN.")
 @click.option(
@@ -136,8 +155,8 @@ def run_command(
         listen=listen_address,
         relay=relay,
         passphrase=passphrase,
-        peers=[parse_peer(p) for p in peers],
-        invites=[parse_peer(p) for p in invites],
+        peers=_parse_peers("--peer", peers),
+        invites=_parse_peers("--invite", invites),
         presence=PresenceConfig(
             mdns=not no_mdns,
             mdns_interfaces=mdns_interfaces,
