@@ -18,14 +18,14 @@ from typing import Any, NoReturn
 
 import click
 
+from node.app.identity_view import verify_lines, whoami_lines
 from node.app.peer_ref import PeerRef, PeerRefError, parse_identity_key, parse_peer_ref
-from node.app.qr import qr_text
 from node.core.addresses import Address, format_address, parse_address
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from node.core.identity import Identity, fingerprint
 from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
-from node.core.safety_number import format_safety_number, safety_number
+from node.core.safety_number import safety_number
 from node.transport.keystore import load_identity
 from node.transport.runtime import RealRuntime
 
@@ -146,12 +146,8 @@ def whoami_command(
     if as_json:
         click.echo(json.dumps(_link_json(link, text), ensure_ascii=False))
         return
-    click.echo(f"name: {terminal_safe(name)}")
-    click.echo(f"identity: {identity.public_key.hex()}")
-    click.echo(f"fingerprint: {fingerprint(identity.public_key)}")
-    if not no_qr:
-        click.echo(qr_text(text))
-    click.echo(f"link: {text}")
+    for line in whoami_lines(name, identity.public_key, text, qr=not no_qr):
+        click.echo(line)
 
 
 def _link_json(link: InviteLink, text: str) -> dict[str, Any]:
@@ -196,15 +192,8 @@ def verify_command(data_dir: Path, peer: str, no_qr: bool, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(_verify_json(own, ref, digits), ensure_ascii=False))
         return
-    click.echo(f"safety number of you and {terminal_safe(ref.name)} ({fingerprint(ref.identity)}):")
-    for line in format_safety_number(digits).splitlines():
-        click.echo(f"    {line}")
-    if not no_qr:
-        click.echo(qr_text(digits))
-    click.echo(
-        "Compare it with the one their side shows (quicnprotochat verify, or scan its QR "
-        "code). The same number means each of you holds the other's real key."
-    )
+    for line in verify_lines(ref.name, ref.identity, digits, qr=not no_qr):
+        click.echo(line)
 
 
 def _verify_json(own: bytes, ref: PeerRef, digits: str) -> dict[str, Any]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import segno
-
 QUIET_ZONE = 4
 _BLOCKS = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
 
@@ -22,6 +20,8 @@ __all__ = ["QUIET_ZONE", "qr_matrix", "qr_text"]
 def qr_matrix(data: str) -> list[list[bool]]:
     """The QR code of ``data`` (error correction M, or better when it fits), quiet zone
     included, as rows of modules: True for dark."""
+    import segno  # here, not at the top: keeps `quicnprotochat --help` fast
+
     code = segno.make(data, error="m", micro=False)
     return [[bool(m) for m in row] for row in code.matrix_iter(border=QUIET_ZONE)]
 

@@ -106,3 +106,15 @@ def test_escapes_across_lines_stay_inert() -> None:
     assert shown == "a␛[2J\n  ␛]52;c;eA==␇b"
     assert is_terminal_safe(shown, multiline=True)
     assert not is_terminal_safe(shown)  # the kept LF is a control on a single line
+
+
+def test_log_lines_quoting_a_peer_are_shown_safe() -> None:
+    import logging
+
+    from node.app.cli import SafeFormatter
+
+    record = logging.LogRecord(
+        "node", logging.WARNING, __file__, 1, "peer said %s", (f"{ESC}]52;c;eA=={BEL}",), None
+    )
+    line = SafeFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "WARNING node: peer said ␛]52;c;eA==␇"
