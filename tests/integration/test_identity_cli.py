@@ -1,4 +1,4 @@
-"""``whoami`` and ``verify`` on real data directories, through click's runner."""
+"""``whoami``, ``verify`` (and ``peers``, for names) on real data directories, through click's runner."""
 
 from __future__ import annotations
 
@@ -212,3 +212,21 @@ def test_verify_with_ones_own_key_is_refused(tmp_path: Path) -> None:
     result = run("verify", "--data-dir", str(tmp_path / "alice"), alice.public_key.hex())
     assert result.exit_code == 1
     assert result.stderr.startswith("ERROR: that is your own identity")
+
+
+def test_peers_shows_an_advertised_name_safe(tmp_path: Path) -> None:
+    from node.app.store import NodeStore, SeenPeer, derive_store_keys
+    from node.core.keyfile import DEFAULT_KDF
+
+    data_dir = tmp_path / "bob"
+    data_dir.mkdir()
+    db_key, _ = derive_store_keys(data_dir, PASS.encode(), DEFAULT_KDF, os.urandom(16))
+    store = NodeStore(data_dir / "node.db", db_key)
+    hostile = "\x1b[2J\x1b]0;pwned\x07mal\u202elory"
+    store.save_peer(SeenPeer("a" * 52, hostile, "lan", "127.0.0.1", 9, "claimed", 0))
+    store.close()
+    result = run("peers", "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    row = result.stdout.splitlines()[1]
+    assert row.startswith("␛[2J␛]0;pwned␇ma ")  # shown, then cut to the 16-character column
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
