@@ -10,10 +10,19 @@ import sys
 import click
 
 from node.app.demo import run_demo
+from node.app.identity_cli import verify_command, whoami_command
 from node.app.node_cli import node_group, peers_command
+from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from relay.cli import relay_group
 from simulations.cli import sim_group
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines may quote what a peer sent (an error message, a name): shown, never obeyed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record), multiline=True, continuation="    ")
 
 
 @click.group()
@@ -21,7 +30,9 @@ from simulations.cli import sim_group
 def main(verbose: int) -> None:
     """quicnprotochat: end-to-end-encrypted group chat, peer to peer over QUIC."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:
         # aioquic reports every refused handshake as a warning; ours say it better.
         logging.getLogger("quic").setLevel(logging.ERROR)
@@ -62,3 +73,5 @@ main.add_command(relay_group)
 main.add_command(node_group)
 main.add_command(peers_command)
 main.add_command(sim_group)
+main.add_command(whoami_command)
+main.add_command(verify_command)

@@ -47,3 +47,20 @@ async def load_or_create_identity(
         return identity, True
     except OSError as exc:
         raise StorageError(f"cannot use the key file {path}: {exc.strerror}") from exc
+
+
+async def load_identity(path: Path, passphrase: bytes, runtime: Runtime) -> Identity:
+    """The identity sealed at ``path``; never creates anything (a missing file is an error)."""
+    if not passphrase:
+        raise StorageError("a passphrase is required to open the identity key")
+    run = runtime.run_blocking
+    try:
+        if not await run(path.is_file):
+            raise StorageError(
+                f"no identity key at {path} (a node makes one: quicnprotochat node run)"
+            )
+        blob = await run(lambda: _read(path))
+    except OSError as exc:
+        raise StorageError(f"cannot read the key file {path}: {exc.strerror}") from exc
+    seed = await run(lambda: open_sealed(blob, passphrase))
+    return Identity.from_seed(seed)
