@@ -98,6 +98,8 @@ class PeerConnection(QuicConnectionProtocol):
         self._read_timers: dict[int, asyncio.TimerHandle] = {}
         # Called once the handshake has proven the peer; False closes the connection.
         self.admit: Callable[[PeerConnection], bool] | None = None
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._gaps: frozenset[tuple[int, int]] = frozenset()
         self._spawn = spawn
         self._handler = handler
         self.remote = remote
@@ -204,6 +206,7 @@ class PeerConnection(QuicConnectionProtocol):
                 return
             self._handshake_done.set()
             self._settled.set()
+            self._gap_timer = self._loop.call_later(self._read_timeout, self._check_gaps)
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, events.StreamReset):
@@ -212,7 +215,25 @@ class PeerConnection(QuicConnectionProtocol):
             why = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
             self._on_terminated(why, event.error_code)
 
+    def _check_gaps(self) -> None:
+        """Close the connection if stream data has waited behind the same gaps for a whole
+        read deadline: lost packets are resent within round trips, so a gap that stays is a
+        peer parking data in aioquic's buffers, where no budget sees it."""
+        self._gap_timer = None
+        if self._terminated is not None:
+            return
+        gaps = self._quic.gaps()
+        if gaps and gaps & self._gaps:
+            self._counters["connection_closed_stalled"] += 1
+            self.close(error_code=APP_STALLED, reason_phrase="stalled streams")
+            return
+        self._gaps = gaps
+        self._gap_timer = self._loop.call_later(self._read_timeout, self._check_gaps)
+
     def _on_terminated(self, why: str, code: int | None) -> None:
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
         if code is None:
             self._detached = True
         else:

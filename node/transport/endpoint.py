@@ -118,6 +118,7 @@ class Endpoint(asyncio.DatagramProtocol):
             "connections_outbound": len(self._outbound),
             "request_streams_open": self._budget.streams,
             "request_bytes_buffered": self._budget.bytes,
+            "stream_bytes_out_of_order": sum(p._quic.held_out_of_order() for p in self._inbound),
         }
 
     def _quic_config(self, *, is_client: bool):  # type: ignore[no-untyped-def]

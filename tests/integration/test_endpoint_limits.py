@@ -300,3 +300,53 @@ def test_endpoint_counters_are_one_object_when_given() -> None:
         assert endpoint.counters is shared
     finally:
         runtime.close()
+
+
+async def test_data_sent_out_of_order_is_held_to_the_connection_window() -> None:
+    """aioquic buffers stream data that arrives after a gap, unseen by the request budgets, and
+    would double its windows as it comes. A peer that never sends the first byte of its streams
+    gets no more than the connection window (``max_data``) held, however much it offers."""
+    bob = Identity.generate()
+
+    async def answer(caller: object, request: wire.Request) -> wire.Response:
+        return wire.FetchKeyPackageResult(b"ok")
+
+    config = EndpointConfig(request_read_timeout=1.0)
+    async with (
+        running_endpoint(bob, answer, config) as eb,
+        running_endpoint(Identity.generate(), None) as ea,
+    ):
+        conn = await ea.dial(eb.local_address, bob.public_key)
+        await conn.call(wire.FetchKeyPackage(b"x"))
+        client = conn._quic
+        offered = 0
+        for _ in range(8):
+            stream_id = client.get_next_available_stream_id()
+            client.send_stream_data(stream_id, b"\0" * (2 * MIB), end_stream=False)
+            client._streams[stream_id].sender._pending.subtract(0, 1)  # never send byte 0
+            offered += 2 * MIB - 1
+        conn.transmit()
+        (server,) = eb._inbound
+        window = server._quic._receive_window
+
+        def settled() -> bool:
+            # The client has sent all it offered, or all the server allows, and it arrived.
+            blocked = client._remote_max_data_used >= client._remote_max_data
+            sent_all = client._remote_max_data_used >= offered
+            return (blocked or sent_all) and (
+                server._quic._local_max_data.used == client._remote_max_data_used
+            )
+
+        await until(settled, within=20)
+        held = server._quic.held_out_of_order()
+        assert held <= window
+        assert client._remote_max_data <= window + MIB  # the window did not run away
+        assert eb.gauges()["stream_bytes_out_of_order"] == held
+        # No stream's window grew past one frame either.
+        windows = [stream.max_stream_data_local for stream in server._quic._streams.values()]
+        assert max(windows) == MIB + 64
+        # The gaps stay; within two read deadlines the server closes the connection.
+        await until(lambda: not conn.is_open, within=5)
+        assert conn.close_code == 0x6
+        assert eb.counters["connection_closed_stalled"] == 1
+        await until(lambda: eb.gauges()["connections_inbound"] == 0)
