@@ -274,7 +274,7 @@ class PeerConnection(QuicConnectionProtocol):
         if reader is None:
             if local:
                 return  # a response to a call we abandoned
-            if not self._accept_request_stream(stream_id):
+            if not self._accept_request_stream(stream_id, end_stream):
                 return
             reader = self._readers[stream_id] = FrameReader(self._max_frame)
         try:
@@ -365,9 +365,14 @@ class PeerConnection(QuicConnectionProtocol):
         self._loop.call_later(self._read_timeout, self._check_lingering, stream_id)
 
     def _check_lingering(self, stream_id: int) -> None:
-        if stream_id in self._ignored and self._terminated is None:
-            self._counters["connection_closed_stalled"] += 1
-            self.close(error_code=APP_STALLED, reason_phrase="stalled streams")
+        if stream_id not in self._ignored or self._terminated is not None:
+            return
+        stream = self._quic._streams.get(stream_id)
+        if stream is None or stream.receiver.is_finished:
+            self._ignored.discard(stream_id)  # the peer finished or reset it after all
+            return
+        self._counters["connection_closed_stalled"] += 1
+        self.close(error_code=APP_STALLED, reason_phrase="stalled streams")
 
     def _read_expired(self, stream_id: int) -> None:
         self._read_timers.pop(stream_id, None)
@@ -383,17 +388,28 @@ class PeerConnection(QuicConnectionProtocol):
         self._release(stream_id)
         self.transmit()
 
-    def _accept_request_stream(self, stream_id: int) -> bool:
+    def _accept_request_stream(self, stream_id: int, end_stream: bool) -> bool:
         if self._handler is None or self.peer_key is None:
             self._quic.stop_stream(stream_id, APP_UNAUTHENTICATED)
             self._quic.reset_stream(stream_id, APP_UNAUTHENTICATED)
-            self._ignore(stream_id)
+            if not end_stream:
+                self._ignore(stream_id)
             return False
         if len(self._slots) >= self._max_concurrent:
-            self._busy(stream_id, "stream_refused_connection_calls", "too many calls in flight")
+            self._busy(
+                stream_id,
+                "stream_refused_connection_calls",
+                "too many calls in flight",
+                ignore_rest=not end_stream,
+            )
             return False
         if self._budget.streams >= self._budget.max_streams:
-            self._busy(stream_id, "stream_refused_total_calls", "too many calls in flight")
+            self._busy(
+                stream_id,
+                "stream_refused_total_calls",
+                "too many calls in flight",
+                ignore_rest=not end_stream,
+            )
             return False
         self._slots[stream_id] = 0
         self._budget.streams += 1

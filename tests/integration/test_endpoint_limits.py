@@ -350,3 +350,58 @@ async def test_data_sent_out_of_order_is_held_to_the_connection_window() -> None
         assert conn.close_code == 0x6
         assert eb.counters["connection_closed_stalled"] == 1
         await until(lambda: eb.gauges()["connections_inbound"] == 0)
+
+
+async def test_refused_calls_that_were_complete_do_not_count_as_stalled() -> None:
+    """A call refused ``busy`` after the peer had finished sending leaves nothing open: the
+    connection outlives the read deadline (it used to be closed as stalled)."""
+    bob = Identity.generate()
+    release = asyncio.Event()
+
+    async def answer(caller: object, request: wire.Request) -> wire.Response:
+        await release.wait()
+        return wire.FetchKeyPackageResult(b"ok")
+
+    config = EndpointConfig(max_concurrent_calls=1, request_read_timeout=0.3)
+    async with running_endpoint(bob, answer, config) as eb:
+        async with running_endpoint(Identity.generate(), None) as ea:
+            conn = await ea.dial(eb.local_address, bob.public_key)
+            held = asyncio.ensure_future(conn.call(wire.FetchKeyPackage(b"x"), deadline=10))
+            await until(lambda: eb.gauges()["request_streams_open"] == 1)
+            refused = await conn.call(wire.FetchKeyPackage(b"x"), deadline=5)
+            assert refused == wire.ErrorResult(ErrorCode.BUSY, "too many calls in flight")
+            await asyncio.sleep(1.0)  # past three read deadlines
+            assert conn.is_open
+            release.set()
+            assert await held == wire.FetchKeyPackageResult(b"ok")
+            assert eb.counters["connection_closed_stalled"] == 0
+
+
+async def test_a_peer_that_ignores_stop_sending_loses_its_connection() -> None:
+    bob = Identity.generate()
+    config = EndpointConfig(max_frame=4096, request_read_timeout=0.5)
+
+    async def answer(caller: object, request: wire.Request) -> wire.Response:
+        return wire.FetchKeyPackageResult(b"ok")
+
+    async with running_endpoint(bob, answer, config) as eb:
+        async with running_endpoint(Identity.generate(), None) as ea:
+            conn = await ea.dial(eb.local_address, bob.public_key)
+            await conn.call(wire.FetchKeyPackage(b"x"))
+            client = conn._quic
+            handlers = client._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+
+            def ignore_stop_sending(context: object, frame_type: int, buf: Buffer) -> None:
+                buf.pull_uint_var()  # stream id
+                buf.pull_uint_var()  # error code
+
+            handlers[0x05] = (ignore_stop_sending, handlers[0x05][1])
+            refused = unfinished_call(conn, 100_000, 100)  # over the frame cap: stopped
+            answer_ = wire.decode_response(await refused)
+            assert isinstance(answer_, wire.ErrorResult)
+            assert answer_.code is ErrorCode.FRAME_TOO_LARGE
+            # The client neither finishes nor resets the stream: a read deadline later the
+            # server closes the connection.
+            await until(lambda: not conn.is_open)
+            assert conn.close_code == 0x6
+            assert eb.counters["connection_closed_stalled"] == 1
