@@ -289,3 +289,51 @@ def test_relay_toml_sets_every_limit_and_refuses_unknown_keys_and_wrong_types(
         limit_settings({"address_validation": 1}, source)
     with pytest.raises(click.ClickException, match="call_burst must be"):
         limit_settings({"call_burst": -1}, source)
+
+
+async def test_a_relay_process_takes_its_limits_from_relay_toml(tmp_path: Path) -> None:
+    from tests.conftest import RelayProcess
+
+    config = tmp_path / "relay.toml"
+    config.write_text("call_burst = 2\ncalls_per_second = 0.01\nenvelope_ttl_s = 60.0\n")
+    relay = RelayProcess(tmp_path / "relay", "pass", extra_args=("--config", str(config)))
+    relay.start()
+    try:
+        assert relay.address is not None
+        assert relay.identity is not None
+        bob = Identity.generate()
+        async with running_endpoint(bob, None) as endpoint:
+            conn = await endpoint.dial(relay.address, relay.identity)  # through a Retry
+            answers = [await conn.call(wire.Fetch(bob.mailbox, 0, 1)) for _ in range(3)]
+            assert [code_of(a) for a in answers] == [None, None, ErrorCode.RATE_LIMITED]
+    finally:
+        relay.stop()
+
+
+def test_a_relay_toml_with_an_unknown_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "relay.toml"
+    config.write_text("max_per_mailboxes = 5\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE="pass"),
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "unknown key 'max_per_mailboxes'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
