@@ -385,7 +385,8 @@ class _Run:
         assert churn is not None
         rng = random.Random(derive_seed(self.s.seed, "churn", str(member.index)))  # noqa: S311
         while True:
-            await asyncio.sleep(_draw(rng, churn.session))
+            # Every life ends by the time churn stops, so the node is up for the drain.
+            await asyncio.sleep(min(_draw(rng, churn.session), max(0.0, self.stop_s - loop.time())))
             if loop.time() >= self.stop_s:
                 return
             crash = rng.random() < churn.crash_share
@@ -447,21 +448,29 @@ class _Run:
             for group, creator in enumerate(self.creators):
                 self.tasks.append(creator.runtime.spawn(self._membership_changes(group)))
             self.tasks.append(loop.create_task(self._watch_convergence()))
+        churn: list[asyncio.Task[None]] = []
         if self.s.churn is not None:
             churning = list(self.members)
             self.rng.shuffle(churning)
             for member in churning[: round(self.s.churn.share * len(churning))]:
-                self.tasks.append(loop.create_task(self._churn(member)))
+                churn.append(loop.create_task(self._churn(member)))
         if self.s.partitions:
             self.tasks.append(loop.create_task(self._partitions()))
         if self.s.dht.lookups:
             self.tasks.append(loop.create_task(self._lookups_between_members()))
         await asyncio.sleep(self.stop_s - loop.time())
-        for member in self.members:
-            await self._return(member)
-        await asyncio.sleep(self.s.duration_s - loop.time())
+        await asyncio.gather(*churn)  # each brings its node back as churn stops
+        await asyncio.sleep(max(0.0, self.s.duration_s - loop.time()))
+        self._check(self.tasks)
         self._finish()
         return loop.time()
+
+    @staticmethod
+    def _check(tasks: list[asyncio.Task[None]]) -> None:
+        """A driver task that failed would leave the run quietly wrong: fail it loudly."""
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise RuntimeError("a simulation driver failed") from task.exception()
 
     async def _report_progress(self) -> None:
         assert self.progress is not None
