@@ -60,8 +60,12 @@ def repeats_for(size: int, repeat: int) -> int:
     return repeat
 
 
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def new_client() -> Client:
-    return Client(os.urandom(32))
+    return Client(os.urandom(32), clock_ms=wall_clock_ms, rng_seed=None)
 
 
 def bench(

@@ -20,6 +20,7 @@ from node.core.runtime import Runtime
 
 # Post-quantum HPKE (X25519 + ML-KEM-768) for every group and KeyPackage the node makes.
 CIPHERSUITE_DEFAULT = ob.CIPHERSUITE_XWING
+KEY_PACKAGE_LIFETIME_S = 12 * 7 * 24 * 3600  # OpenMLS's default: twelve weeks
 
 
 class GroupError(CryptoError):
@@ -200,16 +201,24 @@ class MlsClient:
         runtime: Runtime,
         state_file: Path | None = None,
         state_key: bytes | None = None,
+        *,
+        key_package_lifetime_s: int = KEY_PACKAGE_LIFETIME_S,
     ) -> None:
+        """:param key_package_lifetime_s: how long each KeyPackage (and a created group's
+        first leaf) is valid from the runtime's clock. OpenMLS also checks these lifetimes
+        against the system clock, so a simulation whose clock is not today's passes a long
+        one (``openmls-bindings``, ``clock.rs``)."""
         self._runtime = runtime
         self._persistent = state_file is not None
         with _mls_errors():
-            if state_file is None:
-                self._client = ob.Client(identity.seed())
-            else:
-                self._client = ob.Client(
-                    identity.seed(), storage_path=str(state_file), storage_key=state_key
-                )
+            self._client = ob.Client(
+                identity.seed(),
+                clock_ms=runtime.wall_ms,
+                rng_seed=runtime.mls_rng_seed(),
+                storage_path=None if state_file is None else str(state_file),
+                storage_key=state_key,
+                key_package_lifetime_s=key_package_lifetime_s,
+            )
 
     def group_ids(self) -> list[bytes]:
         """Groups kept in the state file (none for an in-memory client, which starts empty)."""
@@ -244,7 +253,8 @@ class MlsClient:
             return MlsGroup(self._client.join(welcome))
 
 
-def key_package_identity(key_package: bytes) -> bytes:
-    """The identity key a KeyPackage's credential names (after checking its signature)."""
+def key_package_identity(key_package: bytes, *, now_ms: int) -> bytes:
+    """The identity key a KeyPackage's credential names, after checking its signature and
+    that its lifetime covers ``now_ms`` (the runtime's wall clock)."""
     with _mls_errors():
-        return ob.key_package_identity(key_package)
+        return ob.key_package_identity(key_package, now_ms=now_ms)

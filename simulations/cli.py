@@ -12,6 +12,7 @@ import click
 from tqdm import tqdm
 
 from simulations.engine import run_scenario
+from simulations.loop import SimulationError
 from simulations.report import (
     compare_table,
     peak_rss_mb,
@@ -71,26 +72,25 @@ def run_command(
         return
     started = time.perf_counter()
     bar = tqdm(
-        total=loaded.duration_s,
+        total=round(loaded.duration_s),
         unit="sim s",
         desc=loaded.name,
         file=sys.stderr,
         mininterval=1.0 if sys.stderr.isatty() else 30.0,  # a log gets a line now and then
-        bar_format=(
-            "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} sim s "
-            "[{elapsed}<{remaining}{postfix}]"
-        ),
     )
 
     def progress(simulated: float) -> None:
         wall = time.perf_counter() - started
-        bar.update(simulated - bar.n)
+        bar.update(round(simulated) - bar.n)
         bar.set_postfix_str(f"{simulated / max(wall, 1e-9):.1f} sim s/s, {peak_rss_mb():.0f} MB")
 
     try:
         result = run_scenario(loaded, progress)
-    finally:
+    except SimulationError as exc:
         bar.close()
+        _fail(f"the run of {loaded.name} stopped: {exc}")
+        return
+    bar.close()
     report = report_object(
         result, wall_s=time.perf_counter() - started, rss_mb=peak_rss_mb(), params=dict(overrides)
     )

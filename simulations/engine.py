@@ -41,6 +41,7 @@ from node.core.addresses import Address
 from node.core.errors import NodeError
 from node.core.hybrid_kem import SEED_SIZE, HybridPrivateKey
 from node.core.identity import Identity
+from node.mls import MlsClient
 from node.transport.connection import Caller
 from node.transport.endpoint import Endpoint, EndpointConfig
 from relay.service import RelayService
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 
 NODE_PORT, DHT_PORT, RELAY_PORT = 4433, 4434, 7700
 FORK_LABEL = "quicnprotochat simulation fork check"
+# Simulated KeyPackages begin at the simulated epoch (in the past) and must still be valid by
+# the system clock, which OpenMLS checks too (node.mls.MlsClient).
+KEY_PACKAGE_LIFETIME_S = 50 * 365 * 24 * 3600
 Progress = Callable[[float], None]  # called with the simulated time reached
 
 
@@ -220,7 +224,8 @@ class _Run:
                 random.Random(derive_seed(self.s.seed, "identity", str(index))).randbytes(32)  # noqa: S311
             )
             relay = self.relays[index % len(self.relays)].info if self.relays else None
-            node = Node(identity, runtime, name=f"n{index}", relay=relay)
+            mls = MlsClient(identity, runtime, key_package_lifetime_s=KEY_PACKAGE_LIFETIME_S)
+            node = Node(identity, runtime, name=f"n{index}", relay=relay, mls=mls)
             member = _Member(index, host, identity, relay, node, runtime)
             self.index_of[identity.public_key] = index
             node.on_message = self._on_message(member)
@@ -543,17 +548,29 @@ class _Run:
             await runtime.spawn(dht.start(host, DHT_PORT))
             identity = Identity.from_seed(runtime.random_bytes(32))
             nodes.append((runtime, dht, identity))
-        for index, (runtime, dht, _) in enumerate(nodes[1:], start=1):
-            peer = nodes[self.rng.randrange(index)][1]
-            await runtime.spawn(dht.bootstrap([peer.address], 30.0))
+        # Nodes join in waves, each through a random node of the waves before it (a DHT grows
+        # while it is used; one join at a time would take a simulated day at 10,000 nodes).
+        joined = 1
+        while joined < len(nodes):
+            wave = nodes[joined : joined + max(1, joined // 2)]
+            peers = [nodes[self.rng.randrange(joined)][1].address for _ in wave]
+            await asyncio.gather(
+                *(
+                    runtime.spawn(dht.bootstrap([peer], 30.0))
+                    for (runtime, dht, _), peer in zip(wave, peers, strict=True)
+                )
+            )
+            joined += len(wave)
         records: list[tuple[Identity, int]] = []
-        for runtime, dht, identity in nodes:
-            envelope_key = HybridPrivateKey(runtime.random_bytes(SEED_SIZE)).public_key
-            own = OwnRecord(identity, envelope_key, addresses=[(dht.address[0], NODE_PORT)])
-            signed = own.sign(runtime.wall_ms())
-            await runtime.spawn(dht.publish(signed))
-            assert own.current is not None
-            records.append((identity, own.current.record.sequence))
+        for start in range(0, len(nodes), 200):
+            batch = []
+            for runtime, dht, identity in nodes[start : start + 200]:
+                envelope_key = HybridPrivateKey(runtime.random_bytes(SEED_SIZE)).public_key
+                own = OwnRecord(identity, envelope_key, addresses=[(dht.address[0], NODE_PORT)])
+                batch.append(runtime.spawn(dht.publish(own.sign(runtime.wall_ms()))))
+                assert own.current is not None
+                records.append((identity, own.current.record.sequence))
+            await asyncio.gather(*batch)
         order = list(range(len(nodes)))
         self.rng.shuffle(order)
         crashed = set(order[: round(dht_cfg.crashed_share * len(nodes))])

@@ -28,7 +28,10 @@ T = TypeVar("T")
 
 __all__ = ["BlockingCost", "SimRuntime", "derive_seed"]
 
-DEFAULT_EPOCH_MS = 1_800_000_000_000  # 2027-01-15: a fixed "now" so runs repeat
+# A fixed "now" so runs repeat, in the past: OpenMLS checks KeyPackage lifetimes against the
+# system clock too, so simulated KeyPackages (made with a long lifetime, see simulations.engine)
+# must have begun before the real today.
+DEFAULT_EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 BlockingCost = Callable[[Callable[[], Any]], float]
 """Simulated CPU seconds a blocking call costs (a hook for a cost model; 0 = free)."""

@@ -30,7 +30,7 @@ from node.app.inbox import DEFERRED, Applied
 from node.app.outbox import Outbox, SendReport
 from node.core import wire
 from node.core.errors import LocalProtocolError, ProposalRejectedError, UnknownGroupError
-from node.core.runtime import BlockingRunner
+from node.core.runtime import BlockingRunner, Clock
 from node.mls import (
     ContentType,
     GroupError,
@@ -81,6 +81,7 @@ class Membership:
         outbox: Outbox,
         envelope: EnvelopeMaker,
         run: BlockingRunner,
+        clock_ms: Clock,
     ) -> None:
         self._me = own_identity
         self._groups = groups
@@ -88,6 +89,7 @@ class Membership:
         self._envelope = envelope
         # MLS calls write the state file: they run through the executor, never on the loop.
         self._run = run
+        self._clock_ms = clock_ms
         # One commit and its queueing at a time per group, so the outbox holds commits in the
         # order they were made and each fan-out is that of its own commit.
         self._commit_locks: dict[bytes, asyncio.Lock] = {}
@@ -119,7 +121,9 @@ class Membership:
         if group.committer == self._me:
             return await self._commit(group, lambda: group.commit(key_packages))
         proposals = await self._run(lambda: [group.propose_add(kp) for kp in key_packages])
-        self._want(group_id, [_Wanted(True, key_package_identity(kp), kp) for kp in key_packages])
+        now_ms = self._clock_ms()
+        wanted = [_Wanted(True, key_package_identity(kp, now_ms=now_ms), kp) for kp in key_packages]
+        self._want(group_id, wanted)
         return await self._to_committer(group, proposals)
 
     async def remove(self, group_id: bytes, identities: Sequence[bytes]) -> SendReport:

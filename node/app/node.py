@@ -95,7 +95,7 @@ class Node:
         )
         self.outbox = Outbox(self.store, self._run, self.router)
         self.membership = Membership(
-            self.public_key, self.groups, self.outbox, self._envelope, self._run
+            self.public_key, self.groups, self.outbox, self._envelope, self._run, self._clock_ms
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._resumed = False
@@ -418,7 +418,7 @@ class Node:
         response = await self.router.call_peer(peer, wire.FetchKeyPackage(peer))
         if not isinstance(response, wire.FetchKeyPackageResult):
             raise NodeError(f"{self.contacts.name(peer)} sent no KeyPackage")
-        if key_package_identity(response.key_package) != peer:
+        if key_package_identity(response.key_package, now_ms=self._clock_ms()) != peer:
             raise NodeError(f"{self.contacts.name(peer)} sent someone else's KeyPackage")
         return response.key_package
 

@@ -22,18 +22,29 @@ from openmls_bindings import CIPHERSUITE_X25519_AES128GCM, CIPHERSUITE_XWING, Cl
 SUITES = ((CIPHERSUITE_X25519_AES128GCM, "0x0001"), (CIPHERSUITE_XWING, "0x004D"))
 
 
+def new_client(path: Path | None = None, key: bytes | None = None) -> Client:
+    """A client on the system clock with the system's randomness."""
+    return Client(
+        os.urandom(32),
+        clock_ms=lambda: time.time_ns() // 1_000_000,
+        rng_seed=None,
+        storage_path=path,
+        storage_key=key,
+    )
+
+
 def build(size: int, suite: int, directory: Path | None) -> tuple[Group, Group]:
     """A group of ``size`` members: the committer's group and one member's."""
     key = os.urandom(32)
 
     def client(name: str) -> Client:
         if directory is None:
-            return Client(os.urandom(32))
-        return Client(os.urandom(32), directory / name, key)
+            return new_client()
+        return new_client(directory / name, key)
 
     committer, member = client("committer.mls"), client("member.mls")
     group = committer.create_group(b"bench", suite)
-    others = [Client(os.urandom(32)) for _ in range(size - 2)]
+    others = [new_client() for _ in range(size - 2)]
     key_packages = [c.key_package(suite) for c in others] + [member.key_package(suite)]
     _commit, welcome = group.add_members(key_packages)
     return group, member.join(welcome)

@@ -7,19 +7,22 @@
 //! the call changed and the touched groups are reloaded from the store (any
 //! error, including a failed write or a panic). A caller therefore sees each call happen completely or not at
 //! all, in memory and on disk.
+//!
+//! Time and randomness are the caller's: every transaction reads the
+//! client's clock once ([`crate::clock`]), and every random draw comes from
+//! the client's generator ([`crate::crypto`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openmls::group::{
     GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, ProcessedWelcome, StagedWelcome,
     MIXED_CIPHERTEXT_WIRE_FORMAT_POLICY, PURE_CIPHERTEXT_WIRE_FORMAT_POLICY,
 };
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialWithKey, LeafNodeParameters, MlsMessageBodyIn,
-    MlsMessageIn, MlsMessageOut, SenderRatchetConfiguration, SignatureScheme,
+    BasicCredential, Ciphersuite, CredentialWithKey, LeafNodeParameters, Lifetime,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, SenderRatchetConfiguration, SignatureScheme,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
@@ -28,10 +31,13 @@ use pyo3::types::PyBytes;
 use tls_codec::DeserializeBytes;
 use zeroize::Zeroize;
 
+use crate::clock::{Clock, Now};
+use crate::crypto::RNG_SEED_LEN;
 use crate::error::{guarded, Error, Result};
 use crate::group::Group;
 use crate::key_package::{
-    ciphersuite_from_code, verified_identity, CIPHERSUITE_X25519_AES128GCM, IDENTITY_LEN,
+    ciphersuite_from_code, verified_identity, KeyPackageLifetime, CIPHERSUITE_X25519_AES128GCM,
+    IDENTITY_LEN, KEY_PACKAGE_LIFETIME_SECS,
 };
 use crate::meta::{self, OwnCommit};
 use crate::policy::{capabilities, Policy};
@@ -41,6 +47,8 @@ use crate::store_file::StateFile;
 // The Python signatures below spell the default ciphersuite as a literal so
 // that it shows up in `inspect.signature`; keep it equal to the constant.
 const _: () = assert!(CIPHERSUITE_X25519_AES128GCM == 0x0001);
+// The same for the default key_package_lifetime_s (12 weeks).
+const _: () = assert!(KEY_PACKAGE_LIFETIME_SECS == 7_257_600);
 
 /// Length of a raw Ed25519 private key (the RFC 8032 seed).
 pub const SIGNING_KEY_LEN: usize = 32;
@@ -56,15 +64,21 @@ pub const MAX_PAST_EPOCHS: usize = 1;
 const OUT_OF_ORDER_TOLERANCE: u32 = 32;
 const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 
-/// Configuration for groups we create. The ratchet tree goes into every
-/// Welcome and GroupInfo (RFC 9420 §12.4.3.3), so joiners need nothing out of
-/// band. Handshake messages go out encrypted; incoming ones may be
-/// PublicMessages only in groups open to external commits (which are always
-/// PublicMessages) and in interop groups (other implementations may send
-/// their handshakes in the clear).
-pub(crate) fn create_config(suite: Ciphersuite, policy: &Policy) -> Result<MlsGroupCreateConfig> {
+/// Configuration for groups we create, whose creator's leaf has `lifetime`.
+/// The ratchet tree goes into every Welcome and GroupInfo (RFC 9420
+/// §12.4.3.3), so joiners need nothing out of band. Handshake messages go
+/// out encrypted; incoming ones may be PublicMessages only in groups open to
+/// external commits (which are always PublicMessages) and in interop groups
+/// (other implementations may send their handshakes in the clear).
+pub(crate) fn create_config(
+    suite: Ciphersuite,
+    policy: &Policy,
+    lifetime: Lifetime,
+) -> Result<MlsGroupCreateConfig> {
     Ok(MlsGroupCreateConfig::builder()
         .ciphersuite(suite)
+        // The creator's leaf carries a lifetime, like a KeyPackage's.
+        .lifetime(lifetime)
         .use_ratchet_tree_extension(true)
         .capabilities(capabilities())
         .with_group_context_extensions(policy.new_group_extensions()?)
@@ -103,12 +117,6 @@ pub(crate) fn encode(message: &MlsMessageOut) -> Result<Vec<u8>> {
     message
         .to_bytes()
         .map_err(|_| Error::state("could not encode an MLS message"))
-}
-
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The signing key and what is derived from it.
@@ -152,6 +160,10 @@ impl Keys {
 pub struct Inner {
     pub(crate) provider: Provider,
     pub(crate) groups: HashMap<Vec<u8>, MlsGroup>,
+    /// The time the running transaction read from the client's clock.
+    now: Now,
+    /// The length of every lifetime this client makes.
+    key_package_lifetime: KeyPackageLifetime,
     file: Option<StateFile>,
     /// Groups the running transaction changed, to reload if it fails.
     touched: Vec<Vec<u8>>,
@@ -160,6 +172,23 @@ pub struct Inner {
 }
 
 impl Inner {
+    /// The time the running transaction read from the client's clock (its
+    /// one reading: a call sees one "now").
+    pub(crate) fn now(&self) -> Now {
+        self.now
+    }
+
+    /// The length of every lifetime this client makes.
+    pub(crate) fn key_package_lifetime(&self) -> KeyPackageLifetime {
+        self.key_package_lifetime
+    }
+
+    /// The lifetime of a KeyPackage or creator leaf made now: from an hour
+    /// before [`Inner::now`] to `now` plus the client's lifetime length.
+    pub(crate) fn lifetime(&self) -> Lifetime {
+        self.key_package_lifetime.at(self.now)
+    }
+
     /// Marks a group as changed by the running transaction.
     pub(crate) fn touch(&mut self, group_id: &[u8]) {
         if !self.touched.iter().any(|id| id == group_id) {
@@ -221,18 +250,52 @@ impl Inner {
 /// they keep working after the Python `Client` object is gone.
 pub struct ClientState {
     pub(crate) keys: Keys,
+    clock: Clock,
     inner: Mutex<Inner>,
 }
 
+/// Turns the caller's `rng_seed` into a seed.
+pub fn rng_seed_from(rng_seed: Option<&[u8]>) -> Result<Option<[u8; RNG_SEED_LEN]>> {
+    rng_seed
+        .map(|seed| {
+            seed.try_into().map_err(|_| {
+                Error::invalid_input(format!(
+                    "rng_seed must be {RNG_SEED_LEN} bytes or None, got {}",
+                    seed.len()
+                ))
+            })
+        })
+        .transpose()
+}
+
 impl ClientState {
-    /// An in-memory client (tests, simulations).
-    pub fn in_memory(signing_key: &[u8]) -> Result<Self> {
-        Self::open(signing_key, None)
+    /// An in-memory client with the default lifetimes (tests).
+    #[cfg(test)]
+    pub fn in_memory(
+        signing_key: &[u8],
+        clock: Clock,
+        rng_seed: Option<[u8; RNG_SEED_LEN]>,
+    ) -> Result<Self> {
+        Self::open(
+            signing_key,
+            None,
+            clock,
+            rng_seed,
+            KeyPackageLifetime::default(),
+        )
     }
 
     /// A client whose state lives in the encrypted file at `path`; created
-    /// if it does not exist.
-    pub fn open(signing_key: &[u8], storage: Option<(PathBuf, &[u8])>) -> Result<Self> {
+    /// if it does not exist. Its time comes from `clock`, its randomness from
+    /// `rng_seed` (or the operating system without one); every lifetime it
+    /// makes is `key_package_lifetime` long.
+    pub fn open(
+        signing_key: &[u8],
+        storage: Option<(PathBuf, &[u8])>,
+        clock: Clock,
+        rng_seed: Option<[u8; RNG_SEED_LEN]>,
+        key_package_lifetime: KeyPackageLifetime,
+    ) -> Result<Self> {
         let keys = Keys::from_signing_key(signing_key)?;
         // The identity a stored state belongs to must be ours.
         let check = |entries: Option<&Entries>| match entries {
@@ -246,12 +309,12 @@ impl ClientState {
             },
         };
         let (provider, file, existed) = match storage {
-            None => (Provider::new()?, None, false),
+            None => (Provider::new(rng_seed)?, None, false),
             Some((path, key)) => {
                 let (file, entries) = StateFile::open(&path, key, check)?;
                 match entries {
-                    Some(entries) => (Provider::with_entries(entries)?, Some(file), true),
-                    None => (Provider::new()?, Some(file), false),
+                    Some(entries) => (Provider::with_entries(entries, rng_seed)?, Some(file), true),
+                    None => (Provider::new(rng_seed)?, Some(file), false),
                 }
             }
         };
@@ -268,6 +331,9 @@ impl ClientState {
         let mut inner = Inner {
             provider,
             groups,
+            // Set by every transaction before it runs.
+            now: Now::from_ms(0),
+            key_package_lifetime,
             file,
             touched: Vec::new(),
             broken: false,
@@ -277,6 +343,7 @@ impl ClientState {
         }
         Ok(Self {
             keys,
+            clock,
             inner: Mutex::new(inner),
         })
     }
@@ -292,17 +359,37 @@ impl ClientState {
         Ok(inner)
     }
 
-    /// Runs a read-only `f`.
+    /// Runs a read-only `f` that needs no time (it reads no clock).
     pub(crate) fn read<T>(&self, f: impl FnOnce(&Keys, &Inner) -> Result<T>) -> Result<T> {
         let inner = self.lock()?;
         guarded(|| f(&self.keys, &inner))
     }
 
-    /// Runs `f` as one atomic step: its changes are written to the state
-    /// file before this returns, or undone (in memory) if anything fails.
+    /// Runs a read-only `f` at the clock's current time.
+    pub(crate) fn read_now<T>(&self, f: impl FnOnce(&Keys, &Inner, Now) -> Result<T>) -> Result<T> {
+        // The clock first: reading a Python clock takes the GIL, which must
+        // never be awaited while holding the lock (see src/clock.rs).
+        let now = self.clock.now()?;
+        let inner = self.lock()?;
+        guarded(|| f(&self.keys, &inner, now))
+    }
+
+    /// Runs `f` as one atomic step at the clock's current time
+    /// ([`Inner::now`]): its changes are written to the state file before
+    /// this returns, or undone (in memory) if anything fails.
     pub(crate) fn transact<T>(&self, f: impl FnOnce(&Keys, &mut Inner) -> Result<T>) -> Result<T> {
+        let now = self.clock.now()?;
         let mut guard = self.lock()?;
         let inner = &mut *guard;
+        inner.now = now;
+        self.transact_locked(inner, f)
+    }
+
+    fn transact_locked<T>(
+        &self,
+        inner: &mut Inner,
+        f: impl FnOnce(&Keys, &mut Inner) -> Result<T>,
+    ) -> Result<T> {
         inner.touched.clear();
         inner.provider.storage().begin();
         let result = guarded(|| {
@@ -369,7 +456,7 @@ impl ClientState {
             let group = MlsGroup::new_with_group_id(
                 &inner.provider,
                 &keys.signer,
-                &create_config(suite, &policy)?,
+                &create_config(suite, &policy, inner.lifetime())?,
                 GroupId::from_slice(group_id),
                 keys.credential.clone(),
             )?;
@@ -520,18 +607,38 @@ pub struct Client {
 
 #[pymethods]
 impl Client {
+    /// `clock_ms` and `rng_seed` have no defaults on purpose: a simulation
+    /// must never run on the real clock or the system's randomness by
+    /// omission. `key_package_lifetime_s` is the length of every lifetime
+    /// the client makes (1 s to 100 years; 12 weeks by default).
     #[new]
-    #[pyo3(signature = (signing_key, storage_path = None, storage_key = None))]
+    #[pyo3(signature = (
+        signing_key,
+        *,
+        clock_ms,
+        rng_seed,
+        storage_path = None,
+        storage_key = None,
+        key_package_lifetime_s = 7_257_600,
+    ))]
     fn new(
         py: Python<'_>,
         signing_key: &[u8],
+        clock_ms: &Bound<'_, PyAny>,
+        rng_seed: Option<&[u8]>,
         storage_path: Option<PathBuf>,
         storage_key: Option<&[u8]>,
+        key_package_lifetime_s: i128,
     ) -> PyResult<Self> {
+        let clock = Clock::python(clock_ms)?;
+        let rng_seed = rng_seed_from(rng_seed)?;
+        let lifetime = KeyPackageLifetime::from_secs(key_package_lifetime_s)?;
         let state = py.detach(|| {
             guarded(|| match (storage_path, storage_key) {
-                (None, None) => ClientState::in_memory(signing_key),
-                (Some(path), Some(key)) => ClientState::open(signing_key, Some((path, key))),
+                (None, None) => ClientState::open(signing_key, None, clock, rng_seed, lifetime),
+                (Some(path), Some(key)) => {
+                    ClientState::open(signing_key, Some((path, key)), clock, rng_seed, lifetime)
+                }
                 _ => Err(Error::invalid_input(
                     "storage_path and storage_key must be given together",
                 )),
@@ -677,18 +784,21 @@ pub(crate) fn hex_prefix(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::testing::{at_system_now, system_now};
     use crate::key_package::{build_key_package, SUPPORTED_CIPHERSUITES as SUPPORTED};
 
     #[test]
     fn wrong_signing_key_length_is_invalid_input() {
-        let err = ClientState::in_memory(&[0u8; 31]).err().unwrap();
+        let err = ClientState::in_memory(&[0u8; 31], at_system_now(), None)
+            .err()
+            .unwrap();
         assert_eq!(err.python_class(), "InvalidInputError");
         assert_eq!(err.message(), "signing key must be 32 bytes, got 31");
     }
 
     #[test]
     fn failed_transaction_leaves_the_store_untouched() {
-        let client = ClientState::in_memory(&[1; 32]).unwrap();
+        let client = ClientState::in_memory(&[1; 32], at_system_now(), None).unwrap();
         let before = client
             .read(|_, inner| Ok(inner.provider.storage().with_entries(|e| e.len())))
             .unwrap();
@@ -700,7 +810,7 @@ mod tests {
                     &keys.credential,
                     SUPPORTED[0],
                     false,
-                    None,
+                    KeyPackageLifetime::default().at(system_now()),
                 )?;
                 Err::<(), _>(Error::state("boom"))
             })
@@ -714,7 +824,7 @@ mod tests {
 
     #[test]
     fn panic_inside_a_transaction_is_an_error_and_rolls_back() {
-        let client = ClientState::in_memory(&[1; 32]).unwrap();
+        let client = ClientState::in_memory(&[1; 32], at_system_now(), None).unwrap();
         client.create_group(b"g", 1, false, false).unwrap();
         let err = client
             .transact(|_, inner| -> Result<()> {

@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 use tls_codec::{DeserializeBytes, VLBytes};
 
 use crate::client::{encode, Inner, Keys};
+use crate::clock::Now;
 use crate::error::{Error, Result};
-use crate::key_package::{ciphersuite_code, leaf_identity, parse_key_package};
+use crate::key_package::{check_lifetime, ciphersuite_code, leaf_identity, parse_key_package};
 use crate::meta::{self, OwnCommit};
 use crate::policy::{self, key_package_supports_policy, member_identity, Policy};
 use crate::provider::Provider;
@@ -119,17 +120,21 @@ pub struct GroupOps<'a> {
     provider: &'a Provider,
     group: &'a mut MlsGroup,
     group_id: &'a [u8],
+    /// The transaction's time: KeyPackages to add must be valid at it.
+    now: Now,
 }
 
 impl<'a> GroupOps<'a> {
     pub fn new(keys: &'a Keys, inner: &'a mut Inner, group_id: &'a [u8]) -> Result<Self> {
         inner.touch(group_id);
+        let now = inner.now();
         let (provider, group) = inner.group_mut(group_id)?;
         Ok(Self {
             keys,
             provider,
             group,
             group_id,
+            now,
         })
     }
 
@@ -166,7 +171,7 @@ impl<'a> GroupOps<'a> {
         let policy = Policy::of(self.group)?;
         let mut parsed = Vec::with_capacity(key_packages.len());
         for (position, bytes) in key_packages.iter().enumerate() {
-            let kp = parse_key_package(bytes.as_ref())?;
+            let kp = parse_key_package(bytes.as_ref(), self.now)?;
             if kp.ciphersuite() != group_suite {
                 return Err(Error::wrong_ciphersuite(format!(
                     "key package {position} uses ciphersuite {:#06x} but the group uses {:#06x}",
@@ -221,7 +226,7 @@ impl<'a> GroupOps<'a> {
                     let kp = add.key_package();
                     let identity = kp.leaf_node().credential().serialized_content().to_vec();
                     if !members.contains(&identity)
-                        && kp.life_time().validate().is_ok()
+                        && check_lifetime(kp.life_time(), self.now).is_ok()
                         && adding.insert(identity)
                     {
                         adds.push(kp.clone());

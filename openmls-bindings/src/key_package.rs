@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tls_codec::DeserializeBytes;
 
+use crate::clock::Now;
 use crate::error::{guarded, Error, Result};
 use crate::policy::capabilities;
 use crate::provider::{shared_crypto, Provider};
@@ -35,6 +36,69 @@ pub const SUPPORTED_CIPHERSUITES: [Ciphersuite; 3] = [
 
 /// Length of an identity: a raw Ed25519 public key.
 pub const IDENTITY_LEN: usize = 32;
+
+/// How long a KeyPackage we make is valid by default: 12 weeks, as
+/// OpenMLS's default.
+pub const KEY_PACKAGE_LIFETIME_SECS: u64 = 12 * 7 * 24 * 60 * 60;
+
+/// The longest lifetime a client makes: 100 years of 365.25 days. A
+/// simulation whose clock is far from the real one passes a long lifetime so
+/// that its KeyPackages also pass OpenMLS's checks against the real clock
+/// (see src/clock.rs).
+pub const MAX_KEY_PACKAGE_LIFETIME_SECS: u64 = 36525 * 24 * 60 * 60;
+
+/// How far into the past a KeyPackage's lifetime reaches, for peers whose
+/// clocks are behind (an hour, as OpenMLS's default).
+pub const KEY_PACKAGE_LIFETIME_MARGIN_SECS: u64 = 60 * 60;
+
+/// The length of every lifetime a client makes (KeyPackages, last-resort
+/// KeyPackages, a group creator's leaf), in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPackageLifetime {
+    secs: u64,
+}
+
+impl Default for KeyPackageLifetime {
+    fn default() -> Self {
+        Self {
+            secs: KEY_PACKAGE_LIFETIME_SECS,
+        }
+    }
+}
+
+impl KeyPackageLifetime {
+    /// A lifetime of `secs` seconds: at least 1, at most
+    /// [`MAX_KEY_PACKAGE_LIFETIME_SECS`].
+    pub fn from_secs(secs: i128) -> Result<Self> {
+        match u64::try_from(secs) {
+            Ok(secs) if (1..=MAX_KEY_PACKAGE_LIFETIME_SECS).contains(&secs) => Ok(Self { secs }),
+            _ => Err(Error::invalid_input(format!(
+                "key_package_lifetime_s must be between 1 and \
+                 {MAX_KEY_PACKAGE_LIFETIME_SECS} seconds (100 years), got {secs}"
+            ))),
+        }
+    }
+
+    pub fn secs(self) -> u64 {
+        self.secs
+    }
+
+    /// The lifetime of a KeyPackage (or a group creator's leaf) made at
+    /// `now`: from an hour before `now` to `now` plus this length.
+    pub fn at(self, now: Now) -> Lifetime {
+        Lifetime::init(
+            now.secs().saturating_sub(KEY_PACKAGE_LIFETIME_MARGIN_SECS),
+            now.secs().saturating_add(self.secs),
+        )
+    }
+}
+
+/// Checks `lifetime` against the client's `now` (not the system clock).
+pub fn check_lifetime(lifetime: &Lifetime, now: Now) -> Result<()> {
+    lifetime
+        .validate_with_time(now.system_time())
+        .map_err(|e| Error::invalid_message(format!("invalid key package: {e}")))
+}
 
 /// Turns a Python int into a ciphersuite this binding can use: one of
 /// [`SUPPORTED_CIPHERSUITES`], and supported by the crypto provider.
@@ -79,52 +143,62 @@ pub fn leaf_identity(leaf: &LeafNode) -> Result<Vec<u8>> {
     verified_identity(leaf.credential(), leaf.signature_key().as_slice())
 }
 
-/// Decodes a KeyPackage MLSMessage, verifies its signatures, lifetime and
-/// credential rule, and returns it.
-pub fn parse_key_package(bytes: &[u8]) -> Result<KeyPackage> {
+/// Decodes a KeyPackage MLSMessage, verifies its signatures, lifetime (at
+/// `now`) and credential rule, and returns it.
+///
+/// OpenMLS's `KeyPackageIn::validate` also checks the lifetime, against the
+/// system clock (src/clock.rs); the check at `now` is ours.
+pub fn parse_key_package(bytes: &[u8], now: Now) -> Result<KeyPackage> {
     let message = MlsMessageIn::tls_deserialize_exact_bytes(bytes)?;
     let key_package_in = match message.extract() {
         MlsMessageBodyIn::KeyPackage(kp) => kp,
         _ => return Err(Error::invalid_input("message is not a key package")),
     };
-    let key_package = key_package_in.validate(shared_crypto()?, ProtocolVersion::Mls10)?;
+    let crypto = shared_crypto()?;
+    let key_package = key_package_in.validate(crypto, ProtocolVersion::Mls10)?;
+    check_lifetime(key_package.life_time(), now)?;
     leaf_identity(key_package.leaf_node())?;
     Ok(key_package)
 }
 
-/// Makes a KeyPackage with our capabilities and stores its private keys in
-/// `provider`. `lifetime` defaults to OpenMLS's (about 12 weeks).
+/// Makes a KeyPackage with our capabilities and `lifetime` (normally
+/// [`KeyPackageLifetime::at`] the client's now), and stores its private keys in
+/// `provider`.
 pub fn build_key_package(
     provider: &Provider,
     signer: &SignatureKeyPair,
     credential: &CredentialWithKey,
     suite: Ciphersuite,
     last_resort: bool,
-    lifetime: Option<Lifetime>,
+    lifetime: Lifetime,
 ) -> Result<KeyPackageBundle> {
-    let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+    let mut builder = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities())
+        .key_package_lifetime(lifetime);
     if last_resort {
         builder = builder.mark_as_last_resort();
-    }
-    if let Some(lifetime) = lifetime {
-        builder = builder.key_package_lifetime(lifetime);
     }
     Ok(builder.build(suite, provider, signer, credential.clone())?)
 }
 
-/// Validate a KeyPackage (an MLSMessage) and return its credential identity.
+/// Validate a KeyPackage (an MLSMessage) at time `now_ms` (milliseconds
+/// since the Unix epoch) and return its credential identity.
 ///
 /// The identity is the 32-byte Ed25519 public key that signed the KeyPackage.
 /// Raises InvalidInputError for undecodable bytes and InvalidMessageError for
-/// a KeyPackage that fails validation.
+/// a KeyPackage that fails validation (also: not valid at `now_ms`, or not
+/// valid by the system clock, which OpenMLS checks too).
 #[pyfunction]
+#[pyo3(signature = (key_package, *, now_ms))]
 pub fn key_package_identity<'py>(
     py: Python<'py>,
     key_package: &[u8],
+    now_ms: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let now = Now::from_ms(now_ms);
     let identity = py.detach(|| {
         guarded(|| {
-            let kp = parse_key_package(key_package)?;
+            let kp = parse_key_package(key_package, now)?;
             leaf_identity(kp.leaf_node())
         })
     })?;
@@ -149,7 +223,7 @@ mod tests {
     #[test]
     fn garbage_is_not_a_key_package() {
         for bytes in [&b""[..], b"\x00", b"\x00\x01\x00\x05", &[0xff; 64]] {
-            let err = parse_key_package(bytes).unwrap_err();
+            let err = parse_key_package(bytes, Now::from_ms(0)).unwrap_err();
             assert_eq!(err.python_class(), "InvalidInputError");
         }
     }

@@ -5,6 +5,8 @@
 //! `openmls_bindings.exceptions.MlsError`.
 
 mod client;
+mod clock;
+mod crypto;
 mod error;
 mod group;
 mod group_ops;
@@ -19,6 +21,8 @@ mod store_file;
 
 #[cfg(test)]
 mod scenario_tests;
+#[cfg(test)]
+mod seeded_tests;
 
 pub use error::{Error, Result};
 

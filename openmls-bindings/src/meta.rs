@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_garbage_is_a_storage_error() {
-        let provider = Provider::new().unwrap();
+        let provider = Provider::new(None).unwrap();
         add_group(&provider, b"g1").unwrap();
         add_group(&provider, b"g2").unwrap();
         add_group(&provider, b"g1").unwrap();

@@ -5,13 +5,18 @@
 //! ones; a Welcome deletes the one it used. The last-resort KeyPackage of a
 //! ciphersuite (RFC 9420 §16.8, the last_resort extension) survives joins and
 //! restarts until it is rotated.
+//!
+//! Every lifetime and expiry here is measured by the client's clock: a
+//! KeyPackage made at clock time T is valid from T - 1 h to T + the client's
+//! `key_package_lifetime_s` (12 weeks by default).
 
-use openmls::prelude::{Ciphersuite, KeyPackageBundle, KeyPackageRef, MlsMessageOut};
+use openmls::prelude::{Ciphersuite, KeyPackageBundle, KeyPackageRef, Lifetime, MlsMessageOut};
 use openmls_traits::storage::StorageProvider as _;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{DeserializeBytes, Serialize as _, VLBytes};
 
-use crate::client::{encode, now_secs, ClientState, Inner, Keys};
+use crate::client::{encode, ClientState, Inner, Keys};
+use crate::clock::Now;
 use crate::error::{Error, Result};
 use crate::key_package::{build_key_package, ciphersuite_code, ciphersuite_from_code};
 use crate::meta::{self, LastResort, Pool, PoolEntry};
@@ -20,8 +25,13 @@ use crate::provider::Provider;
 /// Most KeyPackages made by one call.
 pub const MAX_KEY_PACKAGES_PER_CALL: usize = 1000;
 
-/// A last-resort KeyPackage closer than this to its expiry is replaced.
+/// A last-resort KeyPackage closer than this to its expiry is replaced (or
+/// than half its lifetime, for lifetimes shorter than two weeks).
 const LAST_RESORT_RENEW_MARGIN_SECS: u64 = 7 * 24 * 60 * 60;
+
+fn last_resort_renew_margin(inner: &Inner) -> u64 {
+    LAST_RESORT_RENEW_MARGIN_SECS.min(inner.key_package_lifetime().secs() / 2)
+}
 
 impl ClientState {
     /// `count` fresh single-use KeyPackages. Their private keys stay in the
@@ -34,8 +44,9 @@ impl ClientState {
             )));
         }
         self.transact(|keys, inner| {
+            let now = inner.now();
             let provider = &inner.provider;
-            let mut pool = prune_pool(provider)?;
+            let mut pool = prune_pool(provider, now)?;
             let mut out = Vec::with_capacity(count);
             for _ in 0..count {
                 let bundle = build_key_package(
@@ -44,7 +55,7 @@ impl ClientState {
                     &keys.credential,
                     suite,
                     false,
-                    None,
+                    inner.lifetime(),
                 )?;
                 pool.entries.push(PoolEntry {
                     hash_ref: encode_ref(provider, &bundle)?,
@@ -62,14 +73,13 @@ impl ClientState {
     /// unexpired (not counting the last-resort one).
     pub fn unused_key_packages(&self, ciphersuite: i64) -> Result<usize> {
         let code = ciphersuite_code(ciphersuite_from_code(ciphersuite)?);
-        self.read(|_, inner| {
+        self.read_now(|_, inner, now| {
             let provider = &inner.provider;
             let pool = meta::load::<Pool>(provider, meta::KEY_PACKAGE_POOL)?.unwrap_or_default();
-            let now = now_secs();
             let mut count = 0;
             for entry in &pool.entries {
                 if entry.ciphersuite == code
-                    && entry.not_after > now
+                    && entry.not_after > now.secs()
                     && key_package_stored(provider, entry.hash_ref.as_slice())?
                 {
                     count += 1;
@@ -85,17 +95,19 @@ impl ClientState {
     pub fn last_resort_key_package(&self, ciphersuite: i64) -> Result<Vec<u8>> {
         let suite = ciphersuite_from_code(ciphersuite)?;
         let key = meta::last_resort_key(ciphersuite_code(suite));
-        let current = |inner: &Inner| -> Result<Option<Vec<u8>>> {
+        let current = |inner: &Inner, now: Now| -> Result<Option<Vec<u8>>> {
             Ok(meta::load::<LastResort>(&inner.provider, &key)?
-                .filter(|lr| lr.not_after > now_secs() + LAST_RESORT_RENEW_MARGIN_SECS)
+                .filter(|lr| {
+                    lr.not_after > now.secs().saturating_add(last_resort_renew_margin(inner))
+                })
                 .map(|lr| lr.key_package.into()))
         };
-        if let Some(bytes) = self.read(|_, inner| current(inner))? {
+        if let Some(bytes) = self.read_now(|_, inner, now| current(inner, now))? {
             return Ok(bytes);
         }
-        self.transact(|keys, inner| match current(inner)? {
+        self.transact(|keys, inner| match current(inner, inner.now())? {
             Some(bytes) => Ok(bytes),
-            None => rotate_last_resort(keys, &inner.provider, suite),
+            None => rotate_last_resort(keys, &inner.provider, suite, inner.lifetime()),
         })
     }
 
@@ -103,7 +115,9 @@ impl ClientState {
     /// one. The previous one still joins until the next rotation.
     pub fn rotate_last_resort(&self, ciphersuite: i64) -> Result<Vec<u8>> {
         let suite = ciphersuite_from_code(ciphersuite)?;
-        self.transact(|keys, inner| rotate_last_resort(keys, &inner.provider, suite))
+        self.transact(|keys, inner| {
+            rotate_last_resort(keys, &inner.provider, suite, inner.lifetime())
+        })
     }
 }
 
@@ -134,17 +148,16 @@ fn delete_key_package(provider: &Provider, hash_ref: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The pool without entries that were used or have expired; the private
-/// keys of expired ones are deleted.
-fn prune_pool(provider: &Provider) -> Result<Pool> {
+/// The pool without entries that were used or have expired by `now`; the
+/// private keys of expired ones are deleted.
+fn prune_pool(provider: &Provider, now: Now) -> Result<Pool> {
     let pool = meta::load::<Pool>(provider, meta::KEY_PACKAGE_POOL)?.unwrap_or_default();
-    let now = now_secs();
     let mut kept = Pool::default();
     for entry in pool.entries {
         if !key_package_stored(provider, entry.hash_ref.as_slice())? {
             continue;
         }
-        if entry.not_after <= now {
+        if entry.not_after <= now.secs() {
             delete_key_package(provider, entry.hash_ref.as_slice())?;
             continue;
         }
@@ -153,10 +166,22 @@ fn prune_pool(provider: &Provider) -> Result<Pool> {
     Ok(kept)
 }
 
-fn rotate_last_resort(keys: &Keys, provider: &Provider, suite: Ciphersuite) -> Result<Vec<u8>> {
+fn rotate_last_resort(
+    keys: &Keys,
+    provider: &Provider,
+    suite: Ciphersuite,
+    lifetime: Lifetime,
+) -> Result<Vec<u8>> {
     let key = meta::last_resort_key(ciphersuite_code(suite));
     let old = meta::load::<LastResort>(provider, &key)?;
-    let bundle = build_key_package(provider, &keys.signer, &keys.credential, suite, true, None)?;
+    let bundle = build_key_package(
+        provider,
+        &keys.signer,
+        &keys.credential,
+        suite,
+        true,
+        lifetime,
+    )?;
     let bytes = encode(&MlsMessageOut::from(bundle.clone()))?;
     let previous_hash_ref = match old {
         Some(old) => {
@@ -182,50 +207,67 @@ fn rotate_last_resort(keys: &Keys, provider: &Provider, suite: Ciphersuite) -> R
 
 #[cfg(test)]
 mod tests {
-    use openmls::prelude::Lifetime;
-
     use super::*;
-    use crate::key_package::SUPPORTED_CIPHERSUITES;
+    use crate::clock::testing::{manual, set};
+    use crate::key_package::KEY_PACKAGE_LIFETIME_SECS;
 
-    #[test]
-    fn expired_pool_entries_are_pruned_with_their_private_keys() {
-        let client = ClientState::in_memory(&[1; 32]).unwrap();
-        client.key_packages(2, 1).unwrap();
-        let now = now_secs();
-        let expired = client
-            .transact(|keys, inner| {
-                let provider = &inner.provider;
-                let bundle = build_key_package(
-                    provider,
-                    &keys.signer,
-                    &keys.credential,
-                    SUPPORTED_CIPHERSUITES[0],
-                    false,
-                    Some(Lifetime::init(now - 7200, now - 60)),
-                )?;
-                let hash_ref = encode_ref(provider, &bundle)?;
-                let mut pool = prune_pool(provider)?;
-                pool.entries.push(PoolEntry {
-                    hash_ref: hash_ref.clone(),
-                    ciphersuite: 1,
-                    not_after: now - 60,
-                });
-                meta::store(provider, meta::KEY_PACKAGE_POOL, &pool)?;
-                Ok(hash_ref)
-            })
-            .unwrap();
-        assert_eq!(client.unused_key_packages(1).unwrap(), 2);
-        client.key_packages(1, 1).unwrap();
+    /// 2001-09-09T01:46:40Z: far from the system clock, so that an expiry
+    /// measured by the system clock would fail these tests (the pool never
+    /// parses its KeyPackages, so OpenMLS's own checks do not run here).
+    const T0_SECS: u64 = 1_000_000_000;
+
+    fn at(secs: u64) -> Now {
+        Now::from_ms(secs * 1000)
+    }
+
+    fn pool_refs(client: &ClientState) -> Vec<VLBytes> {
         client
             .read(|_, inner| {
-                let provider = &inner.provider;
-                let pool =
-                    meta::load::<Pool>(provider, meta::KEY_PACKAGE_POOL)?.unwrap_or_default();
-                assert_eq!(pool.entries.len(), 3);
-                assert!(!key_package_stored(provider, expired.as_slice())?);
+                let pool = meta::load::<Pool>(&inner.provider, meta::KEY_PACKAGE_POOL)?
+                    .unwrap_or_default();
+                Ok(pool.entries.into_iter().map(|e| e.hash_ref).collect())
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn pool_expiry_follows_the_clients_clock() {
+        let (clock, handle) = manual(T0_SECS * 1000);
+        let client = ClientState::in_memory(&[1; 32], clock, None).unwrap();
+        client.key_packages(2, 1).unwrap();
+        let made_at_t0 = pool_refs(&client);
+        assert_eq!(made_at_t0.len(), 2);
+        assert_eq!(client.unused_key_packages(1).unwrap(), 2);
+        let expiry = T0_SECS + KEY_PACKAGE_LIFETIME_SECS;
+        set(&handle, Now::from_ms(expiry * 1000 - 1));
+        assert_eq!(client.unused_key_packages(1).unwrap(), 2);
+        set(&handle, at(expiry));
+        assert_eq!(client.unused_key_packages(1).unwrap(), 0);
+        // The next call prunes the expired entries and their private keys.
+        client.key_packages(1, 1).unwrap();
+        assert_eq!(pool_refs(&client).len(), 1);
+        client
+            .read(|_, inner| {
+                for hash_ref in &made_at_t0 {
+                    assert!(!key_package_stored(&inner.provider, hash_ref.as_slice())?);
+                }
                 Ok(())
             })
             .unwrap();
-        assert_eq!(client.unused_key_packages(1).unwrap(), 3);
+        assert_eq!(client.unused_key_packages(1).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_last_resort_key_package_is_renewed_a_week_before_expiry_by_the_clock() {
+        let (clock, handle) = manual(T0_SECS * 1000);
+        let client = ClientState::in_memory(&[1; 32], clock, None).unwrap();
+        let first = client.last_resort_key_package(1).unwrap();
+        let renew_at = T0_SECS + KEY_PACKAGE_LIFETIME_SECS - LAST_RESORT_RENEW_MARGIN_SECS;
+        set(&handle, at(renew_at - 1));
+        assert_eq!(client.last_resort_key_package(1).unwrap(), first);
+        set(&handle, at(renew_at));
+        let second = client.last_resort_key_package(1).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(client.last_resort_key_package(1).unwrap(), second);
     }
 }

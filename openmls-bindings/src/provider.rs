@@ -1,5 +1,6 @@
 //! The OpenMLS provider: libcrux crypto (every suite we offer, X-Wing
-//! included) and the client's journaled store ([`crate::storage`]).
+//! included) with the client's randomness ([`crate::crypto`]), and the
+//! client's journaled store ([`crate::storage`]).
 //!
 //! The store holds every secret a client has (signature key, KeyPackage init
 //! and leaf keys, epoch secrets, ratchet trees), so it is the unit that
@@ -11,27 +12,27 @@ use std::sync::OnceLock;
 use openmls_libcrux_crypto::CryptoProvider;
 use openmls_traits::OpenMlsProvider;
 
+use crate::crypto::{Crypto, RNG_SEED_LEN};
 use crate::error::{Error, Result};
 pub use crate::storage::{Entries, Store, StoreError as StorageError};
 
 /// Crypto and storage for one client.
 pub struct Provider {
-    crypto: CryptoProvider,
+    crypto: Crypto,
     store: Store,
 }
 
 impl Provider {
-    /// An empty store.
-    pub fn new() -> Result<Self> {
-        Self::with_entries(Entries::new())
+    /// An empty store; randomness from `rng_seed` or, without one, the
+    /// operating system.
+    pub fn new(rng_seed: Option<[u8; RNG_SEED_LEN]>) -> Result<Self> {
+        Self::with_entries(Entries::new(), rng_seed)
     }
 
     /// A store holding `entries` (read back from a state file).
-    pub fn with_entries(entries: Entries) -> Result<Self> {
-        let crypto = CryptoProvider::new()
-            .map_err(|_| Error::state("the system random number generator is unavailable"))?;
+    pub fn with_entries(entries: Entries, rng_seed: Option<[u8; RNG_SEED_LEN]>) -> Result<Self> {
         Ok(Self {
-            crypto,
+            crypto: Crypto::new(rng_seed)?,
             store: Store::new(entries),
         })
     }
@@ -53,8 +54,8 @@ impl Provider {
 }
 
 impl OpenMlsProvider for Provider {
-    type CryptoProvider = CryptoProvider;
-    type RandProvider = CryptoProvider;
+    type CryptoProvider = Crypto;
+    type RandProvider = Crypto;
     type StorageProvider = Store;
 
     fn storage(&self) -> &Self::StorageProvider {
@@ -71,7 +72,7 @@ impl OpenMlsProvider for Provider {
 }
 
 /// A crypto provider for stateless checks (verifying a KeyPackage) that need
-/// no client.
+/// no client and draw no randomness.
 pub fn shared_crypto() -> Result<&'static CryptoProvider> {
     static CRYPTO: OnceLock<Option<CryptoProvider>> = OnceLock::new();
     CRYPTO

@@ -8,7 +8,8 @@ use openmls::prelude::{
 use openmls_traits::OpenMlsProvider;
 use tls_codec::DeserializeBytes;
 
-use crate::client::{encode, now_secs, ClientState, Keys};
+use crate::client::{encode, ClientState, Keys};
+use crate::clock::testing::{at_system_now, system_now};
 use crate::error::Result;
 use crate::group_ops::{parse_group_message, GroupOps, Kind, Outcome};
 use crate::key_package::{build_key_package, SUPPORTED_CIPHERSUITES};
@@ -18,7 +19,7 @@ use crate::provider::Provider;
 const GID: &[u8] = b"room";
 
 fn client(seed: u8) -> ClientState {
-    ClientState::in_memory(&[seed; 32]).unwrap()
+    ClientState::in_memory(&[seed; 32], at_system_now(), None).unwrap()
 }
 
 fn ops<T>(c: &ClientState, f: impl FnOnce(&mut GroupOps<'_>) -> Result<T>) -> Result<T> {
@@ -192,7 +193,7 @@ fn an_external_commit_is_refused_unless_the_group_allows_it() {
 fn an_expired_key_package_is_invalid_message() {
     let (alice, _bob) = pair(false);
     let dave = client(4);
-    let now = now_secs();
+    let now = system_now().secs();
     let expired = dave
         .transact(|keys, inner| {
             let bundle = build_key_package(
@@ -201,7 +202,7 @@ fn an_expired_key_package_is_invalid_message() {
                 &keys.credential,
                 SUPPORTED_CIPHERSUITES[0],
                 false,
-                Some(Lifetime::init(now - 7200, now - 60)),
+                Lifetime::init(now - 7200, now - 60),
             )?;
             encode(&MlsMessageOut::from(bundle))
         })

@@ -27,6 +27,8 @@ from openmls_bindings import (
     NotCommitterError,
 )
 
+from tests.mls_support import new_client
+
 
 class MlsRsMember:
     """An mls-rs client whose BasicCredential identity is its signature public key."""
@@ -58,7 +60,7 @@ class MlsRsMember:
 
 def ours_with_mls_rs() -> tuple[Client, Group, MlsRsMember]:
     """Our group (we are the creator) with one mls-rs member who joined from our Welcome."""
-    alice = Client(os.urandom(32))
+    alice = new_client(os.urandom(32))
     group = alice.create_group(b"interop", CIPHERSUITE_X25519_AES128GCM, interop=True)
     theirs = MlsRsMember()
     _commit, welcome = group.add_members([theirs.key_package()])
@@ -112,7 +114,7 @@ def test_commits_cross_both_ways_in_an_interop_group() -> None:
     assert group.exporter("after", b"", 16) == theirs.g.export_secret(b"after", b"", 16)
 
     # Another of our clients joins (it must opt in), and messages reach everyone.
-    bob = Client(os.urandom(32))
+    bob = new_client(os.urandom(32))
     add_commit, welcome = group.add_members([bob.key_package()])
     assert isinstance(theirs.process(add_commit), mls_rs.ReceivedMessage.COMMIT)
     with pytest.raises(InvalidMessageError, match="does not record a committer"):
@@ -137,7 +139,7 @@ def test_commits_cross_both_ways_in_an_interop_group() -> None:
 
 def test_a_default_group_refuses_an_mls_rs_key_package() -> None:
     """Our committer record is a required capability that mls-rs KeyPackages cannot advertise."""
-    alice = Client(os.urandom(32))
+    alice = new_client(os.urandom(32))
     group = alice.create_group(b"policy")
     theirs = MlsRsMember()
     with pytest.raises(InvalidInputError, match="does not support the committer policy"):
@@ -147,7 +149,7 @@ def test_a_default_group_refuses_an_mls_rs_key_package() -> None:
 
 
 def test_interop_group_limits() -> None:
-    alice = Client(os.urandom(32))
+    alice = new_client(os.urandom(32))
     with pytest.raises(InvalidInputError, match="external joins"):
         alice.create_group(b"x", interop=True, external_joins=True)
     _alice, group, theirs = ours_with_mls_rs()
@@ -155,4 +157,4 @@ def test_interop_group_limits() -> None:
         group.hand_over(theirs.identity)
     # Nobody may join an interop group by external commit.
     with pytest.raises(NotCommitterError):
-        Client(os.urandom(32)).join_external(group.export_group_info())
+        new_client(os.urandom(32)).join_external(group.export_group_info())

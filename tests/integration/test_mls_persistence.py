@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from openmls_bindings import (
-    Client,
     Group,
     InvalidInputError,
     NotMemberError,
     StorageError,
 )
+
+from tests.mls_support import new_client
 
 
 def seed(n: int) -> bytes:
@@ -40,7 +41,7 @@ def collect() -> None:
 def two_members(tmp_path: Path) -> tuple[Path, Path]:
     """alice (committer) and bob, each with a state file, in group b"room" at epoch 1."""
     path_a, path_b = tmp_path / "alice.mls", tmp_path / "bob.mls"
-    alice, bob = Client(ALICE, path_a, KEY_A), Client(BOB, path_b, KEY_B)
+    alice, bob = new_client(ALICE, path_a, KEY_A), new_client(BOB, path_b, KEY_B)
     group = alice.create_group(b"room")
     _commit, welcome = group.add_members([bob.key_package()])
     bob_group = bob.join(welcome)
@@ -51,7 +52,7 @@ def two_members(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def reopen(path_a: Path, path_b: Path) -> tuple[Group, Group]:
-    alice, bob = Client(ALICE, path_a, KEY_A), Client(BOB, path_b, KEY_B)
+    alice, bob = new_client(ALICE, path_a, KEY_A), new_client(BOB, path_b, KEY_B)
     assert alice.group_ids() == bob.group_ids() == [b"room"]
     return alice.load_group(b"room"), bob.load_group(b"room")
 
@@ -63,7 +64,7 @@ def test_groups_resume_at_their_epoch_after_a_restart(two_members: tuple[Path, P
     path_a, path_b = two_members
     alice, bob = reopen(path_a, path_b)
     assert alice.epoch == bob.epoch == 1
-    assert alice.committer == bob.committer == Client(ALICE).identity
+    assert alice.committer == bob.committer == new_client(ALICE).identity
     assert bob.process(alice.encrypt(b"after restart")).plaintext == b"after restart"
     assert alice.process(bob.encrypt(b"me too")).plaintext == b"me too"
     commit = alice.self_update()
@@ -78,25 +79,25 @@ def test_groups_resume_at_their_epoch_after_a_restart(two_members: tuple[Path, P
 
 def test_a_welcome_that_arrives_after_a_restart_still_joins(tmp_path: Path) -> None:
     path = tmp_path / "bob.mls"
-    bob = Client(BOB, path, KEY_B)
+    bob = new_client(BOB, path, KEY_B)
     pool = bob.key_packages(2)
     last_resort = bob.last_resort_key_package()
     del bob
     collect()
-    alice = Client(ALICE)
+    alice = new_client(ALICE)
     first = alice.create_group(b"first")
     second = alice.create_group(b"second")
     _commit, welcome_1 = first.add_members([pool[1]])
     _commit, welcome_2 = second.add_members([last_resort])
 
-    bob = Client(BOB, path, KEY_B)
+    bob = new_client(BOB, path, KEY_B)
     assert bob.unused_key_packages() == 2
     assert bob.last_resort_key_package() == last_resort  # stable across restarts
     bob.join(welcome_1)
     bob.join(welcome_2)
     del bob
     collect()
-    bob = Client(BOB, path, KEY_B)
+    bob = new_client(BOB, path, KEY_B)
     assert bob.group_ids() == [b"first", b"second"]
     assert bob.unused_key_packages() == 1
     assert bob.load_group(b"first").process(first.encrypt(b"1")).plaintext == b"1"
@@ -107,13 +108,13 @@ def test_a_welcome_that_arrives_after_a_restart_still_joins(tmp_path: Path) -> N
 
 def test_forgetting_a_group_is_persistent(two_members: tuple[Path, Path]) -> None:
     path_a, _path_b = two_members
-    alice = Client(ALICE, path_a, KEY_A)
+    alice = new_client(ALICE, path_a, KEY_A)
     alice.forget_group(b"room")
     with pytest.raises(NotMemberError):
         alice.forget_group(b"room")
     del alice
     collect()
-    assert Client(ALICE, path_a, KEY_A).group_ids() == []
+    assert new_client(ALICE, path_a, KEY_A).group_ids() == []
 
 
 # --- keys, damage and locking -------------------------------------------------------------
@@ -122,10 +123,10 @@ def test_forgetting_a_group_is_persistent(two_members: tuple[Path, Path]) -> Non
 def test_a_wrong_storage_key_is_a_storage_error(two_members: tuple[Path, Path]) -> None:
     path_a, _ = two_members
     with pytest.raises(StorageError, match="wrong storage key"):
-        Client(ALICE, path_a, KEY_B)
+        new_client(ALICE, path_a, KEY_B)
     with pytest.raises(StorageError, match="another identity"):
-        Client(BOB, path_a, KEY_A)
-    assert Client(ALICE, path_a, KEY_A).group_ids() == [b"room"]
+        new_client(BOB, path_a, KEY_A)
+    assert new_client(ALICE, path_a, KEY_A).group_ids() == [b"room"]
 
 
 HEADER_LEN = 78  # magic, version, suite, salt, nonce, key check, base length
@@ -156,16 +157,16 @@ def test_damage_to_the_base_or_an_earlier_record_is_a_storage_error(
     for data in damaged:
         path_a.write_bytes(data)
         with pytest.raises(StorageError):
-            Client(ALICE, path_a, KEY_A)
+            new_client(ALICE, path_a, KEY_A)
     path_a.write_bytes(good)
-    assert Client(ALICE, path_a, KEY_A).load_group(b"room").epoch == 1
+    assert new_client(ALICE, path_a, KEY_A).load_group(b"room").epoch == 1
 
 
 def test_a_torn_last_record_leaves_the_call_undone(two_members: tuple[Path, Path]) -> None:
     """A process killed while appending a call's record: the call never happened."""
     path_a, _ = two_members
     before = path_a.read_bytes()
-    group = Client(ALICE, path_a, KEY_A).load_group(b"room")
+    group = new_client(ALICE, path_a, KEY_A).load_group(b"room")
     group.self_update()
     assert group.epoch == 2
     del group
@@ -177,7 +178,7 @@ def test_a_torn_last_record_leaves_the_call_undone(two_members: tuple[Path, Path
     torn.append(after[:-1] + bytes([after[-1] ^ 1]))
     for data in torn:
         path_a.write_bytes(data)
-        alice = Client(ALICE, path_a, KEY_A)
+        alice = new_client(ALICE, path_a, KEY_A)
         assert alice.load_group(b"room").epoch == 1
         # The next call writes a clean file again.
         alice.key_package()
@@ -185,12 +186,12 @@ def test_a_torn_last_record_leaves_the_call_undone(two_members: tuple[Path, Path
         collect()
         assert base_end(path_a.read_bytes()) == len(path_a.read_bytes())
     path_a.write_bytes(after)
-    assert Client(ALICE, path_a, KEY_A).load_group(b"room").epoch == 2
+    assert new_client(ALICE, path_a, KEY_A).load_group(b"room").epoch == 2
 
 
 def test_nothing_private_is_written_in_cleartext(tmp_path: Path) -> None:
     path = tmp_path / "alice.mls"
-    alice, bob = Client(ALICE, path, KEY_A), Client(BOB)
+    alice, bob = new_client(ALICE, path, KEY_A), new_client(BOB)
     group = alice.create_group(b"cleartext-check")
     _commit, welcome = group.add_members([bob.key_package()])
     secret = group.exporter("probe", b"", 32)
@@ -205,10 +206,11 @@ def test_nothing_private_is_written_in_cleartext(tmp_path: Path) -> None:
 def open_in_another_process(path: Path) -> str:
     """Try to open ``path`` as alice from a child process; returns what it printed."""
     code = (
-        "import sys\n"
+        "import sys, time\n"
         "from openmls_bindings import Client, StorageError\n"
         "try:\n"
-        "    Client(bytes([1]) * 32, sys.argv[1], b'A' * 32)\n"
+        "    Client(bytes([1]) * 32, clock_ms=lambda: time.time_ns() // 1_000_000,\n"
+        "           rng_seed=None, storage_path=sys.argv[1], storage_key=b'A' * 32)\n"
         "    print('opened')\n"
         "except StorageError as exc:\n"
         "    print(exc)\n"
@@ -221,12 +223,12 @@ def open_in_another_process(path: Path) -> str:
 
 def test_one_process_and_one_writer_per_file(two_members: tuple[Path, Path]) -> None:
     path_a, _ = two_members
-    alice = Client(ALICE, path_a, KEY_A)
+    alice = new_client(ALICE, path_a, KEY_A)
     group = alice.load_group(b"room")
     assert "already open in another client or process" in open_in_another_process(path_a)
     # In this process a newer client takes over (a node restarted in-process); the
     # older one can no longer write, so it never overwrites the newer one's state.
-    newer = Client(ALICE, path_a, KEY_A).load_group(b"room")
+    newer = new_client(ALICE, path_a, KEY_A).load_group(b"room")
     with pytest.raises(StorageError, match="opened again by a newer client"):
         group.self_update()
     with pytest.raises(StorageError, match="opened again by a newer client"):
@@ -242,15 +244,15 @@ def test_one_process_and_one_writer_per_file(two_members: tuple[Path, Path]) -> 
 
 def test_bad_storage_arguments(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="32 bytes"):
-        Client(ALICE, tmp_path / "a.mls", b"short")
+        new_client(ALICE, tmp_path / "a.mls", b"short")
     with pytest.raises(InvalidInputError, match="together"):
-        Client(ALICE, tmp_path / "a.mls")
+        new_client(ALICE, tmp_path / "a.mls")
     with pytest.raises(StorageError):
-        Client(ALICE, tmp_path / "missing-dir" / "a.mls", KEY_A)
+        new_client(ALICE, tmp_path / "missing-dir" / "a.mls", KEY_A)
     (tmp_path / "junk.mls").write_bytes(b"hello")
     with pytest.raises(StorageError, match="not an MLS state file"):
-        Client(ALICE, tmp_path / "junk.mls", KEY_A)
-    Client(ALICE, str(tmp_path / "as-str.mls"), KEY_A)  # str works as well as Path
+        new_client(ALICE, tmp_path / "junk.mls", KEY_A)
+    new_client(ALICE, str(tmp_path / "as-str.mls"), KEY_A)  # str works as well as Path
 
 
 def test_a_failed_write_undoes_the_call(two_members: tuple[Path, Path]) -> None:
@@ -281,11 +283,18 @@ def test_a_failed_write_undoes_the_call(two_members: tuple[Path, Path]) -> None:
 
 CHILD = r"""
 import sys
+import time
 from openmls_bindings import Client, MlsError
 
+
+def new_client(signing_key, storage_path=None, storage_key=None):
+    return Client(signing_key, clock_ms=lambda: time.time_ns() // 1_000_000, rng_seed=None,
+                  storage_path=storage_path, storage_key=storage_key)
+
+
 path_a, path_b = sys.argv[1], sys.argv[2]
-alice = Client(bytes([1]) * 32, path_a, b"A" * 32).load_group(b"room")
-bob = Client(bytes([2]) * 32, path_b, b"B" * 32).load_group(b"room")
+alice = new_client(bytes([1]) * 32, path_a, b"A" * 32).load_group(b"room")
+bob = new_client(bytes([2]) * 32, path_b, b"B" * 32).load_group(b"room")
 carol_seed = bytes([3]) * 32
 carol = None
 print("ready", flush=True)
@@ -300,7 +309,7 @@ while True:
         bob.process(alice.commit()[0])
     elif step == 2:
         members = [identity for _, identity in alice.members()]
-        carol_client = Client(carol_seed)
+        carol_client = new_client(carol_seed)
         if carol_client.identity in members:
             bob.process(alice.remove_members([carol_client.identity]))
         else:

@@ -125,8 +125,10 @@ def test_fifty_nodes_find_every_record_they_look_up(fifty: DhtRun) -> None:
     assert fifty.min_stored >= 10  # every record reached many of its k = 20 nearest
     assert fifty.mean_hops > 0  # lookups walked the DHT, not only local storage
     assert fifty.loop_errors == 0
-    assert fifty.counters["dropped_datagrams_no-listener"] == 0
-    assert fifty.counters["delivered_datagrams"] == fifty.counters["sent_datagrams"]
+    # Nothing was dropped for any cause (a datagram or two may still be in flight at the end).
+    drops = {k: v for k, v in fifty.counters.items() if k.startswith("dropped_") and v}
+    assert drops == {}
+    assert fifty.counters["sent_datagrams"] - fifty.counters["delivered_datagrams"] <= 2
 
 
 def test_the_same_seeded_dht_run_repeats_exactly(fifty: DhtRun) -> None:
@@ -164,3 +166,28 @@ def test_the_seeded_dht_run_repeats_across_processes_and_hash_seeds(fifty: DhtRu
             check=True,
         )
         assert done.stdout.split() == [repr(fifty.end_time), fifty.trace_digest]
+
+
+def test_a_node_whose_first_bootstrap_ping_is_lost_still_joins() -> None:
+    """Stock kademlia pings a bootstrap peer once; a lost datagram left the node alone."""
+    net = SimNetwork(seed=1, default_link=LinkProfile(Uniform(0.01, 0.02)))
+
+    async def main() -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        first, second = SimRuntime(net, host_of(0), seed=1), SimRuntime(net, host_of(1), seed=1)
+        a, b = DhtNode(first), DhtNode(second)
+        await first.spawn(a.start(first.host, DHT_PORT))
+        await second.spawn(b.start(second.host, DHT_PORT))
+        # The link is cut for the first ping only: healed before its 1 s timeout runs out.
+        net.partition("first ping", [first.host], [second.host])
+        loop.call_later(0.5, net.heal, "first ping")
+        answered = await second.spawn(b.bootstrap([a.address], deadline=10.0))
+        took = loop.time()
+        await a.stop()
+        await b.stop()
+        return answered, took
+
+    with seeded_libraries(1):
+        answered, took = run_simulated(main(), time_limit=60)
+    assert answered == 1
+    assert 1.0 <= took < 3.0  # one RPC timeout, then the second ping's round trip

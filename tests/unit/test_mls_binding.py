@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from openmls_bindings import (
     CIPHERSUITE_X25519_AES128GCM,
-    Client,
     InvalidInputError,
     InvalidMessageError,
     MlsError,
@@ -27,7 +26,7 @@ from openmls_bindings import (
 )
 
 from tests.mls_support import Member as Party
-from tests.mls_support import seed
+from tests.mls_support import new_client, seed, wall_clock_ms
 
 CHACHA_SUITE = 0x0003  # MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519
 P256_SUITE = 0x0002  # needs an ECDSA key, which a Client does not have
@@ -36,7 +35,11 @@ P256_SUITE = 0x0002  # needs an ECDSA key, which a Client does not have
 @pytest.fixture
 def trio() -> tuple[Party, Party, Party]:
     """alice's group with bob and carol added in one commit; all at epoch 1."""
-    alice, bob, carol = Party(Client(seed(1))), Party(Client(seed(2))), Party(Client(seed(3)))
+    alice, bob, carol = (
+        Party(new_client(seed(1))),
+        Party(new_client(seed(2))),
+        Party(new_client(seed(3))),
+    )
     alice.group = alice.client.create_group(b"room-1")
     assert alice.g.epoch == 0
     _commit, welcome = alice.g.add_members([bob.client.key_package(), carol.client.key_package()])
@@ -54,28 +57,33 @@ def flip_last_byte(data: bytes) -> bytes:
 
 def test_identity_is_the_ed25519_public_key_of_the_signing_key() -> None:
     expected = Ed25519PrivateKey.from_private_bytes(seed(7)).public_key().public_bytes_raw()
-    assert Client(seed(7)).identity == expected
-    assert Client(seed(8)).identity != expected
+    assert new_client(seed(7)).identity == expected
+    assert new_client(seed(8)).identity != expected
 
 
 @pytest.mark.parametrize("length", [0, 31, 33, 64])
 def test_signing_key_of_wrong_length_is_invalid_input(length: int) -> None:
     with pytest.raises(InvalidInputError, match=f"must be 32 bytes, got {length}"):
-        Client(b"\x01" * length)
+        new_client(b"\x01" * length)
 
 
 def test_key_package_identity_returns_the_owner_identity() -> None:
-    bob = Client(seed(2))
+    bob = new_client(seed(2))
     kp = bob.key_package()
-    assert key_package_identity(kp) == bob.identity
-    assert key_package_identity(Client(seed(3)).key_package()) != bob.identity
+    assert key_package_identity(kp, now_ms=wall_clock_ms()) == bob.identity
+    assert (
+        key_package_identity(new_client(seed(3)).key_package(), now_ms=wall_clock_ms())
+        != bob.identity
+    )
     # Each call makes a fresh KeyPackage.
     assert bob.key_package() != kp
 
 
 def test_key_package_with_broken_signature_is_invalid_message() -> None:
     with pytest.raises(InvalidMessageError):
-        key_package_identity(flip_last_byte(Client(seed(2)).key_package()))
+        key_package_identity(
+            flip_last_byte(new_client(seed(2)).key_package()), now_ms=wall_clock_ms()
+        )
 
 
 @pytest.mark.parametrize(
@@ -84,20 +92,20 @@ def test_key_package_with_broken_signature_is_invalid_message() -> None:
 )
 def test_key_package_identity_rejects_garbage(data: bytes) -> None:
     with pytest.raises(InvalidInputError):
-        key_package_identity(data)
+        key_package_identity(data, now_ms=wall_clock_ms())
 
 
 def test_key_package_identity_rejects_truncation_and_other_messages(
     trio: tuple[Party, Party, Party],
 ) -> None:
     alice, _bob, _carol = trio
-    kp = Client(seed(9)).key_package()
+    kp = new_client(seed(9)).key_package()
     with pytest.raises(InvalidInputError):
-        key_package_identity(kp[:-10])
+        key_package_identity(kp[:-10], now_ms=wall_clock_ms())
     with pytest.raises(InvalidInputError):
-        key_package_identity(kp + b"\x00")
+        key_package_identity(kp + b"\x00", now_ms=wall_clock_ms())
     with pytest.raises(InvalidInputError, match="not a key package"):
-        key_package_identity(alice.g.encrypt(b"hi"))
+        key_package_identity(alice.g.encrypt(b"hi"), now_ms=wall_clock_ms())
 
 
 # --- group life cycle -----------------------------------------------------
@@ -134,7 +142,7 @@ def test_members_lists_identities_by_leaf_index(trio: tuple[Party, Party, Party]
 
 def test_second_add_is_processed_by_existing_members(trio: tuple[Party, Party, Party]) -> None:
     alice, bob, carol = trio
-    dave = Party(Client(seed(4)))
+    dave = Party(new_client(seed(4)))
     commit, welcome = alice.g.add_members([dave.client.key_package()])
     assert alice.g.epoch == 2
     for member in (bob, carol):
@@ -160,7 +168,7 @@ def test_joiner_proposes_and_the_committer_commits(trio: tuple[Party, Party, Par
     """Only the committer commits; a joiner's add goes through a proposal, and the
     committer's Welcome carries the ratchet tree."""
     alice, bob, carol = trio
-    erin = Party(Client(seed(5)))
+    erin = Party(new_client(seed(5)))
     erin_kp = erin.client.key_package()
     with pytest.raises(NotCommitterError):
         bob.g.add_members([erin_kp])
@@ -179,7 +187,7 @@ def test_joiner_proposes_and_the_committer_commits(trio: tuple[Party, Party, Par
 
 
 def test_group_keeps_working_after_its_client_is_dropped() -> None:
-    alice, bob = Client(seed(1)), Client(seed(2))
+    alice, bob = new_client(seed(1)), new_client(seed(2))
     group = alice.create_group(b"g")
     _commit, welcome = group.add_members([bob.key_package()])
     alice_identity = alice.identity
@@ -218,9 +226,9 @@ def test_garbage_is_invalid_input_everywhere(trio: tuple[Party, Party, Party], d
     alice, _bob, _carol = trio
     calls: list[Callable[[], object]] = [
         lambda: alice.g.process(data),
-        lambda: Client(seed(9)).join(data),
+        lambda: new_client(seed(9)).join(data),
         lambda: alice.g.add_members([data]),
-        lambda: key_package_identity(data),
+        lambda: key_package_identity(data, now_ms=wall_clock_ms()),
     ]
     for call in calls:
         with pytest.raises(InvalidInputError):
@@ -262,7 +270,7 @@ def test_wrong_python_types_raise_type_error(trio: tuple[Party, Party, Party]) -
     with pytest.raises(TypeError):
         alice.g.encrypt(None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        Client("0" * 32)  # type: ignore[arg-type]
+        new_client("0" * 32)  # type: ignore[arg-type]
 
 
 def test_tampered_ciphertext_is_invalid_message(trio: tuple[Party, Party, Party]) -> None:
@@ -299,13 +307,13 @@ def test_own_message_cannot_be_processed_by_its_sender(trio: tuple[Party, Party,
 
 def test_welcome_for_someone_else_is_invalid_message(trio: tuple[Party, Party, Party]) -> None:
     alice, _bob, _carol = trio
-    _commit, welcome = alice.g.add_members([Client(seed(4)).key_package()])
+    _commit, welcome = alice.g.add_members([new_client(seed(4)).key_package()])
     with pytest.raises(InvalidMessageError):
-        Client(seed(5)).join(welcome)
+        new_client(seed(5)).join(welcome)
 
 
 def test_welcome_cannot_be_used_twice() -> None:
-    alice, bob = Client(seed(1)), Client(seed(2))
+    alice, bob = new_client(seed(1)), new_client(seed(2))
     _commit, welcome = alice.create_group(b"g").add_members([bob.key_package()])
     bob.join(welcome)
     with pytest.raises(InvalidMessageError, match="already used"):
@@ -314,7 +322,7 @@ def test_welcome_cannot_be_used_twice() -> None:
 
 def test_welcome_bytes_are_not_a_group_message(trio: tuple[Party, Party, Party]) -> None:
     alice, bob, _carol = trio
-    _commit, welcome = alice.g.add_members([Client(seed(4)).key_package()])
+    _commit, welcome = alice.g.add_members([new_client(seed(4)).key_package()])
     with pytest.raises(InvalidInputError, match="not a group message"):
         bob.g.process(welcome)
 
@@ -328,7 +336,7 @@ def test_application_message_from_a_recent_past_epoch_still_decrypts(
     """The previous epoch keeps its message keys (max_past_epochs = 1)."""
     alice, bob, _carol = trio
     stale = bob.g.encrypt(b"sent at epoch 1")
-    alice.g.add_members([Client(seed(4)).key_package()])
+    alice.g.add_members([new_client(seed(4)).key_package()])
     assert alice.g.epoch == 2
     got = alice.g.process(stale)
     assert (got.plaintext, got.sender, got.epoch) == (b"sent at epoch 1", bob.identity, 2)
@@ -348,7 +356,7 @@ def test_application_message_from_an_old_epoch_is_wrong_epoch(
 
 def test_commit_from_a_past_epoch_is_wrong_epoch(trio: tuple[Party, Party, Party]) -> None:
     alice, bob, _carol = trio
-    commit, _welcome = alice.g.add_members([Client(seed(4)).key_package()])
+    commit, _welcome = alice.g.add_members([new_client(seed(4)).key_package()])
     assert bob.g.process(commit).epoch == 2
     with pytest.raises(WrongEpochError, match="message is for epoch 1 but the group is at epoch 2"):
         bob.g.process(commit)
@@ -356,7 +364,7 @@ def test_commit_from_a_past_epoch_is_wrong_epoch(trio: tuple[Party, Party, Party
 
 def test_message_from_a_future_epoch_is_wrong_epoch(trio: tuple[Party, Party, Party]) -> None:
     alice, bob, _carol = trio
-    alice.g.add_members([Client(seed(4)).key_package()])
+    alice.g.add_members([new_client(seed(4)).key_package()])
     with pytest.raises(WrongEpochError, match="message is for epoch 2 but the group is at epoch 1"):
         bob.g.process(alice.g.encrypt(b"from the future"))
     assert bob.g.epoch == 1
@@ -367,7 +375,7 @@ def test_message_from_a_future_epoch_is_wrong_epoch(trio: tuple[Party, Party, Pa
 
 @pytest.mark.parametrize("suite", [P256_SUITE, 0x0004, 0x0007, 0x9999, -1, 1 << 40])
 def test_unsupported_ciphersuite_is_rejected(suite: int) -> None:
-    client = Client(seed(1))
+    client = new_client(seed(1))
     with pytest.raises(WrongCiphersuiteError):
         client.create_group(b"g", suite)
     with pytest.raises(WrongCiphersuiteError):
@@ -375,7 +383,7 @@ def test_unsupported_ciphersuite_is_rejected(suite: int) -> None:
 
 
 def test_group_in_another_supported_ciphersuite() -> None:
-    alice, bob = Client(seed(1)), Client(seed(2))
+    alice, bob = new_client(seed(1)), new_client(seed(2))
     group = alice.create_group(b"g", CHACHA_SUITE)
     assert group.ciphersuite == CHACHA_SUITE
     _commit, welcome = group.add_members([bob.key_package(CHACHA_SUITE)])
@@ -388,7 +396,7 @@ def test_key_package_of_another_ciphersuite_is_wrong_ciphersuite(
     trio: tuple[Party, Party, Party],
 ) -> None:
     alice, _bob, _carol = trio
-    dave = Client(seed(4))
+    dave = new_client(seed(4))
     with pytest.raises(WrongCiphersuiteError, match="0x0003"):
         alice.g.add_members([dave.key_package(CHACHA_SUITE)])
     assert alice.g.epoch == 1

@@ -27,6 +27,8 @@ from openmls_bindings import (
     key_package_identity,
 )
 
+from tests.mls_support import new_client, wall_clock_ms
+
 ITERATIONS = int(os.environ.get("QPC_FUZZ_ITERATIONS", "300"))
 SEED = int(os.environ.get("QPC_FUZZ_SEED", "9420"))
 INTERESTING = [0x00, 0x01, 0x3F, 0x40, 0x7F, 0x80, 0xBF, 0xC0, 0xFF]
@@ -121,7 +123,11 @@ class World:
 
 
 def make_world() -> World:
-    alice_client, bob_client, carol_client = Client(seed(1)), Client(seed(2)), Client(seed(3))
+    alice_client, bob_client, carol_client = (
+        new_client(seed(1)),
+        new_client(seed(2)),
+        new_client(seed(3)),
+    )
     alice = alice_client.create_group(b"fuzz", external_joins=True)
     _commit, welcome = alice.add_members([bob_client.key_package(), carol_client.key_package()])
     bob, carol = bob_client.join(welcome), carol_client.join(welcome)
@@ -130,12 +136,12 @@ def make_world() -> World:
     alice.process(proposal)
     # A commit for bob to process (covering carol's proposal, which bob has not seen:
     # the real one is delivered in order at the end).
-    outsider = Client(seed(4))
+    outsider = new_client(seed(4))
     commit, welcome_2 = alice.add_members([outsider.key_package()])
     key_packages = [
-        Client(seed(5)).key_package(),
-        Client(seed(6)).key_package(CIPHERSUITE_XWING),
-        Client(seed(7)).last_resort_key_package(),
+        new_client(seed(5)).key_package(),
+        new_client(seed(6)).key_package(CIPHERSUITE_XWING),
+        new_client(seed(7)).last_resort_key_package(),
     ]
     return World(
         alice=alice,
@@ -179,8 +185,8 @@ def test_fuzz_process(rng: random.Random) -> None:
 
 
 def test_fuzz_join(rng: random.Random) -> None:
-    alice = Client(seed(1)).create_group(b"fuzz")
-    joiner = Client(seed(2))
+    alice = new_client(seed(1)).create_group(b"fuzz")
+    joiner = new_client(seed(2))
     # A last-resort KeyPackage survives joining, so every mutant meets a live key.
     _commit, welcome = alice.add_members([joiner.last_resort_key_package()])
     seeds = [welcome, alice.export_group_info(), alice.encrypt(b"x")]
@@ -199,11 +205,11 @@ def test_fuzz_join_external(rng: random.Random) -> None:
     tally = Tally()
     for n in range(ITERATIONS):
         data = mutate(rng, w.group_info, seeds)
-        joiner = Client(bytes([8, n % 256, n // 256]) + bytes(29))
+        joiner = new_client(bytes([8, n % 256, n // 256]) + bytes(29))
         tally.run(joiner.join_external, data)
     check_group_still_works(w)
-    group, commit = Client(seed(9)).join_external(w.group_info)
-    assert w.bob.process(commit).added == [Client(seed(9)).identity]
+    group, commit = new_client(seed(9)).join_external(w.group_info)
+    assert w.bob.process(commit).added == [new_client(seed(9)).identity]
     assert w.bob.process(group.encrypt(b"outsider in")).plaintext == b"outsider in"
 
 
@@ -212,8 +218,11 @@ def test_fuzz_key_package_identity(rng: random.Random) -> None:
     tally = Tally()
     for _ in range(ITERATIONS):
         data = mutate(rng, rng.choice(w.key_packages), w.seeds)
-        tally.run(key_package_identity, data)
-    assert key_package_identity(w.key_packages[0]) == Client(seed(5)).identity
+        tally.run(lambda kp: key_package_identity(kp, now_ms=wall_clock_ms()), data)
+    assert (
+        key_package_identity(w.key_packages[0], now_ms=wall_clock_ms())
+        == new_client(seed(5)).identity
+    )
 
 
 @pytest.mark.parametrize("entry", ["add_members", "commit", "propose_add"])
@@ -252,9 +261,9 @@ def test_fuzz_member_identities(rng: random.Random) -> None:
 
 def test_fuzz_state_file(rng: random.Random, tmp_path: Path) -> None:
     path, key = tmp_path / "state.mls", b"K" * 32
-    client = Client(seed(1), path, key)
+    client = new_client(seed(1), path, key)
     group = client.create_group(b"fuzz")
-    group.add_members([Client(seed(2)).key_package()])
+    group.add_members([new_client(seed(2)).key_package()])
     del client, group
     good = path.read_bytes()
     base = base_end(good)
@@ -264,7 +273,7 @@ def test_fuzz_state_file(rng: random.Random, tmp_path: Path) -> None:
             continue
         path.write_bytes(data)
         try:
-            opened = Client(seed(1), path, key)
+            opened = new_client(seed(1), path, key)
         except StorageError:
             continue
         # Opening is allowed only when the base is intact and the damage reads as an append
@@ -276,7 +285,7 @@ def test_fuzz_state_file(rng: random.Random, tmp_path: Path) -> None:
             assert (earlier.epoch, len(earlier.members())) in {(0, 1), (1, 2)}
         del opened
     path.write_bytes(good)
-    group = Client(seed(1), path, key).load_group(b"fuzz")
+    group = new_client(seed(1), path, key).load_group(b"fuzz")
     assert group.epoch == 1
     assert len(group.members()) == 2
 

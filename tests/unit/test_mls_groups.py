@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from openmls_bindings import (
     CIPHERSUITE_X25519_AES128GCM,
     CIPHERSUITE_XWING,
-    Client,
     InvalidInputError,
     InvalidMessageError,
     MlsError,
@@ -25,14 +24,14 @@ from openmls_bindings import (
     key_package_identity,
 )
 
-from tests.mls_support import Member, seed
+from tests.mls_support import Member, new_client, seed, wall_clock_ms
 
 
 def make_group(
     n: int, suite: int = CIPHERSUITE_X25519_AES128GCM, *, external_joins: bool = False
 ) -> list[Member]:
     """Member 0 creates the group (and is its committer) and adds members 1..n-1."""
-    members = [Member(Client(seed(i + 1))) for i in range(n)]
+    members = [Member(new_client(seed(i + 1))) for i in range(n)]
     members[0].group = members[0].client.create_group(b"room", suite, external_joins=external_joins)
     if n > 1:
         _commit, welcome = members[0].g.add_members(
@@ -68,7 +67,7 @@ def test_the_creator_is_the_committer(trio: list[Member]) -> None:
 
 def test_a_member_who_is_not_the_committer_cannot_commit(trio: list[Member]) -> None:
     _alice, bob, carol = trio
-    dave_kp = Client(seed(4)).key_package()
+    dave_kp = new_client(seed(4)).key_package()
     attempts: list[Callable[[], object]] = [
         lambda: bob.g.commit(),
         lambda: bob.g.commit([dave_kp]),
@@ -173,7 +172,7 @@ def test_hand_over_moves_the_role(trio: list[Member]) -> None:
 def test_hand_over_needs_another_member(trio: list[Member]) -> None:
     alice, _bob, _carol = trio
     with pytest.raises(InvalidInputError):
-        alice.g.hand_over(Client(seed(9)).identity)
+        alice.g.hand_over(new_client(seed(9)).identity)
     with pytest.raises(InvalidInputError):
         alice.g.hand_over(alice.identity)
     assert alice.g.epoch == 1
@@ -214,7 +213,7 @@ def test_members_keep_sending_while_proposals_wait_for_the_committer(
 
 def test_one_commit_covers_every_pending_proposal(trio: list[Member]) -> None:
     alice, bob, carol = trio
-    dave, erin = Member(Client(seed(4))), Member(Client(seed(5)))
+    dave, erin = Member(new_client(seed(4))), Member(new_client(seed(5)))
     alice.g.process(bob.g.propose_add(dave.client.key_package()))
     # A second proposal for the same person is dropped, not an error.
     alice.g.process(carol.g.propose_add(dave.client.key_package()))
@@ -240,7 +239,7 @@ def test_one_commit_covers_every_pending_proposal(trio: list[Member]) -> None:
 
 def test_pending_adds_need_a_call_that_returns_a_welcome(trio: list[Member]) -> None:
     alice, bob, carol = trio
-    alice.g.process(bob.g.propose_add(Client(seed(4)).key_package()))
+    alice.g.process(bob.g.propose_add(new_client(seed(4)).key_package()))
     attempts: list[Callable[[], object]] = [
         lambda: alice.g.remove_members([carol.identity]),
         lambda: alice.g.self_update(),
@@ -280,7 +279,7 @@ def test_remove_members_and_self_update(trio: list[Member]) -> None:
 def test_proposals_need_a_member(trio: list[Member]) -> None:
     _alice, bob, _carol = trio
     with pytest.raises(InvalidInputError):
-        bob.g.propose_remove(Client(seed(9)).identity)
+        bob.g.propose_remove(new_client(seed(9)).identity)
     with pytest.raises(InvalidInputError, match="leave"):
         bob.g.propose_remove(bob.identity)
     with pytest.raises(InvalidInputError):
@@ -315,7 +314,7 @@ def test_the_exporter_agrees_across_members(trio: list[Member]) -> None:
 def test_external_join_when_the_group_allows_it(suite: int) -> None:
     alice, bob = make_group(2, suite, external_joins=True)
     assert alice.g.external_joins and bob.g.external_joins
-    erin = Member(Client(seed(5)))
+    erin = Member(new_client(seed(5)))
     erin.group, commit = erin.client.join_external(alice.g.export_group_info())
     assert erin.g.epoch == 2
     assert erin.g.committer == alice.identity
@@ -331,7 +330,7 @@ def test_external_join_when_the_group_allows_it(suite: int) -> None:
 
 def test_external_join_is_refused_by_default(trio: list[Member]) -> None:
     alice, _bob, _carol = trio
-    erin = Client(seed(5))
+    erin = new_client(seed(5))
     with pytest.raises(NotCommitterError, match="external joins"):
         erin.join_external(alice.g.export_group_info())
     assert erin.group_ids() == []
@@ -341,11 +340,11 @@ def test_group_info_is_not_a_welcome_or_message(trio: list[Member]) -> None:
     alice, bob, _carol = trio
     info = alice.g.export_group_info()
     with pytest.raises(InvalidInputError):
-        Client(seed(5)).join(info)
+        new_client(seed(5)).join(info)
     with pytest.raises(InvalidInputError):
         bob.g.process(info)
     with pytest.raises(InvalidInputError):
-        Client(seed(5)).join_external(alice.g.encrypt(b"x"))
+        new_client(seed(5)).join_external(alice.g.encrypt(b"x"))
 
 
 # --- ciphersuites -------------------------------------------------------------------------------
@@ -355,7 +354,7 @@ def test_xwing_group_round_trip() -> None:
     alice, bob, carol = make_group(3, CIPHERSUITE_XWING)
     assert CIPHERSUITE_XWING == 0x004D
     assert {m.g.ciphersuite for m in (alice, bob, carol)} == {CIPHERSUITE_XWING}
-    kp = Client(seed(4)).key_package(CIPHERSUITE_XWING)
+    kp = new_client(seed(4)).key_package(CIPHERSUITE_XWING)
     assert len(kp) > 2000  # ML-KEM-768 + X25519 keys
     assert carol.g.process(bob.g.encrypt(b"post-quantum")).plaintext == b"post-quantum"
     commit = alice.g.self_update()
@@ -365,7 +364,7 @@ def test_xwing_group_round_trip() -> None:
 
 def test_key_packages_must_match_the_groups_suite() -> None:
     alice, _bob = make_group(2, CIPHERSUITE_XWING)
-    dave = Client(seed(4))
+    dave = new_client(seed(4))
     with pytest.raises(WrongCiphersuiteError, match="0x0001"):
         alice.g.add_members([dave.key_package()])
     with pytest.raises(WrongCiphersuiteError):
@@ -380,16 +379,16 @@ def test_key_packages_must_match_the_groups_suite() -> None:
 
 
 def test_the_key_package_pool() -> None:
-    bob = Client(seed(2))
+    bob = new_client(seed(2))
     kps = bob.key_packages(5)
     assert len(set(kps)) == 5
-    assert {key_package_identity(kp) for kp in kps} == {bob.identity}
+    assert {key_package_identity(kp, now_ms=wall_clock_ms()) for kp in kps} == {bob.identity}
     assert bob.unused_key_packages() == 5
     assert bob.unused_key_packages(CIPHERSUITE_XWING) == 0
     assert bob.key_packages(0) == []
     with pytest.raises(InvalidInputError):
         bob.key_packages(1001)
-    alice = Client(seed(1))
+    alice = new_client(seed(1))
     group = alice.create_group(b"g")
     _commit, welcome = group.add_members([kps[2]])
     bob.join(welcome)
@@ -397,14 +396,14 @@ def test_the_key_package_pool() -> None:
 
 
 def test_the_last_resort_key_package_is_stable_and_reusable() -> None:
-    bob = Client(seed(2))
+    bob = new_client(seed(2))
     last_resort = bob.last_resort_key_package()
     assert bob.last_resort_key_package() == last_resort
     assert bob.last_resort_key_package(CIPHERSUITE_XWING) != last_resort
     assert bob.unused_key_packages() == 0  # not part of the single-use pool
     # It joins any number of groups.
     for n in range(3):
-        group = Client(seed(10 + n)).create_group(b"g%d" % n)
+        group = new_client(seed(10 + n)).create_group(b"g%d" % n)
         _commit, welcome = group.add_members([last_resort])
         bob_group = bob.join(welcome)
         assert bob_group.process(group.encrypt(b"hi")).plaintext == b"hi"
@@ -412,10 +411,10 @@ def test_the_last_resort_key_package_is_stable_and_reusable() -> None:
     assert rotated != last_resort
     assert bob.last_resort_key_package() == rotated
     # The previous one still works until the next rotation.
-    group = Client(seed(20)).create_group(b"late")
+    group = new_client(seed(20)).create_group(b"late")
     bob.join(group.add_members([last_resort])[1])
     bob.rotate_last_resort()
-    group = Client(seed(21)).create_group(b"too late")
+    group = new_client(seed(21)).create_group(b"too late")
     with pytest.raises(InvalidMessageError):
         bob.join(group.add_members([last_resort])[1])
 
@@ -449,7 +448,7 @@ def _sign_with_label(key: Ed25519PrivateKey, label: bytes, content: bytes) -> by
 
 def key_package_with_lifetime(signing_seed: bytes, not_before: int, not_after: int) -> bytes:
     """A valid KeyPackage of ``signing_seed``'s client, re-signed with another lifetime."""
-    kp = Client(signing_seed).key_package()
+    kp = new_client(signing_seed).key_package()
     key = Ed25519PrivateKey.from_private_bytes(signing_seed)
     # MLSMessage header (version, wire format), KeyPackage version and suite.
     at = 2 + 2 + 2 + 2
@@ -481,10 +480,12 @@ def test_an_expired_key_package_is_refused(trio: list[Member]) -> None:
     alice, bob, _carol = trio
     now = int(time.time())
     fresh = key_package_with_lifetime(seed(4), now - 60, now + 3600)
-    assert key_package_identity(fresh) == Client(seed(4)).identity  # the re-signing is right
+    assert (
+        key_package_identity(fresh, now_ms=wall_clock_ms()) == new_client(seed(4)).identity
+    )  # the re-signing is right
     expired = key_package_with_lifetime(seed(4), now - 7200, now - 60)
     with pytest.raises(InvalidMessageError, match=r"(?i)lifetime|expired"):
-        key_package_identity(expired)
+        key_package_identity(expired, now_ms=wall_clock_ms())
     with pytest.raises(InvalidMessageError):
         alice.g.add_members([expired])
     with pytest.raises(InvalidMessageError):
@@ -504,9 +505,9 @@ def test_wrong_python_types_raise_type_error(trio: list[Member]) -> None:
     with pytest.raises(TypeError):
         alice.g.exporter(b"label", b"", 3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        Client(seed(1), storage_path=3, storage_key=b"k" * 32)  # type: ignore[arg-type]
+        new_client(seed(1), storage_path=3, storage_key=b"k" * 32)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="together"):
-        Client(seed(1), storage_key=b"k" * 32)
+        new_client(seed(1), storage_key=b"k" * 32)
 
 
 # --- processing a delivery again (crash recovery) ----------------------------------------------

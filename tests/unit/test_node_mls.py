@@ -4,7 +4,7 @@ and committer errors as the node sees them."""
 from __future__ import annotations
 
 import pytest
-from openmls_bindings import CIPHERSUITE_X25519_AES128GCM, CIPHERSUITE_XWING, Client
+from openmls_bindings import CIPHERSUITE_X25519_AES128GCM, CIPHERSUITE_XWING
 
 from node.core.identity import Identity
 from node.mls import (
@@ -18,6 +18,7 @@ from node.mls import (
     read_header,
 )
 from node.transport.runtime import RealRuntime
+from tests.mls_support import new_client
 
 # The adapter takes only the clock and the RNG seed from its runtime (no loop, no thread).
 RUNTIME = RealRuntime("qpc-mls-test")
@@ -89,8 +90,8 @@ def test_only_the_committer_commits(trio: tuple[MlsGroup, MlsGroup, MlsGroup]) -
 
 def test_the_header_of_a_public_message() -> None:
     # External commits are always PublicMessages (ADR 0003), with a new_member_commit sender.
-    creator = Client(bytes([1]) * 32).create_group(b"open room", external_joins=True)
-    _joined, commit = Client(bytes([2]) * 32).join_external(creator.export_group_info())
+    creator = new_client(bytes([1]) * 32).create_group(b"open room", external_joins=True)
+    _joined, commit = new_client(bytes([2]) * 32).join_external(creator.export_group_info())
     assert read_header(commit) == MessageHeader(b"open room", 0, ContentType.COMMIT)
 
 
@@ -102,6 +103,6 @@ def test_the_node_makes_post_quantum_groups_and_key_packages() -> None:
     assert welcome is not None
     assert bob.join(welcome).ciphersuite == CIPHERSUITE_XWING
     # A KeyPackage of the classical suite cannot join the node's groups.
-    classical = Client(bytes([9]) * 32).key_package(CIPHERSUITE_X25519_AES128GCM)
+    classical = new_client(bytes([9]) * 32).key_package(CIPHERSUITE_X25519_AES128GCM)
     with pytest.raises(GroupError):
         group.commit([classical])

@@ -6,7 +6,8 @@ application messages are all RFC 9420 ``MLSMessage`` bytes. Every error is an
 
 Typical use::
 
-    alice = Client(alice_signing_key, "alice.mls", storage_key)  # 32-byte keys
+    alice = Client(alice_signing_key, clock_ms=clock_ms, rng_seed=None,  # 32-byte keys
+                   storage_path="alice.mls", storage_key=storage_key)
     group = alice.create_group(b"room")            # alice is the committer
     commit, welcome = group.add_members([bob_key_package])
     bob_group = bob.join(welcome)
@@ -17,6 +18,12 @@ Typical use::
 
 With a storage path every call is atomic with respect to the encrypted state
 file, and ``Client(...).load_group(group_id)`` resumes a group after a restart.
+
+Time and randomness are the caller's: ``clock_ms`` (milliseconds since the Unix
+epoch) is every "now" the binding decides with, and a 32-byte ``rng_seed`` makes
+every random byte repeatable (simulations); ``rng_seed=None`` uses the operating
+system's. OpenMLS also checks lifetimes against the system clock: a simulation on
+a clock in the past passes a long ``key_package_lifetime_s`` (up to 100 years).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Literal, final
 
 __all__ = [
@@ -34,18 +34,53 @@ class Client:
     before the call returns, or the call is undone). While the client or any of
     its groups is alive, no other process can open the file; a newer client of
     the same process takes it over, and the older one can no longer change it.
+
+    Time and randomness are the caller's, and neither has a default, so that
+    a simulation never runs on the real clock or the system's randomness by
+    omission. Every "now" the binding decides with — the lifetimes of the
+    KeyPackages and creator leaves it makes, its check of the KeyPackages it
+    is handed (``add_members``, ``commit(add=...)``, ``propose_add``) and the
+    expiry of its pool — is read from ``clock_ms``, once per call. OpenMLS
+    itself also checks lifetimes against the system clock (in every KeyPackage
+    it parses, the Adds of commits and proposals, and the ratchet tree of a
+    Welcome or GroupInfo); a client on a simulated clock in the past passes
+    those with a long ``key_package_lifetime_s``. With ``rng_seed`` every
+    random byte the client uses (MLS secrets and keys, HPKE encapsulations,
+    the state file's salts and nonces) comes from a ChaCha20 generator seeded
+    with it, so two clients of the same identity, seed, clock and calls send
+    the same bytes — except a commit covering two or more Remove/Update
+    proposals, which OpenMLS orders differently in each process.
     """
 
     def __new__(
         cls,
         signing_key: bytes,
+        *,
+        clock_ms: Callable[[], int],
+        rng_seed: bytes | None,
         storage_path: str | os.PathLike[str] | None = None,
         storage_key: bytes | None = None,
+        key_package_lifetime_s: int = 7257600,
     ) -> Client:
         """Build a client from a 32-byte raw Ed25519 private key (the seed).
 
-        :raises InvalidInputError: if a key has the wrong length, or only one
-            of ``storage_path`` and ``storage_key`` is given.
+        :param clock_ms: returns the current wall-clock time in milliseconds
+            since the Unix epoch (an ``int``). Called from the thread making a
+            call, with the GIL; an exception it raises fails that call with
+            :class:`InvalidInputError`.
+        :param rng_seed: 32 bytes: the seed of all of this client's randomness
+            (simulations and tests only: a seeded client is exactly as secret
+            as its seed, and must never reopen a state file under a seed it
+            used before). ``None``: the operating system's randomness.
+        :param key_package_lifetime_s: the length in seconds of every lifetime
+            the client makes (KeyPackages, last-resort KeyPackages, the leaf of
+            a group it creates): valid from an hour before the clock's now to
+            this long after it. 12 weeks by default (OpenMLS's default); 1 s to
+            100 years (3,155,760,000 s).
+        :raises InvalidInputError: if a key or ``rng_seed`` has the wrong
+            length, ``clock_ms`` is not callable, ``key_package_lifetime_s`` is
+            out of range, or only one of ``storage_path`` and ``storage_key`` is
+            given.
         :raises StorageError: if the file cannot be opened or decrypted, belongs
             to another identity, or is open in another process.
         """
@@ -63,6 +98,8 @@ class Client:
     def key_packages(self, count: int, ciphersuite: int = 0x0001) -> list[bytes]:
         """``count`` (at most 1000) fresh single-use KeyPackages for the pool.
 
+        Each is valid from an hour before the clock's now to
+        ``key_package_lifetime_s`` after it.
         Expired, unused KeyPackages of earlier calls are deleted on the way.
         """
 
@@ -73,7 +110,9 @@ class Client:
         """The last-resort KeyPackage (RFC 9420 last_resort extension).
 
         The same bytes on every call and after restarts, until
-        :meth:`rotate_last_resort` (or until it is within a week of expiring).
+        :meth:`rotate_last_resort` (or until it is within a week — or half of
+        ``key_package_lifetime_s``, if shorter — of expiring, by the client's
+        clock).
         """
 
     def rotate_last_resort(self, ciphersuite: int = 0x0001) -> bytes:
@@ -179,7 +218,8 @@ class Group:
 
         :raises NotCommitterError: if this member is not the committer.
         :raises WrongCiphersuiteError: if a KeyPackage uses another ciphersuite.
-        :raises InvalidMessageError: if a KeyPackage is invalid or expired.
+        :raises InvalidMessageError: if a KeyPackage is invalid, or not valid
+            at the client's now (expired, or not yet valid).
         """
 
     def add_members(self, key_packages: Sequence[bytes]) -> tuple[bytes, bytes]:
@@ -311,9 +351,13 @@ def message_info(message: bytes) -> MessageInfo:
     :raises InvalidInputError: for bytes that are not a group message.
     """
 
-def key_package_identity(key_package: bytes) -> bytes:
-    """Validate a KeyPackage MLSMessage and return its credential identity.
+def key_package_identity(key_package: bytes, *, now_ms: int) -> bytes:
+    """Validate a KeyPackage MLSMessage at ``now_ms`` and return its credential identity.
 
+    :param now_ms: the time to check the KeyPackage's lifetime at, in
+        milliseconds since the Unix epoch. OpenMLS checks it against the
+        system clock as well, so the KeyPackage must be valid by both.
     :raises InvalidInputError: for bytes that are not a KeyPackage MLSMessage.
-    :raises InvalidMessageError: for a KeyPackage that fails validation.
+    :raises InvalidMessageError: for a KeyPackage that fails validation, or is
+        not valid at ``now_ms`` or by the system clock.
     """
