@@ -55,7 +55,7 @@ class Outbox:
         return await self._drain([recipient for recipient, _, _ in queued])
 
     async def pending(self) -> int:
-        return len(await self._run(self._store.outbox))
+        return await self._run(self._store.outbox_count)
 
     async def _drain(self, recipients: list[bytes]) -> SendReport:
         # MLS needs order per recipient (a commit before the messages of its epoch): each

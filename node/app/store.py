@@ -290,6 +290,10 @@ class NodeStore:
         ).fetchall()
         return [wire.decode_envelope(bytes(e)) for (e,) in rows]
 
+    def outbox_count(self) -> int:
+        (count,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(count)
+
     def outbox(self) -> list[tuple[bytes, wire.Envelope, int]]:
         rows = self._db.execute(
             "SELECT recipient, envelope, attempts FROM outbox ORDER BY rowid"

@@ -48,6 +48,7 @@ _HOOKED = (
     "_server_handle_certificate",
     "_request_client_certificate",
     "_peer_certificate",
+    "_supported_groups",
 )
 
 
@@ -82,6 +83,9 @@ class IdentityTlsContext(tls.Context):
         adopted.expected_peer_key = expected_peer_key
         adopted.verified_peer_key = None
         adopted._request_client_certificate = True
+        # Our peers are our own nodes: one key share (X25519) instead of aioquic's four
+        # (P-256, P-384, X25519, X448), each a key generated for every connection.
+        adopted._supported_groups = [tls.Group.X25519]
         return adopted
 
     def _check_certificate_verify_signature(self, verify: Any) -> None:
