@@ -16,7 +16,7 @@ from node.app.node import ChatMessage, Node
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
 from node.app.router import RelayInfo
-from node.app.store import SALT_SIZE, NodeStore, SeenPeer, derive_store_keys
+from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
 from node.core.errors import NodeError
@@ -148,7 +148,8 @@ def run_command(
     try:
         asyncio.run(_run(options))
     except NodeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,8 @@ def peers_command(data_dir: Path) -> None:
     try:
         seen, now = asyncio.run(_read_peers(data_dir, passphrase))
     except NodeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
     if not seen:
         click.echo("no peers seen yet")
         return
@@ -270,17 +272,16 @@ def peers_command(data_dir: Path) -> None:
 
 
 async def _read_peers(data_dir: Path, passphrase: bytes) -> tuple[list[SeenPeer], int]:
-    """What the node's store lists, and the wall time now (to tell each entry's age)."""
+    """What the node's store lists, and the wall time now (to tell each entry's age). Creates
+    nothing: a directory without its salt or database is refused by name."""
     if not (data_dir / "node.db").exists():
         raise NodeError(f"{data_dir} holds no node (run 'quicnprotochat node run' first)")
     runtime = RealRuntime("qpc-peers")
     run = runtime.run_blocking
-    fresh_salt = runtime.random_bytes(SALT_SIZE)
     try:
-        db_key, _ = await run(
-            lambda: derive_store_keys(data_dir, passphrase, DEFAULT_KDF, fresh_salt)
-        )
-        store = await run(lambda: NodeStore(data_dir / "node.db", db_key))
+        salt = await run(lambda: read_salt(data_dir / "store.salt"))
+        db_key, _ = await run(lambda: store_keys(passphrase, salt, DEFAULT_KDF))
+        store = await run(lambda: NodeStore(data_dir / "node.db", db_key, create=False))
         try:
             seen: list[SeenPeer] = await run(store.peers)
             return seen, runtime.wall_ms()
