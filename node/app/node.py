@@ -22,7 +22,7 @@ from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
 from node.core import wire
 from node.core.addresses import Address
-from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError
+from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError, StorageError
 from node.core.identity import Identity, mailbox_of
 from node.core.runtime import BlockingRunner, Clock, Runtime
 from node.mls import (
@@ -130,6 +130,7 @@ class Node:
                 log.warning("could not fetch the relay mailbox: %s", exc)
             self._tasks.append(self.runtime.spawn(self._watch_relay()))
         self._tasks.append(self.runtime.spawn(self._retry_outbox()))
+        self._tasks.append(self.runtime.spawn(self._inbox.retry_when_stalled()))
         self._tasks.append(self.runtime.spawn(self.membership.run_committer()))
         # Proposals applied before a restart (or while offline) may still wait for a commit.
         self.membership.commit_due.set()
@@ -178,6 +179,11 @@ class Node:
                 await task
 
     @property
+    def storage_failure(self) -> str | None:
+        """Why received envelopes wait unapplied (a state write failed), or None."""
+        return self._inbox.failure
+
+    @property
     def clock_ms(self) -> Clock:
         return self._clock_ms
 
@@ -219,7 +225,12 @@ class Node:
         match request:
             case wire.Deliver(envelopes):
                 path = Path.RELAY if from_relay else Path.DIRECT
-                return wire.DeliverResult(await self._accept(envelopes, path))
+                try:
+                    return wire.DeliverResult(await self._accept(envelopes, path))
+                except StorageError as exc:
+                    # Not accepted: the sender keeps the envelopes and tries again.
+                    log.warning("%s cannot store received envelopes: %s", self.name, exc)
+                    return wire.ErrorResult(ErrorCode.INTERNAL, "the node cannot store now")
             case wire.FetchKeyPackage(identity):
                 if identity != self.public_key:
                     return wire.ErrorResult(ErrorCode.NOT_FOUND, "a node serves only its own")
