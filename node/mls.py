@@ -50,6 +50,11 @@ class StateWatch(Protocol):
     """Keeps the node's record of where the MLS state file stands (ADR 0004). Both methods run
     on the thread of the MLS call itself, around every call."""
 
+    @property
+    def name(self) -> str:
+        """The state file, as error messages name it."""
+        ...
+
     def before(self) -> None:
         """Raise :class:`~node.core.errors.StorageError` if the last change is not recorded yet
         and still cannot be: no call may then change the file again."""
@@ -62,6 +67,8 @@ class StateWatch(Protocol):
 
 
 class _NoWatch:
+    name = "the MLS state"
+
     def before(self) -> None:
         pass
 
@@ -78,7 +85,7 @@ def _mls_errors(watch: StateWatch = NO_WATCH) -> Iterator[None]:
     try:
         yield
     except ob.StorageError as exc:
-        raise MlsStorageError(f"the MLS state file: {exc}") from exc
+        raise MlsStorageError(f"{watch.name}: {exc}") from exc
     except ob.WrongEpochError as exc:
         raise StaleEpochError(str(exc)) from exc
     except ob.NotCommitterError as exc:

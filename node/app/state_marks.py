@@ -32,6 +32,10 @@ class StateMarks:
         self._dirty = False  # a new file is recorded after the call that creates it
         self.failure: str | None = None
 
+    @property
+    def name(self) -> str:
+        return str(self._path)
+
     def before(self) -> None:
         if self._dirty:
             self._sync()
