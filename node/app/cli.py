@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from node.app.data_cli import backup_command, doctor_command, restore_command
 from node.app.demo import run_demo
 from node.app.node_cli import node_group, peers_command
 from node.core.errors import NodeError
@@ -60,3 +61,6 @@ def demo(messages: tuple[str, ...], as_json: bool) -> None:
 main.add_command(relay_group)
 main.add_command(node_group)
 main.add_command(peers_command)
+main.add_command(doctor_command)
+main.add_command(backup_command)
+main.add_command(restore_command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from node.app.backup import take_restore_notice
 from node.app.node import ChatMessage, Node
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
@@ -185,9 +187,12 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     )
     identity = node.identity
     node.on_message = _print_message
+    restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
     for spec in [*opts.peers, *opts.invites]:
         await node.remember_peer(spec.identity, spec.name, spec.address)
     host, port = await node.start(*opts.listen)
+    if restored_from is not None:
+        _warn_restored(node, restored_from)
     presence = Presence(node, opts.presence)
     try:
         await presence.start()
@@ -213,6 +218,20 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     finally:
         await presence.stop()
         await node.stop()
+
+
+def _warn_restored(node: Node, made_at_ms: int) -> None:
+    """A restored node is behind: say how far its groups got, and what that means."""
+    made = datetime.datetime.fromtimestamp(made_at_ms / 1000, tz=datetime.UTC)
+    click.echo(
+        f"WARNING: restored from the backup of {made:%Y-%m-%d %H:%M:%S} UTC: every group is "
+        "at the epoch it had then. Commits made since were missed and their epochs' keys are "
+        "gone (forward secrecy): messages of those epochs cannot be read, and the group's "
+        "committer must remove and re-add this node.",
+        err=True,
+    )
+    for group in node.groups.values():
+        click.echo(f"WARNING: group {group.group_id.hex()[:16]}: at epoch {group.epoch}", err=True)
 
 
 async def _find(presence: Presence, specs: list[PeerSpec]) -> None:

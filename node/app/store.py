@@ -135,6 +135,7 @@ class NodeStore:
         if len(key) != 32:
             raise ValueError("the database key is 32 bytes")
         self.path = path
+        self._key = key
         in_memory = str(path) == ":memory:"
         if not in_memory and not path.exists():
             if not create or read_only:
@@ -188,6 +189,21 @@ class NodeStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of the whole database at ``path`` (which must not exist), under
+        the same key: SQLite's backup API copies it in one read transaction."""
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            copy = sqlcipher3.connect(str(path))
+            try:
+                copy.execute("PRAGMA cipher_log_level = NONE")
+                copy.execute(f"PRAGMA key = \"x'{self._key.hex()}'\"")
+                self._db.backup(copy)
+            finally:
+                copy.close()
+        except sqlcipher3.Error as exc:
+            raise StorageError(f"cannot copy {self.path}: {exc}") from exc
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
