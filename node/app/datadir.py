@@ -79,6 +79,9 @@ class Examined:
     image: StateImage | None = None
     # mls.state is one MLS call ahead of node.db (a crash between the two writes).
     ahead: bool = False
+    # node.db does not record where mls.state stands now (one call ahead, or a database
+    # from before marks existed): the node records it before its next MLS call.
+    unrecorded: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Opened:
     mls_key: bytes
     image: StateImage | None
     ahead: bool = False
+    unrecorded: bool = False
 
 
 StoreOpener = Callable[[Path, bytes], NodeStore]
@@ -159,8 +163,9 @@ def examine(data_dir: Path, passphrase: bytes, kdf: KdfParams, open_store: Store
         problem = pairing_problem(found.image, recorded, salts)
         if problem is not None:
             found.problems.append(f"{data_dir}: {problem}")
-        elif recorded is not None and found.image.mark != recorded:
-            found.ahead = True
+        else:
+            found.ahead = recorded is not None and found.image.mark != recorded
+            found.unrecorded = found.image.mark != recorded
     return found
 
 
@@ -180,7 +185,9 @@ def open_existing(data_dir: Path, passphrase: bytes, kdf: KdfParams) -> Opened:
         raise DataDirError(found.problems[0] + suffix)
     if found.identity is None or found.store is None or found.mls_key is None:
         raise DataDirError(f"{data_dir} could not be checked")  # every gap is a problem above
-    return Opened(found.identity, found.store, found.mls_key, found.image, found.ahead)
+    return Opened(
+        found.identity, found.store, found.mls_key, found.image, found.ahead, found.unrecorded
+    )
 
 
 @dataclass(frozen=True)

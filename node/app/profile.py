@@ -57,7 +57,9 @@ async def open_node(
         if opened.ahead:
             log.info("%s: mls.state is one call ahead of node.db (a crash between them)", data_dir)
     store, identity, mls_key = opened.store, opened.identity, opened.mls_key
-    watch = StateMarks(data_dir / MLS_STATE, mls_key, store, opened.image)
+    watch = StateMarks(
+        data_dir / MLS_STATE, mls_key, store, opened.image, unrecorded=opened.unrecorded
+    )
     try:
         mls = await run(
             lambda: MlsClient(identity, runtime, data_dir / MLS_STATE, mls_key, watch=watch)

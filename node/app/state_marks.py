@@ -23,13 +23,24 @@ log = logging.getLogger(__name__)
 class StateMarks:
     """A :class:`~node.mls.StateWatch` that writes marks to the node's store."""
 
-    def __init__(self, path: Path, key: bytes, store: NodeStore, image: StateImage | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: bytes,
+        store: NodeStore,
+        image: StateImage | None,
+        *,
+        unrecorded: bool,
+    ) -> None:
+        """``image``: the file as checked at open (None: not created yet, and recorded after
+        the call that creates it); ``unrecorded``: ``node.db`` does not hold its mark yet,
+        and the next call records it first."""
         self._path = path
         self._key = key
         self._store = store
         self._image = image
-        self._recorded: Mark | None = image.mark if image is not None else None
-        self._dirty = False  # a new file is recorded after the call that creates it
+        self._recorded: Mark | None = None if image is None or unrecorded else image.mark
+        self._dirty = unrecorded
         self.failure: str | None = None
 
     @property

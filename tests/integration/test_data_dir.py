@@ -19,9 +19,9 @@ import pytest
 from node.app.datadir import DataDirError
 from node.app.node import Node
 from node.app.profile import open_node
-from node.app.store import read_salt, store_keys
+from node.app.store import NodeStore, read_salt, store_keys
 from node.core.keyfile import FAST_KDF
-from node.core.mls_state_file import parse
+from node.core.mls_state_file import Mark, parse
 from tests.conftest import LOOPBACK
 from tests.node_support import wait_until
 from tests.runtime_support import Runtimes
@@ -235,3 +235,40 @@ async def test_a_data_directory_that_is_a_file_is_refused(
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(DataDirError, match="is not a directory"):
         await open_node(tmp_path / "file", b"pw", runtimes("x"), name="x", kdf=FAST_KDF)
+
+
+async def test_mls_state_one_call_ahead_opens_and_two_calls_ahead_is_refused(
+    bob_dir: Path, template: Path, runtimes: Runtimes
+) -> None:
+    """A crash between writing mls.state and recording it in node.db leaves the file one call
+    ahead: that opens. Two calls ahead cannot come from a crash: node.db is an older copy."""
+    early = template / "bob-early"
+    db_key, mls_key = store_keys(b"bob", read_salt(early / "store.salt"), FAST_KDF)
+    store = NodeStore(early / "node.db", db_key, create=False)
+    try:
+        raw, _ = store.mls_mark()
+    finally:
+        store.close()
+    assert raw is not None
+    mark = Mark.from_bytes(raw)
+    final = (bob_dir / "mls.state").read_bytes()
+    image = parse(final, mls_key)
+    assert image.salt == mark.salt, "the template's mls.state was rewritten: cannot cut it"
+    at = image.ends.index(mark.length)
+    assert len(image.ends) > at + 2
+    shutil.copy(early / "node.db", bob_dir / "node.db")
+
+    (bob_dir / "mls.state").write_bytes(final[: image.ends[at + 2]])
+    assert "node.db is older than mls.state (2 MLS changes behind it)" in await refused(
+        bob_dir, runtimes
+    )
+
+    (bob_dir / "mls.state").write_bytes(final[: image.ends[at + 1]])
+    node, _ = await open_node(bob_dir, b"bob", runtimes("bob"), name="bob", kdf=FAST_KDF)
+    try:
+        await node.start(LOOPBACK, 0)
+        await node.run(node.mls.key_package)  # one more MLS call: node.db catches up first
+    finally:
+        await node.stop()
+    again, _ = await open_node(bob_dir, b"bob", runtimes("bob"), name="bob", kdf=FAST_KDF)
+    await again.stop()
