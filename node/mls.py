@@ -233,6 +233,8 @@ class MlsClient:
     With ``state_file`` and ``state_key`` every key and group lives encrypted in that file and
     survives restarts; without them, in memory. Every method may write the state file (and
     fsync it): callers run them through the runtime's executor, never on the event loop.
+    ``watch`` is told before and after every call of the client and of its groups, on the
+    call's thread (the node records where the state file stands: ADR 0004).
     """
 
     def __init__(
