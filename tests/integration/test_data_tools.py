@@ -313,3 +313,39 @@ async def test_a_restored_node_says_at_start_that_it_is_behind(
     assert not any("Traceback" in line for line in first)
     # Said once: the next start is a normal one.
     assert not any("restored" in line for line in await start())
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (
+            lambda d: (d / "mls.state").write_bytes((d / "mls.state").read_bytes()[:3000]),
+            "mls.state",
+        ),
+        (lambda d: (d / "store.salt").unlink(), "store.salt is missing"),
+        (lambda d: (d / "node.db").unlink(), "node.db is missing"),
+    ],
+    ids=["mls-cut", "no-salt", "no-db"],
+)
+async def test_node_run_refuses_a_damaged_directory_in_one_line(
+    bob_dir: Path, damage: object, named: str
+) -> None:
+    damage(bob_dir)  # type: ignore[operator]
+    before = snapshot(bob_dir)
+    proc = await asyncio.create_subprocess_exec(
+        *(str(SCRIPT), "node", "run", "--name", "bob", "--data-dir", str(bob_dir)),
+        *("--no-mdns", "--no-dht"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=PASS),
+    )
+    async with asyncio.timeout(DEADLINE):
+        out, err = await proc.communicate()
+    assert proc.returncode == 1
+    assert out == b""
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("ERROR: ")
+    assert named in lines[0]
+    assert snapshot(bob_dir) == before
