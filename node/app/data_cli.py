@@ -77,18 +77,30 @@ def diagnose(data_dir: Path, passphrase: bytes, kdf: KdfParams) -> dict[str, Any
         return report
     report["running"] = data_dir.is_dir() and node_running(data_dir)
     with tempfile.TemporaryDirectory(prefix="qpc-doctor-") as scratch:
+        copy = Path(scratch) / DATABASE
 
         def open_copy(path: Path, key: bytes) -> NodeStore:
             # The database and its write-ahead log, copied: opening the original would add
             # files next to it.
-            copy = Path(scratch) / DATABASE
             shutil.copyfile(path, copy)
             wal = path.with_name(path.name + "-wal")
             if wal.exists():
                 shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
             return NodeStore(copy, key, create=False)
 
-        found = examine(data_dir, passphrase, kdf, open_copy)
+        def open_snapshot(path: Path, key: bytes) -> NodeStore:
+            # A running node has its -wal and -shm files open: a second connection adds
+            # nothing, and SQLite's backup API gives a consistent copy while it writes.
+            live = NodeStore(path, key, create=False)
+            try:
+                live.backup_to(copy)
+            finally:
+                live.close()
+            return NodeStore(copy, key, create=False)
+
+        running = bool(report["running"])
+        opener = open_snapshot if running else open_copy
+        found = examine(data_dir, passphrase, kdf, opener, live=running)
         if found.store is not None:
             try:
                 report["messages"] = len(found.store.messages())

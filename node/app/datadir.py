@@ -100,10 +100,18 @@ class Opened:
 StoreOpener = Callable[[Path, bytes], NodeStore]
 
 
-def examine(data_dir: Path, passphrase: bytes, kdf: KdfParams, open_store: StoreOpener) -> Examined:
+def examine(
+    data_dir: Path,
+    passphrase: bytes,
+    kdf: KdfParams,
+    open_store: StoreOpener,
+    *,
+    live: bool = False,
+) -> Examined:
     """Check every state file of an existing data directory, as far as the damage allows,
-    writing nothing (``open_store`` decides how ``node.db`` is opened). Whoever gets the
-    result closes its ``store``."""
+    writing nothing (``open_store`` decides how ``node.db`` is opened). ``live``: a node runs on
+    the directory, and ``open_store`` gives a snapshot taken before ``mls.state`` is read.
+    Whoever gets the result closes its ``store``."""
     found = Examined()
     _, found.problems = problems_of_layout(data_dir)
     if any(p.endswith("is not a directory") for p in found.problems):
@@ -160,7 +168,7 @@ def examine(data_dir: Path, passphrase: bytes, kdf: KdfParams, open_store: Store
         except StorageError as exc:
             found.problems.append(f"{db_path}: {exc}")
             return found
-        problem = pairing_problem(found.image, recorded, salts)
+        problem = pairing_problem(found.image, recorded, salts, live=live)
         if problem is not None:
             found.problems.append(f"{data_dir}: {problem}")
         else:

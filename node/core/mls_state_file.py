@@ -176,7 +176,7 @@ def extend(image: StateImage, tail: bytes, offset: int) -> StateImage:
 
 
 def pairing_problem(
-    image: StateImage, recorded: Mark | None, known_salts: set[bytes]
+    image: StateImage, recorded: Mark | None, known_salts: set[bytes], *, live: bool = False
 ) -> str | None:
     """Why ``mls.state`` (as ``image``) and ``node.db`` (which recorded ``recorded`` after its
     last MLS call, and every base it has seen in ``known_salts``) are not of one moment, or
@@ -184,12 +184,14 @@ def pairing_problem(
 
     The node records the mark after every MLS call, and makes no call while a mark is
     unrecorded, so the file may be one call ahead of the database (a crash between the two
-    writes), never more, and never behind."""
+    writes), never more, and never behind. ``live``: ``node.db`` is a snapshot of a running
+    node's database taken before ``mls.state`` was read, so the file may be any number of calls
+    ahead, or rewritten as a new base since."""
     if recorded is None:
         return None  # a database from before marks existed: it adopts the file as it is
     ahead = image.records_after(recorded)
     if ahead is not None:
-        if ahead <= 1:
+        if ahead <= 1 or live:
             return None
         return f"node.db is older than mls.state ({ahead} MLS changes behind it)"
     if image.salt == recorded.salt:
@@ -198,6 +200,6 @@ def pairing_problem(
         return "mls.state does not continue the state node.db last recorded"
     if image.salt in known_salts:
         return "mls.state is older than node.db (an earlier copy of the file)"
-    if image.records == 0:
+    if image.records == 0 or live:
         return None  # one call ahead: that call rewrote the file as a new base
     return "node.db is older than mls.state, or mls.state belongs to another node.db"

@@ -232,6 +232,17 @@ async def test_a_backup_of_a_running_node_is_consistent_and_restores_behind(
                 _, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
             seen_at_backup = len(bob.inbox)
+            # doctor on the running node: a consistent snapshot, not a false alarm.
+            doctor = await asyncio.create_subprocess_exec(
+                *(str(SCRIPT), "doctor", "--data-dir", str(tmp_path / "bob")),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=PASS),
+            )
+            async with asyncio.timeout(60):
+                doctor_out, doctor_err = await doctor.communicate()
+            assert doctor.returncode == 0, doctor_err.decode()
+            assert doctor_out.decode().startswith("note: a node is running on this directory")
             await wait_until(lambda: len(bob.inbox) >= seen_at_backup + 3, DEADLINE, "more")
         finally:
             sender.cancel()
