@@ -73,7 +73,7 @@ class LookupResult:
     """What one lookup found and what it cost."""
 
     record: AcceptedRecord | None
-    hops: int  # crawl rounds; 0 when answered from local storage
+    hops: int  # crawl rounds; 0 for this node's own record, or when it knows no other node
     queried: int  # find_value RPCs sent
     rejected: dict[Rejection, int] = field(default_factory=dict)  # bad values received
     timed_out: bool = False
@@ -82,10 +82,11 @@ class LookupResult:
 @dataclass(frozen=True)
 class DhtStats:
     routing_table: int
-    stored_records: int
+    stored_records: int  # home and cache copies
     refused_at_store: dict[Rejection, int]
     rejected_at_read: dict[Rejection, int]
     malformed_datagrams: int
+    cached_records: int = 0  # of stored_records, those held as cache (far from their key)
 
 
 class _RecordServer(Server):  # type: ignore[misc]
@@ -187,6 +188,7 @@ class DhtNode:
         self._address: Address | None = None
         self._ipv6 = False
         self._seen = RecordBook(capacity=self.config.max_records)
+        self._own: dict[bytes, OwnRecord] = {}  # identity key -> this node's own record
         self.rejected_at_read: Counter[Rejection] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -333,7 +335,12 @@ class DhtNode:
         return accepted[0]
 
     async def republish(self, own: OwnRecord, deadline: float = 5.0) -> int:
-        """Sign a fresh record now (after an address change, say) and publish it."""
+        """Sign a fresh record now (after an address change, say) and publish it.
+
+        This node is then the signer of ``own``'s identity: its lookups of that identity answer
+        with the record it signed last, without asking the DHT.
+        """
+        self._own[own.identity.public_key] = own
         return await self.publish(own.sign(self._clock_ms()), deadline)
 
     def keep_published(self, own: OwnRecord, check_interval: float = 60.0) -> None:
@@ -362,21 +369,31 @@ class DhtNode:
         return None if result.record is None else result.record.record
 
     async def lookup_detailed(self, identity_key: bytes, deadline: float) -> LookupResult:
-        """Like :meth:`lookup`, with the cost of the search (for metrics and benchmarks)."""
+        """Like :meth:`lookup`, with the cost of the search (for metrics and benchmarks).
+
+        Only this node's own record is answered without a crawl: the signer knows its newest
+        record. Any other copy held here — stored by whoever chose to, perhaps an old record
+        replayed — is just one candidate: the crawl goes on to the k nodes nearest the key, and
+        the highest valid sequence among everything it reached, and the local copy, wins.
+        """
         server = self._server
         if server is None:
             raise RuntimeError("the DHT node is not started")
+        protocol = server.protocol
         now_ms = self._clock_ms()
+        mine = self._own.get(identity_key)
+        if mine is not None and mine.current is not None:
+            if mine.current.record.expires_at_ms > now_ms:
+                return LookupResult(self._newest(mine.current, now_ms), hops=0, queried=0)
         key = dht_key(identity_key)
         local = server.storage.accepted(key, now_ms)
-        if local is not None:
-            return LookupResult(self._newest(local, now_ms), hops=0, queried=0)
         target = Node(key)
-        nearest = server.protocol.router.find_neighbors(target)
+        nearest = protocol.router.find_neighbors(target)
         if not nearest:
-            return LookupResult(None, hops=0, queried=0)
+            held = None if local is None else self._newest(local, now_ms)
+            return LookupResult(held, hops=0, queried=0)
         crawl = RecordCrawl(
-            server.protocol,
+            protocol,
             target,
             nearest,
             server.ksize,
@@ -393,12 +410,19 @@ class DhtNode:
             timed_out = True
         self.rejected_at_read.update(crawl.rejected)
         best = crawl.best()
+        if local is not None and (best is None or local.record.sequence > best.record.sequence):
+            best = local
         if best is not None:
             best = self._newest(best, now_ms)
-            # Kademlia §2.3: cache the answer at the nearest node that lacked it.
-            peer = crawl.nearest_without_value.popleft()
-            if peer is not None:
-                server.protocol.spawn(server.protocol.call_store(peer, key, best.signed))
+            # Repair our own copy if it is older, or missing though this is one of its homes.
+            missing = local is None and not protocol.far_from(key)
+            if missing or (local is not None and local.signed != best.signed):
+                protocol.keep_record(key, best.signed)
+            if not timed_out:
+                # Kademlia §2.3 stores the answer at the nearest node that lacked it; we store
+                # it at each of the k nearest that had no record or an older one.
+                for peer in crawl.behind(best):
+                    protocol.spawn(protocol.call_store(peer, key, best.signed))
         return LookupResult(best, crawl.rounds, crawl.queried, dict(crawl.rejected), timed_out)
 
     def _newest(self, found: AcceptedRecord, now_ms: int) -> AcceptedRecord:
@@ -455,4 +479,5 @@ class DhtNode:
             refused_at_store=dict(server.storage.dropped),
             rejected_at_read=dict(self.rejected_at_read),
             malformed_datagrams=protocol.malformed,
+            cached_records=sum(1 for key, _ in server.storage if server.storage.is_cached(key)),
         )

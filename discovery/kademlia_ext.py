@@ -11,12 +11,14 @@ the library itself is used as installed, never copied:
   for nodes in the replacement cache (the store-storm fix); ``find_neighbors`` ranks every
   contact instead of the stock bucket walk, which gives up at an empty bucket.
 * :class:`RecordStorage`: holds only valid records, one per key, under the key derived from the
-  record's own identity, newest sequence wins; expiry by the injected wall clock.
+  record's own identity, newest sequence wins; expiry by the injected wall clock. A record
+  stored on a node that is not among the k nearest its key is only a short-lived cache copy.
 * :class:`RecordProtocol`: validates at the store RPC, sanitises every request and reply,
   fixes the key used by ``welcome_if_new``, shields rpcudp futures from cancellation so a
   lookup deadline cannot corrupt them, and takes its RPC timeout and randomness as arguments.
-* :class:`RecordCrawl`: a value spider that validates every value it is given, keeps crawling
-  past forged ones, and returns the newest valid record rather than the majority answer.
+* :class:`RecordCrawl`: a value spider that validates every value it is given, does not stop at
+  the first one (stock does) but goes on to the k nearest nodes, and returns the newest valid
+  record rather than the majority answer.
 
 These are internals of :mod:`discovery.dht`; use :class:`discovery.dht.DhtNode`.
 """
@@ -58,6 +60,10 @@ NODE_ID_SIZE = 20  # kademlia's ids and keys are 160-bit
 # is generous, but bounded so one datagram cannot make us rank thousands of fake nodes.
 MAX_NODES_PER_REPLY = 64
 DHT_KEY_CONTEXT = b"quicnprotochat dht key v1\x00"
+# How long a node keeps a record stored on it from afar (it is not among the k nearest the key).
+# Lookups never stop at such a copy, so it matters only when none of the k nearest answers; short,
+# so a replayed old record does not linger where no newer one will ever overwrite it.
+CACHE_SECONDS = 300.0
 _ID_SPACE = 2**160
 
 Monotonic = Callable[[], float]
@@ -135,6 +141,10 @@ class RoutingTable(_StockTable):  # type: ignore[misc]
         160 · k nodes.
         """
         self.buckets[self.get_bucket_for(node)].touch_last_updated()  # as the stock walk does
+        return self.nearest(node, k, exclude)
+
+    def nearest(self, node: Node, k: int | None = None, exclude: Node | None = None) -> list[Node]:
+        """:meth:`find_neighbors` without marking the bucket as used (a look, not a lookup)."""
         candidates = [
             contact
             for bucket in self.buckets
@@ -157,8 +167,15 @@ class RoutingTable(_StockTable):  # type: ignore[misc]
 class RecordStorage(IStorage):  # type: ignore[misc]
     """Valid peer records only, one per DHT key, the highest sequence winning.
 
+    A record is held either as a **home** copy (this node is among the k nearest the key, or
+    published the record itself) or as a **cache** copy (stored here by someone although this
+    node is not among the k nearest, Kademlia §2.3), which is dropped ``cache_for`` seconds
+    after it arrived, is never re-replicated nor handed to new neighbours, and is the first to go
+    when the store is full. Either kind is only ever a candidate for a lookup: the crawl goes on
+    to the k nearest nodes and the highest sequence wins (see :class:`RecordCrawl`).
+
     :param clock_ms: wall clock for record expiry.
-    :param now: loop time, for "stored longer than" (Kademlia's hourly republish).
+    :param now: loop time, for "stored longer than" (Kademlia's hourly republish) and caches.
     """
 
     def __init__(self, clock_ms: Clock, now: Monotonic, capacity: int = 10_000) -> None:
@@ -167,14 +184,26 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         self.book = RecordBook(capacity)
         self._identity_of: dict[bytes, bytes] = {}
         self._stored_at: dict[bytes, float] = {}
+        self._cached_until: dict[bytes, float] = {}
 
     @property
     def dropped(self) -> Counter[Rejection]:
         """Records refused, by reason."""
         return self.book.dropped
 
-    def offer(self, key: bytes, value: object, now_ms: int | None = None) -> Rejection | None:
-        """Store ``value`` under ``key`` if valid and newest; return why not otherwise."""
+    def offer(
+        self,
+        key: bytes,
+        value: object,
+        now_ms: int | None = None,
+        *,
+        cache_for: float | None = None,
+    ) -> Rejection | None:
+        """Store ``value`` under ``key`` if valid and newest; return why not otherwise.
+
+        With ``cache_for`` (seconds) a newly kept record is a cache copy; without it, a home
+        copy — and the record already held, offered again as home, becomes one.
+        """
         now_ms = self._clock_ms() if now_ms is None else now_ms
         verdict = validate(value, now_ms)
         if isinstance(verdict, RejectedRecord):
@@ -183,22 +212,50 @@ class RecordStorage(IStorage):  # type: ignore[misc]
         if dht_key(verdict.record.identity_key) != key:
             self.book.dropped[Rejection.WRONG_IDENTITY] += 1
             return Rejection.WRONG_IDENTITY
+        if key not in self._identity_of and len(self.book) >= self.book.capacity:
+            self.book.expire(now_ms)
+            if len(self.book) >= self.book.capacity:
+                self._drop_a_cache()  # rather than the book's choice, which may be a home copy
         kept = self.book.keep(verdict, now_ms)
         if isinstance(kept, RejectedRecord):
             return kept.reason
         if kept is verdict:
             self._identity_of[key] = verdict.record.identity_key
             self._stored_at[key] = self._now()
+            if cache_for is None:
+                self._cached_until.pop(key, None)
+            else:
+                self._cached_until[key] = self._now() + cache_for
+        elif cache_for is None:
+            self._cached_until.pop(key, None)  # the same record, now held as a home copy
         return None
+
+    def _forget(self, key: bytes) -> None:
+        identity = self._identity_of.pop(key, None)
+        if identity is not None:
+            self.book.forget(identity)
+        self._stored_at.pop(key, None)
+        self._cached_until.pop(key, None)
+
+    def _drop_a_cache(self) -> None:
+        if self._cached_until:
+            self._forget(min(self._cached_until, key=self._cached_until.__getitem__))
+
+    def is_cached(self, key: bytes) -> bool:
+        """Whether the record under ``key`` is held as a cache copy (False if none is held)."""
+        return key in self._cached_until and self.accepted(key) is not None
 
     def accepted(self, key: bytes, now_ms: int | None = None) -> AcceptedRecord | None:
         identity = self._identity_of.get(key)
         if identity is None:
             return None
+        until = self._cached_until.get(key)
+        if until is not None and self._now() >= until:
+            self._forget(key)
+            return None
         held = self.book.get(identity, self._clock_ms() if now_ms is None else now_ms)
         if held is None:
-            self._identity_of.pop(key, None)
-            self._stored_at.pop(key, None)
+            self._forget(key)
         return held
 
     # IStorage, for the parts of kademlia that still read storage directly.
@@ -233,9 +290,13 @@ class RecordStorage(IStorage):  # type: ignore[misc]
                 items.append((key, held.signed))
         return iter(items)
 
+    def home_items(self) -> list[tuple[bytes, bytes]]:
+        """The home copies: what this node re-replicates and hands to new neighbours."""
+        return [(k, v) for k, v in self if k not in self._cached_until]
+
     def iter_older_than(self, seconds_old: float) -> list[tuple[bytes, bytes]]:
         cutoff = self._now() - seconds_old
-        return [(k, v) for k, v in self if self._stored_at.get(k, cutoff) <= cutoff]
+        return [(k, v) for k, v in self.home_items() if self._stored_at.get(k, cutoff) <= cutoff]
 
 
 # --- protocol -------------------------------------------------------------------------------
@@ -278,6 +339,7 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
     """The kademlia RPC protocol, validating records and hardened against hostile datagrams.
 
     :param rpc_timeout: seconds to wait for any one reply (stock: 5).
+    :param cache_seconds: how long a record stored from afar is kept (:class:`RecordStorage`).
     """
 
     def __init__(
@@ -291,8 +353,10 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
         random_bytes: RandomBytes,
         spawn: Spawn,
         ip_version: int,
+        cache_seconds: float = CACHE_SECONDS,
     ) -> None:
         super().__init__(source_node, storage, ksize)
+        self._cache_seconds = cache_seconds
         self._wait_timeout = rpc_timeout
         self.router = RoutingTable(self, ksize, source_node, now)
         self._ksize = ksize
@@ -348,11 +412,25 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
     def rpc_store(self, sender: Any, nodeid: object, key: object, value: object) -> bool:
         source = Node(_node_id(nodeid), sender[0], sender[1])
         self.welcome_if_new(source)
-        reason = self.storage.offer(_node_id(key), value)
+        reason = self.keep_record(_node_id(key), value)
         if reason is not None:
             log.debug("refused a %s record from %s", reason.value, sender)
             return False
         return True
+
+    def keep_record(self, key: bytes, value: object) -> Rejection | None:
+        """Offer a record to storage: a home copy if this node is among the k nearest the key
+        it knows of, else a short-lived cache copy."""
+        cache_for = self._cache_seconds if self.far_from(key) else None
+        reason: Rejection | None = self.storage.offer(key, value, cache_for=cache_for)
+        return reason
+
+    def far_from(self, key: bytes) -> bool:
+        """Whether this node knows k nodes nearer ``key`` than itself."""
+        target = Node(key)
+        nearest = self.router.nearest(target, self._ksize)
+        mine = self.source_node.distance_to(target)
+        return len(nearest) >= self._ksize and nearest[-1].distance_to(target) < mine
 
     def rpc_find_node(self, sender: Any, nodeid: object, key: object) -> list[Any]:
         return list(super().rpc_find_node(sender, _node_id(nodeid), _node_id(key)))
@@ -364,15 +442,17 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
         if value is None:
             return self.rpc_find_node(sender, nodeid, key)
         # "nodes" is our extension (stock readers look only at "value"): it lets a record crawl
-        # keep closing in on the key past nodes that hold a copy. See RecordCrawl.
+        # keep closing in on the key past nodes that hold a copy, home or cached, which may be
+        # older than the copies nearer the key. See RecordCrawl.
         return {"value": value, "nodes": self.rpc_find_node(sender, nodeid, key)}
 
     def welcome_if_new(self, node: Node) -> None:
         """Stock logic (Kademlia §2.5) with one fix: stored keys are already hashed, and the
-        stock code hashes them again before measuring distance."""
+        stock code hashes them again before measuring distance; cached copies are not handed
+        on (this node is not where they belong)."""
         if not self.router.is_new_node(node):
             return
-        for key, value in self.storage:
+        for key, value in self.storage.home_items():
             keynode = Node(key)
             neighbors = self.router.find_neighbors(keynode)
             if neighbors:
@@ -470,6 +550,8 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
     have all answered — asking all of them at once from then on — and the highest sequence
     wins. Our nodes send their closest contacts along with a value (an extra ``nodes`` entry
     that stock kademlia ignores), so walking past value holders still gets closer to the key.
+    :meth:`behind` names the nodes among those k that answered with no record or an older one,
+    for the caller to store the newest on (Kademlia §2.3, extended to stale holders).
     """
 
     def __init__(
@@ -491,6 +573,7 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         self.found: list[AcceptedRecord] = []
         self.rejected: Counter[Rejection] = Counter()
         self._verdicts: dict[bytes, RecordVerdict] = {}
+        self._answered: dict[bytes, int | None] = {}  # peer id -> valid sequence it returned
         self.rounds = 0
         self.queried = 0
 
@@ -499,6 +582,18 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         if not self.found:
             return None
         return max(self.found, key=lambda a: a.record.sequence)
+
+    def behind(self, record: AcceptedRecord) -> list[Node]:
+        """The nearest nodes (at most k) that answered without ``record`` or anything newer."""
+        sequence = record.record.sequence
+        behind = []
+        for peer in self.nearest:
+            if peer.id not in self._answered:
+                continue  # not asked (the crawl was cut short)
+            held = self._answered[peer.id]
+            if held is None or held < sequence:
+                behind.append(peer)
+        return behind
 
     async def _nodes_found(self, responses: dict[bytes, Any]) -> AcceptedRecord | None:
         self._absorb(responses)
@@ -534,10 +629,13 @@ class RecordCrawl(ValueSpiderCrawl):  # type: ignore[misc]
                 verdict = self._judge(response.get_value())
                 if isinstance(verdict, AcceptedRecord):
                     self.found.append(verdict)
+                    self._answered[peer_id] = verdict.record.sequence
                 else:
                     self.rejected[verdict.reason] += 1
+                    self._answered[peer_id] = None
                 self.nearest.push([Node(*n) for n in raw[1].get("nodes", [])])
                 continue
+            self._answered[peer_id] = None
             peer = self.nearest.get_node(peer_id)
             if peer is not None:
                 self.nearest_without_value.push(peer)

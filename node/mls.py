@@ -217,6 +217,12 @@ class MlsGroup:
             return None
         return OwnCommit(last[0], last[1], recipients[0], recipients[1])
 
+    def exporter(self, label: str, context: bytes, length: int) -> bytes:
+        """A secret of the current epoch (RFC 9420 §8.5): members at one epoch agree on it,
+        so two members that disagree at the same epoch have forked."""
+        with _mls_errors():
+            return self._group.exporter(label, context, length)
+
     def process(self, message: bytes, delivery_id: bytes | None = None) -> Incoming:
         """Apply one incoming message. With ``delivery_id`` (the envelope's id) the outcome is
         kept in the MLS state, atomically with the message's effect, so that a node that dies

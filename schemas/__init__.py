@@ -14,5 +14,6 @@ capnp.remove_import_hook()
 envelope: Any = capnp.load(str(SCHEMA_DIR / "envelope.capnp"), imports=[str(SCHEMA_DIR)])
 rpc: Any = capnp.load(str(SCHEMA_DIR / "rpc.capnp"), imports=[str(SCHEMA_DIR)])
 peer_record: Any = capnp.load(str(SCHEMA_DIR / "peer_record.capnp"), imports=[str(SCHEMA_DIR)])
+invite_link: Any = capnp.load(str(SCHEMA_DIR / "invite_link.capnp"), imports=[str(SCHEMA_DIR)])
 
-__all__ = ["SCHEMA_DIR", "envelope", "rpc"]
+__all__ = ["SCHEMA_DIR", "envelope", "invite_link", "peer_record", "rpc"]

@@ -11,9 +11,19 @@ import click
 
 from node.app.data_cli import backup_command, doctor_command, restore_command
 from node.app.demo import run_demo
+from node.app.identity_cli import verify_command, whoami_command
 from node.app.node_cli import node_group, peers_command
+from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from relay.cli import relay_group
+from simulations.cli import sim_group
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines may quote what a peer sent (an error message, a name): shown, never obeyed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record), multiline=True, continuation="    ")
 
 
 @click.group()
@@ -21,7 +31,9 @@ from relay.cli import relay_group
 def main(verbose: int) -> None:
     """quicnprotochat: end-to-end-encrypted group chat, peer to peer over QUIC."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:
         # aioquic reports every refused handshake as a warning; ours say it better.
         logging.getLogger("quic").setLevel(logging.ERROR)
@@ -64,3 +76,6 @@ main.add_command(peers_command)
 main.add_command(doctor_command)
 main.add_command(backup_command)
 main.add_command(restore_command)
+main.add_command(sim_group)
+main.add_command(whoami_command)
+main.add_command(verify_command)

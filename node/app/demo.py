@@ -24,6 +24,7 @@ from node.app.node import ChatMessage, Node, SendReport
 from node.app.profile import open_node
 from node.app.router import Path as DeliveryPath
 from node.app.router import RelayInfo
+from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from node.core.identity import short_fingerprint
 from node.transport.runtime import RealRuntime
@@ -219,7 +220,9 @@ async def _converse(
 
 def _reader(name: str, say: Callable[[str], None]) -> Callable[[ChatMessage], None]:
     def show(msg: ChatMessage) -> None:
-        say(f"{'':<10}{name} read {msg.sender_name}: {msg.text!r}  ({msg.path.value})")
+        # repr() shows every control character escaped; the sender's name is shown safe.
+        sender = terminal_safe(msg.sender_name)
+        say(f"{'':<10}{name} read {sender}: {msg.text!r}  ({msg.path.value})")
 
     return show
 

@@ -8,6 +8,7 @@ import datetime
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +16,17 @@ import click
 
 from node.app.backup import take_restore_notice
 from node.app.node import ChatMessage, Node
+from node.app.peer_ref import PeerRefError, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
 from node.app.router import RelayInfo
 from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
+from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
+from node.core.invite_link import InviteLinkError
 from node.core.keyfile import DEFAULT_KDF
 from node.transport.runtime import RealRuntime
 
@@ -55,13 +59,26 @@ class PeerSpec:
     address: Address | None  # None: discovery finds it (mDNS, DHT)
 
 
-def parse_peer(text: str) -> PeerSpec:
-    """``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``"""
-    name, eq, rest = text.partition("=")
-    key, at, address = rest.partition("@")
-    if not eq or not name:
-        raise click.BadParameter(f"expected NAME=KEYHEX[@HOST:PORT], got {text!r}")
-    return PeerSpec(name, parse_key(key), parse_address(address) if at else None)
+def parse_peer(text: str, now_ms: int) -> PeerSpec:
+    """A ``qpc://`` invite link, ``NAME=LINK``, ``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``
+    (``node.app.peer_ref``). A refused link raises ``InviteLinkError``."""
+    try:
+        ref = parse_peer_ref(text, now_ms=now_ms)
+    except PeerRefError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return PeerSpec(ref.name, ref.identity, ref.address)
+
+
+def _parse_peers(option: str, texts: tuple[str, ...]) -> list[PeerSpec]:
+    now_ms = time.time_ns() // 1_000_000  # the command line reads the clock itself
+    specs = []
+    for text in texts:
+        try:
+            specs.append(parse_peer(text, now_ms))
+        except InviteLinkError as exc:
+            click.echo(f"ERROR: {option}: {terminal_safe(str(exc))}", err=True)
+            sys.exit(1)
+    return specs
 
 
 @click.group("node")
@@ -81,13 +98,16 @@ def node_group() -> None:
 @click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional).")
 @click.option("--relay-key", default=None, help="The relay's identity key (hex), to pin it.")
 @click.option(
-    "--peer", "peers", multiple=True, help="NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable)."
+    "--peer",
+    "peers",
+    multiple=True,
+    help="A qpc:// link or NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable).",
 )
 @click.option(
     "--invite",
     "invites",
     multiple=True,
-    help="NAME=KEYHEX[@HOST:PORT]: create a group with these peers at start.",
+    help="A qpc:// link or NAME=KEYHEX[@HOST:PORT]: create a group with these peers at start.",
 )
 @click.option("--no-mdns", is_flag=True, help="Neither advertise nor browse on the LAN.")
 @click.option(
@@ -137,8 +157,8 @@ def run_command(
         listen=listen_address,
         relay=relay,
         passphrase=passphrase,
-        peers=[parse_peer(p) for p in peers],
-        invites=[parse_peer(p) for p in invites],
+        peers=_parse_peers("--peer", peers),
+        invites=_parse_peers("--invite", invites),
         presence=PresenceConfig(
             mdns=not no_mdns,
             mdns_interfaces=mdns_interfaces,
@@ -240,14 +260,16 @@ async def _find(presence: Presence, specs: list[PeerSpec]) -> None:
     if resolver is None or not specs:
         return
     for spec in specs:
-        click.echo(f"looking for {spec.name}...")
+        click.echo(f"looking for {terminal_safe(spec.name)}...")
         try:
             async with asyncio.timeout(FIND_DEADLINE):
                 # Both mDNS and the DHT may answer, on their own schedules: poll the resolver.
                 while await resolver.resolve(spec.identity, deadline=1.0) is None:  # noqa: ASYNC110
                     await asyncio.sleep(0.25)
         except TimeoutError:
-            click.echo(f"{spec.name} was not found on the LAN or in the DHT", err=True)
+            click.echo(
+                f"{terminal_safe(spec.name)} was not found on the LAN or in the DHT", err=True
+            )
 
 
 async def _invite(node: Node, invites: list[PeerSpec]) -> None:
@@ -255,11 +277,14 @@ async def _invite(node: Node, invites: list[PeerSpec]) -> None:
         group_id = await node.create_group()
         report = await node.invite(group_id, [spec.identity for spec in invites])
     except NodeError as exc:
-        click.echo(f"ERROR: could not create the group: {exc}", err=True)
+        click.echo(f"ERROR: could not create the group: {terminal_safe(str(exc))}", err=True)
         return
     for peer, why in report.failed.items():
-        click.echo(f"could not invite {node.contacts.name(peer)}: {why}", err=True)
-    click.echo(f"group created with {', '.join(s.name for s in invites)}")
+        click.echo(
+            f"could not invite {terminal_safe(node.contacts.name(peer))}: {terminal_safe(why)}",
+            err=True,
+        )
+    click.echo(f"group created with {', '.join(terminal_safe(s.name) for s in invites)}")
 
 
 @click.command("peers")
@@ -284,9 +309,9 @@ def peers_command(data_dir: Path) -> None:
     for peer in seen:
         age = max(0, now - peer.seen_at_ms) // 1000
         address = format_address((peer.host, peer.port))
+        name, print_ = terminal_safe(peer.name)[:16], terminal_safe(peer.fingerprint)[:20]
         click.echo(
-            f"{peer.name[:16]:<16} {peer.fingerprint[:20]:<20} {peer.source:<6} "
-            f"{peer.status:<10} {address:<22} {age}s"
+            f"{name:<16} {print_:<20} {peer.source:<6} {peer.status:<10} {address:<22} {age}s"
         )
 
 
@@ -311,7 +336,9 @@ async def _read_peers(data_dir: Path, passphrase: bytes) -> tuple[list[SeenPeer]
 
 
 def _print_message(message: ChatMessage) -> None:
-    click.echo(f"[{message.sender_name}] {message.text}")
+    # Both the name and the text are the peer's choice: shown, never obeyed (node.core.display).
+    prefix = f"[{terminal_safe(message.sender_name)}] "
+    click.echo(prefix + terminal_safe(message.text, multiline=True, continuation=" " * len(prefix)))
 
 
 async def _read_lines(node: Node) -> None:
@@ -329,7 +356,8 @@ async def _read_lines(node: Node) -> None:
         try:
             report = await node.send_text(group_id, text)
         except NodeError as exc:
-            click.echo(f"ERROR: {exc}", err=True)
+            click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
             continue
         for peer, why in report.failed.items():
-            click.echo(f"(not delivered to {node.contacts.name(peer)}: {why})", err=True)
+            who = terminal_safe(node.contacts.name(peer))
+            click.echo(f"(not delivered to {who}: {terminal_safe(why)})", err=True)

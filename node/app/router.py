@@ -76,6 +76,10 @@ class Router:
         self._now = runtime.monotonic
         self._contacts = contacts
         self.relay = relay
+        # Where each peer collects its mail (from its peer record's relay hints, or told by
+        # whoever introduced it): an envelope that cannot go direct waits there, not at our own
+        # relay, which that peer never asks.
+        self.peer_relays: dict[bytes, RelayInfo] = {}
         self._direct_deadline = direct_deadline
         self._relay_deadline = relay_deadline
         self._backoff = unreachable_backoff
@@ -106,19 +110,18 @@ class Router:
                 # in every case the relay is the way to go.
                 log.info("direct delivery to %s failed: %s", short_fingerprint(recipient), exc)
                 self._unreachable_until[recipient] = self._now() + self._backoff
-        if self.relay is None:
+        relay = self.peer_relays.get(recipient, self.relay)
+        if relay is None:
             raise PeerUnreachableError(
                 f"{self._contacts.name(recipient)} is unreachable and no relay is configured"
             )
         try:
-            conn = await self._endpoint.dial(
-                self.relay.address, self.relay.identity, self._relay_deadline
-            )
+            conn = await self._endpoint.dial(relay.address, relay.identity, self._relay_deadline)
             _check_accepted(
                 await conn.call(wire.Deliver((envelope,)), self._relay_deadline), envelope
             )
         except NodeError as exc:
-            self._endpoint.drop(self.relay.address, self.relay.identity)
+            self._endpoint.drop(relay.address, relay.identity)
             raise RelayError(f"the relay did not take the message: {exc}") from exc
         return Path.RELAY
 
@@ -136,6 +139,8 @@ class Router:
                 log.info("resolving %s failed: %s", short_fingerprint(peer), exc)
             if resolution is not None:
                 found += [a for a in resolution.addresses if a not in found]
+                for host, port, identity in resolution.relay_hints[:1]:
+                    self.peer_relays[peer] = RelayInfo((host, port), identity)
         return found[:MAX_ADDRESSES_TRIED], resolution
 
     async def _call_direct(self, peer: bytes, request: wire.Request) -> wire.Response:

@@ -118,8 +118,10 @@ class Endpoint(asyncio.DatagramProtocol):
             self._transport.abort()
             self._transport = None
 
-    def _protocols(self) -> set[PeerConnection]:
-        return set(self._routes.values()) | set(self._outbound.values())
+    def _protocols(self) -> list[PeerConnection]:
+        # In the order they were made (a set's order follows memory addresses, and the close
+        # datagrams would then leave in a different order from run to run).
+        return list(dict.fromkeys([*self._routes.values(), *self._outbound.values()]))
 
     def _detach_all(self, why: str) -> None:
         for protocol in self._protocols():

@@ -83,3 +83,20 @@ def create_identity(
     identity = Identity.from_seed(seed)
     _write_private(path, seal(identity.seed(), passphrase, params, fresh))
     return identity
+
+
+async def load_identity(path: Path, passphrase: bytes, runtime: Runtime) -> Identity:
+    """The identity sealed at ``path``; never creates anything (a missing file is an error)."""
+    if not passphrase:
+        raise StorageError("a passphrase is required to open the identity key")
+    run = runtime.run_blocking
+    try:
+        if not await run(path.is_file):
+            raise StorageError(
+                f"no identity key at {path} (a node makes one: quicnprotochat node run)"
+            )
+        blob = await run(lambda: _read(path))
+    except OSError as exc:
+        raise StorageError(f"cannot read the key file {path}: {exc.strerror}") from exc
+    seed = await run(lambda: open_sealed(blob, passphrase))
+    return Identity.from_seed(seed)

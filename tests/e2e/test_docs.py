@@ -33,7 +33,7 @@
    ``### struct`` / ``### enum`` heading outside a schema file's section.
 3. The README's first fenced code block holds exactly the two quick-start commands.
 4. The demo's ``--json`` fields are the ones ``docs/getting-started.md`` documents.
-5. Every option of ``node run``, ``relay run`` and ``peers`` has a row in an options table of
+5. Every option of ``node run``, ``relay run``, ``peers``, ``whoami`` and ``verify`` has a row in an options table of
    ``docs/getting-started.md`` (a row starting with the option in backticks: ``| `--listen ...``).
 """
 
@@ -62,6 +62,7 @@ SCHEMA_MODULES: dict[str, Any] = {
     "envelope.capnp": schemas.envelope,
     "rpc.capnp": schemas.rpc,
     "peer_record.capnp": schemas.peer_record,
+    "invite_link.capnp": schemas.invite_link,
 }
 SCHEMA_FILES = sorted(path.name for path in SCHEMA_DIR.glob("*.capnp"))
 
@@ -316,13 +317,14 @@ def _long_options(command: click.Command) -> list[str]:
 
 
 def test_getting_started_documents_every_command_line_option() -> None:
+    from node.app.identity_cli import verify_command, whoami_command
     from node.app.node_cli import peers_command
     from node.app.node_cli import run_command as node_run
     from relay.cli import run_command as relay_run
 
     page = (DOCS / "getting-started.md").read_text()
     rows = set(re.findall(r"^\|\s*`(--[\w-]+)", page, re.MULTILINE))
-    for command in (node_run, relay_run, peers_command):
+    for command in (node_run, relay_run, peers_command, whoami_command, verify_command):
         options = _long_options(command)
         assert options, f"{command.name} has no options?"
         missing = [opt for opt in options if opt not in rows]

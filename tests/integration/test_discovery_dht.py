@@ -2,8 +2,9 @@
 
 Covers: a network of real nodes resolving records; forged, replayed-older and expired records
 refused at the store RPC and ignored at read; a stock (unvalidating) kademlia node trying to
-poison a key; dead peers bounded by the RPC timeout and the caller's deadline; hostile
-datagrams dropped.
+poison a key, or replaying an older record to every node, far from the key too; only a node's
+own record answered without a crawl; dead peers bounded by the RPC timeout and the caller's
+deadline; hostile datagrams dropped.
 """
 
 from __future__ import annotations
@@ -223,6 +224,65 @@ async def test_a_replayed_older_record_loses_to_the_newer_one(clock: Clock) -> N
                 assert found is not None and found.dial_addresses == ((LOOPBACK, 2222),)
 
 
+async def test_an_old_record_replayed_far_from_the_key_loses_to_the_newer_one(
+    clock: Clock, loop_errors: list[dict[str, Any]]
+) -> None:
+    # k = 6 over 20 nodes: most nodes are far from the key. An attacker speaking only the stock
+    # protocol replays alice's older (validly signed) record to every node, before and after
+    # alice publishes a newer one; every lookup must still return the newer one.
+    async with network(20, clock, DhtConfig(ksize=6)) as nodes:
+        alice = Identity.generate()
+        key = dht_key(alice.public_key)
+        own = own_record(alice, 1111)
+        older = own.sign(clock.ms)
+        own.update(addresses=[(LOOPBACK, 2222)])
+        attacker = StockServer()
+        await attacker.listen(0, interface=LOOPBACK)
+        try:
+            await attacker.bootstrap([nodes[0].address])
+
+            async def replay() -> None:
+                answers = await asyncio.gather(
+                    *(
+                        attacker.protocol.store(n.address, attacker.node.id, key, older)
+                        for n in nodes
+                    )
+                )
+                assert all(ok for ok, _ in answers), "every node answers the store"
+
+            await replay()
+            assert all(n.stats().stored_records == 1 for n in nodes)
+            # Nodes that know k nodes nearer the key keep it only as a short-lived cache (about
+            # half of them here: the others' routing tables do not show them they are far).
+            assert sum(n.stats().cached_records for n in nodes) >= 5
+            clock.ms += 10
+            assert await nodes[3].republish(own) >= 1
+            await replay()
+            newer = own.current
+            assert newer is not None
+            stale = []
+            for asker in nodes:
+                result = await asker.lookup_detailed(alice.public_key, deadline=3.0)
+                assert result.record is not None, f"{asker.address} found nothing"
+                if result.record.record.sequence != newer.record.sequence:
+                    stale.append(asker.address)
+                assert result.hops <= 5  # ⌈log2 20⌉
+            assert stale == [], f"{len(stale)} of {len(nodes)} lookups returned the older record"
+        finally:
+            attacker.stop()
+
+
+async def test_only_a_nodes_own_record_is_answered_without_asking(clock: Clock) -> None:
+    async with network(8, clock, DhtConfig(ksize=3)) as nodes:
+        alice, bob = Identity.generate(), Identity.generate()
+        await nodes[0].republish(own_record(alice))  # nodes[0] is alice's node
+        await nodes[0].publish(own_record(bob).sign(clock.ms))  # a copy of someone else's
+        mine = await nodes[0].lookup_detailed(alice.public_key, deadline=3.0)
+        assert mine.record is not None and (mine.hops, mine.queried) == (0, 0)
+        theirs = await nodes[0].lookup_detailed(bob.public_key, deadline=3.0)
+        assert theirs.record is not None and theirs.hops > 0 and theirs.queried > 0
+
+
 async def test_expired_records_are_not_returned(clock: Clock) -> None:
     async with network(10, clock, DhtConfig(ksize=3)) as nodes:
         alice = Identity.generate()
@@ -350,7 +410,11 @@ async def test_refresh_re_replicates_held_records(clock: Clock) -> None:
     async with network(8, clock, DhtConfig(ksize=3)) as nodes:
         alice = Identity.generate()
         await nodes[0].publish(own_record(alice).sign(clock.ms))
-        holder = next(n for n in nodes if n.stats().stored_records and n is not nodes[0])
+        holders = [n for n in nodes[1:] if n.stats().stored_records]
+        # When the publisher is among the 3 nearest, the 4th nearest it stored on keeps a cache.
+        holder = next(n for n in holders if n.stats().cached_records == 0)
         assert await holder.refresh(older_than=3600) == 0  # nothing held that long yet
         assert await holder.refresh(older_than=0) == 1
+        for cache in (n for n in holders if n.stats().cached_records):
+            assert await cache.refresh(older_than=0) == 0  # a cache copy is not re-replicated
         assert all(n.stats().malformed_datagrams == 0 for n in nodes)

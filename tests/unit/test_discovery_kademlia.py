@@ -15,6 +15,7 @@ from kademlia.routing import RoutingTable as StockRoutingTable
 from discovery.kademlia_ext import (
     DHT_KEY_CONTEXT,
     RecordCrawl,
+    RecordProtocol,
     RecordStorage,
     RoutingTable,
     _sanitise_nodes,
@@ -103,6 +104,68 @@ def test_storage_republish_age_uses_loop_time() -> None:
     assert storage.iter_older_than(3600) == []
     now[0] += 3600
     assert [k for k, _ in storage.iter_older_than(3600)] == [dht_key(alice.public_key)]
+
+
+def test_a_cache_copy_is_short_lived_and_never_handed_on() -> None:
+    now = [100.0]
+    storage = RecordStorage(Clock(), lambda: now[0])
+    alice, bob = Identity.generate(), Identity.generate()
+    far, home = dht_key(alice.public_key), dht_key(bob.public_key)
+    assert storage.offer(far, signed_by(alice), cache_for=60) is None
+    assert storage.offer(home, signed_by(bob)) is None
+    assert storage.is_cached(far) and not storage.is_cached(home)
+    assert len(storage) == 2
+    assert [k for k, _ in storage.home_items()] == [home]
+    now[0] += 3600
+    assert [k for k, _ in storage.iter_older_than(0)] == [home]  # caches are not re-replicated
+    assert storage.get(far) is None  # and are gone after cache_for seconds
+    # A newer record offered as a cache replaces a home copy; offered again as home, it is one.
+    newer = signed_by(bob, NOW + 1)
+    assert storage.offer(home, newer, cache_for=60) is None
+    assert storage.is_cached(home) and storage.get(home) == newer
+    assert storage.offer(home, newer) is None
+    assert not storage.is_cached(home)
+    # An older record loses to the held one either way.
+    assert storage.offer(home, signed_by(bob, NOW), cache_for=60) is Rejection.STALE
+
+
+def test_a_full_store_drops_a_cache_copy_first() -> None:
+    storage = RecordStorage(Clock(), lambda: 0.0, capacity=2)
+    people = [Identity.generate() for _ in range(3)]
+    keys = [dht_key(p.public_key) for p in people]
+    # The home copy expires soonest: the book alone would evict it.
+    assert storage.offer(keys[0], signed_by(people[0], ttl_ms=120_000)) is None
+    assert storage.offer(keys[1], signed_by(people[1]), cache_for=60) is None
+    assert storage.offer(keys[2], signed_by(people[2])) is None
+    assert storage.get(keys[0]) is not None and storage.get(keys[2]) is not None
+    assert storage.get(keys[1]) is None
+
+
+def test_a_node_keeps_records_far_from_it_as_cache_copies() -> None:
+    # k = 2: a node that knows two nodes nearer a key than itself is not where it belongs.
+    me = Node(_id(0x00))
+    storage = RecordStorage(Clock(), lambda: 0.0)
+    protocol = RecordProtocol(
+        me,
+        storage,
+        2,
+        rpc_timeout=1.0,
+        now=lambda: 0.0,
+        random_bytes=bytes,
+        spawn=asyncio.ensure_future,
+        ip_version=4,
+    )
+    for first in (0x80, 0x90):
+        protocol.router.add_contact(Node(_id(first), "127.0.0.1", 7000 + first))
+    assert protocol.far_from(_id(0x81)) and protocol.far_from(_id(0xFF))
+    assert not protocol.far_from(_id(0x01))  # nearer to us than to either contact
+    people = [Identity.generate() for _ in range(60)]
+    far = next(p for p in people if protocol.far_from(dht_key(p.public_key)))
+    near = next(p for p in people if not protocol.far_from(dht_key(p.public_key)))
+    assert protocol.keep_record(dht_key(far.public_key), signed_by(far)) is None
+    assert protocol.keep_record(dht_key(near.public_key), signed_by(near)) is None
+    assert storage.is_cached(dht_key(far.public_key))
+    assert not storage.is_cached(dht_key(near.public_key))
 
 
 # --- routing: the store storm ---------------------------------------------------------------
@@ -229,6 +292,25 @@ async def test_crawl_returns_the_newest_valid_value_not_the_majority() -> None:
     assert best is not None and best.signed == newer
     assert crawl.rejected[Rejection.BAD_SIGNATURE] == 3
     assert crawl.rejected[Rejection.MALFORMED] == 1
+
+
+async def test_crawl_names_the_nodes_behind_the_newest_record() -> None:
+    alice = Identity.generate()
+    nodes = peers(5)
+    older, newer = signed_by(alice, NOW), signed_by(alice, NOW + 5)
+    protocol = ScriptedProtocol(
+        {
+            nodes[0].id: older,
+            nodes[1].id: newer,
+            nodes[2].id: [],  # no record, no contacts
+            nodes[3].id: forge(alice),
+            # nodes[4] never answers
+        }
+    )
+    crawl = crawl_for(alice, protocol, nodes)
+    best = await crawl.find()
+    assert best is not None and best.signed == newer
+    assert sorted(n.id for n in crawl.behind(best)) == [nodes[0].id, nodes[2].id, nodes[3].id]
 
 
 async def test_crawl_gives_nothing_when_only_forgeries_exist() -> None:

@@ -63,6 +63,7 @@ REAL_WORLD_ALLOWED = {
     "node/app/cli.py",
     "node/app/node_cli.py",
     "node/app/data_cli.py",
+    "node/app/identity_cli.py",
     "node/app/demo.py",
     "relay/cli.py",
     "relay/__main__.py",
