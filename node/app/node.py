@@ -180,8 +180,9 @@ class Node:
 
     @property
     def storage_failure(self) -> str | None:
-        """Why received envelopes wait unapplied (a state write failed), or None."""
-        return self._inbox.failure
+        """Why received envelopes wait unapplied, or the outbox could not record what it did
+        (a state write failed), or None."""
+        return self._inbox.failure or self.outbox.failure
 
     @property
     def clock_ms(self) -> Clock:
@@ -380,10 +381,17 @@ class Node:
                 async with asyncio.timeout(delay):
                     await self._outbox_kick.wait()
             self._outbox_kick.clear()
-            if not await self.outbox.pending():
-                delay = OUTBOX_RETRY_MIN
+            try:
+                if not await self.outbox.pending():
+                    delay = OUTBOX_RETRY_MIN
+                    continue
+                report = await self.outbox.flush()
+            except StorageError as exc:
+                # The outbox could not be read or updated (a full disk): nothing is lost, the
+                # envelopes stay queued; try again later.
+                log.warning("%s cannot retry its outbox now: %s", self.name, exc)
+                delay = min(delay * 2, OUTBOX_RETRY_MAX)
                 continue
-            report = await self.outbox.flush()
             delay = min(delay * 2, OUTBOX_RETRY_MAX) if report.failed else OUTBOX_RETRY_MIN
 
     # --- groups -----------------------------------------------------------------------------

@@ -211,3 +211,39 @@ async def test_a_full_disk_under_the_whole_data_directory_loses_nothing(
         finally:
             await alice.stop()
             await bob.stop()
+
+
+async def test_a_full_disk_on_the_sending_side_keeps_the_outbox_retrying(
+    tmp_path: Path, runtimes: Runtimes
+) -> None:
+    """bob's message to an absent alice waits in his outbox; his disk fills while his node
+    retries (and cannot even count the attempt); once space is back and alice returns, the
+    message reaches her without bob restarting."""
+    with small_fs(tmp_path / "small", "8M") as small:
+        alice = await _open(tmp_path, "alice", runtimes)
+        bob = await _open(small, "bob", runtimes)
+        try:
+            await alice.remember_peer(bob.public_key, "bob", bob.address)
+            await bob.remember_peer(alice.public_key, "alice", alice.address)
+            group_id = await alice.create_group()
+            await alice.invite(group_id, [bob.public_key])
+            await wait_until(lambda: group_id in bob.groups, DEADLINE, "bob joined")
+            port = alice.address[1]
+            await alice.stop()
+
+            report = await bob.send_text(group_id, "written before the disk filled")
+            assert report.failed, "alice is away: the message waits in bob's outbox"
+            filler = fill(small)
+            # bob's retries now fail to record anything; wait for one to have failed so.
+            await wait_until(
+                lambda: bob.storage_failure is not None, 30.0, "bob's outbox retry hit the disk"
+            )
+            filler.unlink()
+            alice = await _open(tmp_path, "alice", runtimes, port)
+            # alice speaks: bob hears from her and his outbox (still running) tries at once.
+            await alice.send_text(group_id, "alice is back")
+            messages = await alice.wait_for_messages(1, DEADLINE)
+            assert [m.text for m in messages] == ["written before the disk filled"]
+        finally:
+            await alice.stop()
+            await bob.stop()
