@@ -35,6 +35,8 @@ from node.transport.keystore import create_identity, read_identity
 
 IDENTITY, SALT, DATABASE, MLS_STATE = "identity.key", "store.salt", "node.db", "mls.state"
 STATE_FILES = (IDENTITY, SALT, DATABASE, MLS_STATE)
+# Files that only a node that ran leaves behind.
+TRACES = ("node.db-wal", "node.db-shm", "mls.state.lock", "mls.state.tmp", "identity.key.tmp")
 
 
 class DataDirError(StorageError):
@@ -52,6 +54,13 @@ def problems_of_layout(data_dir: Path) -> tuple[bool, list[str]]:
         name for name in STATE_FILES if (data_dir / name).is_symlink() or (data_dir / name).exists()
     ]
     if not present:
+        traces = [name for name in TRACES if (data_dir / name).exists()]
+        if traces:
+            return False, [
+                f"{data_dir} holds traces of a node ({', '.join(traces)}) but none of its "
+                f"state files ({', '.join(STATE_FILES)}): they were removed; a new node is not "
+                "made over them"
+            ]
         return True, []
     problems = []
     for name in STATE_FILES:

@@ -272,3 +272,14 @@ async def test_mls_state_one_call_ahead_opens_and_two_calls_ahead_is_refused(
         await node.stop()
     again, _ = await open_node(bob_dir, b"bob", runtimes("bob"), name="bob", kdf=FAST_KDF)
     await again.stop()
+
+
+async def test_a_directory_whose_state_files_were_all_removed_is_not_made_new(
+    bob_dir: Path, runtimes: Runtimes
+) -> None:
+    (bob_dir / "mls.state.lock").touch()  # left by every node that ran here
+    for name in ("identity.key", "store.salt", "node.db", "mls.state"):
+        (bob_dir / name).unlink()
+    message = await refused(bob_dir, runtimes)
+    assert "holds traces of a node (mls.state.lock)" in message
+    assert not (bob_dir / "identity.key").exists()
