@@ -23,7 +23,7 @@ from node.app.datadir import DATABASE, IDENTITY, MLS_STATE, SALT, STATE_FILES, o
 from node.app.store import NodeStore, read_salt, store_keys
 from node.core.errors import CryptoError, StorageError
 from node.core.keyfile import KdfParams, WrongPassphraseError, open_sealed, seal
-from node.core.mls_state_file import Mark, parse
+from node.core.mls_state_file import Mark, pairing_problem, parse
 from node.transport.keystore import read_identity
 
 MAGIC = b"QPCB"
@@ -43,19 +43,22 @@ class BackupSummary:
     messages: int
 
 
-def _snapshot(data_dir: Path, db_key: bytes, mls_key: bytes, scratch: Path) -> tuple[bytes, bytes]:
-    """(node.db, mls.state) of one moment."""
+def _snapshot(
+    data_dir: Path, db_key: bytes, mls_key: bytes, scratch: Path, *, live: bool
+) -> tuple[bytes, bytes]:
+    """(node.db, mls.state) of one moment. ``live``: a node runs on the directory and may
+    write while this reads."""
     copy = scratch / DATABASE
     for _ in range(SNAPSHOT_ATTEMPTS):
         copy.unlink(missing_ok=True)
-        live = NodeStore(data_dir / DATABASE, db_key, create=False)
+        source = NodeStore(data_dir / DATABASE, db_key, create=False)
         try:
-            live.backup_to(copy)
+            source.backup_to(copy)
         finally:
-            live.close()
+            source.close()
         snapshot = NodeStore(copy, db_key, create=False)
         try:
-            raw, _ = snapshot.mls_mark()
+            raw, salts = snapshot.mls_mark()
         finally:
             snapshot.close()
         state = (data_dir / MLS_STATE).read_bytes()
@@ -63,12 +66,19 @@ def _snapshot(data_dir: Path, db_key: bytes, mls_key: bytes, scratch: Path) -> t
             image = parse(state, mls_key)
         except StorageError as exc:
             raise BackupError(f"{data_dir / MLS_STATE} {exc}") from exc
-        if raw is None:
+        mark = Mark.from_bytes(raw) if raw is not None else None
+        problem = pairing_problem(image, mark, salts, live=live)
+        if problem is not None:
+            # A stopped node's files are what they are: a backup does not paper over them.
+            raise BackupError(f"{data_dir}: {problem}")
+        if mark is None:
             return copy.read_bytes(), state[: image.ends[-1]]
-        mark = Mark.from_bytes(raw)
         if image.records_after(mark) is not None:
+            # Cut where the database's snapshot says the MLS state stood.
             return copy.read_bytes(), state[: mark.length]
-        # The node rewrote mls.state after the snapshot: take both again.
+        if not live:
+            return copy.read_bytes(), state[: image.ends[-1]]  # one call ahead, rewritten
+        # The running node rewrote mls.state after the snapshot: take both again.
     raise BackupError(f"{data_dir / MLS_STATE} kept changing; try the backup again")
 
 
@@ -79,14 +89,16 @@ def make_backup(
     made_at_ms: int,
     fresh: bytes,
     scratch: Path,
+    *,
+    live: bool,
 ) -> tuple[bytes, BackupSummary]:
     """The sealed backup of ``data_dir`` (``fresh``: the sealing's random bytes; ``scratch``:
-    an empty private directory for the database copy)."""
+    an empty private directory for the database copy; ``live``: a node runs on it)."""
     identity_blob = (data_dir / IDENTITY).read_bytes()
     read_identity(data_dir / IDENTITY, passphrase)  # the passphrase is this node's
     salt = read_salt(data_dir / SALT)
     db_key, mls_key = store_keys(passphrase, salt, kdf)
-    db, state = _snapshot(data_dir, db_key, mls_key, scratch)
+    db, state = _snapshot(data_dir, db_key, mls_key, scratch, live=live)
     files = {IDENTITY: identity_blob, SALT: salt, DATABASE: db, MLS_STATE: state}
     body = [MAGIC, struct.pack(">BQB", VERSION, made_at_ms, len(files))]
     for name, data in files.items():
@@ -152,15 +164,25 @@ def restore_backup(blob: bytes, passphrase: bytes, data_dir: Path, kdf: KdfParam
                 f"{data_dir} is not empty: a backup is restored only into an empty one"
             )
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # node.db last: a restore cut short leaves a directory that refuses to open.
-    for name in (IDENTITY, SALT, MLS_STATE, DATABASE):
-        _write_new(data_dir / name, files[name])
-    dir_fd = os.open(data_dir, os.O_RDONLY)
+    written: list[Path] = []
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    opened = open_existing(data_dir, passphrase, kdf)
+        # node.db last: a restore cut short leaves a directory that refuses to open.
+        for name in (IDENTITY, SALT, MLS_STATE, DATABASE):
+            written.append(data_dir / name)
+            _write_new(data_dir / name, files[name])
+        dir_fd = os.open(data_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        opened = open_existing(data_dir, passphrase, kdf)
+    except BaseException:
+        # The directory was empty: leave it so, not half restored.
+        for path in written:
+            path.unlink(missing_ok=True)
+        for leftover in data_dir.iterdir():
+            leftover.unlink()  # SQLite's -wal/-shm, the binding's lock file
+        raise
     try:
         opened.store.set_int(RESTORED_FROM, made_at)
         messages = len(opened.store.messages())

@@ -170,6 +170,7 @@ def backup_command(data_dir: Path, out: Path) -> None:
                 runtime.wall_ms(),
                 runtime.random_bytes(SEAL_RANDOM_SIZE),
                 Path(scratch),
+                live=node_running(data_dir),
             )
         tmp = out.with_name(out.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
