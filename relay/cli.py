@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -32,7 +33,7 @@ def relay_group() -> None:
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML file with listen, data_dir, max_per_mailbox, max_frame.",
+    help="TOML file: listen, data_dir and the limits (docs/operations.md).",
 )
 @click.option("--listen", default=None, help="HOST:PORT to listen on [127.0.0.1:7700].")
 @click.option(
@@ -67,13 +68,43 @@ def run_command(
         port=port,
         data_dir=data_dir or Path(settings.get("data_dir", "relay-data")),
         passphrase=passphrase,
-        max_per_mailbox=int(settings.get("max_per_mailbox", 10_000)),
-        max_frame=int(settings.get("max_frame", 1 << 20)),
+        **limit_settings(settings, config_path),
     )
     try:
         asyncio.run(_serve(config, as_json))
     except NodeError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+_NOT_LIMITS = {"host", "port", "data_dir", "passphrase"}
+LIMIT_KEYS: dict[str, dataclasses.Field[Any]] = {
+    f.name: f for f in dataclasses.fields(RelayConfig) if f.name not in _NOT_LIMITS
+}
+
+
+def limit_settings(settings: dict[str, Any], source: Path | None) -> dict[str, Any]:
+    """The limit keys of a relay TOML file, type-checked; an unknown key or a wrong type is
+    refused with one line naming it."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key in ("listen", "data_dir"):
+            continue
+        field = LIMIT_KEYS.get(key)
+        if field is None:
+            raise click.ClickException(f"{source}: unknown key {key!r}")
+        default = field.default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok or (not isinstance(value, bool) and value < 0):
+            kind = type(default).__name__
+            raise click.ClickException(f"{source}: {key} must be a non-negative {kind}")
+        out[key] = value
+    return out
 
 
 async def _serve(config: RelayConfig, as_json: bool) -> None:

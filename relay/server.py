@@ -2,29 +2,99 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from node.core.addresses import Address
+from node.core.errors import StorageError
 from node.core.identity import Identity
 from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
-from relay.service import RelayService
-from relay.store import MailboxStore
+from relay.service import RelayService, ServiceLimits
+from relay.store import MailboxStore, StoreQuotas
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RelayConfig:
+    """Everything ``relay.toml`` may set (``docs/operations.md`` lists each key)."""
+
     host: str
     port: int
     data_dir: Path
     passphrase: bytes
-    max_per_mailbox: int = 10_000
     max_frame: int = 1 << 20
+    # Mailboxes and the store.
+    max_per_mailbox: int = 10_000
+    max_mailbox_bytes: int = 64 << 20
+    max_mailboxes: int = 100_000
+    max_store_bytes: int = 4 << 30
+    max_envelope_bytes: int = 0  # 0: the most one fetch answer can carry (~1 MiB)
+    envelope_ttl_s: float = 7 * 24 * 3600.0
+    purge_interval_s: float = 60.0
+    # Per caller (identity key proven in the handshake).
+    calls_per_second: float = 50.0
+    call_burst: int = 200
+    envelopes_per_mailbox_per_second: float = 5.0
+    envelope_burst_per_mailbox: int = 100
+    new_mailboxes_per_second: float = 1.0
+    new_mailbox_burst: int = 60
+    # Connections from strangers.
+    address_validation: bool = True
+    max_half_open: int = 256
+    handshake_timeout_s: float = 10.0
+    max_connections: int = 4096
+    max_connections_per_host: int = 256
+    max_connections_per_identity: int = 16
+    max_calls_per_connection: int = 64
+    max_open_streams: int = 8192
+    max_buffered_per_connection: int = 8 << 20
+    max_buffered: int = 256 << 20
+    request_read_timeout_s: float = 20.0
+
+    def endpoint_config(self) -> EndpointConfig:
+        return EndpointConfig(
+            max_frame=self.max_frame,
+            # The call deadline sits above the longest long poll (relay.service.MAX_WAIT_MS).
+            call_deadline=40.0,
+            max_concurrent_calls=self.max_calls_per_connection,
+            retry=self.address_validation,
+            max_half_open=self.max_half_open,
+            handshake_timeout=self.handshake_timeout_s,
+            max_connections=self.max_connections,
+            max_connections_per_host=self.max_connections_per_host,
+            max_connections_per_identity=self.max_connections_per_identity,
+            max_open_streams=self.max_open_streams,
+            max_buffered_per_connection=self.max_buffered_per_connection,
+            max_buffered=self.max_buffered,
+            request_read_timeout=self.request_read_timeout_s,
+        )
+
+    def service_limits(self) -> ServiceLimits:
+        return ServiceLimits(
+            calls_per_second=self.calls_per_second,
+            call_burst=self.call_burst,
+            envelopes_per_mailbox_per_second=self.envelopes_per_mailbox_per_second,
+            envelope_burst_per_mailbox=self.envelope_burst_per_mailbox,
+            new_mailboxes_per_second=self.new_mailboxes_per_second,
+            new_mailbox_burst=self.new_mailbox_burst,
+            envelope_ttl_ms=int(self.envelope_ttl_s * 1000),
+            max_envelope_bytes=self.max_envelope_bytes or None,
+        )
+
+    def store_quotas(self) -> StoreQuotas:
+        return StoreQuotas(
+            max_per_mailbox=self.max_per_mailbox,
+            max_mailbox_bytes=self.max_mailbox_bytes,
+            max_mailboxes=self.max_mailboxes,
+            max_store_bytes=self.max_store_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -43,6 +113,17 @@ class Relay:
         self._runtime = runtime
         self._store: MailboxStore | None = None
         self._endpoint: Endpoint | None = None
+        self._service: RelayService | None = None
+        self._purger: asyncio.Task[None] | None = None
+        # Every refusal and event worth counting, by trigger name: the endpoint's and the
+        # service's in one place (``metrics``).
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def service(self) -> RelayService:
+        if self._service is None:
+            raise RuntimeError("relay is not started")
+        return self._service
 
     async def start(self) -> RunningRelay:
         cfg = self.config
@@ -50,18 +131,49 @@ class Relay:
         identity, created = await load_or_create_identity(
             cfg.data_dir / "relay.key", cfg.passphrase, self._runtime
         )
-        store = await run(
-            lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", cfg.max_per_mailbox)
-        )
+        quotas = cfg.store_quotas()
+        store = await run(lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", quotas=quotas))
         self._store = store
-        service = RelayService(store, self._runtime, cfg.max_frame)
-        # The call deadline sits above the longest long poll (relay.service.MAX_WAIT_MS).
-        config = EndpointConfig(max_frame=cfg.max_frame, call_deadline=40.0)
-        self._endpoint = Endpoint(identity, service.handle, self._runtime, config)
+        service = RelayService(
+            store, self._runtime, cfg.max_frame, cfg.service_limits(), self.counters
+        )
+        self._service = service
+        self._endpoint = Endpoint(
+            identity, service.handle, self._runtime, cfg.endpoint_config(), counters=self.counters
+        )
         address = await self._endpoint.start(cfg.host, cfg.port)
+        self._purger = self._runtime.spawn(self._purge_loop(service))
         return RunningRelay(identity, address, created)
 
+    async def _purge_loop(self, service: RelayService) -> None:
+        while True:
+            try:
+                removed = await service.purge_expired()
+            except StorageError as exc:
+                log.warning("purging expired envelopes failed: %s", exc)
+            else:
+                if removed:
+                    log.info("purged %d expired envelopes", removed)
+            await asyncio.sleep(self.config.purge_interval_s)
+
+    def metrics(self) -> dict[str, int]:
+        """Counters (refusals by trigger, envelopes in, expired) and gauges (connections,
+        streams and bytes held now, mailboxes and stored bytes)."""
+        out = dict(self.counters)
+        if self._endpoint is not None:
+            out.update(self._endpoint.gauges())
+        if self._store is not None:
+            out["mailboxes"] = self._store.mailboxes
+            out["store_bytes"] = self._store.total_bytes
+            out["envelopes_expired"] = self._store.expired_purged
+        return out
+
     async def stop(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+            self._purger = None
         if self._endpoint is not None:
             await self._endpoint.close()
         if self._store is not None:

@@ -2,12 +2,20 @@
 
 Pure request → response logic over a :class:`MailboxStore`; blocking store calls and the clock
 come from the :class:`~node.core.runtime.Runtime` it is given, so the simulator can drive it.
+
+Every call is first charged to its caller's token bucket; ``deliver`` is also charged per
+(caller, recipient mailbox) in envelopes and per caller in mailboxes it opens, so that no
+stranger fills someone else's mailbox, or the store, in a burst. Every refusal has an error
+code and a counter (``counters``, keyed by trigger name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+from collections import Counter
+from dataclasses import dataclass
 
 from node.core import wire
 from node.core.errors import ErrorCode, StorageError
@@ -15,11 +23,51 @@ from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import mailbox_of
 from node.core.runtime import Runtime
 from node.transport.connection import Caller
-from relay.store import MailboxFullError, MailboxStore
+from relay.limits import TokenBuckets
+from relay.store import (
+    MailboxBytesError,
+    MailboxFullError,
+    MailboxStore,
+    NewMailboxLimitError,
+    QuotaError,
+    StoreFullError,
+    TooManyMailboxesError,
+)
+
+log = logging.getLogger(__name__)
 
 MAX_ENVELOPES_PER_CALL = 256
+MAX_ACK_IDS = 4096
 MAX_FETCH = 256
 MAX_WAIT_MS = 25_000  # below the relay's call deadline, so a long poll never times out as an error
+MAX_CURSOR = (1 << 63) - 1  # cursors are SQLite rowids: signed 64-bit
+# Bytes of a FetchResult around its envelopes (root, list pointer, cursor), and what one envelope
+# costs inside the list beyond its standalone encoding; generous, overshooting only shortens.
+_RESPONSE_OVERHEAD = 1024
+_ENVELOPE_OVERHEAD = 64
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Per-caller allowances and the envelope lifetime (see ``docs/operations.md``)."""
+
+    calls_per_second: float = 50.0
+    call_burst: int = 200
+    envelopes_per_mailbox_per_second: float = 5.0
+    envelope_burst_per_mailbox: int = 100
+    new_mailboxes_per_second: float = 1.0
+    new_mailbox_burst: int = 60
+    envelope_ttl_ms: int = 7 * 24 * 3600 * 1000
+    max_envelope_bytes: int | None = None  # None: the most one fetch answer can carry
+
+
+_CODES: dict[type[QuotaError], ErrorCode] = {
+    MailboxFullError: ErrorCode.QUOTA_EXCEEDED,
+    MailboxBytesError: ErrorCode.QUOTA_EXCEEDED,
+    StoreFullError: ErrorCode.STORE_FULL,
+    TooManyMailboxesError: ErrorCode.STORE_FULL,
+    NewMailboxLimitError: ErrorCode.RATE_LIMITED,
+}
 
 
 class RelayService:
@@ -30,32 +78,68 @@ class RelayService:
         store: MailboxStore,
         runtime: Runtime,
         max_frame: int,
+        limits: ServiceLimits | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self._store = store
+        self.limits = limits = limits or ServiceLimits()
+        self.counters: Counter[str] = Counter() if counters is None else counters
         # Nodes accept frames of DEFAULT_MAX_FRAME at most, whatever this relay allows inbound;
         # leave room for the response's own structure around the envelopes.
-        self._fetch_budget = min(max_frame, DEFAULT_MAX_FRAME) - 1024
+        self._fetch_budget = min(max_frame, DEFAULT_MAX_FRAME) - _RESPONSE_OVERHEAD
+        # The largest envelope a fetch answer can carry alone: anything larger is refused at
+        # deliver, since storing it would block its mailbox for good.
+        largest = self._fetch_budget - _ENVELOPE_OVERHEAD
+        self.max_envelope_bytes = min(limits.max_envelope_bytes or largest, largest)
         self._run = runtime.run_blocking
         self._clock_ms = runtime.wall_ms
+        self._monotonic = runtime.monotonic
+        self._calls = TokenBuckets(limits.calls_per_second, limits.call_burst)
+        self._per_mailbox = TokenBuckets(
+            limits.envelopes_per_mailbox_per_second, limits.envelope_burst_per_mailbox
+        )
+        self._new_mailboxes = TokenBuckets(
+            limits.new_mailboxes_per_second, limits.new_mailbox_burst
+        )
         # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox, oldest
         # first (a dict keeps that order; a set's would vary from run to run).
         self._waiters: dict[bytes, dict[asyncio.Future[None], None]] = {}
 
+    def _refuse(self, trigger: str, code: ErrorCode, message: str) -> wire.ErrorResult:
+        self.counters[trigger] += 1
+        log.info("refused a call", extra={"trigger": trigger})
+        return wire.ErrorResult(code, message)
+
+    def _not_before_ms(self) -> int:
+        return self._clock_ms() - self.limits.envelope_ttl_ms
+
     async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
+        if not self._calls.take(caller.identity, self._monotonic()):
+            return self._refuse(
+                "refused_call_rate", ErrorCode.RATE_LIMITED, "too many calls: retry later"
+            )
         match request:
             case wire.Deliver(envelopes):
-                return await self._deliver(envelopes)
+                return await self._deliver(caller, envelopes)
             case wire.Fetch(mailbox, cursor, limit):
                 if not self._owns(caller.identity, mailbox):
-                    return _unauthorized()
+                    return self._unauthorized()
+                if cursor > MAX_CURSOR:
+                    return self._out_of_range()
                 return await self._fetch(mailbox, cursor, limit)
             case wire.Wait(mailbox, cursor, limit, timeout_ms):
                 if not self._owns(caller.identity, mailbox):
-                    return _unauthorized()
+                    return self._unauthorized()
+                if cursor > MAX_CURSOR:
+                    return self._out_of_range()
                 return await self._wait(mailbox, cursor, limit, timeout_ms)
             case wire.Ack(mailbox, ids):
                 if not self._owns(caller.identity, mailbox):
-                    return _unauthorized()
+                    return self._unauthorized()
+                if len(ids) > MAX_ACK_IDS:
+                    return self._refuse(
+                        "refused_ack_ids", ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_ACK_IDS} ids"
+                    )
                 removed = await self._run(lambda: self._store.ack(mailbox, ids))
                 return wire.AckResult(removed)
             case wire.FetchKeyPackage():
@@ -65,7 +149,15 @@ class RelayService:
     async def _fetch(self, mailbox: bytes, cursor: int, limit: int) -> wire.FetchResult:
         limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
         budget = self._fetch_budget
-        batch = await self._run(lambda: self._store.fetch(mailbox, cursor, limit, budget))
+        skip_over = self._fetch_budget - _ENVELOPE_OVERHEAD
+        not_before = self._not_before_ms()
+        batch = await self._run(
+            lambda: self._store.fetch(
+                mailbox, cursor, limit, budget, not_before_ms=not_before, skip_over=skip_over
+            )
+        )
+        if batch.skipped:
+            self.counters["fetch_skipped_oversized"] += batch.skipped
         return wire.FetchResult(batch.envelopes, batch.cursor)
 
     async def _wait(
@@ -90,28 +182,70 @@ class RelayService:
             if not waiters:
                 self._waiters.pop(mailbox, None)
 
-    async def _deliver(self, envelopes: tuple[wire.Envelope, ...]) -> wire.Response:
+    async def _deliver(self, caller: Caller, envelopes: tuple[wire.Envelope, ...]) -> wire.Response:
         if len(envelopes) > MAX_ENVELOPES_PER_CALL:
-            return wire.ErrorResult(
-                ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_ENVELOPES_PER_CALL} envelopes per call"
+            return self._refuse(
+                "refused_deliver_count",
+                ErrorCode.LIMIT_EXCEEDED,
+                f"at most {MAX_ENVELOPES_PER_CALL} envelopes per call",
             )
-        now = self._clock_ms()
+        largest = self.max_envelope_bytes
+        if any(len(wire.encode_envelope(env)) > largest for env in envelopes):
+            return self._refuse(
+                "refused_envelope_size",
+                ErrorCode.TOO_LARGE,
+                f"an envelope over {largest} bytes could never be fetched",
+            )
+        now = self._monotonic()
+        per_mailbox = Counter(env.recipient for env in envelopes)
+        for mailbox, n in per_mailbox.items():
+            if self._per_mailbox.available((caller.identity, mailbox), now) < n:
+                return self._refuse(
+                    "refused_mailbox_rate",
+                    ErrorCode.RATE_LIMITED,
+                    "too many envelopes for one mailbox: retry later",
+                )
+        allowance = int(self._new_mailboxes.available(caller.identity, now))
+        wall = self._clock_ms()
+        not_before = wall - self.limits.envelope_ttl_ms
         try:
-            accepted = await self._run(lambda: self._store.put(envelopes, now))
-        except MailboxFullError as exc:
-            return wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, str(exc))
+            put = await self._run(
+                lambda: self._store.put(
+                    envelopes, wall, new_mailbox_allowance=allowance, not_before_ms=not_before
+                )
+            )
+        except QuotaError as exc:
+            return self._refuse(
+                exc.trigger, _CODES.get(type(exc), ErrorCode.LIMIT_EXCEEDED), str(exc)
+            )
         except StorageError:
             return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store the envelopes")
+        for mailbox, n in per_mailbox.items():
+            self._per_mailbox.take((caller.identity, mailbox), now, n)
+        if put.new_mailboxes:
+            self._new_mailboxes.take(caller.identity, now, put.new_mailboxes)
+        self.counters["envelopes_in"] += len(envelopes)
         for env in envelopes:
             for arrival in self._waiters.get(env.recipient, ()):
                 if not arrival.done():
                     arrival.set_result(None)
-        return wire.DeliverResult(tuple(accepted))
+        return wire.DeliverResult(tuple(put.ids))
+
+    async def purge_expired(self) -> int:
+        """Delete every expired envelope now; return how many went."""
+        not_before = self._not_before_ms()
+        return await self._run(lambda: self._store.purge_expired(not_before))
 
     @staticmethod
     def _owns(caller: bytes, mailbox: bytes) -> bool:
         return hmac.compare_digest(mailbox_of(caller), mailbox)
 
+    def _unauthorized(self) -> wire.ErrorResult:
+        return self._refuse(
+            "refused_unauthorized", ErrorCode.UNAUTHORIZED, "a mailbox is read only by its owner"
+        )
 
-def _unauthorized() -> wire.ErrorResult:
-    return wire.ErrorResult(ErrorCode.UNAUTHORIZED, "a mailbox is read only by its owner")
+    def _out_of_range(self) -> wire.ErrorResult:
+        return self._refuse(
+            "refused_out_of_range", ErrorCode.MALFORMED_REQUEST, "cursor out of range"
+        )

@@ -3,6 +3,10 @@
 Each envelope is committed (``synchronous=FULL``) before ``deliver`` answers, so an accepted
 envelope survives a relay crash. Envelope ids are unique per mailbox; delivering one twice is
 accepted and stored once. All calls are blocking: the service runs them on its executor.
+
+Quotas are checked inside the same transaction as the write: envelopes and bytes per mailbox,
+the number of mailboxes and the bytes of the whole store. The store keeps a count and byte
+total per mailbox in memory (loaded when it opens), so a check costs no query.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ CREATE TABLE IF NOT EXISTS envelopes (
     UNIQUE (mailbox, id)
 );
 CREATE INDEX IF NOT EXISTS envelopes_by_mailbox ON envelopes (mailbox, seq);
+CREATE INDEX IF NOT EXISTS envelopes_by_age ON envelopes (stored_at_ms);
 """
 
 
@@ -34,21 +39,75 @@ CREATE INDEX IF NOT EXISTS envelopes_by_mailbox ON envelopes (mailbox, seq);
 _LIST_OVERHEAD = 64
 
 
-class MailboxFullError(StorageError):
+class QuotaError(StorageError):
+    """A write was refused by a quota; ``trigger`` names which (for the relay's counters)."""
+
+    trigger = "quota"
+
+
+class MailboxFullError(QuotaError):
     """The recipient's mailbox holds as many envelopes as the relay allows."""
+
+    trigger = "refused_mailbox_envelopes"
+
+
+class MailboxBytesError(QuotaError):
+    """The recipient's mailbox holds as many bytes as the relay allows."""
+
+    trigger = "refused_mailbox_bytes"
+
+
+class StoreFullError(QuotaError):
+    """The whole store holds as many bytes as the relay allows."""
+
+    trigger = "refused_store_bytes"
+
+
+class TooManyMailboxesError(QuotaError):
+    """The relay holds as many mailboxes as it allows."""
+
+    trigger = "refused_store_mailboxes"
+
+
+class NewMailboxLimitError(QuotaError):
+    """The caller may not open that many new mailboxes now."""
+
+    trigger = "refused_new_mailboxes"
+
+
+@dataclass(frozen=True)
+class StoreQuotas:
+    max_per_mailbox: int = 10_000
+    max_mailbox_bytes: int = 64 << 20
+    max_mailboxes: int = 100_000
+    max_store_bytes: int = 4 << 30
 
 
 @dataclass(frozen=True)
 class StoredBatch:
     envelopes: tuple[wire.Envelope, ...]
     cursor: int
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class PutResult:
+    ids: list[bytes]
+    new_mailboxes: int
 
 
 class MailboxStore:
-    """Envelopes by mailbox, in arrival order, until the owner acknowledges them."""
+    """Envelopes by mailbox, in arrival order, until the owner acknowledges them or they
+    expire."""
 
-    def __init__(self, path: Path, max_per_mailbox: int = 10_000) -> None:
-        self._max = max_per_mailbox
+    def __init__(
+        self, path: Path, max_per_mailbox: int = 10_000, quotas: StoreQuotas | None = None
+    ) -> None:
+        self._quotas = quotas or StoreQuotas(max_per_mailbox=max_per_mailbox)
+        # mailbox -> [envelopes, bytes], and the sums over all mailboxes.
+        self._usage: dict[bytes, list[int]] = {}
+        self.total_bytes = 0
+        self.expired_purged = 0
         if not path.exists():
             # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -57,62 +116,182 @@ class MailboxStore:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(_SCHEMA)
+            rows = self._db.execute(
+                "SELECT mailbox, COUNT(*), SUM(LENGTH(body)) FROM envelopes GROUP BY mailbox"
+            ).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the relay store at {path}: {exc}") from exc
+        for mailbox, count, size in rows:
+            self._usage[bytes(mailbox)] = [int(count), int(size)]
+            self.total_bytes += int(size)
+
+    @property
+    def mailboxes(self) -> int:
+        """Mailboxes holding at least one envelope."""
+        return len(self._usage)
 
     def close(self) -> None:
         self._db.close()
 
-    def put(self, envelopes: Sequence[wire.Envelope], now_ms: int) -> list[bytes]:
-        """Store envelopes atomically; return the ids now held (new or already present)."""
+    def put(
+        self,
+        envelopes: Sequence[wire.Envelope],
+        now_ms: int,
+        *,
+        new_mailbox_allowance: int | None = None,
+        not_before_ms: int | None = None,
+    ) -> PutResult:
+        """Store envelopes atomically; return the ids now held (new or already present) and
+        how many mailboxes the call opened. Raises a :class:`QuotaError` (and stores nothing)
+        when a quota would be exceeded, or when the call would open more than
+        ``new_mailbox_allowance`` mailboxes. Envelopes stored before ``not_before_ms`` have
+        expired: a full mailbox is purged of them before it is judged full."""
+        quotas = self._quotas
+        changed: dict[bytes, list[int]] = {}
+        total = self.total_bytes
+        purged = 0
         try:
             with self._transaction():
                 for env in envelopes:
+                    mailbox = env.recipient
                     if self._db.execute(
                         "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?",
-                        (env.recipient, env.id),
+                        (mailbox, env.id),
                     ).fetchone():
                         continue  # a retry of something already held: accepted as it is
-                    (count,) = self._db.execute(
-                        "SELECT COUNT(*) FROM envelopes WHERE mailbox = ?", (env.recipient,)
-                    ).fetchone()
-                    if count >= self._max:
+                    body = wire.encode_envelope(env)
+                    usage = changed.get(mailbox)
+                    if usage is None:
+                        usage = changed[mailbox] = list(self._usage.get(mailbox, (0, 0)))
+                    full = usage[0] + 1 > quotas.max_per_mailbox
+                    if (full or usage[1] + len(body) > quotas.max_mailbox_bytes) and (
+                        not_before_ms is not None
+                    ):
+                        freed = self._purge_mailbox(mailbox, not_before_ms)
+                        purged += freed[0]
+                        usage[0] -= freed[0]
+                        usage[1] -= freed[1]
+                        total -= freed[1]
+                    if usage[0] + 1 > quotas.max_per_mailbox:
                         raise MailboxFullError("the recipient's mailbox on this relay is full")
+                    if usage[1] + len(body) > quotas.max_mailbox_bytes:
+                        raise MailboxBytesError("the recipient's mailbox on this relay is full")
+                    if total + len(body) > quotas.max_store_bytes:
+                        raise StoreFullError("the relay's store is full")
+                    usage[0] += 1
+                    usage[1] += len(body)
+                    total += len(body)
                     self._db.execute(
-                        "INSERT OR IGNORE INTO envelopes (mailbox, id, body, stored_at_ms)"
+                        "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
                         " VALUES (?, ?, ?, ?)",
-                        (env.recipient, env.id, wire.encode_envelope(env), now_ms),
+                        (mailbox, env.id, body, now_ms),
                     )
+                opened = sum(1 for m in changed if self._usage.get(m, (0, 0))[0] == 0)
+                if opened and self.mailboxes + opened > quotas.max_mailboxes:
+                    raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
+                if new_mailbox_allowance is not None and opened > new_mailbox_allowance:
+                    raise NewMailboxLimitError("too many new mailboxes from this caller")
         except sqlite3.Error as exc:
             raise StorageError(f"relay store write failed: {exc}") from exc
-        return [env.id for env in envelopes]
+        for mailbox, usage in changed.items():
+            self._set_usage(mailbox, usage)
+        self.total_bytes = total
+        self.expired_purged += purged
+        return PutResult([env.id for env in envelopes], opened)
 
-    def fetch(self, mailbox: bytes, cursor: int, limit: int, max_bytes: int) -> StoredBatch:
+    def _set_usage(self, mailbox: bytes, usage: list[int]) -> None:
+        if usage[0] <= 0:
+            self._usage.pop(mailbox, None)
+        else:
+            self._usage[mailbox] = usage
+
+    def _purge_mailbox(self, mailbox: bytes, not_before_ms: int) -> tuple[int, int]:
+        (count, size) = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM envelopes"
+            " WHERE mailbox = ? AND stored_at_ms < ?",
+            (mailbox, not_before_ms),
+        ).fetchone()
+        if count:
+            self._db.execute(
+                "DELETE FROM envelopes WHERE mailbox = ? AND stored_at_ms < ?",
+                (mailbox, not_before_ms),
+            )
+        return int(count), int(size)
+
+    def purge_expired(self, not_before_ms: int) -> int:
+        """Delete every envelope stored before ``not_before_ms``; return how many went."""
+        try:
+            with self._transaction():
+                rows = self._db.execute(
+                    "SELECT mailbox, COUNT(*), SUM(LENGTH(body)) FROM envelopes"
+                    " WHERE stored_at_ms < ? GROUP BY mailbox",
+                    (not_before_ms,),
+                ).fetchall()
+                self._db.execute("DELETE FROM envelopes WHERE stored_at_ms < ?", (not_before_ms,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"relay store purge failed: {exc}") from exc
+        removed = 0
+        for mailbox, count, size in rows:
+            usage = self._usage.get(bytes(mailbox), [0, 0])
+            self._set_usage(bytes(mailbox), [usage[0] - int(count), usage[1] - int(size)])
+            self.total_bytes -= int(size)
+            removed += int(count)
+        self.expired_purged += removed
+        return removed
+
+    def fetch(
+        self,
+        mailbox: bytes,
+        cursor: int,
+        limit: int,
+        max_bytes: int,
+        *,
+        not_before_ms: int | None = None,
+        skip_over: int | None = None,
+    ) -> StoredBatch:
         """Envelopes after ``cursor``, oldest first: at most ``limit`` of them and, past the
-        first, no more than ``max_bytes`` encoded, so that the answer fits in one frame."""
+        first, no more than ``max_bytes`` encoded, so that the answer fits in one frame.
+        Envelopes stored before ``not_before_ms`` have expired and are never returned; one
+        larger than ``skip_over`` could never be carried by an answer and is passed over
+        (counted in ``skipped``), so a fetch always makes progress."""
         rows = self._db.execute(
-            "SELECT seq, body FROM envelopes WHERE mailbox = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (mailbox, cursor, limit),
+            "SELECT seq, body FROM envelopes WHERE mailbox = ? AND seq > ? AND stored_at_ms >= ?"
+            " ORDER BY seq LIMIT ?",
+            (mailbox, cursor, -(1 << 62) if not_before_ms is None else not_before_ms, limit),
         ).fetchall()
         taken: list[wire.Envelope] = []
         size = 0
         last = cursor
+        skipped = 0
         for seq, body in rows:
+            if skip_over is not None and len(body) > skip_over:
+                skipped += 1
+                last = seq
+                continue
             size += len(body) + _LIST_OVERHEAD
             if taken and size > max_bytes:
                 break
             taken.append(wire.decode_envelope(body))
             last = seq
-        return StoredBatch(tuple(taken), last)
+        return StoredBatch(tuple(taken), last, skipped)
 
     def ack(self, mailbox: bytes, ids: Iterable[bytes]) -> int:
         removed = 0
+        usage = list(self._usage.get(mailbox, (0, 0)))
+        freed = 0
         with self._transaction():
             for envelope_id in ids:
-                cur = self._db.execute(
-                    "DELETE FROM envelopes WHERE mailbox = ? AND id = ?", (mailbox, envelope_id)
-                )
-                removed += cur.rowcount
+                row = self._db.execute(
+                    "DELETE FROM envelopes WHERE mailbox = ? AND id = ? RETURNING LENGTH(body)",
+                    (mailbox, envelope_id),
+                ).fetchone()
+                if row is not None:
+                    removed += 1
+                    freed += int(row[0])
+        usage[0] -= removed
+        usage[1] -= freed
+        self._set_usage(mailbox, usage)
+        self.total_bytes -= freed
         return removed
 
     def count(self, mailbox: bytes) -> int:

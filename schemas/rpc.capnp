@@ -82,5 +82,10 @@ struct Error {
     notFound @5;
     limitExceeded @6;
     timeout @7;
+    rateLimited @8;      # the caller spent its call (or new-mailbox) allowance: retry later
+    quotaExceeded @9;    # the recipient's mailbox holds as many envelopes or bytes as allowed
+    tooLarge @10;        # an envelope no fetch answer could carry
+    storeFull @11;       # the relay's total store (bytes or mailboxes) is full
+    busy @12;            # the callee is out of call slots or buffer space: retry later
   }
 }

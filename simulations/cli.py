@@ -207,3 +207,61 @@ def sweep_command(
                 ci = "" if value["ci95"] is None else f" ± {value['ci95']:.4g}"
                 click.echo(f"  {metric:<30} {value['mean']:.6g}{ci}")
     click.echo(f"wrote {len(written)} files to {target}")
+
+
+@sim_group.command("calibrate")
+@click.argument("scenario", default="calibration")
+@click.option("--json", "as_json", is_flag=True, help="End with one JSON object on stdout.")
+def calibrate_command(scenario: str, as_json: bool) -> None:
+    """Run a small SCENARIO simulated and as real processes on loopback; compare.
+
+    They agree when their delivery ratios match and both deliver direct faster than through
+    the relay. Exits 1 when they do not.
+    """
+    from simulations.real import run_real
+
+    try:
+        loaded = load_scenario(scenario)
+        real = run_real(loaded)
+    except ScenarioError as exc:
+        _fail(str(exc))
+        return
+    simulated = run_scenario(loaded).metrics
+    verdict = agreement(simulated, real.metrics)
+    if as_json:
+        click.echo(json.dumps({"simulated": simulated, "real": real.metrics, **verdict}))
+    else:
+        click.echo(f"{'':<30} {'simulated':>12} {'real':>12}")
+        for label, key in (
+            ("delivery ratio", ("delivery_ratio",)),
+            ("direct latency p50 (ms)", ("latency_ms_by_path", "direct", "p50")),
+            ("relay latency p50 (ms)", ("latency_ms_by_path", "relay", "p50")),
+            ("direct share", ("direct_share",)),
+        ):
+            click.echo(
+                f"{label:<30} {_s(_dig(simulated, key)):>12} {_s(_dig(real.metrics, key)):>12}"
+            )
+        click.echo("agree" if verdict["agree"] else f"DISAGREE: {'; '.join(verdict['why'])}")
+    sys.exit(0 if verdict["agree"] else 1)
+
+
+def _dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = data
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def agreement(simulated: dict[str, Any], real: dict[str, Any]) -> dict[str, Any]:
+    """Whether a simulated and a real run of one scenario tell the same story."""
+    why = []
+    if simulated["delivery_ratio"] != real["delivery_ratio"]:
+        why.append("delivery ratios differ")
+    for name, metrics in (("simulated", simulated), ("real", real)):
+        direct = _dig(metrics, ("latency_ms_by_path", "direct", "p50"))
+        relay = _dig(metrics, ("latency_ms_by_path", "relay", "p50"))
+        if direct is None or relay is None:
+            why.append(f"the {name} run did not use both paths")
+        elif not direct < relay:
+            why.append(f"the {name} run delivered through the relay faster than direct")
+    return {"agree": not why, "why": why}

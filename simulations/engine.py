@@ -114,6 +114,11 @@ def _draw(rng: random.Random, session: Session) -> float:
     return rng.lognormvariate(0.0, session.sigma) * session.median_s
 
 
+def drain_seconds(duration_s: float) -> float:
+    """How long before the end sending and churn stop, so what is in flight can land."""
+    return min(300.0, 0.2 * duration_s)
+
+
 def node_address(index: int) -> str:
     n = index + 1
     return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
@@ -137,7 +142,7 @@ class _Run:
         self.group_ids: list[bytes] = []
         self.next_message = 0
         duration = scenario.duration_s
-        self.drain_s = min(300.0, 0.2 * duration)
+        self.drain_s = drain_seconds(duration)
         self.stop_s = duration - self.drain_s  # workload and churn end here
         self.tasks: list[asyncio.Task[None]] = []
         self.changes: list[tuple[int, float, int]] = []  # (group, commit time, epoch)

@@ -96,6 +96,12 @@ class Metrics:
             for (message_id, _), (at, _) in self.arrived.items()
         ]
 
+    def latencies_by_path_ms(self) -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {"direct": [], "relay": []}
+        for (message_id, _), (at, path) in self.arrived.items():
+            found.setdefault(path, []).append((at - self.sent[message_id].at) * 1000)
+        return found
+
     def summary(self) -> dict[str, Any]:
         """The metrics object of a report (``--json``'s ``metrics``); None where unexercised."""
         expected = self.expected()
@@ -116,6 +122,10 @@ class Metrics:
                 "p95": _round(percentile(latencies, 0.95)),
                 "p99": _round(percentile(latencies, 0.99)),
                 "mean": _round(statistics.fmean(latencies)) if latencies else None,
+            },
+            "latency_ms_by_path": {
+                path: {"p50": _round(percentile(values, 0.5)), "count": len(values)}
+                for path, values in sorted(self.latencies_by_path_ms().items())
             },
             "direct_share": _ratio(direct, delivered),
             "relay_share": _ratio(delivered - direct, delivered),

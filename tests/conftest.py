@@ -55,6 +55,7 @@ class RelayProcess:
     proc: subprocess.Popen[str] | None = None
     address: Address | None = None
     identity: bytes | None = None
+    extra_args: tuple[str, ...] = ()
 
     def start(self, port: int = 0) -> None:
         env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE=self.passphrase)
@@ -69,6 +70,7 @@ class RelayProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--json",
+                *self.extra_args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

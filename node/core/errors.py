@@ -16,6 +16,11 @@ class ErrorCode(enum.IntEnum):
     NOT_FOUND = 5
     LIMIT_EXCEEDED = 6
     TIMEOUT = 7
+    RATE_LIMITED = 8
+    QUOTA_EXCEEDED = 9
+    TOO_LARGE = 10
+    STORE_FULL = 11
+    BUSY = 12
 
 
 class NodeError(Exception):

@@ -44,6 +44,11 @@ class FrameReader:
             raise RemoteProtocolError("data after the end of the frame")
 
     @property
+    def announced(self) -> int | None:
+        """The body length the prefix announced, once its 4 bytes have arrived."""
+        return self._length
+
+    @property
     def complete(self) -> bool:
         return self._length is not None and len(self._buf) == PREFIX.size + self._length
 

@@ -307,6 +307,11 @@ _ERROR_CODE_NAMES = {
     ErrorCode.NOT_FOUND: "notFound",
     ErrorCode.LIMIT_EXCEEDED: "limitExceeded",
     ErrorCode.TIMEOUT: "timeout",
+    ErrorCode.RATE_LIMITED: "rateLimited",
+    ErrorCode.QUOTA_EXCEEDED: "quotaExceeded",
+    ErrorCode.TOO_LARGE: "tooLarge",
+    ErrorCode.STORE_FULL: "storeFull",
+    ErrorCode.BUSY: "busy",
 }
 _KNOWN_CODES = frozenset(int(code) for code in ErrorCode)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -34,6 +35,25 @@ APP_CANCELLED = 0x1
 APP_FRAME_TOO_LARGE = 0x2
 APP_UNAUTHENTICATED = 0x3
 APP_BUSY = 0x4
+APP_TIMEOUT = 0x5  # a request frame did not arrive within the read deadline
+APP_STALLED = 0x6  # connection close: the peer kept a refused stream open past the deadline
+APP_REFUSED = 0x7  # connection close: too many connections for this identity
+
+
+@dataclass
+class StreamBudget:
+    """Request streams and request bytes held by all connections of one endpoint.
+
+    A request stream holds a slot from its first byte until its answer is sent; once its length
+    prefix has arrived it also holds the announced frame size, reserved before the body is
+    buffered, so the bytes held never exceed ``max_bytes`` whatever peers announce.
+    """
+
+    max_streams: int
+    max_bytes: int
+    streams: int = 0
+    bytes: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -62,8 +82,24 @@ class PeerConnection(QuicConnectionProtocol):
         call_deadline: float,
         max_concurrent: int,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        budget: StreamBudget | None = None,
+        max_buffered: int | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         super().__init__(quic)
+        self._budget = budget or StreamBudget(max_streams=1 << 30, max_bytes=1 << 62)
+        self._counters = self._budget.counters
+        # Request bytes this connection may hold at once (announced frames being read or served).
+        self._max_buffered = max_buffered if max_buffered is not None else 1 << 62
+        self._read_timeout = read_timeout if read_timeout is not None else call_deadline
+        self._buffered = 0
+        # Request streams holding a slot: stream id -> bytes reserved for its frame.
+        self._slots: dict[int, int] = {}
+        self._read_timers: dict[int, asyncio.TimerHandle] = {}
+        # Called once the handshake has proven the peer; False closes the connection.
+        self.admit: Callable[[PeerConnection], bool] | None = None
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._gaps: frozenset[tuple[int, int]] = frozenset()
         self._spawn = spawn
         self._handler = handler
         self.remote = remote
@@ -74,6 +110,7 @@ class PeerConnection(QuicConnectionProtocol):
         self._ignored: set[int] = set()
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._serving: set[asyncio.Task[None]] = set()
+        self._serving_ids: dict[asyncio.Task[None], int] = {}
         self._handshake_done = asyncio.Event()
         # Set once the handshake has proven the peer, or the connection is gone.
         self._settled = asyncio.Event()
@@ -164,8 +201,12 @@ class PeerConnection(QuicConnectionProtocol):
             if self._quic.verified_peer_key is None:
                 self.close(error_code=APP_UNAUTHENTICATED, reason_phrase="unauthenticated")
                 return
+            if self.admit is not None and not self.admit(self):
+                self.close(error_code=APP_REFUSED, reason_phrase="too many connections")
+                return
             self._handshake_done.set()
             self._settled.set()
+            self._gap_timer = self._loop.call_later(self._read_timeout, self._check_gaps)
         elif isinstance(event, events.StreamDataReceived):
             self._on_stream_data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, events.StreamReset):
@@ -174,7 +215,25 @@ class PeerConnection(QuicConnectionProtocol):
             why = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
             self._on_terminated(why, event.error_code)
 
+    def _check_gaps(self) -> None:
+        """Close the connection if stream data has waited behind the same gaps for a whole
+        read deadline: lost packets are resent within round trips, so a gap that stays is a
+        peer parking data in aioquic's buffers, where no budget sees it."""
+        self._gap_timer = None
+        if self._terminated is not None:
+            return
+        gaps = self._quic.gaps()
+        if gaps and gaps & self._gaps:
+            self._counters["connection_closed_stalled"] += 1
+            self.close(error_code=APP_STALLED, reason_phrase="stalled streams")
+            return
+        self._gaps = gaps
+        self._gap_timer = self._loop.call_later(self._read_timeout, self._check_gaps)
+
     def _on_terminated(self, why: str, code: int | None) -> None:
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
         if code is None:
             self._detached = True
         else:
@@ -187,6 +246,8 @@ class PeerConnection(QuicConnectionProtocol):
                 future.set_exception(PeerUnreachableError(why))
         self._pending.clear()
         self._readers.clear()
+        for stream_id in list(self._slots):
+            self._release(stream_id)
         for task in self._serving:
             task.cancel()
 
@@ -197,6 +258,8 @@ class PeerConnection(QuicConnectionProtocol):
     def _on_stream_gone(self, stream_id: int, why: str) -> None:
         self._readers.pop(stream_id, None)
         self._ignored.discard(stream_id)
+        if stream_id in self._slots and stream_id not in self._serving_streams():
+            self._release(stream_id)
         future = self._pending.pop(stream_id, None)
         if future is not None and not future.done():
             future.set_exception(PeerUnreachableError(why))
@@ -211,11 +274,13 @@ class PeerConnection(QuicConnectionProtocol):
         if reader is None:
             if local:
                 return  # a response to a call we abandoned
-            if not self._accept_request_stream(stream_id):
+            if not self._accept_request_stream(stream_id, end_stream):
                 return
             reader = self._readers[stream_id] = FrameReader(self._max_frame)
         try:
             reader.feed(data)
+            if not local and not self._reserve(stream_id, reader, end_stream):
+                return
             body = reader.finish() if end_stream else None
         except RemoteProtocolError as exc:
             self._readers.pop(stream_id, None)
@@ -223,6 +288,7 @@ class PeerConnection(QuicConnectionProtocol):
                 self._fail_call(stream_id, exc)
             else:
                 self._refuse(stream_id, exc, ignore_rest=not end_stream)
+                self._release(stream_id)
             return
         if body is None:
             return
@@ -232,23 +298,124 @@ class PeerConnection(QuicConnectionProtocol):
             if future is not None and not future.done():
                 future.set_result(body)
         else:
+            timer = self._read_timers.pop(stream_id, None)
+            if timer is not None:
+                timer.cancel()
             task = self._spawn(self._serve(stream_id, body))
+            self._serving_ids[task] = stream_id
             self._serving.add(task)
-            task.add_done_callback(self._serving.discard)
+            task.add_done_callback(self._served)
 
-    def _accept_request_stream(self, stream_id: int) -> bool:
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._serving.discard(task)
+        stream_id = self._serving_ids.pop(task, None)
+        if stream_id is not None:
+            self._release(stream_id)
+
+    def _serving_streams(self) -> set[int]:
+        return set(self._serving_ids.values())
+
+    # --- budgets ----------------------------------------------------------------------------
+
+    def _reserve(self, stream_id: int, reader: FrameReader, end_stream: bool) -> bool:
+        """Reserve the announced frame size once the prefix is in; refuse the stream (busy)
+        when this connection or the endpoint cannot hold it. False if refused."""
+        announced = reader.announced
+        if announced is None or self._slots.get(stream_id, 0) > 0:
+            return True
+        need = announced + 4
+        budget = self._budget
+        if self._buffered + need > self._max_buffered:
+            trigger = "stream_refused_connection_bytes"
+        elif budget.bytes + need > budget.max_bytes:
+            trigger = "stream_refused_total_bytes"
+        else:
+            self._slots[stream_id] = need
+            self._buffered += need
+            budget.bytes += need
+            return True
+        self._readers.pop(stream_id, None)
+        self._busy(stream_id, trigger, "out of buffer space", ignore_rest=not end_stream)
+        self._release(stream_id)
+        return False
+
+    def _release(self, stream_id: int) -> None:
+        held = self._slots.pop(stream_id, None)
+        timer = self._read_timers.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+        if held is None:
+            return
+        self._budget.streams -= 1
+        self._budget.bytes -= held
+        self._buffered -= held
+
+    def _busy(self, stream_id: int, trigger: str, why: str, *, ignore_rest: bool = True) -> None:
+        self._counters[trigger] += 1
+        log.info("refused a call", extra={"trigger": trigger, "peer_stream": stream_id})
+        self._respond(stream_id, wire.ErrorResult(ErrorCode.BUSY, why))
+        if ignore_rest:
+            self._quic.stop_stream(stream_id, APP_BUSY)
+            self._ignore(stream_id)
+
+    def _ignore(self, stream_id: int) -> None:
+        """Drop the rest of a refused stream unread. A peer that keeps it open (no FIN, no
+        reset) a read deadline later loses its connection: open streams are a budget too."""
+        self._ignored.add(stream_id)
+        self._loop.call_later(self._read_timeout, self._check_lingering, stream_id)
+
+    def _check_lingering(self, stream_id: int) -> None:
+        if stream_id not in self._ignored or self._terminated is not None:
+            return
+        stream = self._quic._streams.get(stream_id)
+        if stream is None or stream.receiver.is_finished:
+            self._ignored.discard(stream_id)  # the peer finished or reset it after all
+            return
+        self._counters["connection_closed_stalled"] += 1
+        self.close(error_code=APP_STALLED, reason_phrase="stalled streams")
+
+    def _read_expired(self, stream_id: int) -> None:
+        self._read_timers.pop(stream_id, None)
+        if self._readers.pop(stream_id, None) is None or self._terminated is not None:
+            return
+        self._counters["stream_read_timeout"] += 1
+        log.info("refused a call", extra={"trigger": "read_timeout", "peer_stream": stream_id})
+        self._respond(
+            stream_id, wire.ErrorResult(ErrorCode.TIMEOUT, "request not received in time")
+        )
+        self._quic.stop_stream(stream_id, APP_TIMEOUT)
+        self._ignore(stream_id)
+        self._release(stream_id)
+        self.transmit()
+
+    def _accept_request_stream(self, stream_id: int, end_stream: bool) -> bool:
         if self._handler is None or self.peer_key is None:
             self._quic.stop_stream(stream_id, APP_UNAUTHENTICATED)
             self._quic.reset_stream(stream_id, APP_UNAUTHENTICATED)
-            self._ignored.add(stream_id)
+            if not end_stream:
+                self._ignore(stream_id)
             return False
-        if len(self._serving) + len(self._readers) >= self._max_concurrent:
-            self._respond(
-                stream_id, wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "too many calls in flight")
+        if len(self._slots) >= self._max_concurrent:
+            self._busy(
+                stream_id,
+                "stream_refused_connection_calls",
+                "too many calls in flight",
+                ignore_rest=not end_stream,
             )
-            self._quic.stop_stream(stream_id, APP_BUSY)
-            self._ignored.add(stream_id)
             return False
+        if self._budget.streams >= self._budget.max_streams:
+            self._busy(
+                stream_id,
+                "stream_refused_total_calls",
+                "too many calls in flight",
+                ignore_rest=not end_stream,
+            )
+            return False
+        self._slots[stream_id] = 0
+        self._budget.streams += 1
+        self._read_timers[stream_id] = self._loop.call_later(
+            self._read_timeout, self._read_expired, stream_id
+        )
         return True
 
     def _fail_call(self, stream_id: int, exc: Exception) -> None:
@@ -263,12 +430,13 @@ class PeerConnection(QuicConnectionProtocol):
             if isinstance(exc, FrameTooLargeError)
             else ErrorCode.MALFORMED_REQUEST
         )
+        self._counters[code.name.lower()] += 1
         log.info("refused a call", extra={"trigger": code.name, "peer_stream": stream_id})
         self._respond(stream_id, wire.ErrorResult(code, str(exc)))
         if ignore_rest:
             # Tell the peer to stop sending; whatever is already in flight is dropped unbuffered.
             self._quic.stop_stream(stream_id, APP_FRAME_TOO_LARGE)
-            self._ignored.add(stream_id)
+            self._ignore(stream_id)
 
     def _respond(self, stream_id: int, response: wire.Response) -> None:
         if self._terminated is not None:

@@ -4,6 +4,11 @@ Datagrams are routed by destination connection ID before anything else; all our 
 have one length, so short-header packets parse without state. An Initial packet for an unknown
 connection ID starts an inbound connection; anything else unknown is dropped.
 
+With ``retry`` on (the relay), an Initial without a valid token is answered with a stateless
+Retry (RFC 9000 §8.1.2) and nothing is kept; only an Initial carrying a token this endpoint
+issued to that address makes a connection. Inbound connections are capped in total, per host,
+while their handshake is in progress (half-open) and, once authenticated, per identity key.
+
 The socket comes from the :class:`~node.core.runtime.Runtime` the endpoint is given, the seam
 through which the simulator hands in an in-memory datagram network.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +26,7 @@ from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.packet import (
     QuicErrorCode,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
@@ -30,7 +37,8 @@ from node.core.errors import PeerIdentityError, PeerUnreachableError
 from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import Identity
 from node.core.runtime import Runtime
-from node.transport.connection import PeerConnection, RequestHandler
+from node.transport.connection import PeerConnection, RequestHandler, StreamBudget
+from node.transport.retry import RetryTokens
 from node.transport.tls import IdentityQuicConnection, identity_certificate, quic_configuration
 
 log = logging.getLogger(__name__)
@@ -46,7 +54,25 @@ class EndpointConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     call_deadline: float = 10.0
     idle_timeout: float = 30.0
+    # Calls being read or served at once on one connection.
     max_concurrent_calls: int = 64
+    # Address validation: answer a tokenless Initial with a stateless Retry (the relay).
+    retry: bool = False
+    retry_token_lifetime: float = 10.0
+    # Inbound connections whose handshake has not completed, and how long one may take.
+    max_half_open: int = 256
+    handshake_timeout: float = 10.0
+    # Inbound connections: in total, from one IP address, and per proven identity key.
+    max_connections: int = 4096
+    max_connections_per_host: int = 256
+    max_connections_per_identity: int = 16
+    # Request streams being read or served, all connections together.
+    max_open_streams: int = 8192
+    # Request bytes held (announced frames being read or served): per connection, in total.
+    max_buffered_per_connection: int = 8 << 20
+    max_buffered: int = 256 << 20
+    # A request frame must arrive whole this many seconds after its first byte.
+    request_read_timeout: float = 20.0
 
 
 class Endpoint(asyncio.DatagramProtocol):
@@ -58,6 +84,8 @@ class Endpoint(asyncio.DatagramProtocol):
         handler: RequestHandler | None,
         runtime: Runtime,
         config: EndpointConfig | None = None,
+        *,
+        counters: Counter[str] | None = None,
     ) -> None:
         self._identity = identity
         self._handler = handler
@@ -69,6 +97,29 @@ class Endpoint(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._routes: dict[bytes, PeerConnection] = {}
         self._outbound: dict[tuple[Address, bytes], PeerConnection] = {}
+        # Every refusal and validation step, by trigger name (read by the relay's metrics).
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        cfg = self._config
+        self._budget = StreamBudget(cfg.max_open_streams, cfg.max_buffered, counters=self.counters)
+        self._retry = (
+            RetryTokens(runtime.random_bytes(32), cfg.retry_token_lifetime) if cfg.retry else None
+        )
+        self._inbound: set[PeerConnection] = set()
+        self._half_open: set[PeerConnection] = set()
+        self._per_host: Counter[str] = Counter()
+        self._per_identity: Counter[bytes] = Counter()
+        self._identity_of: dict[PeerConnection, bytes] = {}
+
+    def gauges(self) -> dict[str, int]:
+        """What the endpoint holds right now: connections, streams and buffered bytes."""
+        return {
+            "connections_inbound": len(self._inbound),
+            "connections_half_open": len(self._half_open),
+            "connections_outbound": len(self._outbound),
+            "request_streams_open": self._budget.streams,
+            "request_bytes_buffered": self._budget.bytes,
+            "stream_bytes_out_of_order": sum(p._quic.held_out_of_order() for p in self._inbound),
+        }
 
     def _quic_config(self, *, is_client: bool):  # type: ignore[no-untyped-def]
         return quic_configuration(
@@ -128,6 +179,11 @@ class Endpoint(asyncio.DatagramProtocol):
             protocol.detach(why)
         self._routes.clear()
         self._outbound.clear()
+        self._inbound.clear()
+        self._half_open.clear()
+        self._per_host.clear()
+        self._per_identity.clear()
+        self._identity_of.clear()
 
     # --- dialing ------------------------------------------------------------------------------
 
@@ -178,6 +234,9 @@ class Endpoint(asyncio.DatagramProtocol):
             call_deadline=self._config.call_deadline,
             max_concurrent=self._config.max_concurrent_calls,
             spawn=self._runtime.spawn,
+            budget=self._budget,
+            max_buffered=self._config.max_buffered_per_connection,
+            read_timeout=self._config.request_read_timeout,
         )
         protocol.connection_made(self._transport)
         protocol._connection_id_issued_handler = lambda cid: self._routes.__setitem__(cid, protocol)
@@ -194,6 +253,67 @@ class Endpoint(asyncio.DatagramProtocol):
             del self._routes[cid]
         for key in [k for k, p in self._outbound.items() if p is protocol]:
             del self._outbound[key]
+        if protocol in self._inbound:
+            self._inbound.discard(protocol)
+            self._half_open.discard(protocol)
+            host = protocol.remote[0]
+            self._per_host[host] -= 1
+            if self._per_host[host] <= 0:
+                del self._per_host[host]
+            identity = self._identity_of.pop(protocol, None)
+            if identity is not None:
+                self._per_identity[identity] -= 1
+                if self._per_identity[identity] <= 0:
+                    del self._per_identity[identity]
+
+    def _admit(self, protocol: PeerConnection) -> bool:
+        """The handshake of an inbound connection proved its key: count it, or refuse it."""
+        self._half_open.discard(protocol)
+        key = protocol._quic.verified_peer_key
+        assert key is not None
+        if self._per_identity[key] >= self._config.max_connections_per_identity:
+            self.counters["connection_refused_identity"] += 1
+            return False
+        self._per_identity[key] += 1
+        self._identity_of[protocol] = key
+        return True
+
+    def _handshake_expired(self, protocol: PeerConnection) -> None:
+        if protocol in self._half_open and protocol.is_open:
+            self.counters["handshake_timeout"] += 1
+            protocol.close()
+            protocol.detach("no handshake in time")
+            self._forget(protocol)
+
+    def _refuse_initial(self, address: Address) -> str | None:
+        """Why a validated Initial from ``address`` may not make a connection, if it may not."""
+        cfg = self._config
+        if len(self._half_open) >= cfg.max_half_open:
+            return "initial_refused_half_open"
+        if len(self._inbound) >= cfg.max_connections:
+            return "initial_refused_connections"
+        if self._per_host[address[0]] >= cfg.max_connections_per_host:
+            return "initial_refused_host"
+        return None
+
+    def _send_retry(self, header: Any, address: Address) -> None:
+        assert self._transport is not None
+        assert self._retry is not None
+        retry_scid = self._runtime.random_bytes(self._server_config.connection_id_length)
+        token = self._retry.issue(
+            address, header.destination_cid, retry_scid, self._runtime.monotonic()
+        )
+        self._transport.sendto(
+            encode_quic_retry(
+                version=header.version,
+                source_cid=retry_scid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=token,
+            ),
+            address,
+        )
+        self.counters["retry_sent"] += 1
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         if self._transport is None:
@@ -224,11 +344,36 @@ class Endpoint(asyncio.DatagramProtocol):
             return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < _SMALLEST_INITIAL:
             return
+        original_dcid = header.destination_cid
+        retry_scid: bytes | None = None
+        if self._retry is not None:
+            if not header.token:
+                self._send_retry(header, address)
+                return
+            checked = self._retry.check(
+                address, header.destination_cid, header.token, self._runtime.monotonic()
+            )
+            if checked is None:
+                # Dropped, not answered: a forged or stale token earns the sender nothing.
+                self.counters["retry_token_invalid"] += 1
+                return
+            original_dcid, retry_scid = checked, header.destination_cid
+        refusal = self._refuse_initial(address)
+        if refusal is not None:
+            self.counters[refusal] += 1
+            return
         quic = IdentityQuicConnection(
             configuration=self._server_config,
-            original_destination_connection_id=header.destination_cid,
+            original_destination_connection_id=original_dcid,
+            retry_source_connection_id=retry_scid,
         )
         protocol = self._adopt(quic, address)
+        protocol.admit = self._admit
+        self._inbound.add(protocol)
+        self._half_open.add(protocol)
+        self._per_host[address[0]] += 1
+        self.counters["connections_accepted"] += 1
+        protocol._loop.call_later(self._config.handshake_timeout, self._handshake_expired, protocol)
         self._routes[header.destination_cid] = protocol
         protocol.datagram_received(data, address)
 

@@ -11,6 +11,15 @@ The server additionally requests a client certificate and refuses an empty one (
 ``certificate_required``, QUIC error 0x174). Session resumption is never enabled: a resumed
 handshake carries no certificate, so it could not authenticate the peer.
 
+The same connection class also gives aioquic the backpressure it lacks (LIBRARY-FACTS: "the
+receive window doubles whenever half is used, whether or not the app read it"). Data that
+arrives out of order waits inside aioquic, unseen by the connection's own budgets, so:
+
+* a stream's receive window is never raised: one stream carries one frame, which the initial
+  window (the frame cap plus 64 bytes) already holds;
+* the connection's window is raised only by what was handed to the application in order: it
+  stays at most ``max_data`` ahead of it, so data held out of order never exceeds ``max_data``.
+
 These are private aioquic internals; ``pyproject.toml`` pins aioquic exactly and
 :func:`check_hooks` fails loudly at import if an upgrade moved them.
 """
@@ -42,6 +51,9 @@ _HOOKED = (
 )
 
 
+_CONNECTION_HOOKS = ("_initialize", "_write_connection_limits", "_write_stream_limits")
+
+
 class AlertCertificateRequired(tls.Alert):
     description = tls.AlertDescription.certificate_required
 
@@ -50,7 +62,8 @@ def check_hooks() -> None:
     """Fail if the aioquic internals this module relies on are missing."""
     probe = tls.Context(is_client=False)
     missing = [name for name in _HOOKED if not hasattr(probe, name)]
-    if missing or not hasattr(QuicConnection, "_initialize"):
+    missing += [name for name in _CONNECTION_HOOKS if not hasattr(QuicConnection, name)]
+    if missing:
         raise ImportError(f"aioquic internals changed ({', '.join(missing)}): pin aioquic==1.7.2")
 
 
@@ -96,6 +109,48 @@ class IdentityQuicConnection(QuicConnection):
     def __init__(self, *, expected_peer_key: bytes | None = None, **kwargs: Any) -> None:
         self._expected_peer_key = expected_peer_key
         super().__init__(**kwargs)
+        self._receive_window = self._local_max_data.value
+
+    def held_out_of_order(self) -> int:
+        """Bytes received on streams but not yet handed to the application (gaps before them)."""
+        held = 0
+        for stream in self._streams.values():
+            receiver = stream.receiver
+            if not receiver.is_finished:
+                held += receiver.highest_offset - receiver.starting_offset()
+        return held
+
+    def gaps(self) -> frozenset[tuple[int, int]]:
+        """(stream id, offset delivered so far) of every stream holding data after a gap."""
+        return frozenset(
+            (stream_id, stream.receiver.starting_offset())
+            for stream_id, stream in self._streams.items()
+            if not stream.receiver.is_finished
+            and stream.receiver.highest_offset > stream.receiver.starting_offset()
+        )
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        limit = self._local_max_data
+        if limit.value - limit.used < self._receive_window // 2:  # half the credit is spent
+            delivered = limit.used - self.held_out_of_order()
+            limit.value = max(limit.value, delivered + self._receive_window)
+        # With ``used`` hidden, aioquic's own doubling never fires; the rest (sending
+        # MAX_DATA and MAX_STREAMS when they changed) is unchanged.
+        used, limit.used = limit.used, 0
+        try:
+            super()._write_connection_limits(builder=builder, space=space)
+        finally:
+            limit.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        # A stream carries one frame: the initial window holds it, and is never raised. A
+        # MAX_STREAM_DATA frame that was lost is re-sent with the same value.
+        highest = stream.receiver.highest_offset
+        stream.receiver.highest_offset = 0
+        try:
+            super()._write_stream_limits(builder=builder, space=space, stream=stream)
+        finally:
+            stream.receiver.highest_offset = highest
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

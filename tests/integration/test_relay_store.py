@@ -51,3 +51,50 @@ def test_a_full_mailbox_refuses_the_whole_batch(tmp_path: Path) -> None:
     with pytest.raises(MailboxFullError, match="full"):
         store.put([envelope(1), envelope(2)], now_ms=0)
     assert store.count(MAILBOX) == 1  # nothing of the refused batch was kept
+
+
+def test_quotas_hold_across_a_restart(tmp_path: Path) -> None:
+    from relay.store import StoreFullError, StoreQuotas
+
+    path = tmp_path / "m.sqlite3"
+    quotas = StoreQuotas(max_per_mailbox=2, max_store_bytes=10_000)
+    store = MailboxStore(path, quotas=quotas)
+    store.put([envelope(0), envelope(1)], now_ms=0)
+    store.close()
+    reopened = MailboxStore(path, quotas=quotas)  # the counts come back from the file
+    assert reopened.mailboxes == 1
+    assert reopened.total_bytes > 2000
+    with pytest.raises(MailboxFullError):
+        reopened.put([envelope(2)], now_ms=0)
+    other = wire.Envelope(
+        os.urandom(16), b"\x06" * 32, wire.EnvelopeKind.APPLICATION, b"x" * 9000, b"g", 0
+    )
+    with pytest.raises(StoreFullError):
+        reopened.put([other], now_ms=0)
+
+
+def test_fetch_passes_over_what_no_answer_could_carry(tmp_path: Path) -> None:
+    store = MailboxStore(tmp_path / "m.sqlite3")
+    sent = [envelope(0, size=100), envelope(1, size=5000), envelope(2, size=100)]
+    store.put(sent, now_ms=0)
+    batch = store.fetch(MAILBOX, cursor=0, limit=10, max_bytes=100_000, skip_over=1000)
+    assert [e.id for e in batch.envelopes] == [sent[0].id, sent[2].id]
+    assert batch.skipped == 1
+    # Alone at the head of the mailbox, it is passed over too, and the cursor moves on.
+    store.ack(MAILBOX, [sent[0].id])
+    head = store.fetch(MAILBOX, cursor=0, limit=1, max_bytes=100_000, skip_over=1000)
+    assert head.envelopes == ()
+    assert head.skipped == 1
+    rest = store.fetch(MAILBOX, cursor=head.cursor, limit=10, max_bytes=100_000, skip_over=1000)
+    assert [e.id for e in rest.envelopes] == [sent[2].id]
+
+
+def test_purge_removes_only_what_expired_and_frees_its_quota(tmp_path: Path) -> None:
+    store = MailboxStore(tmp_path / "m.sqlite3")
+    store.put([envelope(0)], now_ms=1000)
+    store.put([envelope(1)], now_ms=2000)
+    assert store.purge_expired(not_before_ms=1500) == 1
+    assert store.count(MAILBOX) == 1
+    assert store.fetch(MAILBOX, 0, 10, 100_000, not_before_ms=2500).envelopes == ()
+    assert store.purge_expired(not_before_ms=2500) == 1
+    assert (store.mailboxes, store.total_bytes, store.expired_purged) == (0, 0, 2)

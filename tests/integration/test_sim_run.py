@@ -127,7 +127,7 @@ def test_list_names_the_shipped_scenarios() -> None:
     code, stdout, _ = run_cli("sim", "list")
     assert code == 0
     names = [line.split()[0] for line in stdout.splitlines()]
-    assert names == ["city", "dht-scale", "lan-party", "partition-heal"]
+    assert names == ["calibration", "city", "dht-scale", "lan-party", "partition-heal"]
 
 
 def test_compare_shows_what_differs_between_two_runs(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ async def test_too_many_concurrent_calls_are_refused_not_queued() -> None:
         answer = await conn.call(wire.FetchKeyPackage(b"x"), deadline=5)
         for task in slow:
             task.cancel()
-        assert answer == wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "too many calls in flight")
+        assert answer == wire.ErrorResult(ErrorCode.BUSY, "too many calls in flight")
 
 
 async def test_endpoints_talk_over_ipv6_loopback(runtimes: Runtimes) -> None:
