@@ -235,7 +235,11 @@ class Node:
             case wire.FetchKeyPackage(identity):
                 if identity != self.public_key:
                     return wire.ErrorResult(ErrorCode.NOT_FOUND, "a node serves only its own")
-                return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
+                try:
+                    return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
+                except StorageError as exc:
+                    log.warning("%s cannot make a KeyPackage now: %s", self.name, exc)
+                    return wire.ErrorResult(ErrorCode.INTERNAL, "the node cannot store now")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "a node does not serve this call")
 
     async def _peer_seen(self, caller: Caller) -> None:

@@ -21,6 +21,8 @@ import pytest
 
 from node.app.node import Node
 from node.app.profile import open_node
+from node.core import wire
+from node.core.errors import RemoteError
 from node.core.keyfile import FAST_KDF
 from tests.conftest import LOOPBACK
 from tests.node_support import wait_until
@@ -144,7 +146,7 @@ async def test_envelopes_accepted_while_mls_state_cannot_grow_are_kept_and_appli
 
 
 async def test_a_read_only_mls_state_keeps_accepted_envelopes(
-    tmp_path: Path, runtimes: Runtimes
+    tmp_path: Path, runtimes: Runtimes, caplog: pytest.LogCaptureFixture
 ) -> None:
     alice, bob, group_id = await _pair(tmp_path, runtimes)
     state = tmp_path / "bob" / "mls.state"
@@ -160,6 +162,10 @@ async def test_a_read_only_mls_state_keeps_accepted_envelopes(
         await wait_until(lambda: bob.storage_failure is not None, DEADLINE, "bob says why")
         assert "Read-only file system" in (bob.storage_failure or "")
         assert len(await bob.run(bob.store.pending_incoming)) == 1
+        # A KeyPackage needs a state write too: refused with a short answer, no traceback.
+        with pytest.raises(RemoteError, match="the node cannot store now"):
+            await alice.router.call_peer(bob.public_key, wire.FetchKeyPackage(bob.public_key))
+        assert "request handler failed" not in caplog.text
         _umount(state)
         await wait_until(lambda: len(bob.inbox) == 1, DEADLINE, "bob applied it")
         assert [m.text for m in bob.inbox] == ["to a read-only state file"]
