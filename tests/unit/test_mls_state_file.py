@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import openmls_bindings as ob
 import pytest
 
+from node.core.identity import Identity
 from node.core.mls_state_file import (
     Mark,
     StateFileError,
@@ -16,17 +16,21 @@ from node.core.mls_state_file import (
     pairing_problem,
     parse,
 )
+from node.mls import MlsClient
+from node.transport.runtime import RealRuntime
 
 KEY = bytes(range(32))
+# Never asked for blocking work here: the calls below run on the test's own thread.
+RUNTIME = RealRuntime("qpc-state-file-test")
 
 
 def state_after(tmp_path: Path, calls: int) -> tuple[Path, list[bytes]]:
     """An mls.state the binding wrote, and its bytes after creation and after each call."""
     path = tmp_path / "mls.state"
-    client = ob.Client(bytes(32), storage_path=str(path), storage_key=KEY)
+    client = MlsClient(Identity.from_seed(bytes(32)), RUNTIME, path, KEY)
     history = [path.read_bytes()]
     for _ in range(calls):
-        client.key_package(ob.CIPHERSUITE_XWING)
+        client.key_package()
         history.append(path.read_bytes())
     del client
     return path, history
