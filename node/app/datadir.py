@@ -58,8 +58,8 @@ def problems_of_layout(data_dir: Path) -> tuple[bool, list[str]]:
         if traces:
             return False, [
                 f"{data_dir} holds traces of a node ({', '.join(traces)}) but none of its "
-                f"state files ({', '.join(STATE_FILES)}): they were removed; a new node is not "
-                "made over them"
+                f"state files ({', '.join(STATE_FILES)}): removed, or never finished being "
+                "created; a new node is not made over them"
             ]
         return True, []
     problems = []
