@@ -1,7 +1,9 @@
 """The node's only door to OpenMLS (``openmls_bindings``): typed, bytes in, bytes out.
 
 Everything the binding raises is an ``openmls_bindings.MlsError``; here it becomes a
-:class:`GroupError` so that callers handle one node-level family.
+:class:`GroupError` so that callers handle one node-level family, except a state file that
+cannot be read or written, which is :class:`MlsStorageError` (a ``StorageError``: the message
+was not judged, so nothing that carried it may be dropped).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import openmls_bindings as ob
 
-from node.core.errors import CryptoError
+from node.core.errors import CryptoError, StorageError
 from node.core.identity import Identity
 from node.core.runtime import Runtime
 
@@ -39,10 +42,51 @@ class MissingProposalError(GroupError):
     """A commit covers a proposal this member has not received yet; process it again after."""
 
 
+class MlsStorageError(StorageError):
+    """The MLS state file could not be read or written (a full disk, a read-only file); the
+    call was undone and may be made again."""
+
+
+class StateWatch(Protocol):
+    """Keeps the node's record of where the MLS state file stands (ADR 0004). Both methods run
+    on the thread of the MLS call itself, around every call."""
+
+    @property
+    def name(self) -> str:
+        """The state file, as error messages name it."""
+        ...
+
+    def before(self) -> None:
+        """Raise :class:`~node.core.errors.StorageError` if the last change is not recorded yet
+        and still cannot be: no call may then change the file again."""
+        ...
+
+    def after(self) -> None:
+        """Record the point the file has reached (never raises: a failure is retried by the
+        next :meth:`before`)."""
+        ...
+
+
+class _NoWatch:
+    name = "the MLS state"
+
+    def before(self) -> None:
+        pass
+
+    def after(self) -> None:
+        pass
+
+
+NO_WATCH: StateWatch = _NoWatch()
+
+
 @contextmanager
-def _mls_errors() -> Iterator[None]:
+def _mls_errors(watch: StateWatch = NO_WATCH) -> Iterator[None]:
+    watch.before()
     try:
         yield
+    except ob.StorageError as exc:
+        raise MlsStorageError(f"{watch.name}: {exc}") from exc
     except ob.WrongEpochError as exc:
         raise StaleEpochError(str(exc)) from exc
     except ob.NotCommitterError as exc:
@@ -51,6 +95,8 @@ def _mls_errors() -> Iterator[None]:
         raise MissingProposalError(str(exc)) from exc
     except ob.MlsError as exc:
         raise GroupError(str(exc)) from exc
+    finally:
+        watch.after()
 
 
 class ContentType(enum.Enum):
@@ -100,8 +146,9 @@ class OwnCommit:
 
 
 class MlsGroup:
-    def __init__(self, group: ob.Group) -> None:
+    def __init__(self, group: ob.Group, watch: StateWatch = NO_WATCH) -> None:
         self._group = group
+        self._watch = watch
 
     @property
     def group_id(self) -> bytes:
@@ -137,30 +184,30 @@ class MlsGroup:
 
     def commit(self, add: Sequence[bytes] = ()) -> tuple[bytes, bytes | None]:
         """Commit every pending proposal and add ``add``'s owners; returns (commit, welcome)."""
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._group.commit(list(add))
 
     def self_update(self) -> bytes:
         """Commit fresh keys for the committer itself."""
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._group.self_update()
 
     # Everyone else's side: proposals for the committer to commit.
 
     def propose_add(self, key_package: bytes) -> bytes:
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._group.propose_add(key_package)
 
     def propose_remove(self, identity: bytes) -> bytes:
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._group.propose_remove(identity)
 
     def propose_update(self) -> bytes:
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._group.propose_update()
 
     def encrypt(self, plaintext: bytes) -> bytes:
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._group.encrypt(plaintext)
 
     def own_commit(self) -> OwnCommit | None:
@@ -182,7 +229,7 @@ class MlsGroup:
         kept in the MLS state, atomically with the message's effect, so that a node that dies
         before recording the outcome in its own store gets the same outcome when it applies
         the same envelope again at its next start; MLS alone would refuse the replay."""
-        with _mls_errors():
+        with _mls_errors(self._watch):
             result = self._group.process(message, delivery_id=delivery_id)
         return Incoming(result.kind, result.sender, result.plaintext, result.epoch)
 
@@ -193,6 +240,8 @@ class MlsClient:
     With ``state_file`` and ``state_key`` every key and group lives encrypted in that file and
     survives restarts; without them, in memory. Every method may write the state file (and
     fsync it): callers run them through the runtime's executor, never on the event loop.
+    ``watch`` is told before and after every call of the client and of its groups, on the
+    call's thread (the node records where the state file stands: ADR 0004).
     """
 
     def __init__(
@@ -201,6 +250,7 @@ class MlsClient:
         runtime: Runtime,
         state_file: Path | None = None,
         state_key: bytes | None = None,
+        watch: StateWatch = NO_WATCH,
         *,
         key_package_lifetime_s: int = KEY_PACKAGE_LIFETIME_S,
     ) -> None:
@@ -210,7 +260,8 @@ class MlsClient:
         one (``openmls-bindings``, ``clock.rs``)."""
         self._runtime = runtime
         self._persistent = state_file is not None
-        with _mls_errors():
+        self._watch = watch
+        with _mls_errors(watch):
             self._client = ob.Client(
                 identity.seed(),
                 clock_ms=runtime.wall_ms,
@@ -224,33 +275,33 @@ class MlsClient:
         """Groups kept in the state file (none for an in-memory client, which starts empty)."""
         if not self._persistent:
             return []
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return list(self._client.group_ids())
 
     def load_group(self, group_id: bytes) -> MlsGroup:
-        with _mls_errors():
-            return MlsGroup(self._client.load_group(group_id))
+        with _mls_errors(self._watch):
+            return MlsGroup(self._client.load_group(group_id), self._watch)
 
     @property
     def identity(self) -> bytes:
         return self._client.identity
 
     def key_package(self) -> bytes:
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._client.key_package(CIPHERSUITE_DEFAULT)
 
     def last_resort_key_package(self) -> bytes:
         """The KeyPackage that may be used more than once (it rides in the peer record)."""
-        with _mls_errors():
+        with _mls_errors(self._watch):
             return self._client.last_resort_key_package(CIPHERSUITE_DEFAULT)
 
     def create_group(self, group_id: bytes) -> MlsGroup:
-        with _mls_errors():
-            return MlsGroup(self._client.create_group(group_id, CIPHERSUITE_DEFAULT))
+        with _mls_errors(self._watch):
+            return MlsGroup(self._client.create_group(group_id, CIPHERSUITE_DEFAULT), self._watch)
 
     def join(self, welcome: bytes) -> MlsGroup:
-        with _mls_errors():
-            return MlsGroup(self._client.join(welcome))
+        with _mls_errors(self._watch):
+            return MlsGroup(self._client.join(welcome), self._watch)
 
 
 def key_package_identity(key_package: bytes, *, now_ms: int) -> bytes:

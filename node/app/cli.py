@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from node.app.data_cli import backup_command, doctor_command, restore_command
 from node.app.demo import run_demo
 from node.app.identity_cli import verify_command, whoami_command
 from node.app.node_cli import node_group, peers_command
@@ -72,6 +73,9 @@ def demo(messages: tuple[str, ...], as_json: bool) -> None:
 main.add_command(relay_group)
 main.add_command(node_group)
 main.add_command(peers_command)
+main.add_command(doctor_command)
+main.add_command(backup_command)
+main.add_command(restore_command)
 main.add_command(sim_group)
 main.add_command(whoami_command)
 main.add_command(verify_command)

@@ -29,7 +29,12 @@ from dataclasses import dataclass
 from node.app.inbox import DEFERRED, Applied
 from node.app.outbox import Outbox, SendReport
 from node.core import wire
-from node.core.errors import LocalProtocolError, ProposalRejectedError, UnknownGroupError
+from node.core.errors import (
+    LocalProtocolError,
+    ProposalRejectedError,
+    StorageError,
+    UnknownGroupError,
+)
 from node.core.runtime import BlockingRunner, Clock
 from node.mls import (
     ContentType,
@@ -42,6 +47,8 @@ from node.mls import (
 )
 
 log = logging.getLogger(__name__)
+
+COMMIT_RETRY_MIN, COMMIT_RETRY_MAX = 1.0, 30.0  # seconds, while state cannot be written
 
 MAX_REJECTIONS = 100  # kept for the user (and tests) to inspect; older ones are forgotten
 MAX_PROPOSALS = 3  # times one wanted change is proposed before the node gives up on it
@@ -258,10 +265,21 @@ class Membership:
     async def run_committer(self) -> None:
         """While the node runs: commit soon after a proposal arrives (and once at start, for
         proposals applied before a restart)."""
+        delay = COMMIT_RETRY_MIN
         while True:
             await self.commit_due.wait()
             self.commit_due.clear()
-            await self.commit_pending()
+            try:
+                # A commit made while its fan-out could not be queued (a full disk) goes first.
+                await self.resend_lost_commits()
+                await self.commit_pending()
+            except StorageError as exc:
+                log.warning("cannot commit now (retrying in %.0f s): %s", delay, exc)
+                await asyncio.sleep(delay)  # a retry delay: the disk gives no event when it frees
+                delay = min(delay * 2, COMMIT_RETRY_MAX)
+                self.commit_due.set()
+                continue
+            delay = COMMIT_RETRY_MIN
 
     # --- receiving a proposal -----------------------------------------------------------------
 

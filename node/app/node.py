@@ -22,7 +22,7 @@ from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
 from node.core import wire
 from node.core.addresses import Address
-from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError
+from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError, StorageError
 from node.core.identity import Identity, mailbox_of
 from node.core.runtime import BlockingRunner, Clock, Runtime
 from node.mls import (
@@ -130,6 +130,7 @@ class Node:
                 log.warning("could not fetch the relay mailbox: %s", exc)
             self._tasks.append(self.runtime.spawn(self._watch_relay()))
         self._tasks.append(self.runtime.spawn(self._retry_outbox()))
+        self._tasks.append(self.runtime.spawn(self._inbox.retry_when_stalled()))
         self._tasks.append(self.runtime.spawn(self.membership.run_committer()))
         # Proposals applied before a restart (or while offline) may still wait for a commit.
         self.membership.commit_due.set()
@@ -178,6 +179,12 @@ class Node:
                 await task
 
     @property
+    def storage_failure(self) -> str | None:
+        """Why received envelopes wait unapplied, or the outbox could not record what it did
+        (a state write failed), or None."""
+        return self._inbox.failure or self.outbox.failure
+
+    @property
     def clock_ms(self) -> Clock:
         return self._clock_ms
 
@@ -219,11 +226,20 @@ class Node:
         match request:
             case wire.Deliver(envelopes):
                 path = Path.RELAY if from_relay else Path.DIRECT
-                return wire.DeliverResult(await self._accept(envelopes, path))
+                try:
+                    return wire.DeliverResult(await self._accept(envelopes, path))
+                except StorageError as exc:
+                    # Not accepted: the sender keeps the envelopes and tries again.
+                    log.warning("%s cannot store received envelopes: %s", self.name, exc)
+                    return wire.ErrorResult(ErrorCode.INTERNAL, "the node cannot store now")
             case wire.FetchKeyPackage(identity):
                 if identity != self.public_key:
                     return wire.ErrorResult(ErrorCode.NOT_FOUND, "a node serves only its own")
-                return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
+                try:
+                    return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
+                except StorageError as exc:
+                    log.warning("%s cannot make a KeyPackage now: %s", self.name, exc)
+                    return wire.ErrorResult(ErrorCode.INTERNAL, "the node cannot store now")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "a node does not serve this call")
 
     async def _peer_seen(self, caller: Caller) -> None:
@@ -369,10 +385,17 @@ class Node:
                 async with asyncio.timeout(delay):
                     await self._outbox_kick.wait()
             self._outbox_kick.clear()
-            if not await self.outbox.pending():
-                delay = OUTBOX_RETRY_MIN
+            try:
+                if not await self.outbox.pending():
+                    delay = OUTBOX_RETRY_MIN
+                    continue
+                report = await self.outbox.flush()
+            except StorageError as exc:
+                # The outbox could not be read or updated (a full disk): nothing is lost, the
+                # envelopes stay queued; try again later.
+                log.warning("%s cannot retry its outbox now: %s", self.name, exc)
+                delay = min(delay * 2, OUTBOX_RETRY_MAX)
                 continue
-            report = await self.outbox.flush()
             delay = min(delay * 2, OUTBOX_RETRY_MAX) if report.failed else OUTBOX_RETRY_MIN
 
     # --- groups -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import sys
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import click
 
+from node.app.backup import take_restore_notice
 from node.app.node import ChatMessage, Node
 from node.app.peer_ref import PeerRefError, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
 from node.app.router import RelayInfo
-from node.app.store import SALT_SIZE, NodeStore, SeenPeer, derive_store_keys
+from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
 from node.core.display import terminal_safe
@@ -168,7 +170,8 @@ def run_command(
     try:
         asyncio.run(_run(options))
     except NodeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
 
 
 @dataclass(frozen=True)
@@ -204,9 +207,12 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     )
     identity = node.identity
     node.on_message = _print_message
+    restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
     for spec in [*opts.peers, *opts.invites]:
         await node.remember_peer(spec.identity, spec.name, spec.address)
     host, port = await node.start(*opts.listen)
+    if restored_from is not None:
+        _warn_restored(node, restored_from)
     presence = Presence(node, opts.presence)
     try:
         await presence.start()
@@ -232,6 +238,20 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     finally:
         await presence.stop()
         await node.stop()
+
+
+def _warn_restored(node: Node, made_at_ms: int) -> None:
+    """A restored node is behind: say how far its groups got, and what that means."""
+    made = datetime.datetime.fromtimestamp(made_at_ms / 1000, tz=datetime.UTC)
+    click.echo(
+        f"WARNING: restored from the backup of {made:%Y-%m-%d %H:%M:%S} UTC: every group is "
+        "at the epoch it had then. Commits made since were missed and their epochs' keys are "
+        "gone (forward secrecy): messages of those epochs cannot be read, and the group's "
+        "committer must remove and re-add this node.",
+        err=True,
+    )
+    for group in node.groups.values():
+        click.echo(f"WARNING: group {group.group_id.hex()[:16]}: at epoch {group.epoch}", err=True)
 
 
 async def _find(presence: Presence, specs: list[PeerSpec]) -> None:
@@ -280,7 +300,8 @@ def peers_command(data_dir: Path) -> None:
     try:
         seen, now = asyncio.run(_read_peers(data_dir, passphrase))
     except NodeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
     if not seen:
         click.echo("no peers seen yet")
         return
@@ -295,17 +316,16 @@ def peers_command(data_dir: Path) -> None:
 
 
 async def _read_peers(data_dir: Path, passphrase: bytes) -> tuple[list[SeenPeer], int]:
-    """What the node's store lists, and the wall time now (to tell each entry's age)."""
+    """What the node's store lists, and the wall time now (to tell each entry's age). Creates
+    nothing: a directory without its salt or database is refused by name."""
     if not (data_dir / "node.db").exists():
         raise NodeError(f"{data_dir} holds no node (run 'quicnprotochat node run' first)")
     runtime = RealRuntime("qpc-peers")
     run = runtime.run_blocking
-    fresh_salt = runtime.random_bytes(SALT_SIZE)
     try:
-        db_key, _ = await run(
-            lambda: derive_store_keys(data_dir, passphrase, DEFAULT_KDF, fresh_salt)
-        )
-        store = await run(lambda: NodeStore(data_dir / "node.db", db_key))
+        salt = await run(lambda: read_salt(data_dir / "store.salt"))
+        db_key, _ = await run(lambda: store_keys(passphrase, salt, DEFAULT_KDF))
+        store = await run(lambda: NodeStore(data_dir / "node.db", db_key, create=False))
         try:
             seen: list[SeenPeer] = await run(store.peers)
             return seen, runtime.wall_ms()

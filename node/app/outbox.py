@@ -12,7 +12,7 @@ from functools import partial
 from node.app.router import Path, Router
 from node.app.store import NodeStore
 from node.core import wire
-from node.core.errors import NodeError
+from node.core.errors import NodeError, StorageError
 from node.core.identity import short_fingerprint
 from node.core.runtime import BlockingRunner
 
@@ -33,6 +33,8 @@ class Outbox:
         self._run = run
         self._router = router
         self._locks: dict[bytes, asyncio.Lock] = {}
+        # Why the outbox could not record an attempt or a delivery (None while all is well).
+        self.failure: str | None = None
 
     async def send(
         self,
@@ -78,7 +80,19 @@ class Outbox:
                 except NodeError as exc:
                     report.failed[recipient] = f"{exc} (kept for retry)"
                     log.info("could not deliver to %s yet: %s", short_fingerprint(recipient), exc)
-                    await self._run(partial(store.outbox_failed, env.id))
+                    try:
+                        await self._run(partial(store.outbox_failed, env.id))
+                    except StorageError as failed:
+                        # Only a counter: a full disk must not turn "not yet" into a failure.
+                        self.failure = str(failed)
                     return
                 report.paths[recipient] = path
-                await self._run(partial(store.outbox_done, env.id))
+                try:
+                    await self._run(partial(store.outbox_done, env.id))
+                except StorageError as exc:
+                    # Delivered, but still queued: it goes again later and the peer drops the
+                    # duplicate by id. The rest waits behind it, in order.
+                    log.warning("cannot record a delivery (it will be sent again): %s", exc)
+                    self.failure = str(exc)
+                    return
+                self.failure = None

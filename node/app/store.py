@@ -8,6 +8,7 @@ blocking; the node calls them through its :class:`~node.core.runtime.BlockingRun
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from node.core.addresses import Address
 from node.core.errors import StorageError
 from node.core.keyfile import KdfParams, derive_key, derive_subkey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mls_bases
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS contacts (
@@ -46,7 +47,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS commits_queued (group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mls_bases (salt BLOB PRIMARY KEY);
 """
+
+
+class WrongStoreKeyError(StorageError):
+    """The database does not open with this key: a wrong passphrase, a damaged salt or a
+    damaged file."""
 
 
 @dataclass(frozen=True)
@@ -71,65 +78,138 @@ class SeenPeer:
     seen_at_ms: int
 
 
-def _salt(path: Path, fresh: bytes) -> bytes:
-    """The database's Argon2 salt, created once next to it with mode 0600 (``fresh``: 16
-    random bytes for a new one)."""
-    if path.exists():
+SALT_SIZE = 16
+
+
+def read_salt(path: Path) -> bytes:
+    """The Argon2 salt of an existing data directory; never creates one."""
+    try:
         salt = path.read_bytes()
-        if len(salt) != 16:
-            raise StorageError(f"{path} is damaged (expected 16 bytes)")
-        return salt
-    salt = fresh
+    except FileNotFoundError:
+        raise StorageError(f"{path} is missing") from None
+    except OSError as exc:
+        raise StorageError(f"{path} cannot be read: {exc.strerror}") from exc
+    if len(salt) != SALT_SIZE:
+        raise StorageError(f"{path} is damaged (it holds {len(salt)} bytes, not {SALT_SIZE})")
+    return salt
+
+
+def write_salt(path: Path, salt: bytes) -> None:
+    """Create the salt of a new data directory: mode 0600, never over an existing one."""
+    if len(salt) != SALT_SIZE:
+        raise ValueError(f"a salt is {SALT_SIZE} bytes")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, salt)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return salt
 
 
-SALT_SIZE = 16
+def store_keys(passphrase: bytes, salt: bytes, params: KdfParams) -> tuple[bytes, bytes]:
+    """(SQLCipher key, MLS state key) from the passphrase and the data dir's salt. Blocking."""
+    master = derive_key(passphrase, salt, params)
+    return derive_subkey(master, "sqlcipher"), derive_subkey(master, "mls-state")
 
 
 def derive_store_keys(
     data_dir: Path, passphrase: bytes, params: KdfParams, fresh_salt: bytes
 ) -> tuple[bytes, bytes]:
-    """(SQLCipher key, MLS state key) from the passphrase and the data dir's salt. Blocking.
-
-    ``fresh_salt`` (:data:`SALT_SIZE` random bytes from the runtime) becomes the salt if the
-    data directory has none yet."""
-    if len(fresh_salt) != SALT_SIZE:
-        raise ValueError(f"a salt is {SALT_SIZE} bytes")
-    master = derive_key(passphrase, _salt(data_dir / "store.salt", fresh_salt), params)
-    return derive_subkey(master, "sqlcipher"), derive_subkey(master, "mls-state")
+    """(SQLCipher key, MLS state key) from the passphrase and the data dir's salt, creating
+    the salt from ``fresh_salt`` if there is none yet. Blocking. For a directory that may
+    already hold state use :func:`read_salt` and :func:`store_keys`: a new salt next to an
+    old database would only end in "wrong passphrase"."""
+    path = data_dir / "store.salt"
+    if not path.exists():
+        write_salt(path, fresh_salt)
+    return store_keys(passphrase, read_salt(path), params)
 
 
 class NodeStore:
-    def __init__(self, path: Path, key: bytes) -> None:
+    """``create``: make the file if it is missing (a new data directory only); otherwise a
+    missing file is refused. ``read_only``: open without writing anything (``doctor``)."""
+
+    def __init__(
+        self, path: Path, key: bytes, *, create: bool = True, read_only: bool = False
+    ) -> None:
         if len(key) != 32:
             raise ValueError("the database key is 32 bytes")
-        if str(path) != ":memory:" and not path.exists():
+        self.path = path
+        self._key = key
+        in_memory = str(path) == ":memory:"
+        if not in_memory and not path.exists():
+            if not create or read_only:
+                raise StorageError(f"{path} is missing")
             # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            self._db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+            if read_only:
+                uri = f"file:{path}?mode=ro"
+                self._db = sqlcipher3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                self._db = sqlcipher3.connect(
+                    str(path), isolation_level=None, check_same_thread=False
+                )
             # A wrong key would otherwise print "ERROR CORE" to stderr.
             self._db.execute("PRAGMA cipher_log_level = NONE")
             self._db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
             # PRAGMA key never fails; the first real read tells a wrong key.
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlcipher3.DatabaseError as exc:
-            raise StorageError(
-                "cannot open the local database: wrong passphrase, or the file is damaged"
+            raise WrongStoreKeyError(
+                f"{path} does not open: wrong passphrase, or the file is damaged"
             ) from exc
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if not in_memory:
+            self._check_integrity()
+        if read_only:
+            return
+        try:
+            self._db.execute("PRAGMA synchronous = FULL")
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            # An existing database is not written merely by being opened.
+            if version != SCHEMA_VERSION:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlcipher3.Error as exc:
+            raise StorageError(f"{path} cannot be prepared: {exc}") from exc
+
+    def _check_integrity(self) -> None:
+        """Every page's HMAC (SQLCipher), then SQLite's own structure check: a damaged page
+        is refused at open, not found later in the middle of receiving a message."""
+        try:
+            bad = self._db.execute("PRAGMA cipher_integrity_check").fetchall()
+            quick = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlcipher3.Error as exc:
+            raise StorageError(f"{self.path} is damaged: {exc}") from exc
+        if bad or quick != [("ok",)]:
+            raise StorageError(f"{self.path} is damaged (its integrity check fails)")
 
     def close(self) -> None:
         self._db.close()
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of the whole database at ``path`` (which must not exist), under
+        the same key: SQLite's backup API copies it in one read transaction."""
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            copy = sqlcipher3.connect(str(path))
+            try:
+                copy.execute("PRAGMA cipher_log_level = NONE")
+                copy.execute(f"PRAGMA key = \"x'{self._key.hex()}'\"")
+                self._db.backup(copy)
+            finally:
+                copy.close()
+        except sqlcipher3.Error as exc:
+            raise StorageError(f"cannot copy {self.path}: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        try:
+            return list(self._db.execute(sql, args).fetchall())
+        except sqlcipher3.Error as exc:
+            raise StorageError(f"local database read failed: {exc}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -142,21 +222,37 @@ class NodeStore:
                 raise
             self._db.execute("COMMIT")
         except sqlcipher3.Error as exc:
+            with contextlib.suppress(sqlcipher3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
             raise StorageError(f"local database write failed: {exc}") from exc
+
+    # --- the MLS state file's last recorded point (ADR 0004) ----------------------------------
+
+    def mls_mark(self) -> tuple[bytes | None, set[bytes]]:
+        """The mark recorded after the last MLS call, and every base salt seen."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'mls_mark'")
+        salts = {bytes(s) for (s,) in self._query("SELECT salt FROM mls_bases")}
+        return (bytes(rows[0][0]) if rows else None), salts
+
+    def set_mls_mark(self, mark: bytes, salt: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mls_mark', ?)", (mark,))
+            db.execute("INSERT OR IGNORE INTO mls_bases (salt) VALUES (?)", (salt,))
 
     # --- settings ---------------------------------------------------------------------------
 
     def get_int(self, key: str, default: int = 0) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return int(row[0]) if row else default
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return int(rows[0][0]) if rows else default
 
     def set_int(self, key: str, value: int) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def get_secret(self, key: str) -> bytes | None:
-        row = self._db.execute("SELECT value FROM secrets WHERE key = ?", (key,)).fetchone()
-        return bytes(row[0]) if row else None
+        rows = self._query("SELECT value FROM secrets WHERE key = ?", (key,))
+        return bytes(rows[0][0]) if rows else None
 
     def set_secret(self, key: str, value: bytes) -> None:
         with self._tx() as db:
@@ -184,7 +280,7 @@ class NodeStore:
             db.execute("DELETE FROM peers WHERE fingerprint = ?", (fingerprint,))
 
     def peers(self) -> list[SeenPeer]:
-        rows = self._db.execute("SELECT * FROM peers ORDER BY seen_at_ms DESC").fetchall()
+        rows = self._query("SELECT * FROM peers ORDER BY seen_at_ms DESC")
         return [SeenPeer(f, n, s, h, int(p), st, int(t)) for f, n, s, h, p, st, t in rows]
 
     # --- contacts ---------------------------------------------------------------------------
@@ -198,7 +294,7 @@ class NodeStore:
             )
 
     def contacts(self) -> list[tuple[bytes, str, Address | None]]:
-        rows = self._db.execute("SELECT identity, name, host, port FROM contacts").fetchall()
+        rows = self._query("SELECT identity, name, host, port FROM contacts")
         return [(bytes(i), n, (h, int(p)) if h is not None else None) for i, n, h, p in rows]
 
     # --- receiving --------------------------------------------------------------------------
@@ -218,7 +314,7 @@ class NodeStore:
         return fresh
 
     def pending_incoming(self) -> list[tuple[int, wire.Envelope, str]]:
-        rows = self._db.execute("SELECT seq, envelope, path FROM inbox ORDER BY seq").fetchall()
+        rows = self._query("SELECT seq, envelope, path FROM inbox ORDER BY seq")
         return [(int(seq), wire.decode_envelope(bytes(env)), path) for seq, env, path in rows]
 
     def complete_incoming(self, seq: int, message: StoredMessage | None) -> None:
@@ -239,9 +335,9 @@ class NodeStore:
                 )
 
     def messages(self) -> list[StoredMessage]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT envelope_id, group_id, sender, text, path FROM messages ORDER BY seq"
-        ).fetchall()
+        )
         return [StoredMessage(bytes(e), bytes(g), bytes(s), t, p) for e, g, s, t, p in rows]
 
     # --- outbox -----------------------------------------------------------------------------
@@ -269,10 +365,8 @@ class NodeStore:
 
     def queued_commit_epoch(self, group_id: bytes) -> int | None:
         """The epoch of the latest own commit of this group whose fan-out was queued."""
-        row = self._db.execute(
-            "SELECT epoch FROM commits_queued WHERE group_id = ?", (group_id,)
-        ).fetchone()
-        return None if row is None else int(row[0])
+        rows = self._query("SELECT epoch FROM commits_queued WHERE group_id = ?", (group_id,))
+        return int(rows[0][0]) if rows else None
 
     def outbox_done(self, envelope_id: bytes) -> None:
         with self._tx() as db:
@@ -285,9 +379,9 @@ class NodeStore:
             )
 
     def outbox_for(self, recipient: bytes) -> list[wire.Envelope]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT envelope FROM outbox WHERE recipient = ? ORDER BY rowid", (recipient,)
-        ).fetchall()
+        )
         return [wire.decode_envelope(bytes(e)) for (e,) in rows]
 
     def outbox_count(self) -> int:
@@ -295,7 +389,5 @@ class NodeStore:
         return int(count)
 
     def outbox(self) -> list[tuple[bytes, wire.Envelope, int]]:
-        rows = self._db.execute(
-            "SELECT recipient, envelope, attempts FROM outbox ORDER BY rowid"
-        ).fetchall()
+        rows = self._query("SELECT recipient, envelope, attempts FROM outbox ORDER BY rowid")
         return [(bytes(r), wire.decode_envelope(bytes(e)), int(a)) for r, e, a in rows]

@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from node.core.errors import StorageError
+from node.core.errors import CryptoError, StorageError
 from node.core.identity import Identity
-from node.core.keyfile import DEFAULT_KDF, SEAL_RANDOM_SIZE, KdfParams, open_sealed, seal
+from node.core.keyfile import (
+    DEFAULT_KDF,
+    SEAL_RANDOM_SIZE,
+    KdfParams,
+    WrongPassphraseError,
+    open_sealed,
+    seal,
+)
 from node.core.runtime import Runtime
 
 
@@ -47,6 +54,35 @@ async def load_or_create_identity(
         return identity, True
     except OSError as exc:
         raise StorageError(f"cannot use the key file {path}: {exc.strerror}") from exc
+
+
+def read_identity(path: Path, passphrase: bytes) -> Identity:
+    """The identity sealed at ``path``; never creates one. Blocking (Argon2)."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise StorageError(f"{path} is missing") from None
+    except OSError as exc:
+        raise StorageError(f"{path} cannot be read: {exc.strerror}") from exc
+    try:
+        return Identity.from_seed(open_sealed(blob, passphrase))
+    except WrongPassphraseError:
+        raise WrongPassphraseError(f"{path}: wrong passphrase, or the file was altered") from None
+    except CryptoError as exc:
+        raise StorageError(f"{path} is damaged: {exc}") from None
+
+
+def create_identity(
+    path: Path, passphrase: bytes, seed: bytes, fresh: bytes, params: KdfParams
+) -> Identity:
+    """Seal a new identity at ``path`` (which must not exist yet). Blocking (Argon2)."""
+    if not passphrase:
+        raise StorageError("a passphrase is required to protect the identity key")
+    if path.exists():
+        raise StorageError(f"{path} already exists; an identity key is never replaced")
+    identity = Identity.from_seed(seed)
+    _write_private(path, seal(identity.seed(), passphrase, params, fresh))
+    return identity
 
 
 async def load_identity(path: Path, passphrase: bytes, runtime: Runtime) -> Identity:

@@ -62,6 +62,7 @@ REAL_WORLD_ALLOWED = {
     "node/transport/runtime.py",
     "node/app/cli.py",
     "node/app/node_cli.py",
+    "node/app/data_cli.py",
     "node/app/identity_cli.py",
     "node/app/demo.py",
     "relay/cli.py",
