@@ -35,6 +35,8 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+import msgpack
+import rpcudp.protocol
 from kademlia.crawling import RPCFindResponse, ValueSpiderCrawl
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
@@ -54,6 +56,27 @@ from discovery.records import (
 from node.core.runtime import Clock
 
 log = logging.getLogger(__name__)
+
+
+class _MsgpackCodec:
+    """rpcudp's datagram codec with the C ``msgpack`` in place of the pure-Python
+    ``u-msgpack-python``: the same bytes both ways (str as str, bytes as bin), a fraction of
+    the cost (a quarter of a DHT's CPU time went to u-msgpack, measured in simulation)."""
+
+    @staticmethod
+    def packb(obj: object) -> bytes:
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
+
+    @staticmethod
+    def unpackb(data: bytes) -> Any:
+        # A datagram is at most 8 KiB; anything malformed raises, and rpcudp's callers in
+        # RecordProtocol drop it.
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+# rpcudp 5.0.1 (pinned) reads its codec from this one module global.
+rpcudp.protocol.umsgpack = _MsgpackCodec
 
 NODE_ID_SIZE = 20  # kademlia's ids and keys are 160-bit
 # A find_node answer lists k contacts; peers may run a larger k than ours (stock: 20), so the cap
@@ -145,13 +168,25 @@ class RoutingTable(_StockTable):  # type: ignore[misc]
 
     def nearest(self, node: Node, k: int | None = None, exclude: Node | None = None) -> list[Node]:
         """:meth:`find_neighbors` without marking the bucket as used (a look, not a lookup)."""
-        candidates = [
-            contact
-            for bucket in self.buckets
-            for contact in bucket.nodes.values()
-            if contact.id != node.id and (exclude is None or not contact.same_home_as(exclude))
-        ]
-        return heapq.nsmallest(k or self.ksize, candidates, key=node.distance_to)
+        target, own_id = node.long_id, node.id
+        if exclude is None:
+            candidates = [
+                contact
+                for bucket in self.buckets
+                for contact in bucket.nodes.values()
+                if contact.id != own_id
+            ]
+        else:
+            candidates = [
+                contact
+                for bucket in self.buckets
+                for contact in bucket.nodes.values()
+                if contact.id != own_id and not contact.same_home_as(exclude)
+            ]
+        # XOR of the ids as ints is Kademlia's distance (what Node.distance_to computes).
+        return heapq.nsmallest(
+            k or self.ksize, candidates, key=lambda contact: contact.long_id ^ target
+        )
 
     def is_new_node(self, node: Node) -> bool:
         # Store-storm fix: the stock check ignores the replacement cache, so a

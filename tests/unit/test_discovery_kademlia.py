@@ -346,3 +346,24 @@ async def test_find_neighbors_sees_past_empty_buckets() -> None:
     found = fixed.find_neighbors(far)
     assert [n.id for n in found] == [_id(0x03), _id(0x02)]  # k = 2 nearest, nearest first
     assert [n.id for n in fixed.find_neighbors(far, exclude=contacts[2])] == [_id(0x02), _id(0x01)]
+
+
+def test_the_dht_codec_writes_and_reads_the_bytes_stock_rpcudp_does() -> None:
+    import umsgpack
+
+    from discovery.kademlia_ext import _MsgpackCodec
+
+    requests = [
+        ["ping", [bytes(range(20))]],
+        ["store", [b"\x01" * 20, b"\x02" * 20, bytes(range(256)) * 8]],
+        ["find_value", [b"\x03" * 20, b"\x04" * 20]],
+        [True, [[b"\x05" * 20, "10.0.0.1", 4434], [b"\x06" * 20, "::1", 65535]]],
+        [True, {"value": b"record"}],
+        [False, None],
+    ]
+    for message in requests:
+        ours = _MsgpackCodec.packb(message)
+        assert ours == umsgpack.packb(message)
+        assert _MsgpackCodec.unpackb(ours) == umsgpack.unpackb(ours)
+    with pytest.raises(Exception):  # noqa: B017 - any decode error; callers drop it
+        _MsgpackCodec.unpackb(b"\xc1")
