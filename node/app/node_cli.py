@@ -57,6 +57,7 @@ class PeerSpec:
     name: str
     identity: bytes
     address: Address | None  # None: discovery finds it (mDNS, DHT)
+    relay: RelayInfo | None = None  # the relay the peer reads (from its invite link)
 
 
 def parse_peer(text: str, now_ms: int) -> PeerSpec:
@@ -66,7 +67,8 @@ def parse_peer(text: str, now_ms: int) -> PeerSpec:
         ref = parse_peer_ref(text, now_ms=now_ms)
     except PeerRefError as exc:
         raise click.BadParameter(str(exc)) from None
-    return PeerSpec(ref.name, ref.identity, ref.address)
+    relay = None if ref.relay is None else RelayInfo(ref.relay.address, ref.relay.identity_key)
+    return PeerSpec(ref.name, ref.identity, ref.address, relay)
 
 
 def _parse_peers(option: str, texts: tuple[str, ...]) -> list[PeerSpec]:
@@ -210,6 +212,10 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
     for spec in [*opts.peers, *opts.invites]:
         await node.remember_peer(spec.identity, spec.name, spec.address)
+        if spec.relay is not None:
+            # The invite link names the relay its owner reads: mail that cannot go direct
+            # waits there for them.
+            node.router.peer_relays[spec.identity] = spec.relay
     host, port = await node.start(*opts.listen)
     if restored_from is not None:
         _warn_restored(node, restored_from)

@@ -122,3 +122,29 @@ async def test_a_peer_with_another_identity_at_the_address_falls_back_to_the_rel
         messages = await bob.wait_for_messages(1, deadline=15)
         assert [m.text for m in messages] == ["not for mallory"]
         assert mallory.inbox == []
+
+
+async def test_mail_for_an_absent_peer_waits_at_the_relay_that_peer_reads(
+    relay_process: RelayProcess,
+) -> None:
+    # alice has no relay of her own; she knows (from bob's invite link or peer record) which
+    # relay bob reads, and that is where his mail must wait.
+    async with nodes(None, "alice") as (alice,), nodes(relay_info(relay_process), "bob") as (bob,):
+        await alice.remember_peer(bob.public_key, "bob", bob.address)
+        await bob.remember_peer(alice.public_key, "alice", alice.address)
+        group = await alice.create_group()
+        await alice.invite(group, [bob.public_key])
+        host, port = bob.address
+        bob.go_offline()
+        with pytest.raises(Exception, match="no relay is configured"):
+            await alice.router.send(
+                bob.public_key,
+                wire.Envelope(
+                    b"\x01" * 16, b"\x02" * 32, wire.EnvelopeKind.APPLICATION, b"x", group, 0
+                ),
+            )
+        alice.router.peer_relays[bob.public_key] = relay_info(relay_process)
+        report = await alice.send_text(group, "kept at your relay")
+        assert report.paths == {bob.public_key: Path.RELAY}
+        await bob.start(host, port)
+        assert [(m.text, m.path) for m in bob.inbox] == [("kept at your relay", Path.RELAY)]

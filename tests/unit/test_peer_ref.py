@@ -78,3 +78,22 @@ def test_a_refused_link_raises_the_links_own_error() -> None:
         parse_peer_ref(TEXT, now_ms=NOW + 1000)
     with pytest.raises(InviteLinkSignatureError):
         parse_peer_ref(f"ally={TEXT[:-2]}{'A' if TEXT[-2] != 'A' else 'B'}{TEXT[-1]}", now_ms=NOW)
+
+
+def test_node_run_takes_the_relay_a_link_names() -> None:
+    from node.app.node_cli import parse_peer
+    from node.app.router import RelayInfo
+    from node.core.identity import Identity
+    from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
+
+    bob, relay_key = Identity.generate(), Identity.generate().public_key
+    link = encode_invite_link(
+        InviteLink(
+            bob.public_key, "bob", (("127.0.0.1", 7002),), LinkRelay(("127.0.0.1", 7700), relay_key),
+            issued_at_ms=1, expires_at_ms=None,
+        ),
+        bob,
+    )  # fmt: skip
+    spec = parse_peer(link, now_ms=2)
+    assert spec.relay == RelayInfo(("127.0.0.1", 7700), relay_key)
+    assert parse_peer(f"bob={bob.public_key.hex()}", now_ms=2).relay is None
