@@ -442,6 +442,8 @@ class _Run:
             self.tasks.append(loop.create_task(self._report_progress()))
         if self.s.dht.only:
             await self._dht_only()
+            self.metrics.wire_bytes = self.network.totals.sent_bytes
+            self.metrics.wire_datagrams = self.network.totals.sent_datagrams
             return loop.time()
         await self._start_relays()
         await self._start_members()
@@ -625,6 +627,28 @@ def _workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
+def _fidelity(scenario: Scenario) -> dict[str, str]:
+    """What the run used for real and what it replaced (the report's ``fidelity``)."""
+    dht = "real (kademlia with our extensions)" if scenario.dht.enabled else "off"
+    if scenario.dht.only:
+        return {
+            "nodes": "DHT nodes only (discovery.dht.DhtNode), no messenger nodes",
+            "dht": dht,
+            "cpu_time": "free (no simulated cost)",
+        }
+    return {
+        "nodes": "real Node, router, outbox, inbox and committer",
+        "mls": "real (OpenMLS, X-Wing)",
+        "quic_tls": "real (aioquic, mutual TLS)",
+        "dht": dht,
+        "node_disk": "in memory",
+        "relay_disk": "SQLite files on a RAM disk",
+        "cpu_time": "free (no simulated cost)",
+        "mdns": "not simulated: contacts' addresses are known from the start",
+        "key_packages": "handed over out of band when groups form",
+    }
+
+
 def run_scenario(scenario: Scenario, progress: Progress | None = None) -> RunResult:
     """Run ``scenario`` to its end on a fresh virtual loop; deterministic for its seed."""
     with _workdir() as workdir, seeded_libraries(derive_seed(scenario.seed, "libraries")):
@@ -636,17 +660,7 @@ def run_scenario(scenario: Scenario, progress: Progress | None = None) -> RunRes
         scenario=scenario,
         simulated_s=simulated,
         metrics=metrics.summary(),
-        fidelity={
-            "nodes": "real Node, router, outbox, inbox and committer",
-            "mls": "real (OpenMLS, X-Wing)",
-            "quic_tls": "real (aioquic, mutual TLS)",
-            "dht": "real (kademlia with our extensions)" if scenario.dht.enabled else "off",
-            "node_disk": "in memory" if scenario.fidelity.disk == "memory" else "files",
-            "relay_disk": "SQLite files on a RAM disk",
-            "cpu_time": "free (no simulated cost)",
-            "mdns": "not simulated: contacts' addresses are known from the start",
-            "key_packages": "handed over out of band when groups form",
-        },
+        fidelity=_fidelity(scenario),
         lost=[
             {"message": m, "recipient": f"n{r}", "cause": cause}
             for (m, r), cause in sorted(metrics.lost.items())

@@ -142,7 +142,9 @@ class Partition(_Strict):
 class Fidelity(_Strict):
     """What a run replaces with a cheaper stand-in (the report says which)."""
 
-    disk: Literal["memory", "files"] = "memory"
+    # Node stores and MLS state in memory; a files mode (real SQLCipher and mls.state on a RAM
+    # disk, restarts reopening them) is not built yet.
+    disk: Literal["memory"] = "memory"
 
 
 class Scenario(_Strict):
