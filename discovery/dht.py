@@ -198,7 +198,8 @@ class DhtNode:
         self._seen = RecordBook(capacity=self.config.max_records)
         self._own: dict[bytes, OwnRecord] = {}  # identity key -> this node's own record
         self.rejected_at_read: Counter[Rejection] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Insertion-ordered (a set's order follows memory addresses): stops run in one order.
+        self._tasks: dict[asyncio.Task[None], None] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -261,8 +262,8 @@ class DhtNode:
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self._runtime.spawn(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
 
     # --- joining --------------------------------------------------------------------------
 

@@ -398,18 +398,19 @@ class RecordProtocol(KademliaProtocol):  # type: ignore[misc]
         self._random_bytes = random_bytes
         self._spawn_task = spawn
         self._ip_version = ip_version
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Insertion-ordered (a set's order follows memory addresses): stops run in one order.
+        self._tasks: dict[asyncio.Task[Any], None] = {}
         self.malformed = 0  # datagrams dropped as undecodable or ill-formed
 
     # Background work (stores to newcomers, cache stores) is tracked so stop() can end it.
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = self._spawn_task(coro)
-        self._tasks.add(task)
+        self._tasks[task] = None
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.debug("DHT background task failed: %r", task.exception())
 

@@ -119,7 +119,8 @@ class MdnsService:
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Insertion-ordered (a set's order follows memory addresses): stops run in one order.
+        self._tasks: dict[asyncio.Task[None], None] = {}
         # Bumped on every browse event of a name, so a slow resolve that finishes after the
         # service was removed (or changed again) does not resurrect old data.
         self._generation: dict[str, int] = {}
@@ -217,8 +218,8 @@ class MdnsService:
             self._emit(self.table.remove(name))
             return
         task = self._runtime.spawn(self._resolve(name, generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(lambda done: self._tasks.pop(done, None))
 
     async def _resolve(self, name: str, generation: int) -> None:
         zc = self._zc

@@ -120,7 +120,8 @@ class Resolver:
         self._lan_skipped_at: dict[bytes, int] = {}
         self._last_source: dict[bytes, Source] = {}
         self._inflight: dict[bytes, asyncio.Task[LookupOutcome]] = {}
-        self._tasks: set[asyncio.Task[LookupOutcome]] = set()
+        # Insertion-ordered (a set's order follows memory addresses): stops run in one order.
+        self._tasks: dict[asyncio.Task[LookupOutcome], None] = {}
         self.outcomes: Counter[str] = Counter()  # lan / cache / dht / negative / miss / timeout
 
     # --- resolving ------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class Resolver:
         if task is None:
             task = self._runtime.spawn(self._run_lookup(dht, identity_key, deadline))
             self._inflight[identity_key] = task
-            self._tasks.add(task)
+            self._tasks[task] = None
             task.add_done_callback(lambda t: self._lookup_done(identity_key, t))
         try:
             # Shielded: one caller's deadline must not cancel a lookup others are waiting on.
@@ -208,7 +209,7 @@ class Resolver:
         return await dht.lookup_detailed(identity_key, deadline)
 
     def _lookup_done(self, identity_key: bytes, task: asyncio.Task[LookupOutcome]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if self._inflight.get(identity_key) is task:
             del self._inflight[identity_key]
         if not task.cancelled() and task.exception() is not None:

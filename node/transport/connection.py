@@ -248,7 +248,7 @@ class PeerConnection(QuicConnectionProtocol):
         self._readers.clear()
         for stream_id in list(self._slots):
             self._release(stream_id)
-        for task in self._serving:
+        for task in list(self._serving_ids):  # in the order they began, never a set's
             task.cancel()
 
     def _is_local_stream(self, stream_id: int) -> bool:
