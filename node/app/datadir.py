@@ -142,24 +142,27 @@ def examine(
     db_key, mls_key = store_keys(passphrase, salt, kdf)
     found.mls_key = mls_key
     wrong_keys = []
-    mls_path = data_dir / MLS_STATE
-    if mls_path.exists():
-        try:
-            found.image = parse(mls_path.read_bytes(), mls_key)
-        except WrongStateKeyError:
-            wrong_keys.append(mls_path)
-        except StateFileError as exc:
-            found.problems.append(f"{mls_path} {exc}")
-        except OSError as exc:
-            found.problems.append(f"{mls_path} cannot be read: {exc.strerror}")
-    db_path = data_dir / DATABASE
+    mls_path, db_path = data_dir / MLS_STATE, data_dir / DATABASE
+    # node.db first: on a running node its snapshot must not be newer than the mls.state read
+    # after it (mls.state may then be ahead, which a live check accepts, never behind).
+    db_problems: list[str] = []
     if db_path.exists():
         try:
             found.store = open_store(db_path, db_key)
         except WrongStoreKeyError:
             wrong_keys.append(db_path)
         except StorageError as exc:
-            found.problems.append(str(exc))
+            db_problems.append(str(exc))
+    if mls_path.exists():
+        try:
+            found.image = parse(mls_path.read_bytes(), mls_key)
+        except WrongStateKeyError:
+            wrong_keys.insert(0, mls_path)
+        except StateFileError as exc:
+            found.problems.append(f"{mls_path} {exc}")
+        except OSError as exc:
+            found.problems.append(f"{mls_path} cannot be read: {exc.strerror}")
+    found.problems += db_problems
     if len(wrong_keys) == 2 and found.identity is not None:
         found.problems.append(
             f"{data_dir / SALT} is damaged or replaced: the passphrase opens {IDENTITY}, "

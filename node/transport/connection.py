@@ -443,12 +443,18 @@ class PeerConnection(QuicConnectionProtocol):
             return
         body = wire.encode_response(response)
         try:
-            self._quic.send_stream_data(stream_id, encode_frame(body, self._max_frame), True)
-        except ValueError:
-            # Our own response outgrew the frame limit: say so instead of sending it.
-            error = wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "response too large")
-            body = wire.encode_response(error)
-            self._quic.send_stream_data(stream_id, encode_frame(body), True)
+            try:
+                frame = encode_frame(body, self._max_frame)
+            except ValueError:
+                # Our own response outgrew the frame limit: say so instead of sending it.
+                error = wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "response too large")
+                frame = encode_frame(wire.encode_response(error))
+            self._quic.send_stream_data(stream_id, frame, True)
+        except (RuntimeError, ValueError):
+            # aioquic refuses data on a stream the peer reset meanwhile (it gave up waiting),
+            # or one it no longer knows: nobody is left to answer.
+            log.debug("no answer sent: the caller reset stream %d", stream_id)
+            return
         self.transmit()
 
     async def _serve(self, stream_id: int, body: bytes) -> None:
