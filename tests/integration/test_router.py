@@ -9,7 +9,7 @@ import pytest
 
 from node.app.router import Path
 from node.core import wire
-from node.core.errors import LocalProtocolError
+from node.core.errors import LocalProtocolError, PeerUnreachableError
 from node.transport.connection import Caller
 from tests.conftest import RelayProcess
 from tests.node_support import nodes, relay_info
@@ -136,7 +136,7 @@ async def test_mail_for_an_absent_peer_waits_at_the_relay_that_peer_reads(
         await alice.invite(group, [bob.public_key])
         host, port = bob.address
         bob.go_offline()
-        with pytest.raises(Exception, match="no relay is configured"):
+        with pytest.raises(PeerUnreachableError, match="no relay is configured"):
             await alice.router.send(
                 bob.public_key,
                 wire.Envelope(
