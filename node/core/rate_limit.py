@@ -1,4 +1,5 @@
-"""Per-caller allowances of the relay: token buckets keyed by caller, by (caller, mailbox), ….
+"""Per-caller allowances: token buckets keyed by caller, by (caller, mailbox), … (the relay's
+and the node's).
 
 Pure logic: every method takes ``now`` (seconds on the runtime's monotonic clock), so the
 simulator and unit tests drive it without a loop. Memory is bounded: past ``max_keys`` entries
