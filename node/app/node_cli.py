@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from node.app.backup import take_restore_notice
-from node.app.node import ChatMessage, Node
+from node.app.node import ChatMessage, Invitation, Node
 from node.app.peer_ref import PeerRefError, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
@@ -209,6 +209,7 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     )
     identity = node.identity
     node.on_message = _print_message
+    node.on_invitation = _print_invitation
     restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
     for spec in [*opts.peers, *opts.invites]:
         await node.remember_peer(spec.identity, spec.name, spec.address)
@@ -347,6 +348,30 @@ def _print_message(message: ChatMessage) -> None:
     click.echo(prefix + terminal_safe(message.text, multiline=True, continuation=" " * len(prefix)))
 
 
+def _print_invitation(invitation: Invitation) -> None:
+    # Not joined: a stranger's Welcome waits for the user (DESIGN §11).
+    click.echo(
+        f"invitation {invitation.id} from {fingerprint(invitation.inviter)} to a group of "
+        f"{len(invitation.members)}: /accept {invitation.id} or /refuse {invitation.id}"
+    )
+
+
+async def _answer_invitation(node: Node, text: str) -> None:
+    command, _, number = text.partition(" ")
+    try:
+        invitation_id = int(number)
+        if command == "/accept":
+            await node.accept_invitation(invitation_id)
+            click.echo(f"joined the group of invitation {invitation_id}")
+        else:
+            await node.refuse_invitation(invitation_id)
+            click.echo(f"refused invitation {invitation_id}")
+    except ValueError:
+        click.echo(f"ERROR: {command} takes an invitation number", err=True)
+    except NodeError as exc:
+        click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
+
+
 async def _read_lines(node: Node) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -354,6 +379,9 @@ async def _read_lines(node: Node) -> None:
     while line := await reader.readline():
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
+            continue
+        if text.startswith(("/accept", "/refuse")):
+            await _answer_invitation(node, text)
             continue
         if not node.groups:
             click.echo("(no group yet: start with --invite, or wait to be invited)", err=True)
