@@ -4,9 +4,13 @@ cache, and that no secret reaches a log or the relay's store."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -49,8 +53,6 @@ class Clock:
         self.offset_ms = 0
 
     def __call__(self) -> int:
-        import time
-
         return time.time_ns() // 1_000_000 + self.offset_ms
 
 
@@ -383,3 +385,79 @@ async def test_no_secret_reaches_a_log_or_the_relay_store(
         assert token not in blob and PASSWORD.encode() not in blob, path
     cached = (tmp_path / "a" / relay_account.SESSION_FILE).read_bytes()
     assert cached.startswith(b"QPCE") and token not in cached and token.hex().encode() not in cached
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+async def run_node(
+    tmp: Path, relay: RelayProcess, user: str, password: str
+) -> tuple[int | None, str, str]:
+    """``node run --relay-user`` until it says it listens (then SIGTERM), or until it exits."""
+    assert relay.address is not None and relay.identity is not None
+    env = dict(
+        os.environ,
+        QUICNPROTOCHAT_PASSPHRASE="node passphrase",
+        QUICNPROTOCHAT_RELAY_PASSWORD=password,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("quicnprotochat")),
+        *("node", "run", "--name", "alice", "--data-dir", str(tmp / "alice")),
+        *("--listen", f"{LOOPBACK}:0", "--no-mdns", "--no-dht"),
+        *("--relay", f"{relay.address[0]}:{relay.address[1]}", "--relay-key", relay.identity.hex()),
+        *("--relay-user", user),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    async with asyncio.timeout(60):
+        while raw := await proc.stdout.readline():
+            lines.append(raw.decode())
+            if raw.startswith(b"listening on"):
+                proc.terminate()
+        err = (await proc.stderr.read()).decode()
+        await proc.wait()
+    return proc.returncode, "".join(lines), err
+
+
+async def test_node_run_registers_then_reuses_its_session(
+    required_relay: RelayProcess, tmp_path: Path
+) -> None:
+    _, out, err = await run_node(tmp_path, required_relay, "alice", PASSWORD)
+    assert "relay account alice: registered" in out, err
+    assert "could not fetch" not in err  # the first fetch already had a session
+    _, out, err = await run_node(tmp_path, required_relay, "alice", "not used: cached")
+    assert "relay account alice: reused" in out, err
+    # Someone else's name: one line, no traceback, exit status 1.
+    code, out, err = await run_node(tmp_path / "other", required_relay, "alice", "wrong")
+    assert code == 1
+    assert err.startswith("ERROR: wrong password for alice"), err
+    assert "Traceback" not in err and PASSWORD not in err + out
+
+
+def test_relay_refuses_an_unknown_accounts_mode(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('accounts = "sometimes"\n')
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE="p"),
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert 'accounts must be "open" or "required"' in out.stderr
+    assert "Traceback" not in out.stderr
