@@ -310,6 +310,35 @@ async def test_failed_logins_are_rate_limited_per_name_and_per_address(
                 await client.login("someone-else", "guess")
 
 
+async def test_logins_in_progress_are_bounded_and_bound_to_their_identity(
+    tmp_path: Path, runtimes: Runtimes
+) -> None:
+    async with running_relay(tmp_path / "relay", runtimes(), max_pending_logins=2) as relay:
+        target = info(relay)
+        ke1 = opaque.client_login_start(b"guess").get_message()
+        async with (
+            connect(target, Identity.generate()) as a,
+            connect(target, Identity.generate()) as b,
+        ):
+            started = [
+                await a.call(wire.LoginStart("x", ke1)),
+                await b.call(wire.LoginStart("y", ke1)),
+            ]
+            third = await a.call(wire.LoginStart("z", ke1))
+            assert isinstance(third, wire.ErrorResult) and third.code is ErrorCode.BUSY
+            # Another identity cannot finish a's login, whatever it sends.
+            first = started[0]
+            assert isinstance(first, wire.LoginStartResult)
+            stolen = await b.call(wire.LoginFinish(first.login_id, os.urandom(64)))
+            assert isinstance(stolen, wire.ErrorResult)
+            assert stolen.code is ErrorCode.UNAUTHENTICATED
+            assert relay.metrics()["pending_logins"] == 2
+            # Malformed sizes are refused before the library sees them.
+            short = await a.call(wire.LoginStart("x", ke1[:95]))
+            assert isinstance(short, wire.ErrorResult)
+            assert short.code is ErrorCode.MALFORMED_REQUEST
+
+
 async def test_a_restart_reuses_the_cached_token_until_it_is_refused(
     tmp_path: Path, runtimes: Runtimes
 ) -> None:
