@@ -18,6 +18,7 @@ from node.core.addresses import parse_address
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
 from node.transport.runtime import RealRuntime
+from relay.accounts import MODES
 from relay.server import Relay, RelayConfig
 
 PASSPHRASE_ENV = "QUICNPROTOCHAT_RELAY_PASSPHRASE"  # noqa: S105 - a variable name
@@ -76,6 +77,8 @@ def run_command(
         raise click.ClickException(str(exc)) from exc
 
 
+# Keys whose value is one word of a fixed set.
+CHOICES: dict[str, tuple[str, ...]] = {"accounts": MODES}
 _NOT_LIMITS = {"host", "port", "data_dir", "passphrase"}
 LIMIT_KEYS: dict[str, dataclasses.Field[Any]] = {
     f.name: f for f in dataclasses.fields(RelayConfig) if f.name not in _NOT_LIMITS
@@ -93,6 +96,12 @@ def limit_settings(settings: dict[str, Any], source: Path | None) -> dict[str, A
         if field is None:
             raise click.ClickException(f"{source}: unknown key {key!r}")
         default = field.default
+        if key in CHOICES:
+            if value not in CHOICES[key]:
+                allowed = " or ".join(f'"{c}"' for c in CHOICES[key])
+                raise click.ClickException(f"{source}: {key} must be {allowed}")
+            out[key] = value
+            continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, float):

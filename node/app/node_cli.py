@@ -19,6 +19,7 @@ from node.app.node import ChatMessage, Invitation, Node
 from node.app.peer_ref import PeerRefError, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
+from node.app.relay_account import sign_in_node
 from node.app.router import RelayInfo
 from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
@@ -100,6 +101,12 @@ def node_group() -> None:
 @click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional).")
 @click.option("--relay-key", default=None, help="The relay's identity key (hex), to pin it.")
 @click.option(
+    "--relay-user",
+    default=None,
+    help="Your account at the relay: registered on first use, then logged in "
+    "(password prompt, or $QUICNPROTOCHAT_RELAY_PASSWORD).",
+)
+@click.option(
     "--peer",
     "peers",
     multiple=True,
@@ -133,6 +140,7 @@ def run_command(
     listen: str,
     relay_address: str | None,
     relay_key: str | None,
+    relay_user: str | None,
     peers: tuple[str, ...],
     invites: tuple[str, ...],
     no_mdns: bool,
@@ -145,6 +153,8 @@ def run_command(
     passphrase = _passphrase()
     if (relay_address is None) != (relay_key is None):
         raise click.ClickException("--relay and --relay-key go together")
+    if relay_user is not None and relay_address is None:
+        raise click.ClickException("--relay-user needs --relay and --relay-key")
     relay = (
         RelayInfo(parse_address(relay_address), parse_key(relay_key))
         if relay_address is not None and relay_key is not None
@@ -168,6 +178,7 @@ def run_command(
             dht_port=dht_port,
             bootstrap=[parse_address(b) for b in bootstrap],
         ),
+        relay_user=relay_user,
     )
     try:
         asyncio.run(_run(options))
@@ -186,6 +197,7 @@ class RunOptions:
     peers: list[PeerSpec]
     invites: list[PeerSpec]
     presence: PresenceConfig
+    relay_user: str | None = None
 
 
 def _passphrase() -> bytes:
@@ -208,6 +220,11 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
         opts.data_dir, opts.passphrase, runtime, name=opts.name, relay=opts.relay
     )
     identity = node.identity
+    if opts.relay_user is not None and opts.relay is not None:
+        signed = await sign_in_node(
+            node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
+        )
+        click.echo(f"relay account {signed.session.username}: {signed.how}")
     node.on_message = _print_message
     node.on_invitation = _print_invitation
     restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))

@@ -51,6 +51,14 @@ class TokenBuckets:
             self._shrink(now)
         return True
 
+    def give_back(self, key: Hashable, now: float, n: float = 1) -> None:
+        """Return ``n`` tokens spent earlier (never past ``burst``): a charge that turned out
+        not to be owed, such as a login attempt that succeeded."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, self.available(key, now) + n)
+            bucket.at = now
+
     def _shrink(self, now: float) -> None:
         rate, burst = self.rate, self.burst
         full = [k for k, b in self._buckets.items() if b.tokens + (now - b.at) * rate >= burst]
