@@ -22,6 +22,14 @@ from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
 from node.core import wire
 from node.core.addresses import Address
+from node.core.chat_payload import (
+    ChatPayloadError,
+    ConversationInfo,
+    ConversationKind,
+    decode_payload,
+    encode_info,
+    encode_text,
+)
 from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError, StorageError
 from node.core.identity import Identity, mailbox_of
 from node.core.runtime import BlockingRunner, Clock, Runtime
@@ -59,6 +67,12 @@ class ChatMessage:
     text: str
     path: Path
     envelope_id: bytes
+    time_ms: int = 0  # when this node kept it (local clock)
+    row: int = 0  # its place in the local log
+
+
+# Told of what a member said a conversation is: (group id, sender, what it said).
+InfoListener = Callable[[bytes, bytes, ConversationInfo], None]
 
 
 class Node:
@@ -103,6 +117,9 @@ class Node:
         self._outbox_kick = asyncio.Event()
         self._inbox_changed = asyncio.Condition()
         self.on_message: Callable[[ChatMessage], None] | None = None
+        # After a group was joined or its membership changed by a commit this node processed.
+        self.on_group_changed: Callable[[bytes], None] | None = None
+        self.on_info: InfoListener | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -142,7 +159,8 @@ class Node:
         for identity, name, address in await self._run(store.contacts):
             self.contacts.add(identity, name, address)
         for message in await self._run(store.messages):
-            self.inbox.append(self._chat_message(message))
+            if message.direction == "in":
+                self.inbox.append(self._chat_message(message))
         mls = self.mls
         loaded = await self._run(lambda: [mls.load_group(g) for g in mls.group_ids()])
         self.groups.update((group.group_id, group) for group in loaded)
@@ -277,6 +295,7 @@ class Node:
                 return None
             self.groups[group.group_id] = group
             log.info("%s joined a group at epoch %d", self.name, group.epoch)
+            self._group_changed(group.group_id)
             return None
         if env.kind is wire.EnvelopeKind.PROPOSAL:
             return await self.membership.apply_proposal(env)
@@ -298,17 +317,33 @@ class Node:
         except GroupError as exc:
             log.warning("%s dropped an undecryptable %s: %s", self.name, env.kind.value, exc)
             return None
-        if incoming.kind == "commit" and self.membership.waits_on_commits(target.group_id):
-            self.spawn(self.membership.after_commit(target.group_id))
+        if incoming.kind == "commit":
+            if self.membership.waits_on_commits(target.group_id):
+                self.spawn(self.membership.after_commit(target.group_id))
+            self._group_changed(target.group_id)
         if incoming.kind != "application" or incoming.plaintext is None:
+            return None
+        try:
+            payload = decode_payload(incoming.plaintext)
+        except ChatPayloadError as exc:
+            log.warning("%s dropped an unreadable message: %s", self.name, exc)
+            return None
+        if isinstance(payload, ConversationInfo):
+            if self.on_info is not None:
+                self.on_info(target.group_id, incoming.sender, payload)
             return None
         return StoredMessage(
             envelope_id=env.id,
             group_id=target.group_id,
             sender=incoming.sender,
-            text=incoming.plaintext.decode("utf-8", errors="replace"),
+            text=payload.text,
             path=path.value,
+            time_ms=self._clock_ms(),
         )
+
+    def _group_changed(self, group_id: bytes) -> None:
+        if self.on_group_changed is not None:
+            self.on_group_changed(group_id)
 
     def _chat_message(self, message: StoredMessage) -> ChatMessage:
         return ChatMessage(
@@ -318,6 +353,8 @@ class Node:
             text=message.text,
             path=Path(message.path),
             envelope_id=message.envelope_id,
+            time_ms=message.time_ms,
+            row=message.row,
         )
 
     async def _deliver_to_user(self, message: StoredMessage) -> None:
@@ -445,14 +482,37 @@ class Node:
             raise NodeError(f"{self.contacts.name(peer)} sent someone else's KeyPackage")
         return response.key_package
 
-    async def send_text(self, group_id: bytes, text: str) -> SendReport:
-        group = self.groups[group_id]
-        plaintext = text.encode("utf-8")
+    async def send_text(
+        self,
+        group_id: bytes,
+        text: str,
+        *,
+        on_queued: Callable[[dict[bytes, bytes]], Awaitable[None]] | None = None,
+    ) -> SendReport:
+        """Encrypt ``text`` to the group and send it to every other member. ``on_queued`` is
+        told {recipient: envelope id} before the first attempt, so delivery reports that
+        follow (``outbox.on_attempt``) can be matched to the message."""
+        plaintext = encode_text(text)
         if len(plaintext) > MAX_MESSAGE_BYTES:
             raise LocalProtocolError(
                 f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB "
                 f"({len(plaintext) // 1024} KiB given)"
             )
+        return await self._send_plaintext(group_id, plaintext, on_queued)
+
+    async def send_info(self, group_id: bytes, kind: ConversationKind, name: str) -> SendReport:
+        """Tell the members what this conversation is (a DM, or a group and its name)."""
+        return await self._send_plaintext(group_id, encode_info(kind, name), None)
+
+    async def _send_plaintext(
+        self,
+        group_id: bytes,
+        plaintext: bytes,
+        on_queued: Callable[[dict[bytes, bytes]], Awaitable[None]] | None,
+    ) -> SendReport:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise LocalProtocolError("this node is not a member of that group")
         me = self.public_key
 
         def encrypt() -> tuple[bytes, list[bytes]]:
@@ -461,9 +521,10 @@ class Node:
 
         ciphertext, others = await self._run(encrypt)
         kind = wire.EnvelopeKind.APPLICATION
-        return await self.outbox.send(
-            [self._envelope(m, kind, ciphertext, group_id) for m in others]
-        )
+        items = [self._envelope(m, kind, ciphertext, group_id) for m in others]
+        if on_queued is not None:
+            await on_queued({recipient: env.id for recipient, env in items})
+        return await self.outbox.send(items)
 
     def _envelope(
         self, recipient: bytes, kind: wire.EnvelopeKind, payload: bytes, group_id: bytes

@@ -86,3 +86,27 @@ def test_database_files_are_private(tmp_path: Path) -> None:
     store.save_contact(b"\x02" * 32, "x", None)
     for file in tmp_path.glob("node.db*"):
         assert file.stat().st_mode & 0o777 == 0o600, file.name
+
+
+def test_a_version_2_database_gains_the_message_columns_and_keeps_its_messages(
+    tmp_path: Path,
+) -> None:
+    key = os.urandom(32)
+    path = tmp_path / "node.db"
+    store = NodeStore(path, key)
+    [seq] = [env.id for env in [envelope(1)] if store.stash_incoming([env], "direct")]
+    [(seq_no, _, _)] = store.pending_incoming()
+    store.complete_incoming(seq_no, StoredMessage(seq, b"group", b"\x03" * 32, "kept", "direct"))
+    # As a node of the previous version left it: no direction or time, user_version 2.
+    store._db.execute("ALTER TABLE messages DROP COLUMN direction")
+    store._db.execute("ALTER TABLE messages DROP COLUMN time_ms")
+    store._db.execute("DROP TABLE conversations")
+    store._db.execute("PRAGMA user_version = 2")
+    store.close()
+
+    reopened = NodeStore(path, key, create=False)
+    [message] = reopened.messages()
+    assert (message.text, message.direction, message.time_ms) == ("kept", "in", 0)
+    assert reopened.conversations() == []
+    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    reopened.close()
