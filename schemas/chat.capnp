@@ -13,6 +13,7 @@ struct ChatPayload {
 struct ConversationInfo {
   kind @0 :Kind;
   name @1 :Text;                   # the sender's name for the group: a claim, shown as data
+  senderName @2 :Text;             # the name the sender chose for itself: a claim as well
 
   enum Kind {
     direct @0;                     # two members: a direct message

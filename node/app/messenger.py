@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from node.app.contact_book import ContactBook
 from node.app.conversations import Conversation, ConversationKind, from_stored, to_stored
@@ -52,6 +52,16 @@ class ConversationError(LocalProtocolError):
     """A conversation that does not exist, is ambiguous, or cannot do what was asked."""
 
 
+@dataclass(frozen=True)
+class PendingInvitation:
+    """A stranger's invitation, waiting for the user to accept or refuse it."""
+
+    id: bytes
+    inviter: bytes
+    inviter_name: str
+    members: int
+
+
 class Messenger:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -67,12 +77,16 @@ class Messenger:
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # Joined notices held until the inviter's name arrives (its info message follows the
+        # Welcome), so that the notice can name them.
+        self._pending_joins: dict[bytes, tuple[str, bytes]] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Load what the store holds and follow the node; call before the node starts."""
         node, store = self.node, self.node.store
+        await node.resume()
         await self.contacts.load()
         for stored in await node.run(store.conversations):
             conv = from_stored(stored)
@@ -185,7 +199,7 @@ class Messenger:
         for conv in self.conversations():
             if conv.kind is ConversationKind.DIRECT and conv.peer == peer:
                 assert conv.group_id is not None
-                if peer not in self._members.get(conv.group_id, frozenset()):
+                if peer not in self._member_set(conv.group_id):
                     await self._invite(conv, [peer])
                 return conv
         group_id = await self.node.create_group()
@@ -203,7 +217,7 @@ class Messenger:
                 conv.kind is ConversationKind.GROUP
                 and conv.name == name
                 and conv.group_id is not None
-                and self._members.get(conv.group_id) == wanted
+                and self._member_set(conv.group_id) == wanted
             ):
                 return conv
         group_id = await self.node.create_group()
@@ -230,7 +244,7 @@ class Messenger:
     async def remove(self, conv_id: str, peer: bytes) -> SendReport:
         conv = self._group_conversation(conv_id)
         assert conv.group_id is not None
-        if peer not in self._members.get(conv.group_id, frozenset()):
+        if peer not in self._member_set(conv.group_id):
             raise ConversationError(f"{self.contacts.name(peer)} is not a member")
         report = await self.node.remove(conv.group_id, [peer])
         await self._refresh_members(conv.group_id)
@@ -253,7 +267,12 @@ class Messenger:
         conv = self.conversation(conv_id)
         if conv.group_id is None:
             return [self.node.public_key]
-        return sorted(self._members.get(conv.group_id, frozenset()))
+        return sorted(self._member_set(conv.group_id))
+
+    def _member_set(self, group_id: bytes) -> frozenset[bytes]:
+        # An in-memory read of the group's tree (no state is written): safe on the loop.
+        group = self.node.groups.get(group_id)
+        return frozenset(group.members()) if group is not None else frozenset()
 
     def committer(self, conv_id: str) -> bytes | None:
         conv = self.conversation(conv_id)
@@ -398,6 +417,7 @@ class Messenger:
             conv_id = self._by_group.get(chat.group_id)
             if conv_id is None:
                 return
+        self._announce_join(chat.group_id)
         conv = self._convs[conv_id]
         stored = StoredMessage(
             envelope_id=chat.envelope_id,
@@ -423,9 +443,21 @@ class Messenger:
             peer = inviter if kind is ConversationKind.DIRECT else None
             name = "" if peer is not None else f"{self.contacts.name(inviter)}'s group"
             conv = await self._add_conversation(kind, name, group_id, peer)
-            self.events.publish(Joined(conv, inviter, self.contacts.name(inviter)))
+            self._pending_joins[group_id] = (conv.id, inviter)
+            if self.contacts.knows_name(inviter):
+                self._announce_join(group_id)
+            # The members learn what this node calls itself.
+            self.node.spawn(self.node.send_info(group_id, kind, conv.name))
             return
         await self._refresh_members(group_id, members)
+
+    def _announce_join(self, group_id: bytes) -> None:
+        pending = self._pending_joins.pop(group_id, None)
+        if pending is None:
+            return
+        conv_id, inviter = pending
+        conv = self._convs[conv_id]
+        self.events.publish(Joined(conv, inviter, self.contacts.name(inviter)))
 
     async def _refresh_members(self, group_id: bytes, members: list[bytes] | None = None) -> None:
         now = frozenset(members if members is not None else await self._members_of(group_id))
@@ -435,6 +467,16 @@ class Messenger:
         if conv_id is not None and now != before:
             added, removed = tuple(sorted(now - before)), tuple(sorted(before - now))
             self.events.publish(MembersChanged(conv_id, added, removed))
+            me = self.node.public_key
+            if (
+                before
+                and any(a != me for a in added)
+                and not self.node.membership.is_committer(group_id)
+            ):
+                # Newcomers learn what the members already there call themselves (the
+                # committer says it with the group's name when it adds them).
+                conv = self._convs[conv_id]
+                self.node.spawn(self.node.send_info(group_id, conv.kind, conv.name))
 
     async def _members_of(self, group_id: bytes) -> list[bytes]:
         group = self.node.groups.get(group_id)
@@ -443,19 +485,26 @@ class Messenger:
         return await self.node.run(group.members)
 
     async def _info(self, group_id: bytes, sender: bytes, info: ConversationInfo) -> None:
-        """A member said what the conversation is. Only its committer names a group (the one
-        who made it, ADR 0003); a DM stays named after its peer."""
+        """A member said what it calls itself and what the conversation is. Any member names
+        itself (a claim: a petname wins); only the committer, who made the group (ADR 0003),
+        names the group. A DM stays named after its peer."""
+        if info.sender_name and sender != self.node.public_key:
+            if self.node.contacts.name(sender) != info.sender_name:
+                self.contacts.introduce(sender, info.sender_name)
+                await self.node.remember_peer(sender, info.sender_name, None)
         conv_id = self._by_group.get(group_id)
         group = self.node.groups.get(group_id)
-        if conv_id is None or group is None or sender != group.committer:
+        if conv_id is None or group is None:
             return
-        conv = self._convs[conv_id]
-        if info.kind is ConversationKind.GROUP and conv.kind is ConversationKind.DIRECT:
-            conv = replace(conv, kind=ConversationKind.GROUP, peer=None)
-        if conv.kind is ConversationKind.GROUP and info.name and info.name != conv.name:
-            conv = replace(conv, name=_group_name(info.name))
-        if conv != self._convs[conv_id]:
-            await self._save(conv)
+        if sender == group.committer:
+            conv = self._convs[conv_id]
+            if info.kind is ConversationKind.GROUP and conv.kind is ConversationKind.DIRECT:
+                conv = replace(conv, kind=ConversationKind.GROUP, peer=None)
+            if conv.kind is ConversationKind.GROUP and info.name and info.name != conv.name:
+                conv = replace(conv, name=_group_name(info.name))
+            if conv != self._convs[conv_id]:
+                await self._save(conv)
+            self._announce_join(group_id)
 
     def _attempted(
         self, envelope_id: bytes, recipient: bytes, path: Path | None, why: str | None
@@ -489,6 +538,14 @@ class Messenger:
 
     def _key_changed(self, name: str, known: bytes, new: bytes) -> None:
         self.events.publish(PeerKeyChanged(name, known, new))
+
+    # --- invitations from strangers ----------------------------------------------------------
+
+    def invitations(self) -> list[PendingInvitation]:
+        return []
+
+    async def accept_invitation(self, invitation_id: bytes) -> Conversation:
+        raise ConversationError("no such invitation")
 
     # --- contacts ---------------------------------------------------------------------------
 

@@ -134,8 +134,7 @@ class Node:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
         """Resume from the store, open the endpoint, apply what was accepted but not applied,
         collect the relay mailbox, then keep a long poll open and retry the outbox."""
-        if not self._resumed:
-            await self._resume()
+        await self.resume()
         listen = await self.endpoint.start(host, port)
         # Before anything else is sent: a commit lost in a crash must reach the members first.
         await self.membership.resend_lost_commits()
@@ -153,8 +152,11 @@ class Node:
         self.membership.commit_due.set()
         return listen
 
-    async def _resume(self) -> None:
-        """Load what the store and the MLS state file hold (once: go_offline keeps it all)."""
+    async def resume(self) -> None:
+        """Load what the store and the MLS state file hold (once: go_offline keeps it all).
+        :meth:`start` does it; call it first to see the groups before the node starts."""
+        if self._resumed:
+            return
         store = self.store
         for identity, name, address in await self._run(store.contacts):
             self.contacts.add(identity, name, address)
@@ -501,8 +503,9 @@ class Node:
         return await self._send_plaintext(group_id, plaintext, on_queued)
 
     async def send_info(self, group_id: bytes, kind: ConversationKind, name: str) -> SendReport:
-        """Tell the members what this conversation is (a DM, or a group and its name)."""
-        return await self._send_plaintext(group_id, encode_info(kind, name), None)
+        """Tell the members what this conversation is (a DM, or a group and its name), and
+        what this node calls itself."""
+        return await self._send_plaintext(group_id, encode_info(kind, name, self.name), None)
 
     async def _send_plaintext(
         self,

@@ -50,6 +50,7 @@ class Text:
 class ConversationInfo:
     kind: ConversationKind
     name: str
+    sender_name: str = ""
 
 
 def encode_text(text: str) -> bytes:
@@ -62,13 +63,14 @@ def encode_text(text: str) -> bytes:
     return PREFIX + packed
 
 
-def encode_info(kind: ConversationKind, name: str) -> bytes:
+def encode_info(kind: ConversationKind, name: str, sender_name: str) -> bytes:
     if kind is ConversationKind.NOTEPAD:
         raise ValueError("the notepad is never sent")
     msg = schemas.chat.ChatPayload.new_message()
     info = msg.init("info")
     info.kind = "direct" if kind is ConversationKind.DIRECT else "group"
     info.name = name[:MAX_NAME_CHARS]
+    info.senderName = sender_name[:MAX_NAME_CHARS]
     packed: bytes = msg.to_bytes_packed()
     return PREFIX + packed
 
@@ -88,6 +90,8 @@ def decode_payload(plaintext: bytes) -> Text | ConversationInfo:
             return Text(str(reader.text))
         info = reader.info
         kind = ConversationKind.DIRECT if info.kind == "direct" else ConversationKind.GROUP
-        return ConversationInfo(kind, str(info.name)[:MAX_NAME_CHARS])
+        return ConversationInfo(
+            kind, str(info.name)[:MAX_NAME_CHARS], str(info.senderName)[:MAX_NAME_CHARS]
+        )
     except _ERRORS as exc:
         raise ChatPayloadError("a chat payload claims our format and does not decode") from exc
