@@ -239,7 +239,7 @@ class _Completer:
             def get_completions(self, document: Any, complete_event: Any) -> Iterable[Completion]:
                 before = document.text_before_cursor
                 first_word = " " not in before
-                word = before if first_word else before.split(" ", 1)[1]
+                word = before if first_word else before.split(" ", 1)[1].lstrip()
                 for candidate in session.completions():
                     if first_word != candidate.startswith("/"):
                         continue
@@ -257,8 +257,11 @@ async def _interactive(run: _Running, opts: RunOptions) -> None:
     screen = _PromptScreen()
     session = _session(run, opts, screen)
     # Typed lines stay in memory: nothing typed is ever written to disk in the clear.
+    # Completion on Tab only: a menu popping up while a message is typed gets in the way.
     prompt: PromptSession[str] = PromptSession(
-        history=InMemoryHistory(), completer=_Completer(session).make()
+        history=InMemoryHistory(),
+        completer=_Completer(session).make(),
+        complete_while_typing=False,
     )
     with patch_stdout(raw=True):
         screen.show("type /help for commands, Tab to complete, Ctrl-D to leave", "status")

@@ -97,7 +97,8 @@ class ChatSession:
 
     def completions(self) -> list[str]:
         """Words worth completing: commands, conversation names and contact names."""
-        words = [f"/{c.name}" for c in COMMANDS]
+        # A command that takes an argument completes with the space after it.
+        words = [f"/{c.name} " if c.args else f"/{c.name}" for c in COMMANDS]
         words += [self.app.title(c) for c in self.app.conversations()]
         words += [v.name for v in self.app.contacts.all()]
         return sorted(set(words), key=str.casefold)

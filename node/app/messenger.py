@@ -265,7 +265,7 @@ class Messenger:
 
     def members(self, conv_id: str) -> list[bytes]:
         conv = self.conversation(conv_id)
-        if conv.group_id is None:
+        if conv.kind is ConversationKind.NOTEPAD or conv.group_id is None:
             return [self.node.public_key]
         return sorted(self._member_set(conv.group_id))
 
@@ -290,8 +290,8 @@ class Messenger:
 
     def _group_conversation(self, conv_id: str) -> Conversation:
         conv = self.conversation(conv_id)
-        if conv.group_id is None:
-            raise ConversationError("the notepad has no members")
+        if conv.kind is ConversationKind.NOTEPAD or conv.group_id is None:
+            raise ConversationError("the notepad has no other members")
         return conv
 
     async def _add_conversation(
