@@ -15,5 +15,6 @@ envelope: Any = capnp.load(str(SCHEMA_DIR / "envelope.capnp"), imports=[str(SCHE
 rpc: Any = capnp.load(str(SCHEMA_DIR / "rpc.capnp"), imports=[str(SCHEMA_DIR)])
 peer_record: Any = capnp.load(str(SCHEMA_DIR / "peer_record.capnp"), imports=[str(SCHEMA_DIR)])
 invite_link: Any = capnp.load(str(SCHEMA_DIR / "invite_link.capnp"), imports=[str(SCHEMA_DIR)])
+chat: Any = capnp.load(str(SCHEMA_DIR / "chat.capnp"), imports=[str(SCHEMA_DIR)])
 
-__all__ = ["SCHEMA_DIR", "envelope", "invite_link", "peer_record", "rpc"]
+__all__ = ["SCHEMA_DIR", "chat", "envelope", "invite_link", "peer_record", "rpc"]

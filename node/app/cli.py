@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from node.app.chat_cli import chat_command
 from node.app.data_cli import backup_command, doctor_command, restore_command
 from node.app.demo import run_demo
 from node.app.identity_cli import verify_command, whoami_command
@@ -72,6 +73,7 @@ def demo(messages: tuple[str, ...], as_json: bool) -> None:
 
 main.add_command(relay_group)
 main.add_command(node_group)
+main.add_command(chat_command)
 main.add_command(peers_command)
 main.add_command(doctor_command)
 main.add_command(backup_command)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Literal
 
@@ -143,9 +144,9 @@ class Inbox:
                     waiting.append((seq, env, path))
                     continue
                 message = outcome if isinstance(outcome, StoredMessage) else None
-                await self._run(partial(store.complete_incoming, seq, message))
-                if message is not None:
-                    await self._delivered(message)
+                row = await self._run(partial(store.complete_incoming, seq, message))
+                if message is not None and row is not None:
+                    await self._delivered(replace(message, row=row))
                 progress = True
             pending = waiting
         await self._bound(pending)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from node.app.store import StoredInvitation
 
-__all__ = ["Invitation"]
+__all__ = ["Invitation", "PendingInvitation"]
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,14 @@ class Invitation:
     @classmethod
     def of(cls, stored: StoredInvitation) -> Invitation:
         return cls(stored.id, stored.inviter, stored.group_id, stored.members, stored.received_ms)
+
+
+@dataclass(frozen=True)
+class PendingInvitation:
+    """An invitation as front ends show it (``node.app.messenger``)."""
+
+    id: int
+    inviter: bytes
+    inviter_name: str
+    members: int
+    received_ms: int

@@ -25,6 +25,14 @@ from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
 from node.core import wire
 from node.core.addresses import Address
+from node.core.chat_payload import (
+    ChatPayloadError,
+    ConversationInfo,
+    ConversationKind,
+    decode_payload,
+    encode_info,
+    encode_text,
+)
 from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError, StorageError
 from node.core.identity import Identity, mailbox_of, short_fingerprint
 from node.core.rate_limit import TokenBuckets
@@ -65,6 +73,12 @@ class ChatMessage:
     text: str
     path: Path
     envelope_id: bytes
+    time_ms: int = 0  # when this node kept it (local clock)
+    row: int = 0  # its place in the local log
+
+
+# Told of what a member said a conversation is: (group id, sender, what it said).
+InfoListener = Callable[[bytes, bytes, ConversationInfo], None]
 
 
 class Node:
@@ -147,6 +161,9 @@ class Node:
             limits.deliver_rate_stranger, limits.deliver_burst_stranger, n
         )
         self._members_key: tuple[tuple[bytes, int, bool], ...] | None = None
+        # After a group was joined or its membership changed by a commit this node processed.
+        self.on_group_changed: Callable[[bytes], None] | None = None
+        self.on_info: InfoListener | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -161,8 +178,7 @@ class Node:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
         """Resume from the store, open the endpoint, apply what was accepted but not applied,
         collect the relay mailbox, then keep a long poll open and retry the outbox."""
-        if not self._resumed:
-            await self._resume()
+        await self.resume()
         listen = await self.endpoint.start(host, port)
         # Before anything else is sent: a commit lost in a crash must reach the members first.
         await self.membership.resend_lost_commits()
@@ -181,13 +197,17 @@ class Node:
         self.membership.commit_due.set()
         return listen
 
-    async def _resume(self) -> None:
-        """Load what the store and the MLS state file hold (once: go_offline keeps it all)."""
+    async def resume(self) -> None:
+        """Load what the store and the MLS state file hold (once: go_offline keeps it all).
+        :meth:`start` does it; call it first to see the groups before the node starts."""
+        if self._resumed:
+            return
         store = self.store
         for identity, name, address, chosen in await self._run(store.contacts_chosen):
             self.contacts.add(identity, name, address, chosen=chosen)
         for message in await self._run(store.messages):
-            self.inbox.append(self._chat_message(message))
+            if message.direction == "in":
+                self.inbox.append(self._chat_message(message))
         mls = self.mls
         loaded = await self._run(lambda: [mls.load_group(g) for g in mls.group_ids()])
         self.groups.update((group.group_id, group) for group in loaded)
@@ -425,16 +445,28 @@ class Node:
         except GroupError as exc:
             log.warning("%s dropped an undecryptable %s: %s", self.name, env.kind.value, exc)
             return None
-        if incoming.kind == "commit" and self.membership.waits_on_commits(target.group_id):
-            self.spawn(self.membership.after_commit(target.group_id))
+        if incoming.kind == "commit":
+            if self.membership.waits_on_commits(target.group_id):
+                self.spawn(self.membership.after_commit(target.group_id))
+            self._group_changed(target.group_id)
         if incoming.kind != "application" or incoming.plaintext is None:
+            return None
+        try:
+            payload = decode_payload(incoming.plaintext)
+        except ChatPayloadError as exc:
+            log.warning("%s dropped an unreadable message: %s", self.name, exc)
+            return None
+        if isinstance(payload, ConversationInfo):
+            if self.on_info is not None:
+                self.on_info(target.group_id, incoming.sender, payload)
             return None
         return StoredMessage(
             envelope_id=env.id,
             group_id=target.group_id,
             sender=incoming.sender,
-            text=incoming.plaintext.decode("utf-8", errors="replace"),
+            text=payload.text,
             path=path.value,
+            time_ms=self._clock_ms(),
         )
 
     async def _apply_welcome(self, env: wire.Envelope) -> Applied:
@@ -457,6 +489,7 @@ class Node:
             return None
         self.groups[group.group_id] = group
         log.info("%s joined a group at epoch %d", self.name, group.epoch)
+        self._group_changed(group.group_id)
         return None
 
     async def _keep_invitation(self, info: WelcomeInfo, welcome: bytes) -> None:
@@ -524,6 +557,8 @@ class Node:
         await self.remember_peer(invitation.inviter, None, address, contact=True)
         await self._run(partial(store.drop_invitation, invitation_id))
         self._invitations.pop(invitation_id, None)
+        # Before what waited is applied: the conversation exists before its messages.
+        self._group_changed(group.group_id)
         await self._inbox.apply_pending()
         return group.group_id
 
@@ -570,6 +605,10 @@ class Node:
             await asyncio.sleep(COUNTERS_SAVE_INTERVAL)  # a period, not a wait for a condition
             await self._save_counters()
 
+    def _group_changed(self, group_id: bytes) -> None:
+        if self.on_group_changed is not None:
+            self.on_group_changed(group_id)
+
     def _chat_message(self, message: StoredMessage) -> ChatMessage:
         return ChatMessage(
             group_id=message.group_id,
@@ -578,6 +617,8 @@ class Node:
             text=message.text,
             path=Path(message.path),
             envelope_id=message.envelope_id,
+            time_ms=message.time_ms,
+            row=message.row,
         )
 
     async def _deliver_to_user(self, message: StoredMessage) -> None:
@@ -705,14 +746,38 @@ class Node:
             raise NodeError(f"{self.contacts.name(peer)} sent someone else's KeyPackage")
         return response.key_package
 
-    async def send_text(self, group_id: bytes, text: str) -> SendReport:
-        group = self.groups[group_id]
-        plaintext = text.encode("utf-8")
+    async def send_text(
+        self,
+        group_id: bytes,
+        text: str,
+        *,
+        on_queued: Callable[[dict[bytes, bytes]], Awaitable[None]] | None = None,
+    ) -> SendReport:
+        """Encrypt ``text`` to the group and send it to every other member. ``on_queued`` is
+        told {recipient: envelope id} before the first attempt, so delivery reports that
+        follow (``outbox.on_attempt``) can be matched to the message."""
+        plaintext = encode_text(text)
         if len(plaintext) > MAX_MESSAGE_BYTES:
             raise LocalProtocolError(
                 f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB "
                 f"({len(plaintext) // 1024} KiB given)"
             )
+        return await self._send_plaintext(group_id, plaintext, on_queued)
+
+    async def send_info(self, group_id: bytes, kind: ConversationKind, name: str) -> SendReport:
+        """Tell the members what this conversation is (a DM, or a group and its name), and
+        what this node calls itself."""
+        return await self._send_plaintext(group_id, encode_info(kind, name, self.name), None)
+
+    async def _send_plaintext(
+        self,
+        group_id: bytes,
+        plaintext: bytes,
+        on_queued: Callable[[dict[bytes, bytes]], Awaitable[None]] | None,
+    ) -> SendReport:
+        group = self.groups.get(group_id)
+        if group is None:
+            raise LocalProtocolError("this node is not a member of that group")
         me = self.public_key
 
         def encrypt() -> tuple[bytes, list[bytes]]:
@@ -721,9 +786,10 @@ class Node:
 
         ciphertext, others = await self._run(encrypt)
         kind = wire.EnvelopeKind.APPLICATION
-        return await self.outbox.send(
-            [self._envelope(m, kind, ciphertext, group_id) for m in others]
-        )
+        items = [self._envelope(m, kind, ciphertext, group_id) for m in others]
+        if on_queued is not None:
+            await on_queued({recipient: env.id for recipient, env in items})
+        return await self.outbox.send(items)
 
     def _envelope(
         self, recipient: bytes, kind: wire.EnvelopeKind, payload: bytes, group_id: bytes

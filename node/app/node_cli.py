@@ -150,6 +150,45 @@ def run_command(
     bootstrap: tuple[str, ...],
 ) -> None:
     """Run a node: lines typed go to the group, messages received are printed."""
+    options = run_options(
+        name=name,
+        data_dir=data_dir,
+        listen=listen,
+        relay_address=relay_address,
+        relay_key=relay_key,
+        relay_user=relay_user,
+        peers=peers,
+        invites=invites,
+        no_mdns=no_mdns,
+        mdns_interfaces=mdns_interfaces,
+        no_dht=no_dht,
+        dht_port=dht_port,
+        bootstrap=bootstrap,
+    )
+    try:
+        asyncio.run(_run(options))
+    except NodeError as exc:
+        click.echo(f"ERROR: {exc}", err=True)
+        sys.exit(1)
+
+
+def run_options(
+    *,
+    name: str,
+    data_dir: Path,
+    listen: str,
+    relay_address: str | None,
+    relay_key: str | None,
+    relay_user: str | None,
+    peers: tuple[str, ...],
+    invites: tuple[str, ...],
+    no_mdns: bool,
+    mdns_interfaces: tuple[str, ...],
+    no_dht: bool,
+    dht_port: int,
+    bootstrap: tuple[str, ...],
+) -> RunOptions:
+    """What ``node run``'s options (shared by ``chat``) ask for, checked."""
     passphrase = _passphrase()
     if (relay_address is None) != (relay_key is None):
         raise click.ClickException("--relay and --relay-key go together")
@@ -163,7 +202,7 @@ def run_command(
     listen_address = parse_address(listen)
     if not no_mdns and not mdns_interfaces and listen_address[0] in WILDCARDS:
         raise click.ClickException("listening on all interfaces: name one with --mdns-interface")
-    options = RunOptions(
+    return RunOptions(
         name=name,
         data_dir=data_dir,
         listen=listen_address,
@@ -180,11 +219,6 @@ def run_command(
         ),
         relay_user=relay_user,
     )
-    try:
-        asyncio.run(_run(options))
-    except NodeError as exc:
-        click.echo(f"ERROR: {exc}", err=True)
-        sys.exit(1)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -34,6 +34,10 @@ class SendReport:
 
     paths: dict[bytes, Path] = field(default_factory=dict)
     failed: dict[bytes, str] = field(default_factory=dict)  # still queued for retry
+
+
+# Told of each attempt at an envelope: (envelope id, recipient, path it took or None, why not).
+AttemptListener = Callable[[bytes, bytes, Path | None, str | None], None]
 
 
 class Outbox:
@@ -59,6 +63,7 @@ class Outbox:
         self._locks: dict[bytes, asyncio.Lock] = {}
         # Why the outbox could not record an attempt or a delivery (None while all is well).
         self.failure: str | None = None
+        self.on_attempt: AttemptListener | None = None
 
     async def send(
         self,
@@ -114,6 +119,7 @@ class Outbox:
                     path = await self._router.send(recipient, env)
                 except NodeError as exc:
                     report.failed[recipient] = f"{exc} (kept for retry)"
+                    self._tell(env.id, recipient, None, str(exc))
                     log.info("could not deliver to %s yet: %s", short_fingerprint(recipient), exc)
                     try:
                         await self._run(partial(store.outbox_failed, env.id))
@@ -122,6 +128,7 @@ class Outbox:
                         self.failure = str(failed)
                     return
                 report.paths[recipient] = path
+                self._tell(env.id, recipient, path, None)
                 try:
                     await self._run(partial(store.outbox_done, env.id))
                 except StorageError as exc:
@@ -131,3 +138,9 @@ class Outbox:
                     self.failure = str(exc)
                     return
                 self.failure = None
+
+    def _tell(
+        self, envelope_id: bytes, recipient: bytes, path: Path | None, why: str | None
+    ) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(envelope_id, recipient, path, why)

@@ -26,7 +26,8 @@ from node.core.identity import short_fingerprint
 from node.core.keyfile import KdfParams, derive_key, derive_subkey
 
 # 2: mls_bases. 3: contacts.chosen, seen.expires_ms, inbox.owner, outbox.created_ms,
-# invitations, counters.
+# invitations, counters; conversations, deliveries, trust, messages.direction and
+# messages.time_ms.
 SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE TABLE IF NOT EXISTS messages (
     envelope_id BLOB PRIMARY KEY, seq INTEGER NOT NULL, group_id BLOB NOT NULL,
-    sender BLOB NOT NULL, text TEXT NOT NULL, path TEXT NOT NULL
+    sender BLOB NOT NULL, text TEXT NOT NULL, path TEXT NOT NULL,
+    direction TEXT NOT NULL DEFAULT 'in', time_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS secrets (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS peers (
@@ -64,6 +66,19 @@ CREATE TABLE IF NOT EXISTS counters (kind TEXT PRIMARY KEY, count INTEGER NOT NU
 CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_ms);
 CREATE INDEX IF NOT EXISTS inbox_owner ON inbox (owner);
 CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox (recipient);
+CREATE TABLE IF NOT EXISTS conversations (
+    conv_id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, group_id BLOB UNIQUE,
+    peer BLOB, created_ms INTEGER NOT NULL, read_upto INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'active'
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    envelope_id BLOB PRIMARY KEY, message_id BLOB NOT NULL, recipient BLOB NOT NULL,
+    state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_message ON deliveries (message_id);
+CREATE TABLE IF NOT EXISTS trust (
+    identity BLOB PRIMARY KEY, petname TEXT, verified INTEGER NOT NULL DEFAULT 0
+);
 """
 # From version 2 (and 1, which lacks only a table _SCHEMA creates), in the same transaction
 # as _SCHEMA. Contacts saved before version 3 are kept as chosen: a version-2 node could not
@@ -75,6 +90,8 @@ ALTER TABLE contacts ADD COLUMN chosen INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE seen ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE inbox ADD COLUMN owner BLOB NOT NULL DEFAULT x'';
 ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN direction TEXT NOT NULL DEFAULT 'in';
+ALTER TABLE messages ADD COLUMN time_ms INTEGER NOT NULL DEFAULT 0;
 """
 
 
@@ -85,11 +102,38 @@ class WrongStoreKeyError(StorageError):
 
 @dataclass(frozen=True)
 class StoredMessage:
+    """A chat line kept for the user: received (``envelope_id`` is its envelope's id) or sent
+    by this node (``direction`` "out", ``envelope_id`` is a local message id)."""
+
     envelope_id: bytes
     group_id: bytes
     sender: bytes
     text: str
     path: str
+    time_ms: int = 0
+    direction: str = "in"
+    row: int = 0  # its place in the local log: later rows were kept later
+
+
+@dataclass(frozen=True)
+class StoredConversation:
+    conv_id: str
+    kind: str  # "dm" | "group" | "notepad"
+    name: str
+    group_id: bytes | None
+    peer: bytes | None
+    created_ms: int
+    read_upto: int  # the log row of the last message the user has seen
+    state: str  # "active" | "left"
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    envelope_id: bytes
+    message_id: bytes
+    recipient: bytes
+    state: str  # "queued" | "direct" | "relay" | "failed"
+    reason: str
 
 
 @dataclass
@@ -458,28 +502,136 @@ class NodeStore:
         rows = self._query("SELECT seq, envelope, path FROM inbox ORDER BY seq")
         return [(int(seq), wire.decode_envelope(bytes(env)), path) for seq, env, path in rows]
 
-    def complete_incoming(self, seq: int, message: StoredMessage | None) -> None:
-        """The envelope at ``seq`` was applied: drop it from the inbox, keep what it said."""
+    def complete_incoming(self, seq: int, message: StoredMessage | None) -> int | None:
+        """The envelope at ``seq`` was applied: drop it from the inbox, keep what it said.
+        Returns the message's row in the log (None: no message, or kept before)."""
         with self._tx() as db:
             db.execute("DELETE FROM inbox WHERE seq = ?", (seq,))
-            if message is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        message.envelope_id,
-                        seq,
-                        message.group_id,
-                        message.sender,
-                        message.text,
-                        message.path,
-                    ),
-                )
+            if message is None:
+                return None
+            cur = _insert_message(db, message, seq)
+            return int(cur.lastrowid) if cur.rowcount else None
 
     def messages(self) -> list[StoredMessage]:
         rows = self._query(
-            "SELECT envelope_id, group_id, sender, text, path FROM messages ORDER BY seq"
+            "SELECT envelope_id, group_id, sender, text, path, time_ms, direction, rowid"
+            " FROM messages ORDER BY rowid"
         )
-        return [StoredMessage(bytes(e), bytes(g), bytes(s), t, p) for e, g, s, t, p in rows]
+        return [_message(row) for row in rows]
+
+    # --- what the user decided about contacts (node.app.contact_book) ------------------------
+
+    def save_trust(self, identity: bytes, petname: str | None, verified: bool) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO trust VALUES (?, ?, ?)", (identity, petname, int(verified))
+            )
+
+    def trust(self) -> dict[bytes, tuple[str | None, bool]]:
+        rows = self._query("SELECT identity, petname, verified FROM trust")
+        return {bytes(i): (p, bool(v)) for i, p, v in rows}
+
+    # --- conversations (node.app.conversations) ----------------------------------------------
+
+    def save_conversation(self, conv: StoredConversation) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    conv.conv_id,
+                    conv.kind,
+                    conv.name,
+                    conv.group_id,
+                    conv.peer,
+                    conv.created_ms,
+                    conv.read_upto,
+                    conv.state,
+                ),
+            )
+
+    def conversations(self) -> list[StoredConversation]:
+        rows = self._query("SELECT * FROM conversations ORDER BY created_ms, conv_id")
+        return [
+            StoredConversation(
+                c,
+                k,
+                n,
+                None if g is None else bytes(g),
+                None if p is None else bytes(p),
+                int(t),
+                int(r),
+                st,
+            )
+            for c, k, n, g, p, t, r, st in rows
+        ]
+
+    def message_page(
+        self, group_id: bytes, limit: int, before_row: int | None = None
+    ) -> list[StoredMessage]:
+        """At most ``limit`` messages of a conversation, newest last, older than ``before_row``
+        if given: history is read a page at a time, never all at once."""
+        bound = before_row if before_row is not None else 2**62
+        rows = self._query(
+            "SELECT envelope_id, group_id, sender, text, path, time_ms, direction, rowid"
+            " FROM messages WHERE group_id = ? AND rowid < ? ORDER BY rowid DESC LIMIT ?",
+            (group_id, bound, limit),
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    def unread_counts(self) -> dict[bytes, tuple[int, int]]:
+        """Per group: (messages received after the conversation's read mark, newest row)."""
+        rows = self._query(
+            "SELECT m.group_id, SUM(m.direction = 'in' AND m.rowid > c.read_upto), MAX(m.rowid)"
+            " FROM messages m JOIN conversations c ON c.group_id = m.group_id"
+            " GROUP BY m.group_id"
+        )
+        return {bytes(g): (int(u or 0), int(n or 0)) for g, u, n in rows}
+
+    def save_outgoing(self, message: StoredMessage) -> int:
+        """Keep a message this node sends (before its first attempt); returns its log row."""
+        with self._tx() as db:
+            cur = _insert_message(db, message, 0)
+            return int(cur.lastrowid or 0)
+
+    def save_deliveries(self, deliveries: Sequence[StoredDelivery]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?)",
+                [(d.envelope_id, d.message_id, d.recipient, d.state, d.reason) for d in deliveries],
+            )
+
+    def update_delivery(self, envelope_id: bytes, state: str, reason: str) -> bytes | None:
+        """Record how a tracked envelope fared; returns its message id (None: not tracked)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT message_id FROM deliveries WHERE envelope_id = ?", (envelope_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE deliveries SET state = ?, reason = ? WHERE envelope_id = ?",
+                (state, reason, envelope_id),
+            )
+            return bytes(row[0])
+
+    def deliveries_of(self, message_ids: Sequence[bytes]) -> list[StoredDelivery]:
+        if not message_ids:
+            return []
+        marks = ", ".join("?" * len(message_ids))
+        rows = self._query(
+            # Only "?" placeholders are formatted in; the ids are bound.
+            f"SELECT * FROM deliveries WHERE message_id IN ({marks}) ORDER BY rowid",  # noqa: S608
+            tuple(message_ids),
+        )
+        return [StoredDelivery(bytes(e), bytes(m), bytes(r), s, w) for e, m, r, s, w in rows]
+
+    def message_group(self, message_id: bytes) -> bytes | None:
+        rows = self._query("SELECT group_id FROM messages WHERE envelope_id = ?", (message_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def queued_deliveries(self) -> list[bytes]:
+        rows = self._query("SELECT envelope_id FROM deliveries WHERE state = 'queued'")
+        return [bytes(e) for (e,) in rows]
 
     # --- outbox -----------------------------------------------------------------------------
 
@@ -668,3 +820,26 @@ IDENTITY_SIZE = 32
 
 def _split_identities(joined: bytes) -> tuple[bytes, ...]:
     return tuple(joined[i : i + IDENTITY_SIZE] for i in range(0, len(joined), IDENTITY_SIZE))
+
+
+def _insert_message(db: Any, message: StoredMessage, seq: int) -> Any:
+    return db.execute(
+        "INSERT OR IGNORE INTO messages"
+        " (envelope_id, seq, group_id, sender, text, path, time_ms, direction)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.envelope_id,
+            seq,
+            message.group_id,
+            message.sender,
+            message.text,
+            message.path,
+            message.time_ms,
+            message.direction,
+        ),
+    )
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    e, g, s, t, p, ms, d, rowid = row
+    return StoredMessage(bytes(e), bytes(g), bytes(s), t, p, int(ms), d, int(rowid))

@@ -63,6 +63,7 @@ SCHEMA_MODULES: dict[str, Any] = {
     "rpc.capnp": schemas.rpc,
     "peer_record.capnp": schemas.peer_record,
     "invite_link.capnp": schemas.invite_link,
+    "chat.capnp": schemas.chat,
 }
 SCHEMA_FILES = sorted(path.name for path in SCHEMA_DIR.glob("*.capnp"))
 

@@ -32,6 +32,9 @@ async def test_a_peers_escape_sequences_print_inert(tmp_path: Path) -> None:
         async with node_process(tmp_path, "bob", "--invite", f"alice={key}@{address}") as bob:
             await bob.expect(r"group created with alice")
             await bob.type_line(HOSTILE)
+            # bob is a stranger to alice: she accepts his invitation first.
+            invitation = (await alice.expect(r"^invitation (\d+) from ")).group(1)
+            await alice.type_line(f"/accept {invitation}")
             line = (await alice.expect(r"^\[[^\]]+\] .*red")).string
     assert raw_controls(line) == []
     # Shown, not stripped: click drops CSI sequences on a pipe by itself, so these prove that

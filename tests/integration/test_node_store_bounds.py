@@ -62,6 +62,10 @@ def version_2_database(path: Path) -> None:
         "INSERT INTO inbox (envelope, path) VALUES (?, 'relay')",
         (wire.encode_envelope(envelope(2)),),
     )
+    db.execute(
+        "INSERT INTO messages VALUES (?, 1, ?, ?, 'kept from version 2', 'direct')",
+        (b"\x07" * 16, b"g" * 16, b"\x02" * 32),
+    )
     db.close()
 
 
@@ -75,6 +79,14 @@ def test_a_version_2_database_is_migrated_in_place_and_keeps_its_contacts(tmp_pa
             (b"\x03" * 32, "bob", None, True),
         ]
         assert [env.id for _, env, _ in store.pending_incoming()] == [envelope(2).id]
+        # Messages read before keep their text, as received ones of unknown time.
+        [message] = store.messages()
+        assert (message.text, message.direction, message.time_ms) == (
+            "kept from version 2",
+            "in",
+            0,
+        )
+        assert store.conversations() == []
         # The id seen before migration is still a duplicate, and gets a full window.
         stashed = store.stash_bounded(
             [envelope(1), envelope(3)],

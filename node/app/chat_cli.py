@@ -1,0 +1,288 @@
+"""``quicnprotochat chat``: the interactive client, with ``node run``'s options.
+
+On a terminal it is a prompt_toolkit prompt: incoming lines print above it without mangling
+what is being typed, Tab completes commands, conversations and contacts, and typed lines are
+remembered in memory only. With stdin not a terminal (a script, a pipe) it reads plain lines
+and prints plain lines, the same commands and the same safety applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from node.app.backup import take_restore_notice
+from node.app.chat_session import ChatSession, Screen
+from node.app.identity_view import whoami_lines
+from node.app.messenger import Messenger
+from node.app.node import Node
+from node.app.node_cli import (
+    RunOptions,
+    _find,
+    _warn_restored,
+    run_command,
+    run_options,
+)
+from node.app.presence import Presence
+from node.app.profile import open_node
+from node.app.relay_account import sign_in_node
+from node.core.addresses import format_address
+from node.core.display import terminal_safe
+from node.core.errors import NodeError
+from node.core.identity import fingerprint
+from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
+from node.transport.runtime import RealRuntime
+
+__all__ = ["chat_command"]
+
+STYLES = {
+    "status": "ansicyan",
+    "warn": "ansiyellow bold",
+    "error": "ansired bold",
+    "me": "ansigreen",
+}
+
+
+@click.command("chat", params=list(run_command.params))
+def chat_command(**options: Any) -> None:
+    """Chat: conversations, groups and slash commands (/help lists them)."""
+    opts = run_options(**options)
+    try:
+        asyncio.run(_chat(opts))
+    except NodeError as exc:
+        click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
+        sys.exit(1)
+
+
+@dataclass
+class _Running:
+    node: Node
+    presence: Presence
+    messenger: Messenger
+
+
+@contextlib.asynccontextmanager
+async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Running]:
+    """A started node with its discovery and its application layer, stopped on exit."""
+    node, created = await open_node(
+        opts.data_dir, opts.passphrase, runtime, name=opts.name, relay=opts.relay
+    )
+    messenger = Messenger(node)
+    try:
+        if opts.relay_user is not None and opts.relay is not None:
+            signed = await sign_in_node(
+                node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
+            )
+            click.echo(f"relay account {signed.session.username}: {signed.how}")
+        await messenger.open()
+        restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
+        for spec in [*opts.peers, *opts.invites]:
+            await messenger.add_contact(spec.identity, spec.name, spec.address)
+            if spec.relay is not None:
+                node.router.peer_relays[spec.identity] = spec.relay
+        host, port = await node.start(*opts.listen)
+    except BaseException:
+        await messenger.close()
+        node.kill()
+        raise
+    if restored_from is not None:
+        _warn_restored(node, restored_from)
+    presence = Presence(node, opts.presence)
+    try:
+        await presence.start()
+        click.echo(f"{'new identity' if created else 'identity'}: {node.public_key.hex()}")
+        click.echo(f"fingerprint: {fingerprint(node.public_key)}")
+        click.echo(f"listening on {host}:{port}")
+        yield _Running(node, presence, messenger)
+    finally:
+        await presence.stop()
+        await messenger.close()
+        await node.stop()
+
+
+async def _chat(opts: RunOptions) -> None:
+    runtime = RealRuntime(f"qpc-{opts.name}")
+    try:
+        async with running(opts, runtime) as run:
+            if opts.invites:
+                await _find(run.presence, [s for s in opts.invites if s.address is None])
+                await _start_conversation(run.messenger, opts)
+            if sys.stdin.isatty() and sys.stdout.isatty():
+                await _interactive(run, opts)
+            else:
+                await _plain(run, opts)
+    finally:
+        runtime.close()
+
+
+async def _start_conversation(app: Messenger, opts: RunOptions) -> None:
+    """``--invite``: a DM with one person, a group with several; the same people again are the
+    same conversation, never a second group."""
+    peers = [spec.identity for spec in opts.invites]
+    try:
+        if len(peers) == 1:
+            conv = await app.direct(peers[0])
+        else:
+            name = ", ".join(spec.name for spec in opts.invites)
+            conv = await app.create_group(name[:64], peers)
+    except NodeError as exc:
+        click.echo(f"ERROR: could not start the conversation: {terminal_safe(str(exc))}", err=True)
+        return
+    click.echo(f"conversation {terminal_safe(app.title(conv))} ({conv.id}) is ready")
+
+
+def _whoami(run: _Running, opts: RunOptions) -> list[str]:
+    node = run.node
+    relay = node.router.relay
+    link = InviteLink(
+        identity_key=node.public_key,
+        display_name=opts.name,
+        addresses=(node.address,),
+        relay=None if relay is None else LinkRelay(relay.address, relay.identity),
+        issued_at_ms=node.clock_ms(),
+        expires_at_ms=None,
+    )
+    lines = whoami_lines(opts.name, node.public_key, encode_invite_link(link, node.identity))
+    if run.presence.dht_address is not None:
+        lines.append(f"dht: {format_address(run.presence.dht_address)}")
+    return lines
+
+
+def _session(run: _Running, opts: RunOptions, screen: Screen) -> ChatSession:
+    store = run.node.store
+    return ChatSession(
+        run.messenger,
+        screen,
+        whoami=lambda: _whoami(run, opts),
+        peers=lambda: run.node.run(store.peers),
+    )
+
+
+async def _follow(session: ChatSession) -> None:
+    sub = session.app.subscribe()
+    try:
+        async for event in sub:
+            session.show_event(event)
+    finally:
+        sub.close()
+
+
+# --- plain lines (not a terminal) -------------------------------------------------------------
+
+
+class _PlainScreen:
+    def show(self, text: str, style: str = "") -> None:
+        click.echo(text, err=style == "error")
+
+
+async def _plain(run: _Running, opts: RunOptions) -> None:
+    session = _session(run, opts, _PlainScreen())
+    click.echo("type /help for commands")
+    follower = run.node.runtime.spawn(_follow(session))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            line_task = asyncio.ensure_future(reader.readline())
+            stop_task = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({line_task, stop_task}, return_when="FIRST_COMPLETED")
+            stop_task.cancel()
+            if line_task not in done:
+                line_task.cancel()
+                break
+            raw = line_task.result()
+            if not raw:
+                break  # end of input: leave as /quit does
+            if not await session.handle(raw.decode("utf-8", errors="replace")):
+                break
+            await session.app.settled()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+
+
+# --- a terminal ---------------------------------------------------------------------------------
+
+
+class _PromptScreen:
+    def __init__(self) -> None:
+        from prompt_toolkit.styles import Style
+
+        self._style = Style.from_dict({name: value for name, value in STYLES.items()})
+
+    def show(self, text: str, style: str = "") -> None:
+        from prompt_toolkit import print_formatted_text
+        from prompt_toolkit.formatted_text import FormattedText
+
+        css = f"class:{style}" if style else ""
+        print_formatted_text(FormattedText([(css, text)]), style=self._style)
+
+
+class _Completer:
+    """Completes the word under the cursor from the session's commands and names."""
+
+    def __init__(self, session: ChatSession) -> None:
+        self._session = session
+
+    def make(self) -> Any:
+        from prompt_toolkit.completion import Completer, Completion
+
+        session = self._session
+
+        class Words(Completer):
+            def get_completions(self, document: Any, complete_event: Any) -> Iterable[Completion]:
+                before = document.text_before_cursor
+                first_word = " " not in before
+                word = before if first_word else before.split(" ", 1)[1].lstrip()
+                for candidate in session.completions():
+                    if first_word != candidate.startswith("/"):
+                        continue
+                    if candidate.casefold().startswith(word.casefold()):
+                        yield Completion(terminal_safe(candidate), start_position=-len(word))
+
+        return Words()
+
+
+async def _interactive(run: _Running, opts: RunOptions) -> None:
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import InMemoryHistory
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    screen = _PromptScreen()
+    session = _session(run, opts, screen)
+    # Typed lines stay in memory: nothing typed is ever written to disk in the clear.
+    # Completion on Tab only: a menu popping up while a message is typed gets in the way.
+    prompt: PromptSession[str] = PromptSession(
+        history=InMemoryHistory(),
+        completer=_Completer(session).make(),
+        complete_while_typing=False,
+    )
+    with patch_stdout(raw=True):
+        screen.show("type /help for commands, Tab to complete, Ctrl-D to leave", "status")
+        follower = run.node.runtime.spawn(_follow(session))
+        try:
+            while True:
+                try:
+                    line = await prompt.prompt_async(session.prompt)
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C clears the line, as in a shell
+                except EOFError:
+                    break
+                if not await session.handle(line):
+                    break
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
