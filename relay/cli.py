@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from node.core.addresses import parse_address
+from node.core.cli_errors import ReportingGroup
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
 from node.transport.runtime import RealRuntime
@@ -23,7 +24,7 @@ from relay.server import Relay, RelayConfig
 PASSPHRASE_ENV = "QUICNPROTOCHAT_RELAY_PASSPHRASE"  # noqa: S105 - a variable name
 
 
-@click.group("relay")
+@click.group("relay", cls=ReportingGroup)
 def relay_group() -> None:
     """Run a store-and-forward relay."""
 
