@@ -11,6 +11,7 @@ beyond writing the line to stderr.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any, NoReturn
 
@@ -19,7 +20,7 @@ import click
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
 
-__all__ = ["ReportingGroup", "add_version_option", "describe", "fail"]
+__all__ = ["ReportingGroup", "add_version_option", "bind_error", "describe", "fail"]
 
 DISTRIBUTION = "quicnprotochat"
 HELP_OPTIONS = ["-h", "--help"]
@@ -43,6 +44,21 @@ def describe(exc: BaseException) -> str:
     if len(text) > MAX_UNEXPECTED:
         text = text[:MAX_UNEXPECTED] + "..."
     return f"unexpected {type(exc).__name__}: {text} (run with -vv for the details)"
+
+
+def bind_error(option: str, address: tuple[str, int] | str, exc: OSError) -> NodeError:
+    """Why a socket could not be bound to ``address`` (HOST:PORT, or a bare host), given by
+    ``option``, in one line."""
+    from node.core.addresses import format_address
+
+    where = f"{option} {address if isinstance(address, str) else format_address(address)}"
+    if exc.errno == errno.EADDRINUSE:
+        return NodeError(f"{where}: that port is in use (by another program, or another node)")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+        return NodeError(f"{where}: that is not an address of this machine")
+    if exc.errno == errno.EACCES:
+        return NodeError(f"{where}: permission denied (a port below 1024 needs privileges)")
+    return NodeError(f"{where}: {exc.strerror or exc}")
 
 
 def fail(message: str) -> NoReturn:
