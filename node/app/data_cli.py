@@ -215,7 +215,8 @@ def restore_command(source: Path, data_dir: Path, passphrase_file: Path | None) 
     try:
         summary = restore_backup(blob, passphrase, data_dir, KDF)
     except NodeError as exc:
-        _fail(str(exc))
+        # Name the backup file unless the trouble is the directory (which the text names).
+        _fail(str(exc) if str(data_dir) in str(exc) else f"{source}: {exc}")
     except OSError as exc:
         _fail(f"{exc.filename or data_dir}: {exc.strerror}")
     made = datetime.datetime.fromtimestamp(summary.made_at_ms / 1000, tz=datetime.UTC)

@@ -275,23 +275,39 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
         click.echo(f"listening on {host}:{port}")
         if presence.dht_address is not None:
             click.echo(f"dht on {format_address(presence.dht_address)}")
-        if opts.invites:
-            await _find(presence, [spec for spec in opts.invites if spec.address is None])
-            await _invite(node, opts.invites)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        reader = runtime.spawn(_read_lines(node))
+        session = runtime.spawn(_session(node, presence, opts, stop))
+        fatal = runtime.spawn(node.wait_fatal())
         try:
-            await stop.wait()
+            # A relay with another key ends the run at once, whatever the session is doing.
+            await asyncio.wait({session, fatal}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            for task in (session, fatal):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if fatal.done() and not fatal.cancelled():
+            raise fatal.result()
     finally:
         await presence.stop()
         await node.stop()
+
+
+async def _session(node: Node, presence: Presence, opts: RunOptions, stop: asyncio.Event) -> None:
+    """Invite, then send typed lines until SIGINT or SIGTERM."""
+    if opts.invites:
+        await _find(presence, [spec for spec in opts.invites if spec.address is None])
+        await _invite(node, opts.invites)
+    reader = node.runtime.spawn(_read_lines(node))
+    try:
+        await stop.wait()
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 def _warn_restored(node: Node, made_at_ms: int) -> None:
