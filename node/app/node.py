@@ -403,7 +403,8 @@ class Node:
                 backoff = RELAY_RETRY_MIN
             except PeerIdentityError as exc:
                 self.endpoint.drop(relay.address, relay.identity)
-                log.error("the relay is not the one configured: %s", exc)
+                # Reported by whoever runs the node (wait_fatal), as one line.
+                log.info("the relay is not the one configured: %s", exc)
                 self._fail(
                     RelayIdentityError(
                         f"the relay at {format_address(relay.address)} did not present the "
