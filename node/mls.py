@@ -145,6 +145,17 @@ class OwnCommit:
     joiners: list[bytes]  # the members it added: the Welcome goes to them
 
 
+@dataclass(frozen=True)
+class WelcomeInfo:
+    """What a Welcome for this member says, verified, before it is joined."""
+
+    group_id: bytes
+    ciphersuite: int
+    sender: bytes  # the member who added us (it signed the GroupInfo)
+    members: list[bytes]  # leaf order, this member included
+    committer: bytes | None
+
+
 class MlsGroup:
     def __init__(self, group: ob.Group, watch: StateWatch = NO_WATCH) -> None:
         self._group = group
@@ -298,6 +309,15 @@ class MlsClient:
     def create_group(self, group_id: bytes) -> MlsGroup:
         with _mls_errors(self._watch):
             return MlsGroup(self._client.create_group(group_id, CIPHERSUITE_DEFAULT), self._watch)
+
+    def inspect_welcome(self, welcome: bytes) -> WelcomeInfo:
+        """Who invites this member, to which group and with whom; joins nothing and changes
+        no state (the KeyPackage it was made for stays, so :meth:`join` can follow)."""
+        with _mls_errors():
+            info = self._client.inspect_welcome(welcome)
+        return WelcomeInfo(
+            info.group_id, info.ciphersuite, info.sender, list(info.members), info.committer
+        )
 
     def join(self, welcome: bytes) -> MlsGroup:
         with _mls_errors(self._watch):

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from node.core.errors import NodeError
+from relay.accounts import MODES
 from relay.server import RelayConfig
 
-__all__ = ["LIMIT_KEYS", "ConfigError", "FileSettings", "limit_settings", "load_config"]
+__all__ = ["CHOICES", "LIMIT_KEYS", "ConfigError", "FileSettings", "limit_settings", "load_config"]
 
 MAX_CONFIG_BYTES = 1 << 20  # a relay.toml is a few dozen lines
 
@@ -27,6 +28,8 @@ LIMIT_KEYS: dict[str, dataclasses.Field[Any]] = {
 # 0 would refuse everything, or spin.
 _ZERO_MEANS_DEFAULT = {"max_envelope_bytes"}
 _PLACES = ("listen", "data_dir")
+# Keys whose value is one word of a fixed set.
+CHOICES: dict[str, tuple[str, ...]] = {"accounts": MODES}
 
 
 class ConfigError(NodeError):
@@ -87,6 +90,11 @@ def limit_settings(settings: dict[str, Any], source: Path | None) -> dict[str, A
 
 
 def _checked(key: str, value: Any, default: Any, source: Path | None) -> Any:
+    if key in CHOICES:
+        if value not in CHOICES[key]:
+            allowed = " or ".join(f'"{c}"' for c in CHOICES[key])
+            raise ConfigError(f"{source}: {key} must be {allowed} (got {value!r})")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false")

@@ -15,8 +15,10 @@ from node.core.identity import Identity
 from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
+from relay.accounts import SETUP_FILE, AccountLimits, AccountService, load_or_create_setup
 from relay.service import RelayService, ServiceLimits
 from relay.store import MailboxStore, StoreQuotas
+from relay.store_accounts import AccountStore
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,17 @@ class RelayConfig:
     max_buffered_per_connection: int = 8 << 20
     max_buffered: int = 256 << 20
     request_read_timeout_s: float = 20.0
+    # Accounts (OPAQUE): "open" serves any identity key, "required" only logged-in ones.
+    accounts: str = "open"
+    session_ttl_s: float = 30 * 24 * 3600.0
+    max_sessions_per_account: int = 8
+    login_attempts_per_minute: float = 5.0
+    login_attempt_burst: int = 10
+    registrations_per_minute: float = 1.0
+    registration_burst: int = 5
+    max_pending_logins: int = 1024
+    login_timeout_s: float = 30.0
+    max_accounts: int = 1_000_000
 
     def endpoint_config(self) -> EndpointConfig:
         return EndpointConfig(
@@ -88,6 +101,20 @@ class RelayConfig:
             max_envelope_bytes=self.max_envelope_bytes or None,
         )
 
+    def account_limits(self) -> AccountLimits:
+        return AccountLimits(
+            mode=self.accounts,
+            session_ttl_ms=int(self.session_ttl_s * 1000),
+            max_sessions_per_account=self.max_sessions_per_account,
+            login_attempts_per_minute=self.login_attempts_per_minute,
+            login_attempt_burst=self.login_attempt_burst,
+            registrations_per_minute=self.registrations_per_minute,
+            registration_burst=self.registration_burst,
+            max_pending_logins=self.max_pending_logins,
+            login_timeout_ms=int(self.login_timeout_s * 1000),
+            max_accounts=self.max_accounts,
+        )
+
     def store_quotas(self) -> StoreQuotas:
         return StoreQuotas(
             max_per_mailbox=self.max_per_mailbox,
@@ -112,6 +139,8 @@ class Relay:
         self.config = config
         self._runtime = runtime
         self._store: MailboxStore | None = None
+        self._accounts_store: AccountStore | None = None
+        self._accounts: AccountService | None = None
         self._endpoint: Endpoint | None = None
         self._service: RelayService | None = None
         self._purger: asyncio.Task[None] | None = None
@@ -134,8 +163,16 @@ class Relay:
         quotas = cfg.store_quotas()
         store = await run(lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", quotas=quotas))
         self._store = store
+        limits = cfg.account_limits()
+        setup = await load_or_create_setup(cfg.data_dir / SETUP_FILE, cfg.passphrase, self._runtime)
+        accounts_store = await run(
+            lambda: AccountStore(cfg.data_dir / "accounts.sqlite3", cfg.max_accounts)
+        )
+        self._accounts_store = accounts_store
+        accounts = AccountService(accounts_store, setup, self._runtime, limits, self.counters)
+        self._accounts = accounts
         service = RelayService(
-            store, self._runtime, cfg.max_frame, cfg.service_limits(), self.counters
+            store, self._runtime, cfg.max_frame, cfg.service_limits(), self.counters, accounts
         )
         self._service = service
         self._endpoint = Endpoint(
@@ -154,6 +191,11 @@ class Relay:
             else:
                 if removed:
                     log.info("purged %d expired envelopes", removed)
+            if self._accounts is not None:
+                try:
+                    await self._accounts.purge_expired()
+                except StorageError as exc:
+                    log.warning("purging expired sessions failed: %s", exc)
             await asyncio.sleep(self.config.purge_interval_s)
 
     def metrics(self) -> dict[str, int]:
@@ -166,6 +208,10 @@ class Relay:
             out["mailboxes"] = self._store.mailboxes
             out["store_bytes"] = self._store.total_bytes
             out["envelopes_expired"] = self._store.expired_purged
+        if self._accounts_store is not None and self._accounts is not None:
+            out["accounts"] = self._accounts_store.accounts
+            out["sessions"] = self._accounts_store.sessions
+            out["pending_logins"] = self._accounts.pending_logins
         return out
 
     async def stop(self) -> None:
@@ -179,3 +225,7 @@ class Relay:
         if self._store is not None:
             store, self._store = self._store, None
             await self._runtime.run_blocking(store.close)
+        if self._accounts_store is not None:
+            accounts_store, self._accounts_store = self._accounts_store, None
+            self._accounts = None
+            await self._runtime.run_blocking(accounts_store.close)

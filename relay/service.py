@@ -23,6 +23,7 @@ from node.core.framing import DEFAULT_MAX_FRAME
 from node.core.identity import mailbox_of
 from node.core.runtime import Runtime
 from node.transport.connection import Caller
+from relay.accounts import AccountService
 from relay.limits import TokenBuckets
 from relay.store import (
     MailboxBytesError,
@@ -70,6 +71,18 @@ _CODES: dict[type[QuotaError], ErrorCode] = {
 }
 
 
+_ACCOUNT_CALLS = (
+    wire.RegisterStart,
+    wire.RegisterFinish,
+    wire.LoginStart,
+    wire.LoginFinish,
+    wire.Authenticate,
+    wire.Logout,
+)
+# What ``accounts = "required"`` keeps for identities holding a live session.
+_MAILBOX_CALLS = (wire.Deliver, wire.Fetch, wire.Wait, wire.Ack)
+
+
 class RelayService:
     """Answers Delivery calls. ``fetch`` and ``ack`` serve only the caller's own mailbox."""
 
@@ -80,8 +93,10 @@ class RelayService:
         max_frame: int,
         limits: ServiceLimits | None = None,
         counters: Counter[str] | None = None,
+        accounts: AccountService | None = None,
     ) -> None:
         self._store = store
+        self.accounts = accounts
         self.limits = limits = limits or ServiceLimits()
         self.counters: Counter[str] = Counter() if counters is None else counters
         # Nodes accept frames of DEFAULT_MAX_FRAME at most, whatever this relay allows inbound;
@@ -118,6 +133,17 @@ class RelayService:
             return self._refuse(
                 "refused_call_rate", ErrorCode.RATE_LIMITED, "too many calls: retry later"
             )
+        accounts = self.accounts
+        if isinstance(request, _ACCOUNT_CALLS):
+            if accounts is None:
+                return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "this relay has no accounts")
+            return await accounts.handle(caller, request)
+        if (
+            accounts is not None
+            and isinstance(request, _MAILBOX_CALLS)
+            and not accounts.may_use_mailboxes(caller.identity)
+        ):
+            return accounts.unauthenticated()
         match request:
             case wire.Deliver(envelopes):
                 return await self._deliver(caller, envelopes)

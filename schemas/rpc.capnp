@@ -11,6 +11,13 @@ struct Request {
     ack @2 :AckParams;
     fetchKeyPackage @3 :FetchKeyPackageParams;
     wait @4 :WaitParams;
+    # Accounts (relay only; OPAQUE, RFC 9807). The password never leaves the client.
+    registerStart @5 :RegisterStartParams;
+    registerFinish @6 :RegisterFinishParams;
+    loginStart @7 :LoginStartParams;
+    loginFinish @8 :LoginFinishParams;
+    authenticate @9 :AuthenticateParams;
+    logout @10 :LogoutParams;
   }
 }
 
@@ -42,6 +49,34 @@ struct FetchKeyPackageParams {
   identity @0 :Data;      # Ed25519 identity key whose KeyPackage is wanted
 }
 
+struct RegisterStartParams {
+  username @0 :Text;      # 1-32 of a-z 0-9 . _ - (starting with a letter or digit)
+  request @1 :Data;       # OPAQUE RegistrationRequest (32 bytes)
+}
+
+struct RegisterFinishParams {
+  username @0 :Text;
+  upload @1 :Data;        # OPAQUE RegistrationUpload (192 bytes): becomes the stored record
+}
+
+struct LoginStartParams {
+  username @0 :Text;
+  request @1 :Data;       # OPAQUE KE1 (96 bytes)
+}
+
+struct LoginFinishParams {
+  loginId @0 :Data;       # from LoginStartResult; only the caller that started it may finish
+  finalization @1 :Data;  # OPAQUE KE3 (64 bytes)
+}
+
+struct AuthenticateParams {
+  token @0 :Data;         # a session token this caller's identity key was given at login
+}
+
+struct LogoutParams {
+  token @0 :Data;         # revoked for good
+}
+
 struct Response {
   union {
     error @0 :Error;
@@ -49,6 +84,12 @@ struct Response {
     fetch @2 :FetchResult;      # also the answer to wait
     ack @3 :AckResult;
     fetchKeyPackage @4 :FetchKeyPackageResult;
+    registerStart @5 :RegisterStartResult;
+    registerFinish @6 :RegisterFinishResult;
+    loginStart @7 :LoginStartResult;
+    loginFinish @8 :SessionResult;
+    authenticate @9 :SessionInfo;
+    logout @10 :LogoutResult;
   }
 }
 
@@ -69,6 +110,28 @@ struct FetchKeyPackageResult {
   keyPackage @0 :Data;       # an RFC 9420 MLSMessage holding a KeyPackage
 }
 
+struct RegisterStartResult {
+  response @0 :Data;         # OPAQUE RegistrationResponse (64 bytes)
+}
+
+struct RegisterFinishResult {}
+
+struct LoginStartResult {
+  loginId @0 :Data;          # 16 bytes; the login must finish within the relay's login timeout
+  response @1 :Data;         # OPAQUE KE2 (320 bytes): the same shape for a name nobody holds
+}
+
+struct SessionResult {
+  token @0 :Data;            # 32 bytes, bound to the caller's identity key; the relay keeps a hash
+  expiresAtMs @1 :UInt64;
+}
+
+struct SessionInfo {
+  expiresAtMs @0 :UInt64;
+}
+
+struct LogoutResult {}
+
 struct Error {
   code @0 :Code;
   message @1 :Text;          # short, for humans; never a traceback or secret
@@ -87,5 +150,8 @@ struct Error {
     tooLarge @10;        # an envelope no fetch answer could carry
     storeFull @11;       # the relay's total store (bytes or mailboxes) is full
     busy @12;            # the callee is out of call slots or buffer space: retry later
+    unauthenticated @13; # no valid session (log in), a wrong username or password, or a token
+                         # that is expired, revoked or another identity's
+    conflict @14;        # the username is already registered
   }
 }

@@ -103,6 +103,10 @@ def diagnose(data_dir: Path, passphrase: bytes, kdf: KdfParams) -> dict[str, Any
                 report["messages"] = len(found.store.messages())
                 report["inbox"] = len(found.store.pending_incoming())
                 report["outbox"] = len(found.store.outbox())
+                report["seen"] = found.store.seen_count()
+                report["invitations"] = len(found.store.invitations())
+                # Refusals the node saved (every 30 s and at stop), by kind (NodeLimits).
+                report["refused"] = found.store.counts()
             except NodeError as exc:
                 found.problems.append(f"{data_dir / DATABASE}: {exc}")
             finally:
@@ -141,6 +145,11 @@ def doctor_command(data_dir: Path, passphrase_file: Path | None, as_json: bool) 
                 f"the inbox, {report['outbox']} in the outbox) and {MLS_STATE} "
                 f"({report['mls_records']} changes since its last base) are whole and of "
                 "one moment"
+            )
+            refused = ", ".join(f"{k} {n}" for k, n in sorted(report["refused"].items()) if n)
+            click.echo(
+                f"bounds: {report['seen']} envelope ids kept, {report['invitations']} "
+                f"invitations waiting; refused: {refused or 'nothing'}"
             )
     sys.exit(1 if problems else 0)
 

@@ -6,6 +6,14 @@ message it produced in one transaction. A process that dies anywhere in between 
 envelope still in ``inbox`` at the next start and applies it then. A duplicate is accepted again
 (so the sender stops retrying) but never stored or applied twice.
 
+Bounds (``node.app.limits.NodeLimits``): an id is kept in ``seen`` only for the redelivery
+window after the envelope was made, and an envelope older than that (or dated in the future)
+is refused; past ``max_seen`` ids new envelopes are refused. Each stored envelope counts
+against one *share* (its direct caller, or for the relay path its group): a share that holds
+``max_deferred_per_sender`` rows refuses more, and when the deferred total passes
+``max_deferred`` the largest share loses its oldest first, so one sender's flood cannot push
+out another's envelopes. What is refused is refused before it is stored.
+
 A failure to write state (a full disk, a read-only file, the MLS state file or the database
 refusing a write: any :class:`~node.core.errors.StorageError`) is not a verdict on the
 envelope: it and everything after it stay in the inbox, the failure is logged once and kept in
@@ -20,8 +28,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Literal
 
+from node.app.limits import Counters, NodeLimits
 from node.app.router import Path
-from node.app.store import NodeStore, StoredMessage
+from node.app.store import NodeStore, Stashed, StoredMessage
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import BlockingRunner
@@ -44,25 +53,65 @@ class Inbox:
         run: BlockingRunner,
         apply: Callable[[wire.Envelope, Path], Awaitable[Applied]],
         delivered: Callable[[StoredMessage], Awaitable[None]],
-        max_deferred: int = 1000,
         dropped: Callable[[wire.Envelope], None] | None = None,
+        *,
+        limits: NodeLimits | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self._store = store
         self._run = run
         self._apply = apply
         self._delivered = delivered
-        self._max_deferred = max_deferred
+        self.limits = limits or NodeLimits()
+        self._counters = counters or Counters()
         self._dropped = dropped
         self._lock = asyncio.Lock()
         self._stalled = asyncio.Event()
         # Why the inbox could not apply what it holds (None while all is well).
         self.failure: str | None = None
 
-    async def accept(self, envelopes: Sequence[wire.Envelope], path: Path) -> None:
-        """Persist the envelopes not seen before, then apply whatever is pending."""
+    async def accept(
+        self,
+        envelopes: Sequence[wire.Envelope],
+        path: Path,
+        owners: Sequence[bytes],
+        now_ms: int,
+    ) -> list[bytes]:
+        """Persist the envelopes not seen before (within the bounds: ``owners[i]`` is the share
+        ``envelopes[i]`` counts against), then apply whatever is pending. Returns the ids
+        accepted: those stored now and the duplicates, not the refused."""
+        limits, counters = self.limits, self._counters
+        timely: list[wire.Envelope] = []
+        timely_owners: list[bytes] = []
+        for env, owner in zip(envelopes, owners, strict=True):
+            if env.created_at_ms < now_ms - limits.envelope_window_ms:
+                counters.bump("envelope_expired")
+            elif env.created_at_ms > now_ms + limits.max_clock_skew_ms:
+                # Its id would be kept until a date the sender chose.
+                counters.bump("envelope_from_future")
+            else:
+                timely.append(env)
+                timely_owners.append(owner)
         store = self._store
-        await self._run(lambda: store.stash_incoming(envelopes, path.value))
+
+        def stash() -> Stashed:
+            return store.stash_bounded(
+                timely,
+                path.value,
+                timely_owners,
+                now_ms=now_ms,
+                window_ms=limits.envelope_window_ms,
+                max_seen=limits.max_seen,
+                max_share=limits.max_deferred_per_sender,
+            )
+
+        stashed = await self._run(stash) if timely else Stashed()
+        for kind in stashed.refused.values():
+            counters.bump(kind)
+        if stashed.refused:
+            log.info("refused %d received envelopes (bounds)", len(stashed.refused))
         await self.apply_pending()
+        return stashed.fresh + stashed.duplicate
 
     async def apply_pending(self) -> None:
         """Apply stored envelopes in arrival order; keep the ones whose group is not joined yet
@@ -113,11 +162,31 @@ class Inbox:
             delay = min(delay * 2, RETRY_MAX) if self.failure is not None else RETRY_MIN
 
     async def _bound(self, deferred: list[tuple[int, wire.Envelope, str]]) -> None:
-        # Anyone may send envelopes naming made-up groups or epochs: keep only the newest few.
+        # Anyone may send envelopes naming made-up groups or epochs: past the total, the
+        # largest share gives up its oldest, so a flood pushes out only its own.
+        excess = len(deferred) - self.limits.max_deferred
+        if excess <= 0:
+            return
         store = self._store
-        excess = len(deferred) - self._max_deferred
-        for seq, env, _ in deferred[: max(0, excess)]:
+        owners = await self._run(store.incoming_owners)
+        shares: dict[bytes, list[tuple[int, wire.Envelope]]] = {}
+        for seq, env, _ in deferred:
+            shares.setdefault(owners.get(seq, b""), []).append((seq, env))
+        for _ in range(excess):
+            largest = max(shares.values(), key=len)
+            seq, env = largest.pop(0)
             log.warning("dropped a %s whose group, epoch or proposal never came", env.kind.value)
+            self._counters.bump("deferred_dropped")
             if self._dropped is not None:
                 self._dropped(env)
             await self._run(partial(store.complete_incoming, seq, None))
+
+    async def drop_group(self, group_id: bytes) -> int:
+        """Drop every stored envelope of a group this node will not join; returns how many."""
+        store = self._store
+        async with self._lock:
+            pending = await self._run(store.pending_incoming)
+            doomed = [seq for seq, env, _ in pending if env.group_id == group_id]
+            for seq in doomed:
+                await self._run(partial(store.complete_incoming, seq, None))
+        return len(doomed)

@@ -12,10 +12,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path as FilePath
 
 from node.app.contacts import Contacts
 from node.app.inbox import DEFERRED, Applied, Inbox
+from node.app.invitations import Invitation
+from node.app.limits import Counters, NodeLimits
 from node.app.membership import Membership, Rejection
 from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
@@ -30,7 +33,8 @@ from node.core.errors import (
     RelayError,
     StorageError,
 )
-from node.core.identity import Identity, mailbox_of
+from node.core.identity import Identity, mailbox_of, short_fingerprint
+from node.core.rate_limit import TokenBuckets
 from node.core.runtime import BlockingRunner, Clock, Runtime
 from node.mls import (
     GroupError,
@@ -38,13 +42,22 @@ from node.mls import (
     MlsClient,
     MlsGroup,
     StaleEpochError,
+    WelcomeInfo,
     key_package_identity,
     read_header,
 )
 from node.transport.connection import Caller
 from node.transport.endpoint import Endpoint, EndpointConfig
 
-__all__ = ["ChatMessage", "Node", "Rejection", "RelayIdentityError", "SendReport"]
+__all__ = [
+    "ChatMessage",
+    "Invitation",
+    "Node",
+    "NodeLimits",
+    "Rejection",
+    "RelayIdentityError",
+    "SendReport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +68,7 @@ RELAY_DIAL_DEADLINE = 5.0  # seconds for one handshake with the relay
 OUTBOX_RETRY_MIN, OUTBOX_RETRY_MAX = 2.0, 60.0
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
 MAX_MESSAGE_BYTES = 256 * 1024
+COUNTERS_SAVE_INTERVAL = 30.0  # seconds between saves of the refusal counters
 
 
 class RelayIdentityError(RelayError, PeerIdentityError):
@@ -88,6 +102,7 @@ class Node:
         store: NodeStore | None = None,
         mls: MlsClient | None = None,
         endpoint_config: EndpointConfig | None = None,
+        limits: NodeLimits | None = None,
     ) -> None:
         self.identity = identity
         self.name = name
@@ -96,16 +111,31 @@ class Node:
         self._random = runtime.random_bytes
         self._run: BlockingRunner = runtime.run_blocking
         self.store = store or NodeStore(FilePath(":memory:"), runtime.random_bytes(32))
-        self.contacts = Contacts()
+        self.limits = limits = limits or NodeLimits()
+        self._counters = Counters()
+        self.contacts = Contacts(limits.max_peers_seen)
         self.endpoint = Endpoint(identity, self.handle, runtime, endpoint_config)
         self.router = Router(self.endpoint, self.contacts, relay, runtime)
         self.mls = mls or MlsClient(identity, runtime)
         self.groups: dict[bytes, MlsGroup] = {}
         self.inbox: list[ChatMessage] = []
         self._inbox = Inbox(
-            self.store, self._run, self._apply, self._deliver_to_user, dropped=self._dropped
+            self.store,
+            self._run,
+            self._apply,
+            self._deliver_to_user,
+            dropped=self._dropped,
+            limits=limits,
+            counters=self._counters,
         )
-        self.outbox = Outbox(self.store, self._run, self.router)
+        self.outbox = Outbox(
+            self.store,
+            self._run,
+            self.router,
+            limits=limits,
+            counters=self._counters,
+            clock_ms=self._clock_ms,
+        )
         self.membership = Membership(
             self.public_key, self.groups, self.outbox, self._envelope, self._run, self._clock_ms
         )
@@ -119,6 +149,28 @@ class Node:
         self.relay_synced = asyncio.Event()
         self._fatal: NodeError | None = None
         self._fatal_set = asyncio.Event()
+        # Told of each invitation request a stranger's Welcome made (on the event loop).
+        self.on_invitation: Callable[[Invitation], None] | None = None
+        self._invitations: dict[int, Invitation] = {}
+        # Per-caller allowances, on the runtime's monotonic clock.
+        n = limits.max_callers
+        self._key_packages_known = TokenBuckets(
+            limits.key_package_rate_known, limits.key_package_burst_known, n
+        )
+        self._key_packages_stranger = TokenBuckets(
+            limits.key_package_rate_stranger, limits.key_package_burst_stranger, n
+        )
+        self._deliver_known = TokenBuckets(limits.deliver_rate_known, limits.deliver_burst_known, n)
+        self._key_packages_strangers = TokenBuckets(
+            limits.key_package_rate_strangers, limits.key_package_burst_strangers, 1
+        )
+        self._deliver_strangers = TokenBuckets(
+            limits.deliver_rate_strangers, limits.deliver_burst_strangers, 1
+        )
+        self._deliver_stranger = TokenBuckets(
+            limits.deliver_rate_stranger, limits.deliver_burst_stranger, n
+        )
+        self._members_key: tuple[tuple[bytes, int, bool], ...] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -152,6 +204,7 @@ class Node:
         self._tasks.append(self.runtime.spawn(self._retry_outbox()))
         self._tasks.append(self.runtime.spawn(self._inbox.retry_when_stalled()))
         self._tasks.append(self.runtime.spawn(self.membership.run_committer()))
+        self._tasks.append(self.runtime.spawn(self._save_counters_now_and_then()))
         # Proposals applied before a restart (or while offline) may still wait for a commit.
         self.membership.commit_due.set()
         return listen
@@ -159,13 +212,19 @@ class Node:
     async def _resume(self) -> None:
         """Load what the store and the MLS state file hold (once: go_offline keeps it all)."""
         store = self.store
-        for identity, name, address in await self._run(store.contacts):
-            self.contacts.add(identity, name, address)
+        for identity, name, address, chosen in await self._run(store.contacts_chosen):
+            self.contacts.add(identity, name, address, chosen=chosen)
         for message in await self._run(store.messages):
             self.inbox.append(self._chat_message(message))
         mls = self.mls
         loaded = await self._run(lambda: [mls.load_group(g) for g in mls.group_ids()])
         self.groups.update((group.group_id, group) for group in loaded)
+        for stored in await self._run(store.invitations):
+            if stored.group_id in self.groups:
+                # Accepted, and the node died before it forgot the request.
+                await self._run(partial(store.drop_invitation, stored.id))
+                continue
+            self._invitations[stored.id] = Invitation.of(stored)
         self._resumed = True
 
     async def stop(self) -> None:
@@ -174,6 +233,7 @@ class Node:
             return
         await self._cancel_tasks()
         await self.endpoint.close()
+        await self._save_counters()
         self._release()
 
     def go_offline(self) -> None:
@@ -238,16 +298,19 @@ class Node:
     # --- serving ----------------------------------------------------------------------------
 
     async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
-        """Answer a call from a peer whose identity key the handshake proved."""
+        """Answer a call from a peer whose identity key the handshake proved. A stranger's
+        calls are refused, before any work, past their allowance (``NodeLimits``)."""
         relay = self.router.relay
         from_relay = relay is not None and caller.identity == relay.identity
         if not from_relay:
             await self._peer_seen(caller)
         match request:
             case wire.Deliver(envelopes):
+                if not from_relay and (refusal := self._admit_deliver(caller, envelopes)):
+                    return refusal
                 path = Path.RELAY if from_relay else Path.DIRECT
                 try:
-                    return wire.DeliverResult(await self._accept(envelopes, path))
+                    return wire.DeliverResult(await self._accept(envelopes, path, caller.identity))
                 except StorageError as exc:
                     # Not accepted: the sender keeps the envelopes and tries again.
                     log.warning("%s cannot store received envelopes: %s", self.name, exc)
@@ -255,6 +318,18 @@ class Node:
             case wire.FetchKeyPackage(identity):
                 if identity != self.public_key:
                     return wire.ErrorResult(ErrorCode.NOT_FOUND, "a node serves only its own")
+                known, now = self._known(caller.identity), self.runtime.monotonic()
+                if not (
+                    self._key_packages_known.take(caller.identity, now)
+                    if known
+                    else _take_both(
+                        self._key_packages_stranger, self._key_packages_strangers, caller, now, 1
+                    )
+                ):
+                    self._counters.bump("key_package_rate_limited")
+                    return wire.ErrorResult(
+                        ErrorCode.RATE_LIMITED, "too many KeyPackage requests; try again later"
+                    )
                 try:
                     return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
                 except StorageError as exc:
@@ -262,42 +337,102 @@ class Node:
                     return wire.ErrorResult(ErrorCode.INTERNAL, "the node cannot store now")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "a node does not serve this call")
 
+    def _admit_deliver(
+        self, caller: Caller, envelopes: tuple[wire.Envelope, ...]
+    ) -> wire.ErrorResult | None:
+        """Refuse a direct deliver past the caller's allowance; a stranger (no contact, no
+        shared group, no pending invitation) may send invitation Welcomes only, and few."""
+        known = self._known(caller.identity)
+        if not known and any(env.kind is not wire.EnvelopeKind.WELCOME for env in envelopes):
+            self._counters.bump("deliver_stranger_not_welcome")
+            return wire.ErrorResult(
+                ErrorCode.UNAUTHORIZED,
+                "this node takes only invitations from identities it does not know",
+            )
+        now, n = self.runtime.monotonic(), len(envelopes)
+        if not (
+            self._deliver_known.take(caller.identity, now, n)
+            if known
+            else _take_both(self._deliver_stranger, self._deliver_strangers, caller, now, n)
+        ):
+            self._counters.bump("deliver_rate_limited")
+            return wire.ErrorResult(ErrorCode.RATE_LIMITED, "too many envelopes; try again later")
+        return None
+
+    def _refresh_group_members(self) -> None:
+        """Tell the contacts who is in the groups this node is in (when an epoch moved)."""
+        groups = list(self.groups.values())
+        key = tuple((g.group_id, g.epoch, g.is_active) for g in groups)
+        if key != self._members_key:
+            self._members_key = key
+            members = frozenset(m for g in groups if g.is_active for m in g.members())
+            self.contacts.set_group_members(members - {self.public_key})
+
+    def is_contact(self, identity: bytes) -> bool:
+        """Chosen by the user or a member of a group this node is in."""
+        self._refresh_group_members()
+        return self.contacts.is_contact(identity)
+
+    def _known(self, identity: bytes) -> bool:
+        """A contact, or the inviter or a member of an invitation waiting for the user: its
+        envelopes are taken (those of a pending group wait for the answer)."""
+        if self.is_contact(identity):
+            return True
+        return any(
+            identity == inv.inviter or identity in inv.members for inv in self._invitations.values()
+        )
+
     async def _peer_seen(self, caller: Caller) -> None:
         """A peer reached us: it listens where it called from (one socket per node), it is
-        worth dialing directly again, and whatever waits for it in the outbox can go now."""
+        worth dialing directly again, and whatever waits for it in the outbox can go now. A
+        contact's address is saved; anyone else's is only an address hint, kept in memory."""
         self.router.peer_alive(caller.identity)
         if self.contacts.address(caller.identity) != caller.address:
-            await self.remember_peer(caller.identity, None, caller.address)
+            if self.is_contact(caller.identity):
+                await self.remember_peer(caller.identity, None, caller.address, contact=False)
+            else:
+                self.contacts.seen_at(caller.identity, caller.address)
         self._outbox_kick.set()
 
     async def remember_peer(
-        self, identity: bytes, name: str | None, address: Address | None
+        self, identity: bytes, name: str | None, address: Address | None, *, contact: bool = True
     ) -> None:
-        self.contacts.add(identity, name, address)
-        contact_name, store = self.contacts.name(identity), self.store
-        known = self.contacts.address(identity)
-        await self._run(lambda: store.save_contact(identity, contact_name, known))
+        """Save what is known of a peer. ``contact``: the user chose it (``--peer``,
+        ``--invite``, an invite link, an accepted invitation); False keeps it only as an
+        address, and never demotes a contact."""
+        self.contacts.add(identity, name, address, chosen=contact)
+        entry = self.contacts.get(identity)
+        assert entry is not None
+        contact_name, known, chosen = entry.name, entry.address, entry.chosen
+        store = self.store
+        await self._run(lambda: store.save_contact(identity, contact_name, known, chosen=chosen))
 
-    async def _accept(self, envelopes: tuple[wire.Envelope, ...], path: Path) -> tuple[bytes, ...]:
+    async def _accept(
+        self, envelopes: tuple[wire.Envelope, ...], path: Path, caller: bytes
+    ) -> tuple[bytes, ...]:
         own = self.identity.mailbox
         # Not ours: not accepted, so the sender keeps it.
         mine = [env for env in envelopes if env.recipient == own]
-        await self._inbox.accept(mine, path)
-        return tuple(env.id for env in mine)
+        owners = [self._share_of(env, path, caller) for env in mine]
+        accepted = await self._inbox.accept(mine, path, owners, self._clock_ms())
+        return tuple(accepted)
+
+    def _share_of(self, env: wire.Envelope, path: Path, caller: bytes) -> bytes:
+        """The inbox share an envelope counts against: its caller when direct; through the
+        relay (sealed sender hides who sent it) its group when this node is in it or invited
+        to it, else one share for every group it does not know."""
+        if path is Path.DIRECT:
+            return b"peer:" + caller
+        pending = {inv.group_id for inv in self._invitations.values()}
+        if env.group_id in self.groups or env.group_id in pending:
+            return b"group:" + env.group_id
+        return b""
 
     async def _apply(self, env: wire.Envelope, path: Path) -> Applied:
         """Apply one stored envelope to MLS (called by the inbox, in arrival order); MLS writes
         its state file, so each call runs through the runtime's executor."""
         if env.kind is wire.EnvelopeKind.WELCOME:
-            mls = self.mls
-            try:
-                group = await self._run(lambda: mls.join(env.payload))
-            except GroupError as exc:
-                log.warning("%s dropped an unusable welcome: %s", self.name, exc)
-                return None
-            self.groups[group.group_id] = group
-            log.info("%s joined a group at epoch %d", self.name, group.epoch)
-            return None
+            return await self._apply_welcome(env)
         if env.kind is wire.EnvelopeKind.PROPOSAL:
             return await self.membership.apply_proposal(env)
         target = self.groups.get(env.group_id)
@@ -329,6 +464,139 @@ class Node:
             text=incoming.plaintext.decode("utf-8", errors="replace"),
             path=path.value,
         )
+
+    async def _apply_welcome(self, env: wire.Envelope) -> Applied:
+        """Join if a contact invites us; keep a stranger's Welcome as an invitation request."""
+        mls = self.mls
+        try:
+            info = await self._run(lambda: mls.inspect_welcome(env.payload))
+        except GroupError as exc:
+            log.warning("%s dropped an unusable welcome: %s", self.name, exc)
+            self._counters.bump("welcome_unusable")
+            return None
+        if not self.is_contact(info.sender):
+            await self._keep_invitation(info, env.payload)
+            return None
+        try:
+            group = await self._run(lambda: mls.join(env.payload))
+        except GroupError as exc:
+            log.warning("%s dropped an unusable welcome: %s", self.name, exc)
+            self._counters.bump("welcome_unusable")
+            return None
+        self.groups[group.group_id] = group
+        log.info("%s joined a group at epoch %d", self.name, group.epoch)
+        return None
+
+    async def _keep_invitation(self, info: WelcomeInfo, welcome: bytes) -> None:
+        store, limits, now = self.store, self.limits, self._clock_ms()
+        await self._expire_invitations(now)
+
+        def keep() -> int | str:
+            return store.add_invitation(
+                info.sender,
+                info.group_id,
+                info.members,
+                welcome,
+                now,
+                max_total=limits.max_invitations,
+                max_per_inviter=limits.max_invitations_per_inviter,
+            )
+
+        kept = await self._run(keep)
+        if isinstance(kept, str):
+            log.info("%s refused an invitation from a stranger (%s)", self.name, kept)
+            self._counters.bump(kept)
+            return
+        if kept in self._invitations:
+            return
+        invitation = Invitation(kept, info.sender, info.group_id, tuple(info.members), now)
+        self._invitations[kept] = invitation
+        log.info("%s keeps an invitation from %s", self.name, short_fingerprint(info.sender))
+        if self.on_invitation is not None:
+            self.on_invitation(invitation)
+
+    async def _expire_invitations(self, now_ms: int) -> None:
+        store = self.store
+        before = now_ms - self.limits.invitation_ttl_ms
+        gone = await self._run(lambda: store.expire_invitations(before))
+        for invitation_id in gone:
+            invitation = self._invitations.pop(invitation_id, None)
+            self._counters.bump("invitation_expired")
+            if invitation is not None:
+                self.spawn(self._inbox.drop_group(invitation.group_id))
+
+    def invitations(self) -> list[Invitation]:
+        """Invitation requests from strangers waiting for the user, oldest first."""
+        cutoff = self._clock_ms() - self.limits.invitation_ttl_ms
+        return [i for i in self._invitations.values() if i.received_ms >= cutoff]
+
+    async def accept_invitation(self, invitation_id: int) -> bytes:
+        """Join the group of a waiting invitation; its inviter becomes a contact, and the
+        group's envelopes that waited are applied. Returns the group id.
+
+        :raises LocalProtocolError: if no such invitation waits.
+        :raises GroupError: if the Welcome can no longer be joined (the request is dropped)."""
+        invitation = self._pending_invitation(invitation_id)
+        store, mls = self.store, self.mls
+        stored = [i for i in await self._run(store.invitations) if i.id == invitation_id]
+        if not stored:
+            raise LocalProtocolError("that invitation is no longer waiting")
+        try:
+            group = await self._run(lambda: mls.join(stored[0].welcome))
+        except GroupError:
+            await self._forget_invitation(invitation)
+            raise
+        self.groups[group.group_id] = group
+        log.info("%s accepted an invitation, at epoch %d", self.name, group.epoch)
+        address = self.contacts.address(invitation.inviter)
+        await self.remember_peer(invitation.inviter, None, address, contact=True)
+        await self._run(partial(store.drop_invitation, invitation_id))
+        self._invitations.pop(invitation_id, None)
+        await self._inbox.apply_pending()
+        return group.group_id
+
+    async def refuse_invitation(self, invitation_id: int) -> None:
+        """Drop a waiting invitation and every envelope of its group that waited with it.
+
+        :raises LocalProtocolError: if no such invitation waits."""
+        invitation = self._pending_invitation(invitation_id)
+        await self._forget_invitation(invitation)
+        self._counters.bump("invitation_refused")
+
+    def _pending_invitation(self, invitation_id: int) -> Invitation:
+        invitation = self._invitations.get(invitation_id)
+        if invitation is None:
+            raise LocalProtocolError(f"no invitation {invitation_id} is waiting")
+        return invitation
+
+    async def _forget_invitation(self, invitation: Invitation) -> None:
+        store = self.store
+        await self._run(partial(store.drop_invitation, invitation.id))
+        self._invitations.pop(invitation.id, None)
+        await self._inbox.drop_group(invitation.group_id)
+
+    # --- counters ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Refusals by kind since the node started (``node.app.limits.REFUSALS``)."""
+        return self._counters.snapshot()
+
+    async def _save_counters(self) -> None:
+        """Add the counts not saved yet to the store's totals (``doctor`` shows them)."""
+        if not self._counters.dirty:
+            return
+        taken, store = self._counters.take_unsaved(), self.store
+        try:
+            await self._run(lambda: store.add_counts(taken))
+        except StorageError as exc:
+            self._counters.unsave(taken)
+            log.info("%s cannot save its counters now: %s", self.name, exc)
+
+    async def _save_counters_now_and_then(self) -> None:
+        # Saved in batches: one write per refusal would let a flood spend the disk.
+        while True:
+            await asyncio.sleep(COUNTERS_SAVE_INTERVAL)  # a period, not a wait for a condition
+            await self._save_counters()
 
     def _chat_message(self, message: StoredMessage) -> ChatMessage:
         return ChatMessage(
@@ -378,7 +646,7 @@ class Node:
             raise RelayError("the relay answered fetch with something else")
         if not response.envelopes:
             return 0
-        ids = await self._accept(response.envelopes, Path.RELAY)
+        ids = await self._accept(response.envelopes, Path.RELAY, b"")
         # Acknowledge only once stored: a crash in between means a re-fetch, and the duplicate
         # is dropped by id.
         await self.router.call_relay(wire.Ack(mailbox, ids))
@@ -535,3 +803,12 @@ class Node:
             group_id=group_id,
             created_at_ms=self._clock_ms(),
         )
+
+
+def _take_both(
+    own: TokenBuckets, everyone: TokenBuckets, caller: Caller, now: float, n: int
+) -> bool:
+    """Spend from a stranger's own bucket and from all strangers' one, or from neither."""
+    if own.available(caller.identity, now) < n or everyone.available(b"", now) < n:
+        return False
+    return own.take(caller.identity, now, n) and everyone.take(b"", now, n)

@@ -22,11 +22,12 @@ import click
 
 from node.app.backup import take_restore_notice
 from node.app.datadir import problems_of_layout
-from node.app.node import ChatMessage, Node
+from node.app.node import ChatMessage, Invitation, Node
 from node.app.passphrase import get_passphrase, passphrase_file_option
 from node.app.peer_ref import PeerRefError, parse_identity_key, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
+from node.app.relay_account import sign_in_node
 from node.app.router import RelayInfo
 from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
@@ -112,6 +113,12 @@ def node_options(func: F) -> F:
             "--relay-key", default=None, help="The relay's identity key (hex), to pin it."
         ),
         click.option(
+            "--relay-user",
+            default=None,
+            help="Your account at the relay: registered on first use, then logged in "
+            "(password prompt, or $QUICNPROTOCHAT_RELAY_PASSWORD).",
+        ),
+        click.option(
             "--peer",
             "peers",
             multiple=True,
@@ -153,6 +160,7 @@ def run_options(
     listen: str,
     relay_address: str | None,
     relay_key: str | None,
+    relay_user: str | None,
     peers: tuple[str, ...],
     invites: tuple[str, ...],
     no_mdns: bool,
@@ -165,6 +173,8 @@ def run_options(
     option; the passphrase is asked for last, once everything else is known to be right."""
     if (relay_address is None) != (relay_key is None):
         raise click.UsageError("--relay and --relay-key go together")
+    if relay_user is not None and relay_address is None:
+        raise click.UsageError("--relay-user needs --relay and --relay-key")
     relay = (
         RelayInfo(parse_address(relay_address, "--relay"), parse_key(relay_key, "--relay-key"))
         if relay_address is not None and relay_key is not None
@@ -194,6 +204,7 @@ def run_options(
         peers=known,
         invites=invited,
         presence=presence,
+        relay_user=relay_user,
     )
 
 
@@ -232,6 +243,7 @@ class RunOptions:
     peers: list[PeerSpec]
     invites: list[PeerSpec]
     presence: PresenceConfig
+    relay_user: str | None = None
 
 
 async def _run(opts: RunOptions) -> None:
@@ -247,7 +259,13 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
         opts.data_dir, opts.passphrase, runtime, name=opts.name, relay=opts.relay
     )
     identity = node.identity
+    if opts.relay_user is not None and opts.relay is not None:
+        signed = await sign_in_node(
+            node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
+        )
+        click.echo(f"relay account {signed.session.username}: {signed.how}")
     node.on_message = _print_message
+    node.on_invitation = _print_invitation
     restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
     for spec in [*opts.peers, *opts.invites]:
         await node.remember_peer(spec.identity, spec.name, spec.address)
@@ -424,10 +442,37 @@ async def _stdin_lines(node: Node) -> AsyncIterator[bytes]:
         yield line
 
 
+def _print_invitation(invitation: Invitation) -> None:
+    # Not joined: a stranger's Welcome waits for the user (DESIGN §11).
+    click.echo(
+        f"invitation {invitation.id} from {fingerprint(invitation.inviter)} to a group of "
+        f"{len(invitation.members)}: /accept {invitation.id} or /refuse {invitation.id}"
+    )
+
+
+async def _answer_invitation(node: Node, text: str) -> None:
+    command, _, number = text.partition(" ")
+    try:
+        invitation_id = int(number)
+        if command == "/accept":
+            await node.accept_invitation(invitation_id)
+            click.echo(f"joined the group of invitation {invitation_id}")
+        else:
+            await node.refuse_invitation(invitation_id)
+            click.echo(f"refused invitation {invitation_id}")
+    except ValueError:
+        click.echo(f"ERROR: {command} takes an invitation number", err=True)
+    except NodeError as exc:
+        click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
+
+
 async def _read_lines(node: Node) -> None:
     async for line in _stdin_lines(node):
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
+            continue
+        if text.startswith(("/accept", "/refuse")):
+            await _answer_invitation(node, text)
             continue
         if not node.groups:
             click.echo("(no group yet: start with --invite, or wait to be invited)", err=True)

@@ -1,5 +1,11 @@
 """The durable outbox: every outgoing envelope is stored before its first attempt and removed
-only when a peer or a relay accepted it; what failed is retried later."""
+only when a peer or a relay accepted it; what failed is retried later.
+
+Bounded (``node.app.limits.NodeLimits``): an application message is refused up front
+(:class:`~node.app.store.OutboxFullError`) when too many envelopes wait for one of its
+recipients or in all; commits, Welcomes and proposals are always queued, since a group must
+not lose a membership change over a full queue. An envelope older than the redelivery window
+is dropped from the queue: its recipient would refuse it."""
 
 from __future__ import annotations
 
@@ -9,12 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
+from node.app.limits import Counters, NodeLimits
 from node.app.router import Path, Router
-from node.app.store import NodeStore
+from node.app.store import NodeStore, OutboxFullError
 from node.core import wire
 from node.core.errors import NodeError, StorageError
 from node.core.identity import short_fingerprint
-from node.core.runtime import BlockingRunner
+from node.core.runtime import BlockingRunner, Clock
+
+__all__ = ["Outbox", "OutboxFullError", "SendReport"]
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +37,25 @@ class SendReport:
 
 
 class Outbox:
-    def __init__(self, store: NodeStore, run: BlockingRunner, router: Router) -> None:
+    def __init__(
+        self,
+        store: NodeStore,
+        run: BlockingRunner,
+        router: Router,
+        *,
+        limits: NodeLimits | None = None,
+        counters: Counters | None = None,
+        clock_ms: Clock | None = None,
+    ) -> None:
+        """:param clock_ms: the runtime's wall clock, to drop envelopes past the window
+        (without it nothing expires)."""
         self._store = store
         self._run = run
         self._router = router
+        self._limits = limits or NodeLimits()
+        self._counters = counters or Counters()
+        self._clock_ms = clock_ms
+        store.set_outbox_bounds(self._limits.max_outbox, self._limits.max_outbox_per_recipient)
         self._locks: dict[bytes, asyncio.Lock] = {}
         # Why the outbox could not record an attempt or a delivery (None while all is well).
         self.failure: str | None = None
@@ -44,7 +68,11 @@ class Outbox:
         """Queue (recipient, envelope) pairs durably, then drain those recipients' queues.
         ``commit`` = (group id, epoch) marks them as the fan-out of this node's commit."""
         store = self._store
-        await self._run(lambda: store.outbox_put(items, commit))
+        try:
+            await self._run(lambda: store.outbox_put(items, commit))
+        except OutboxFullError:
+            self._counters.bump("outbox_full")
+            raise
         return await self._drain([recipient for recipient, _ in items])
 
     async def queued_commit_epoch(self, group_id: bytes) -> int | None:
@@ -53,6 +81,13 @@ class Outbox:
 
     async def flush(self) -> SendReport:
         """Try again everything still queued. Returns what happened."""
+        if self._clock_ms is not None:
+            now, store = self._clock_ms(), self._store
+            before = now - self._limits.envelope_window_ms
+            expired = await self._run(lambda: store.outbox_expire(before, now))
+            if expired:
+                log.warning("dropped %d queued envelopes older than the window", expired)
+                self._counters.bump("outbox_expired", expired)
         queued = await self._run(self._store.outbox)
         return await self._drain([recipient for recipient, _, _ in queued])
 

@@ -1,8 +1,9 @@
 """The node's encrypted local database: SQLCipher keyed with a raw key.
 
 What lives here: contacts, the inbox of accepted-but-not-yet-applied envelopes, the ids of
-every envelope ever accepted (for exactly-once delivery to the user), the messages the user
-has read, the durable outbox, and small settings such as the relay cursor. Every method is
+every envelope accepted within the redelivery window (for exactly-once delivery to the user),
+the messages the user has read, the durable outbox, invitations waiting for the user's answer,
+refusal counters, and small settings such as the relay cursor. Every method is
 blocking; the node calls them through its :class:`~node.core.runtime.BlockingRunner`.
 """
 
@@ -12,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,25 @@ import sqlcipher3
 
 from node.core import wire
 from node.core.addresses import Address
-from node.core.errors import StorageError
+from node.core.errors import NodeError, StorageError
+from node.core.identity import short_fingerprint
 from node.core.keyfile import KdfParams, derive_key, derive_subkey
 
-SCHEMA_VERSION = 2  # 2: mls_bases
+# 2: mls_bases. 3: contacts.chosen, seen.expires_ms, inbox.owner, outbox.created_ms,
+# invitations, counters.
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS contacts (
-    identity BLOB PRIMARY KEY, name TEXT NOT NULL, host TEXT, port INTEGER
+    identity BLOB PRIMARY KEY, name TEXT NOT NULL, host TEXT, port INTEGER,
+    chosen INTEGER NOT NULL DEFAULT 1
 );
-CREATE TABLE IF NOT EXISTS seen (envelope_id BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS seen (
+    envelope_id BLOB PRIMARY KEY, expires_ms INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS inbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, envelope BLOB NOT NULL, path TEXT NOT NULL
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, envelope BLOB NOT NULL, path TEXT NOT NULL,
+    owner BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS messages (
     envelope_id BLOB PRIMARY KEY, seq INTEGER NOT NULL, group_id BLOB NOT NULL,
@@ -44,10 +52,29 @@ CREATE TABLE IF NOT EXISTS peers (
 );
 CREATE TABLE IF NOT EXISTS outbox (
     envelope_id BLOB PRIMARY KEY, recipient BLOB NOT NULL, envelope BLOB NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS commits_queued (group_id BLOB PRIMARY KEY, epoch INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS mls_bases (salt BLOB PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS invitations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, inviter BLOB NOT NULL, group_id BLOB NOT NULL,
+    members BLOB NOT NULL, welcome BLOB NOT NULL, received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_ms);
+CREATE INDEX IF NOT EXISTS inbox_owner ON inbox (owner);
+CREATE INDEX IF NOT EXISTS outbox_recipient ON outbox (recipient);
+"""
+# From version 2 (and 1, which lacks only a table _SCHEMA creates), in the same transaction
+# as _SCHEMA. Contacts saved before version 3 are kept as chosen: a version-2 node could not
+# tell a contact from a peer merely seen, and demoting them would hide invitations from
+# people the user talks to. Ids seen before have no expiry yet (0): the first stash gives
+# them a full window.
+_FROM_2 = """
+ALTER TABLE contacts ADD COLUMN chosen INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE seen ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE inbox ADD COLUMN owner BLOB NOT NULL DEFAULT x'';
+ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
 """
 
 
@@ -63,6 +90,30 @@ class StoredMessage:
     sender: bytes
     text: str
     path: str
+
+
+@dataclass
+class Stashed:
+    """What :meth:`NodeStore.stash_bounded` did with each envelope."""
+
+    fresh: list[bytes] = field(default_factory=list)  # stored now
+    duplicate: list[bytes] = field(default_factory=list)  # stored before: accepted again
+    refused: dict[bytes, str] = field(default_factory=dict)  # id -> refusal kind
+
+
+@dataclass(frozen=True)
+class StoredInvitation:
+    id: int
+    inviter: bytes
+    group_id: bytes
+    members: tuple[bytes, ...]
+    welcome: bytes
+    received_ms: int
+
+
+class OutboxFullError(NodeError):
+    """Too many envelopes already wait for this recipient (or for everyone): nothing was
+    queued."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +187,8 @@ class NodeStore:
             raise ValueError("the database key is 32 bytes")
         self.path = path
         self._key = key
+        self._seen_count: int | None = None
+        self._outbox_bounds: tuple[int | None, int | None] = (None, None)
         in_memory = str(path) == ":memory:"
         if not in_memory and not path.exists():
             if not create or read_only:
@@ -169,11 +222,23 @@ class NodeStore:
             self._db.execute("PRAGMA synchronous = FULL")
             (version,) = self._db.execute("PRAGMA user_version").fetchone()
             # An existing database is not written merely by being opened.
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{path} was written by a newer quicnprotochat (schema {version}, "
+                    f"this one knows {SCHEMA_VERSION})"
+                )
             if version != SCHEMA_VERSION:
                 self._db.execute("PRAGMA journal_mode = WAL")
-                self._db.executescript(_SCHEMA)
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                upgrade = _FROM_2 if version in (1, 2) else ""
+                # One transaction: a crash mid-migration leaves version 2 as it was.
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE; {upgrade} {_SCHEMA} "
+                    f"PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
         except sqlcipher3.Error as exc:
+            with contextlib.suppress(sqlcipher3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
             raise StorageError(f"{path} cannot be prepared: {exc}") from exc
 
     def _check_integrity(self) -> None:
@@ -285,17 +350,28 @@ class NodeStore:
 
     # --- contacts ---------------------------------------------------------------------------
 
-    def save_contact(self, identity: bytes, name: str, address: Address | None) -> None:
+    def save_contact(
+        self, identity: bytes, name: str, address: Address | None, *, chosen: bool = True
+    ) -> None:
+        """``chosen``: the user chose this identity (else it is kept as a group member's
+        address)."""
         host, port = address if address is not None else (None, None)
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO contacts (identity, name, host, port) VALUES (?, ?, ?, ?)",
-                (identity, name, host, port),
+                "INSERT OR REPLACE INTO contacts (identity, name, host, port, chosen)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (identity, name, host, port, int(chosen)),
             )
 
     def contacts(self) -> list[tuple[bytes, str, Address | None]]:
-        rows = self._query("SELECT identity, name, host, port FROM contacts")
-        return [(bytes(i), n, (h, int(p)) if h is not None else None) for i, n, h, p in rows]
+        return [(i, n, a) for i, n, a, _ in self.contacts_chosen()]
+
+    def contacts_chosen(self) -> list[tuple[bytes, str, Address | None, bool]]:
+        """(identity, name, address, chosen by the user) of every saved contact."""
+        rows = self._query("SELECT identity, name, host, port, chosen FROM contacts")
+        return [
+            (bytes(i), n, (h, int(p)) if h is not None else None, bool(c)) for i, n, h, p, c in rows
+        ]
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -312,6 +388,71 @@ class NodeStore:
                     )
                     fresh.append(env.id)
         return fresh
+
+    def stash_bounded(
+        self,
+        envelopes: Sequence[wire.Envelope],
+        path: str,
+        owners: Sequence[bytes],
+        *,
+        now_ms: int,
+        window_ms: int,
+        max_seen: int,
+        max_share: int,
+    ) -> Stashed:
+        """:meth:`stash_incoming` within bounds, in one transaction: ids expire at the
+        envelope's ``created_at_ms + window_ms`` (expired ones are deleted first); past
+        ``max_seen`` ids, or ``max_share`` inbox rows of one owner (``owners[i]`` for
+        ``envelopes[i]``), an envelope is refused, not stored. A duplicate is never refused."""
+        result = Stashed()
+        with self._tx() as db:
+            seen = self._count_seen(db, now_ms, window_ms)
+            shares: dict[bytes, int] = {}
+            for env, owner in zip(envelopes, owners, strict=True):
+                if db.execute("SELECT 1 FROM seen WHERE envelope_id = ?", (env.id,)).fetchone():
+                    result.duplicate.append(env.id)
+                    continue
+                if seen >= max_seen:
+                    result.refused[env.id] = "seen_full"
+                    continue
+                if owner not in shares:
+                    (count,) = db.execute(
+                        "SELECT COUNT(*) FROM inbox WHERE owner = ?", (owner,)
+                    ).fetchone()
+                    shares[owner] = int(count)
+                if shares[owner] >= max_share:
+                    result.refused[env.id] = "deferred_share_full"
+                    continue
+                db.execute(
+                    "INSERT INTO seen (envelope_id, expires_ms) VALUES (?, ?)",
+                    (env.id, env.created_at_ms + window_ms),
+                )
+                db.execute(
+                    "INSERT INTO inbox (envelope, path, owner) VALUES (?, ?, ?)",
+                    (wire.encode_envelope(env), path, owner),
+                )
+                seen += 1
+                shares[owner] += 1
+                result.fresh.append(env.id)
+        self._seen_count = seen
+        return result
+
+    def _count_seen(self, db: Any, now_ms: int, window_ms: int) -> int:
+        """Forget expired ids; date those kept from before expiry existed; count the rest."""
+        db.execute("UPDATE seen SET expires_ms = ? WHERE expires_ms = 0", (now_ms + window_ms,))
+        gone = db.execute("DELETE FROM seen WHERE expires_ms < ?", (now_ms,)).rowcount
+        if self._seen_count is None:
+            (count,) = db.execute("SELECT COUNT(*) FROM seen").fetchone()
+            return int(count)
+        return self._seen_count - max(0, int(gone))
+
+    def seen_count(self) -> int:
+        (count,) = self._query("SELECT COUNT(*) FROM seen")[0]
+        return int(count)
+
+    def incoming_owners(self) -> dict[int, bytes]:
+        """The owner (the share it counts against) of each inbox row, by seq."""
+        return {int(q): bytes(o) for q, o in self._query("SELECT seq, owner FROM inbox")}
 
     def pending_incoming(self) -> list[tuple[int, wire.Envelope, str]]:
         rows = self._query("SELECT seq, envelope, path FROM inbox ORDER BY seq")
@@ -349,19 +490,63 @@ class NodeStore:
     ) -> None:
         """Record (recipient identity, envelope) pairs before the first delivery attempt. With
         ``commit`` = (group id, epoch), they are the fan-out of this node's commit into that
-        epoch, and that is recorded in the same transaction."""
+        epoch, and that is recorded in the same transaction. Past the bounds
+        (:meth:`set_outbox_bounds`), application envelopes raise :class:`OutboxFullError` and
+        none of ``items`` is queued; other kinds always are."""
         with self._tx() as db:
+            if any(env.kind is wire.EnvelopeKind.APPLICATION for _, env in items):
+                self._check_outbox_room(db, items, *self._outbox_bounds)
             for recipient, env in items:
                 db.execute(
-                    "INSERT OR IGNORE INTO outbox (envelope_id, recipient, envelope)"
-                    " VALUES (?, ?, ?)",
-                    (env.id, recipient, wire.encode_envelope(env)),
+                    "INSERT OR IGNORE INTO outbox (envelope_id, recipient, envelope, created_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (env.id, recipient, wire.encode_envelope(env), env.created_at_ms),
                 )
             if commit is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO commits_queued (group_id, epoch) VALUES (?, ?)",
                     commit,
                 )
+
+    def set_outbox_bounds(self, max_total: int, max_per_recipient: int) -> None:
+        """Envelopes the outbox may hold in all, and for one recipient (application
+        messages past them are refused)."""
+        self._outbox_bounds = (max_total, max_per_recipient)
+
+    @staticmethod
+    def _check_outbox_room(
+        db: Any,
+        items: Sequence[tuple[bytes, wire.Envelope]],
+        max_total: int | None,
+        max_per_recipient: int | None,
+    ) -> None:
+        if max_total is not None:
+            (total,) = db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+            if int(total) + len(items) > max_total:
+                raise OutboxFullError(
+                    f"the outbox is full ({total} envelopes wait; at most {max_total})"
+                )
+        if max_per_recipient is not None:
+            adding: dict[bytes, int] = {}
+            for recipient, _ in items:
+                adding[recipient] = adding.get(recipient, 0) + 1
+            for recipient, n in adding.items():
+                (queued,) = db.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE recipient = ?", (recipient,)
+                ).fetchone()
+                if int(queued) + n > max_per_recipient:
+                    raise OutboxFullError(
+                        f"{queued} envelopes already wait for {short_fingerprint(recipient)} "
+                        f"(at most {max_per_recipient}): nothing was queued"
+                    )
+
+    def outbox_expire(self, before_ms: int, now_ms: int) -> int:
+        """Drop queued envelopes made before ``before_ms`` (a recipient would refuse them);
+        those queued before creation times were kept get ``now_ms``. Returns how many went."""
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET created_ms = ? WHERE created_ms = 0", (now_ms,))
+            cur = db.execute("DELETE FROM outbox WHERE created_ms < ?", (before_ms,))
+            return int(cur.rowcount)
 
     def queued_commit_epoch(self, group_id: bytes) -> int | None:
         """The epoch of the latest own commit of this group whose fan-out was queued."""
@@ -391,3 +576,95 @@ class NodeStore:
     def outbox(self) -> list[tuple[bytes, wire.Envelope, int]]:
         rows = self._query("SELECT recipient, envelope, attempts FROM outbox ORDER BY rowid")
         return [(bytes(r), wire.decode_envelope(bytes(e)), int(a)) for r, e, a in rows]
+
+    # --- invitations waiting for the user ---------------------------------------------------
+
+    def add_invitation(
+        self,
+        inviter: bytes,
+        group_id: bytes,
+        members: Sequence[bytes],
+        welcome: bytes,
+        received_ms: int,
+        *,
+        max_total: int,
+        max_per_inviter: int,
+    ) -> int | str:
+        """Keep a Welcome for the user to accept or refuse; its id, or the refusal kind when
+        ``max_total`` wait already, or ``max_per_inviter`` from this inviter. The same
+        inviter's Welcome to the same group again (applied again after a crash) is the one
+        already kept."""
+        with self._tx() as db:
+            same = db.execute(
+                "SELECT id FROM invitations WHERE inviter = ? AND group_id = ?",
+                (inviter, group_id),
+            ).fetchone()
+            if same:
+                return int(same[0])
+            (by_inviter,) = db.execute(
+                "SELECT COUNT(*) FROM invitations WHERE inviter = ?", (inviter,)
+            ).fetchone()
+            if int(by_inviter) >= max_per_inviter:
+                return "invitation_per_inviter"
+            (total,) = db.execute("SELECT COUNT(*) FROM invitations").fetchone()
+            if int(total) >= max_total:
+                return "invitations_full"
+            cur = db.execute(
+                "INSERT INTO invitations (inviter, group_id, members, welcome, received_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (inviter, group_id, b"".join(members), welcome, received_ms),
+            )
+            return int(cur.lastrowid)
+
+    def invitations(self) -> list[StoredInvitation]:
+        rows = self._query(
+            "SELECT id, inviter, group_id, members, welcome, received_ms FROM invitations"
+            " ORDER BY id"
+        )
+        return [
+            StoredInvitation(
+                int(i), bytes(s), bytes(g), _split_identities(bytes(m)), bytes(w), int(t)
+            )
+            for i, s, g, m, w, t in rows
+        ]
+
+    def drop_invitation(self, invitation_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM invitations WHERE id = ?", (invitation_id,))
+
+    def expire_invitations(self, before_ms: int) -> list[int]:
+        """Drop invitations received before ``before_ms``; return their ids."""
+        with self._tx() as db:
+            ids = [
+                int(i)
+                for (i,) in db.execute(
+                    "SELECT id FROM invitations WHERE received_ms < ?", (before_ms,)
+                ).fetchall()
+            ]
+            db.execute("DELETE FROM invitations WHERE received_ms < ?", (before_ms,))
+        return ids
+
+    # --- refusal counters -------------------------------------------------------------------
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        with self._tx() as db:
+            for kind, n in counts.items():
+                db.execute(
+                    "INSERT INTO counters (kind, count) VALUES (?, ?)"
+                    " ON CONFLICT (kind) DO UPDATE SET count = count + excluded.count",
+                    (kind, n),
+                )
+
+    def counts(self) -> dict[str, int]:
+        return {k: int(n) for k, n in self._query("SELECT kind, count FROM counters")}
+
+    def incoming_count(self) -> int:
+        (count,) = self._query("SELECT COUNT(*) FROM inbox")[0]
+        return int(count)
+
+
+IDENTITY_SIZE = 32
+
+
+def _split_identities(joined: bytes) -> tuple[bytes, ...]:
+    return tuple(joined[i : i + IDENTITY_SIZE] for i in range(0, len(joined), IDENTITY_SIZE))

@@ -21,6 +21,8 @@ class ErrorCode(enum.IntEnum):
     TOO_LARGE = 10
     STORE_FULL = 11
     BUSY = 12
+    UNAUTHENTICATED = 13
+    CONFLICT = 14
 
 
 class NodeError(Exception):

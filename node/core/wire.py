@@ -9,8 +9,9 @@ only shape: integrity comes from MLS.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import capnp
@@ -94,7 +95,68 @@ class Wait:
     timeout_ms: int
 
 
-Request = Deliver | Fetch | Ack | FetchKeyPackage | Wait
+# Accounts (OPAQUE, RFC 9807). The OPAQUE messages and tokens stay out of reprs: nothing that
+# reaches a log may carry them.
+
+USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
+USERNAME_RULE = "a username is 1-32 of a-z 0-9 . _ - and starts with a letter or digit"
+# Sizes of the OPAQUE messages of the one suite (Ristretto255, TripleDH, SHA-512, Argon2id).
+REGISTRATION_REQUEST_SIZE = 32
+REGISTRATION_UPLOAD_SIZE = 192
+KE1_SIZE = 96
+KE2_SIZE = 320
+KE3_SIZE = 64
+LOGIN_ID_SIZE = 16
+TOKEN_SIZE = 32
+
+
+@dataclass(frozen=True)
+class RegisterStart:
+    username: str
+    request: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RegisterFinish:
+    username: str
+    upload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LoginStart:
+    username: str
+    request: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LoginFinish:
+    login_id: bytes = field(repr=False)
+    finalization: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    token: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Logout:
+    token: bytes = field(repr=False)
+
+
+Request = (
+    Deliver
+    | Fetch
+    | Ack
+    | FetchKeyPackage
+    | Wait
+    | RegisterStart
+    | RegisterFinish
+    | LoginStart
+    | LoginFinish
+    | Authenticate
+    | Logout
+)
 
 
 class UnknownMethodError(RemoteProtocolError):
@@ -131,7 +193,51 @@ class FetchKeyPackageResult:
     key_package: bytes
 
 
-Response = ErrorResult | DeliverResult | FetchResult | AckResult | FetchKeyPackageResult
+@dataclass(frozen=True)
+class RegisterStartResult:
+    response: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RegisterFinishResult:
+    pass
+
+
+@dataclass(frozen=True)
+class LoginStartResult:
+    login_id: bytes = field(repr=False)
+    response: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    token: bytes = field(repr=False)
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class LogoutResult:
+    pass
+
+
+Response = (
+    ErrorResult
+    | DeliverResult
+    | FetchResult
+    | AckResult
+    | FetchKeyPackageResult
+    | RegisterStartResult
+    | RegisterFinishResult
+    | LoginStartResult
+    | SessionResult
+    | SessionInfo
+    | LogoutResult
+)
 
 # --- envelopes ------------------------------------------------------------------------------
 
@@ -224,6 +330,26 @@ def encode_request(req: Request) -> bytes:
             p.cursor = cursor
             p.limit = limit
             p.timeoutMs = timeout_ms
+        case RegisterStart(username, request):
+            p = msg.init("registerStart")
+            p.username = username
+            p.request = request
+        case RegisterFinish(username, upload):
+            p = msg.init("registerFinish")
+            p.username = username
+            p.upload = upload
+        case LoginStart(username, request):
+            p = msg.init("loginStart")
+            p.username = username
+            p.request = request
+        case LoginFinish(login_id, finalization):
+            p = msg.init("loginFinish")
+            p.loginId = login_id
+            p.finalization = finalization
+        case Authenticate(token):
+            msg.init("authenticate").token = token
+        case Logout(token):
+            msg.init("logout").token = token
     return bytes(msg.to_bytes())
 
 
@@ -245,6 +371,22 @@ def decode_request(data: bytes) -> Request:
             if which == "wait":
                 w = msg.wait
                 return Wait(bytes(w.mailbox), int(w.cursor), int(w.limit), int(w.timeoutMs))
+            if which == "registerStart":
+                p = msg.registerStart
+                return RegisterStart(str(p.username), bytes(p.request))
+            if which == "registerFinish":
+                p = msg.registerFinish
+                return RegisterFinish(str(p.username), bytes(p.upload))
+            if which == "loginStart":
+                p = msg.loginStart
+                return LoginStart(str(p.username), bytes(p.request))
+            if which == "loginFinish":
+                p = msg.loginFinish
+                return LoginFinish(bytes(p.loginId), bytes(p.finalization))
+            if which == "authenticate":
+                return Authenticate(bytes(msg.authenticate.token))
+            if which == "logout":
+                return Logout(bytes(msg.logout.token))
     except UnknownMethodError:
         raise
     except DECODE_EXCEPTIONS as exc:
@@ -295,6 +437,22 @@ def encode_response(resp: Response) -> bytes:
             msg.init("ack").removed = removed
         case FetchKeyPackageResult(key_package):
             msg.init("fetchKeyPackage").keyPackage = key_package
+        case RegisterStartResult(response):
+            msg.init("registerStart").response = response
+        case RegisterFinishResult():
+            msg.init("registerFinish")
+        case LoginStartResult(login_id, response):
+            p = msg.init("loginStart")
+            p.loginId = login_id
+            p.response = response
+        case SessionResult(token, expires_at_ms):
+            p = msg.init("loginFinish")
+            p.token = token
+            p.expiresAtMs = expires_at_ms
+        case SessionInfo(expires_at_ms):
+            msg.init("authenticate").expiresAtMs = expires_at_ms
+        case LogoutResult():
+            msg.init("logout")
     return bytes(msg.to_bytes())
 
 
@@ -312,6 +470,8 @@ _ERROR_CODE_NAMES = {
     ErrorCode.TOO_LARGE: "tooLarge",
     ErrorCode.STORE_FULL: "storeFull",
     ErrorCode.BUSY: "busy",
+    ErrorCode.UNAUTHENTICATED: "unauthenticated",
+    ErrorCode.CONFLICT: "conflict",
 }
 _KNOWN_CODES = frozenset(int(code) for code in ErrorCode)
 
@@ -334,6 +494,20 @@ def decode_response(data: bytes) -> Response:
                 return AckResult(int(msg.ack.removed))
             if which == "fetchKeyPackage":
                 return FetchKeyPackageResult(bytes(msg.fetchKeyPackage.keyPackage))
+            if which == "registerStart":
+                return RegisterStartResult(bytes(msg.registerStart.response))
+            if which == "registerFinish":
+                return RegisterFinishResult()
+            if which == "loginStart":
+                p = msg.loginStart
+                return LoginStartResult(bytes(p.loginId), bytes(p.response))
+            if which == "loginFinish":
+                p = msg.loginFinish
+                return SessionResult(bytes(p.token), int(p.expiresAtMs))
+            if which == "authenticate":
+                return SessionInfo(int(msg.authenticate.expiresAtMs))
+            if which == "logout":
+                return LogoutResult()
     except DECODE_EXCEPTIONS as exc:
         raise RemoteProtocolError("malformed response") from exc
     raise RemoteProtocolError("response of an unknown kind")

@@ -43,6 +43,7 @@ use crate::meta::{self, OwnCommit};
 use crate::policy::{capabilities, Policy};
 use crate::provider::{Entries, Provider};
 use crate::store_file::StateFile;
+use crate::welcome_info::WelcomeInfo;
 
 // The Python signatures below spell the default ciphersuite as a literal so
 // that it shows up in `inspect.signature`; keep it equal to the constant.
@@ -372,6 +373,28 @@ impl ClientState {
         let now = self.clock.now()?;
         let inner = self.lock()?;
         guarded(|| f(&self.keys, &inner, now))
+    }
+
+    /// Runs `f` at the clock's current time as a transaction that is always
+    /// undone: whatever it changed in the store is put back and no state is
+    /// written (for a look that OpenMLS can only take by changing state).
+    pub(crate) fn undone<T>(&self, f: impl FnOnce(&Keys, &mut Inner) -> Result<T>) -> Result<T> {
+        let now = self.clock.now()?;
+        let mut guard = self.lock()?;
+        let inner = &mut *guard;
+        inner.now = now;
+        inner.touched.clear();
+        inner.provider.storage().begin();
+        let result = guarded(|| f(&self.keys, inner));
+        let rolled_back = guarded(|| {
+            inner.provider.storage().rollback();
+            inner.reload_touched();
+            Ok(())
+        });
+        if rolled_back.is_err() {
+            inner.broken = true;
+        }
+        result
     }
 
     /// Runs `f` as one atomic step at the clock's current time
@@ -733,6 +756,13 @@ impl Client {
         let state = &self.state;
         let group_id = py.detach(|| guarded(|| state.join(welcome, interop)))?;
         Ok(Group::new(Arc::clone(state), group_id))
+    }
+
+    /// What a Welcome made for us says (group, inviter, members), verified,
+    /// without joining: the client's state is unchanged.
+    fn inspect_welcome(&self, py: Python<'_>, welcome: &[u8]) -> PyResult<WelcomeInfo> {
+        let state = &self.state;
+        Ok(py.detach(|| guarded(|| state.inspect_welcome(welcome)))?)
     }
 
     /// Joins a group by external commit; returns the group and the commit.

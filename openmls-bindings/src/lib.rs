@@ -18,6 +18,7 @@ mod pool;
 mod provider;
 mod storage;
 mod store_file;
+mod welcome_info;
 
 #[cfg(test)]
 mod scenario_tests;
@@ -37,6 +38,8 @@ mod _native {
     use crate::key_package::key_package_identity;
     #[pymodule_export]
     use crate::message_info::{message_info, MessageInfo};
+    #[pymodule_export]
+    use crate::welcome_info::WelcomeInfo;
     #[pymodule_export]
     const CIPHERSUITE_X25519_AES128GCM: u16 = crate::key_package::CIPHERSUITE_X25519_AES128GCM;
     #[pymodule_export]

@@ -51,6 +51,10 @@ async def test_bob_invites_alice_by_her_link_and_they_chat(tmp_path: Path) -> No
         async with node_process(tmp_path, "bob", "--no-mdns", "--invite", me["link"]) as bob:
             await bob.expect(r"group created with alice$")
             await bob.type_line("hello by link")
+            # bob is a stranger to alice: his invitation waits for her consent, and his
+            # message waits with it.
+            invitation = (await alice.expect(r"^invitation (\d+) from ")).group(1)
+            await alice.type_line(f"/accept {invitation}")
             await alice.expect(r"\] hello by link$")
             await alice.type_line("hi bob")
             await bob.expect(r"^\[alice\] hi bob$")

@@ -95,6 +95,10 @@ async def test_two_node_processes_chat_directly(tmp_path: Path) -> None:
         async with node_process(tmp_path, "bob", "--invite", f"alice={key}@{address}") as bob:
             await bob.expect(r"group created with alice")
             await bob.type_line("hello from bob")
+            # bob is a stranger to alice: his invitation waits for her consent, and his
+            # message waits with it.
+            invitation = (await alice.expect(r"^invitation (\d+) from ")).group(1)
+            await alice.type_line(f"/accept {invitation}")
             await alice.expect(r"\] hello from bob$")
             await alice.type_line("hi bob")
             await bob.expect(r"^\[alice\] hi bob$")
@@ -121,6 +125,10 @@ async def test_two_nodes_find_each_other_on_the_lan_and_chat_without_any_relay(
         async with node_process(tmp_path, "bob", "--invite", f"alice={key}") as bob:
             await bob.expect(r"group created with alice")
             await bob.type_line("found you on the LAN")
+            # bob is a stranger to alice: his invitation waits for her consent, and his
+            # message waits with it.
+            invitation = (await alice.expect(r"^invitation (\d+) from ")).group(1)
+            await alice.type_line(f"/accept {invitation}")
             await alice.expect(r"\] found you on the LAN$")
             await alice.type_line("and I you")
             await bob.expect(r"^\[alice\] and I you$")
@@ -138,6 +146,10 @@ async def test_two_nodes_find_each_other_through_the_dht_alone(tmp_path: Path) -
         ) as bob:
             await bob.expect(r"group created with alice")
             await bob.type_line("found you in the DHT")
+            # bob is a stranger to alice: his invitation waits for her consent, and his
+            # message waits with it.
+            invitation = (await alice.expect(r"^invitation (\d+) from ")).group(1)
+            await alice.type_line(f"/accept {invitation}")
             await alice.expect(r"\] found you in the DHT$")
             rows = await peers_listing(tmp_path, "bob", "alice")
             assert " dht " in rows[0]

@@ -22,8 +22,10 @@ from node.app.backup import make_backup, take_restore_notice
 from node.app.cli import main
 from node.app.node import Node
 from node.app.profile import open_node
+from node.core import wire
+from node.core.identity import Identity
 from node.core.keyfile import DEFAULT_KDF
-from tests.conftest import LOOPBACK
+from tests.conftest import LOOPBACK, running_endpoint
 from tests.node_support import wait_until
 from tests.runtime_support import Runtimes
 
@@ -64,6 +66,12 @@ async def _build(root: Path) -> None:
         for i in range(3):
             await alice.send_text(group_id, f"hello {i}")
         await bob.wait_for_messages(3, DEADLINE)
+        # A stranger asks for more KeyPackages than it may: bob counts the refusals and
+        # saves the counts when he stops.
+        async with running_endpoint(Identity.generate(), None) as stranger:
+            conn = await stranger.dial(bob.address, bob.public_key, DEADLINE)
+            for _ in range(5):
+                await conn.call(wire.FetchKeyPackage(bob.public_key), DEADLINE)
         await alice.stop()
         await bob.stop()
     finally:
@@ -99,12 +107,15 @@ def test_doctor_finds_an_intact_directory_well_and_changes_nothing(bob_dir: Path
     assert (code, err) == (0, "")
     assert out.startswith(f"ok: {bob_dir}: identity ")
     assert "3 messages" in out
+    assert "refused: key_package_rate_limited 2" in out
     code, out, _ = cli("doctor", "--data-dir", str(bob_dir), "--json")
     report = json.loads(out)
     assert code == 0
     assert report["ok"] is True
     assert report["problems"] == []
     assert report["messages"] == 3
+    assert report["refused"] == {"key_package_rate_limited": 2}
+    assert report["invitations"] == 0
     assert snapshot(bob_dir) == before, "doctor changed the data directory"
 
 

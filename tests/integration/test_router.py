@@ -64,9 +64,8 @@ async def test_the_same_envelope_twice_reaches_the_user_once() -> None:
         assert len(bob.inbox) == 1
         # Replay the delivery as a confused peer or a relay re-fetch would.
         envelope_id = bob.inbox[0].envelope_id
-        dup = wire.Envelope(
-            envelope_id, bob.identity.mailbox, wire.EnvelopeKind.APPLICATION, b"ignored", group, 0
-        )
+        kind, made = wire.EnvelopeKind.APPLICATION, alice.clock_ms()
+        dup = wire.Envelope(envelope_id, bob.identity.mailbox, kind, b"ignored", group, made)
         accepted = await bob.handle(Caller(alice.public_key, alice.address), wire.Deliver((dup,)))
         assert accepted == wire.DeliverResult((envelope_id,))
         assert len(bob.inbox) == 1

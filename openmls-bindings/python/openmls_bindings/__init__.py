@@ -35,6 +35,7 @@ from openmls_bindings._native import (
     Group,
     MessageInfo,
     Processed,
+    WelcomeInfo,
     key_package_identity,
     message_info,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "NotMemberError",
     "Processed",
     "StorageError",
+    "WelcomeInfo",
     "WrongCiphersuiteError",
     "WrongEpochError",
     "key_package_identity",

@@ -13,6 +13,7 @@ __all__ = [
     "Group",
     "MessageInfo",
     "Processed",
+    "WelcomeInfo",
     "key_package_identity",
     "message_info",
 ]
@@ -153,6 +154,16 @@ class Client:
             ``create_group(interop=True)``), where any member may commit.
         :raises InvalidMessageError: if the group has no committer record and
             ``interop`` is false.
+        """
+
+    def inspect_welcome(self, welcome: bytes) -> WelcomeInfo:
+        """What a Welcome made for one of this client's KeyPackages says, verified
+        as ``join`` would verify it, without joining: the client's state (its
+        KeyPackages included) is unchanged, so ``join`` can follow.
+
+        :raises InvalidInputError: for bytes that are not a Welcome MLSMessage.
+        :raises InvalidMessageError: if it is not for this client, or fails
+            validation.
         """
 
     def join_external(self, group_info: bytes) -> tuple[Group, bytes]:
@@ -341,6 +352,26 @@ class MessageInfo:
     def epoch(self) -> int: ...
     @property
     def content_type(self) -> Literal["application", "commit", "proposal"]: ...
+
+@final
+class WelcomeInfo:
+    """What a Welcome says (see :meth:`Client.inspect_welcome`)."""
+
+    @property
+    def group_id(self) -> bytes: ...
+    @property
+    def ciphersuite(self) -> int: ...
+    @property
+    def sender(self) -> bytes:
+        """The identity of the member that signed the GroupInfo (who added us)."""
+
+    @property
+    def members(self) -> list[bytes]:
+        """Every member's identity in leaf order, ours included."""
+
+    @property
+    def committer(self) -> bytes | None:
+        """The group's committer; None for an interop group."""
 
 def message_info(message: bytes) -> MessageInfo:
     """Read the group id, epoch and content type of a PublicMessage or PrivateMessage.
