@@ -288,15 +288,16 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
             if opts.presence.dht and exc.errno == errno.EADDRINUSE:
                 raise bind_error("--dht-port", (host, opts.presence.dht_port), exc) from None
             raise NodeError(f"discovery (mDNS, DHT) could not start: {exc.strerror}") from None
+        # Before "listening on": whoever sees that line may stop the node at once, cleanly.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         click.echo(f"{'new identity' if created else 'identity'}: {identity.public_key.hex()}")
         click.echo(f"fingerprint: {fingerprint(identity.public_key)}")
         click.echo(f"listening on {host}:{port}")
         if presence.dht_address is not None:
             click.echo(f"dht on {format_address(presence.dht_address)}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         session = runtime.spawn(_session(node, presence, opts, stop))
         fatal = runtime.spawn(node.wait_fatal())
         try:
