@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal
 import sys
-import tomllib
 from pathlib import Path
-from typing import Any
 
 import click
 
 from node.core.addresses import parse_address
-from node.core.errors import NodeError
+from node.core.cli_errors import ReportingGroup, bind_error
 from node.core.identity import fingerprint
 from node.transport.runtime import RealRuntime
-from relay.accounts import MODES
+from relay.config import ConfigError, FileSettings, load_config
 from relay.server import Relay, RelayConfig
 
 PASSPHRASE_ENV = "QUICNPROTOCHAT_RELAY_PASSPHRASE"  # noqa: S105 - a variable name
+DEFAULT_LISTEN = "127.0.0.1:7700"
+DEFAULT_DATA_DIR = "relay-data"
 
 
-@click.group("relay")
+@click.group("relay", cls=ReportingGroup)
 def relay_group() -> None:
     """Run a store-and-forward relay."""
 
@@ -51,69 +50,28 @@ def run_command(
 
     The identity key is sealed with the passphrase in $QUICNPROTOCHAT_RELAY_PASSPHRASE.
     """
-    settings: dict[str, Any] = {}
-    if config_path is not None:
-        try:
-            settings = tomllib.loads(config_path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise click.ClickException(f"cannot read {config_path}: {exc}") from exc
-    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
+    file = load_config(config_path) if config_path is not None else FileSettings()
+    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode("utf-8", "surrogateescape")
     if not passphrase:
         raise click.ClickException(f"set {PASSPHRASE_ENV} to the passphrase of the relay key")
+    if listen is not None:
+        host, port = _address(listen, "--listen")
+    else:
+        host, port = _address(file.listen or DEFAULT_LISTEN, f"{config_path}: listen")
+    where = data_dir or file.data_dir or Path(DEFAULT_DATA_DIR)
+    if where.exists() and not where.is_dir():
+        raise ConfigError(f"the relay's data directory {where} is not a directory")
+    config = RelayConfig(host=host, port=port, data_dir=where, passphrase=passphrase, **file.limits)
+    asyncio.run(_serve(config, as_json))
+
+
+def _address(text: str, source: str) -> tuple[str, int]:
     try:
-        host, port = parse_address(listen or settings.get("listen", "127.0.0.1:7700"))
+        return parse_address(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from exc
-    config = RelayConfig(
-        host=host,
-        port=port,
-        data_dir=data_dir or Path(settings.get("data_dir", "relay-data")),
-        passphrase=passphrase,
-        **limit_settings(settings, config_path),
-    )
-    try:
-        asyncio.run(_serve(config, as_json))
-    except NodeError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-# Keys whose value is one word of a fixed set.
-CHOICES: dict[str, tuple[str, ...]] = {"accounts": MODES}
-_NOT_LIMITS = {"host", "port", "data_dir", "passphrase"}
-LIMIT_KEYS: dict[str, dataclasses.Field[Any]] = {
-    f.name: f for f in dataclasses.fields(RelayConfig) if f.name not in _NOT_LIMITS
-}
-
-
-def limit_settings(settings: dict[str, Any], source: Path | None) -> dict[str, Any]:
-    """The limit keys of a relay TOML file, type-checked; an unknown key or a wrong type is
-    refused with one line naming it."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key in ("listen", "data_dir"):
-            continue
-        field = LIMIT_KEYS.get(key)
-        if field is None:
-            raise click.ClickException(f"{source}: unknown key {key!r}")
-        default = field.default
-        if key in CHOICES:
-            if value not in CHOICES[key]:
-                allowed = " or ".join(f'"{c}"' for c in CHOICES[key])
-                raise click.ClickException(f"{source}: {key} must be {allowed}")
-            out[key] = value
-            continue
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            value = float(value) if ok else value
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        if not ok or (not isinstance(value, bool) and value < 0):
-            kind = type(default).__name__
-            raise click.ClickException(f"{source}: {key} must be a non-negative {kind}")
-        out[key] = value
-    return out
+        if source == "--listen":
+            raise click.BadParameter(str(exc), param_hint=source) from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 async def _serve(config: RelayConfig, as_json: bool) -> None:
@@ -125,7 +83,13 @@ async def _serve(config: RelayConfig, as_json: bool) -> None:
 
 
 async def _serve_with(config: RelayConfig, as_json: bool, relay: Relay) -> None:
-    running = await relay.start()
+    try:
+        running = await relay.start()
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        # No file named: it was the socket.
+        raise bind_error("--listen", (config.host, config.port), exc) from None
     key = running.identity.public_key
     host, port = running.address
     if as_json:

@@ -44,7 +44,10 @@ def list_command() -> None:
 
 
 def _params(values: tuple[str, ...]) -> list[tuple[str, Any]]:
-    return [parse_param(v) for v in values]
+    try:
+        return [parse_param(v) for v in values]
+    except ScenarioError as exc:
+        raise ScenarioError(f"--param: {exc}") from None
 
 
 @sim_group.command("run")
@@ -183,6 +186,8 @@ def sweep_command(
         grid = []
         for text in params:
             name, _, values = text.partition("=")
+            if not name or not values:
+                raise ScenarioError(f"--param: expected NAME=V1,V2,..., got {text!r}")
             grid.append((name, [parse_param(f"{name}={v}")[1] for v in values.split(",")]))
         jobs = [(scenario, s, p) for p in points(grid) for s in seed_list]
         for _, _, point in jobs[:: len(seed_list)]:
@@ -191,7 +196,13 @@ def sweep_command(
         _fail(str(exc))
         return
     bar = tqdm(total=len(jobs), unit="run", desc=f"sweep {scenario}", file=sys.stderr, disable=None)
-    reports = run_sweep(jobs, address=address, workers=workers, done=lambda _r: bar.update(1))
+    try:
+        reports = run_sweep(jobs, address=address, workers=workers, done=lambda _r: bar.update(1))
+    except (ValueError, OSError) as exc:
+        # Dask's own words for an address it cannot use (an unknown scheme, nothing there).
+        bar.close()
+        _fail(f"--dask {address}: {exc}" if address else f"the sweep could not start: {exc}")
+        return
     bar.close()
     rows = summarize_sweep(reports)
     target = out or Path("sim-results") / f"{Path(scenario).stem}-sweep"

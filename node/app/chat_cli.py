@@ -27,7 +27,7 @@ from node.app.node_cli import (
     RunOptions,
     _find,
     _warn_restored,
-    run_command,
+    node_options,
     run_options,
 )
 from node.app.presence import Presence
@@ -50,15 +50,11 @@ STYLES = {
 }
 
 
-@click.command("chat", params=list(run_command.params))
+@click.command("chat")
+@node_options
 def chat_command(**options: Any) -> None:
     """Chat: conversations, groups and slash commands (/help lists them)."""
-    opts = run_options(**options)
-    try:
-        asyncio.run(_chat(opts))
-    except NodeError as exc:
-        click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
-        sys.exit(1)
+    asyncio.run(_chat(run_options(**options)))
 
 
 @dataclass
@@ -114,10 +110,21 @@ async def _chat(opts: RunOptions) -> None:
             if opts.invites:
                 await _find(run.presence, [s for s in opts.invites if s.address is None])
                 await _start_conversation(run.messenger, opts)
-            if sys.stdin.isatty() and sys.stdout.isatty():
-                await _interactive(run, opts)
-            else:
-                await _plain(run, opts)
+            front = _interactive if sys.stdin.isatty() and sys.stdout.isatty() else _plain
+            session = runtime.spawn(front(run, opts))
+            fatal = runtime.spawn(run.node.wait_fatal())
+            try:
+                # A relay with another key ends the chat at once: a security event.
+                await asyncio.wait({session, fatal}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (session, fatal):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if fatal.done() and not fatal.cancelled():
+                raise fatal.result()
+            if session.done() and not session.cancelled():
+                session.result()  # raises what ended the session, if anything did
     finally:
         runtime.close()
 

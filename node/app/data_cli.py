@@ -15,19 +15,20 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from node.app.backup import make_backup, restore_backup
 from node.app.datadir import DATABASE, IDENTITY, MLS_STATE, examine, problems_of_layout
+from node.app.passphrase import get_passphrase, passphrase_file_option
 from node.app.store import NodeStore
+from node.core.cli_errors import fail
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
 from node.core.keyfile import DEFAULT_KDF, SEAL_RANDOM_SIZE, KdfParams
 from node.transport.runtime import RealRuntime
 
-PASSPHRASE_ENV = "QUICNPROTOCHAT_PASSPHRASE"  # noqa: S105 - a variable name
 # Tests set cheaper Argon2 parameters for the directories they make.
 KDF: KdfParams = DEFAULT_KDF
 
@@ -35,20 +36,16 @@ DATA_DIR = click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="The node's data directory ($QUICNPROTOCHAT_PASSPHRASE opens it).",
+    help="The node's data directory.",
 )
 
 
-def _passphrase() -> bytes:
-    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
-    if not passphrase:
-        _fail(f"set {PASSPHRASE_ENV} to the passphrase of the data directory")
-    return passphrase
+def _passphrase(data_dir: Path, passphrase_file: Path | None) -> bytes:
+    return get_passphrase(passphrase_file, creating=False, what=str(data_dir))
 
 
-def _fail(message: str) -> None:
-    click.echo(f"ERROR: {message}", err=True)
-    sys.exit(1)
+def _fail(message: str) -> NoReturn:
+    fail(message)
 
 
 def node_running(data_dir: Path) -> bool:
@@ -125,10 +122,14 @@ def diagnose(data_dir: Path, passphrase: bytes, kdf: KdfParams) -> dict[str, Any
 
 @click.command("doctor")
 @DATA_DIR
+@passphrase_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def doctor_command(data_dir: Path, as_json: bool) -> None:
+def doctor_command(data_dir: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Check a data directory without changing it; exit 1 if anything is wrong."""
-    report = diagnose(data_dir, _passphrase(), KDF)
+    is_new, _ = problems_of_layout(data_dir)
+    # A directory that holds no node is reported as such: there is nothing to open.
+    passphrase = b"" if is_new else _passphrase(data_dir, passphrase_file)
+    report = diagnose(data_dir, passphrase, KDF)
     problems: list[str] = report["problems"]
     if as_json:
         click.echo(json.dumps({"ok": not problems, **report}))
@@ -155,20 +156,21 @@ def doctor_command(data_dir: Path, as_json: bool) -> None:
 
 @click.command("backup")
 @DATA_DIR
+@passphrase_file_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
     help="The backup file to write (encrypted with the passphrase; must not exist).",
 )
-def backup_command(data_dir: Path, out: Path) -> None:
+def backup_command(data_dir: Path, passphrase_file: Path | None, out: Path) -> None:
     """Write an encrypted, consistent backup of a data directory (the node may be running)."""
-    passphrase = _passphrase()
     if out.exists():
         _fail(f"{out} exists; a backup never overwrites a file")
     is_new, problems = problems_of_layout(data_dir)
     if is_new or problems:
         _fail(problems[0] if problems else f"{data_dir} holds no node")
+    passphrase = _passphrase(data_dir, passphrase_file)
     runtime = RealRuntime("qpc-backup")
     try:
         with tempfile.TemporaryDirectory(prefix="qpc-backup-") as scratch:
@@ -210,17 +212,20 @@ def backup_command(data_dir: Path, out: Path) -> None:
     help="A backup file written by 'quicnprotochat backup'.",
 )
 @DATA_DIR
-def restore_command(source: Path, data_dir: Path) -> None:
+@passphrase_file_option
+def restore_command(source: Path, data_dir: Path, passphrase_file: Path | None) -> None:
     """Restore a backup into an empty (or new) data directory."""
-    passphrase = _passphrase()
     try:
         blob = source.read_bytes()
     except OSError as exc:
         _fail(f"{source}: {exc.strerror}")
+    # The backup's own passphrase: it decrypts the backup, so one prompt is enough.
+    passphrase = _passphrase(source, passphrase_file)
     try:
         summary = restore_backup(blob, passphrase, data_dir, KDF)
     except NodeError as exc:
-        _fail(str(exc))
+        # Name the backup file unless the trouble is the directory (which the text names).
+        _fail(str(exc) if str(data_dir) in str(exc) else f"{source}: {exc}")
     except OSError as exc:
         _fail(f"{exc.filename or data_dir}: {exc.strerror}")
     made = datetime.datetime.fromtimestamp(summary.made_at_ms / 1000, tz=datetime.UTC)

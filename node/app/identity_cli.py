@@ -2,7 +2,7 @@
 
 ``whoami`` shows who this data directory is (name, fingerprint) and an invite link to hand out,
 with its QR code. ``verify`` shows the safety number of this identity and a peer's, to compare
-out of band. Both only read ``identity.key`` (with ``$QUICNPROTOCHAT_PASSPHRASE``): they never
+out of band. Both only read ``identity.key`` (its passphrase: ``node.app.passphrase``): they never
 create or change anything in the data directory.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from node.app.identity_view import verify_lines, whoami_lines
+from node.app.passphrase import get_passphrase, passphrase_file_option
 from node.app.peer_ref import PeerRef, PeerRefError, parse_identity_key, parse_peer_ref
 from node.core.addresses import Address, format_address, parse_address
 from node.core.display import terminal_safe
@@ -29,15 +29,15 @@ from node.core.safety_number import safety_number
 from node.transport.keystore import load_identity
 from node.transport.runtime import RealRuntime
 
-PASSPHRASE_ENV = "QUICNPROTOCHAT_PASSPHRASE"  # noqa: S105 - a variable name
 NAME_ENV = "QUICNPROTOCHAT_NAME"
+IDENTITY = "identity.key"
 DAY_MS = 24 * 3600 * 1000
 
 DATA_DIR = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="The data directory whose identity to use ($QUICNPROTOCHAT_PASSPHRASE opens it).",
+    help="The data directory whose identity to use.",
 )
 
 
@@ -45,13 +45,6 @@ def fail(message: str) -> NoReturn:
     """One line for the person, exit status 1 (a usage error is click's, status 2)."""
     click.echo(f"ERROR: {terminal_safe(message)}", err=True)
     sys.exit(1)
-
-
-def _passphrase() -> bytes:
-    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
-    if not passphrase:
-        fail(f"set {PASSPHRASE_ENV} to the passphrase of your identity key")
-    return passphrase
 
 
 @dataclass(frozen=True)
@@ -63,14 +56,19 @@ class _Opened:
 async def _open(data_dir: Path, passphrase: bytes) -> _Opened:
     runtime = RealRuntime("qpc-identity")
     try:
-        identity = await load_identity(data_dir / "identity.key", passphrase, runtime)
+        identity = await load_identity(data_dir / IDENTITY, passphrase, runtime)
         return _Opened(identity, runtime.wall_ms())
     finally:
         runtime.close()
 
 
-def _open_identity(data_dir: Path) -> _Opened:
-    passphrase = _passphrase()
+def _open_identity(data_dir: Path, passphrase_file: Path | None) -> _Opened:
+    if not (data_dir / IDENTITY).exists():
+        # Said before asking for a passphrase that would open nothing.
+        fail(
+            f"no identity key at {data_dir / IDENTITY} (a node makes one: quicnprotochat node run)"
+        )
+    passphrase = get_passphrase(passphrase_file, creating=False, what=str(data_dir))
     try:
         return asyncio.run(_open(data_dir, passphrase))
     except NodeError as exc:
@@ -86,6 +84,7 @@ def _addresses(texts: tuple[str, ...]) -> tuple[Address, ...]:
 
 @click.command("whoami")
 @DATA_DIR
+@passphrase_file_option
 @click.option(
     "--name", required=True, envvar=NAME_ENV, help="Your display name, as the link carries it."
 )
@@ -109,6 +108,7 @@ def _addresses(texts: tuple[str, ...]) -> tuple[Address, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def whoami_command(
     data_dir: Path,
+    passphrase_file: Path | None,
     name: str,
     addresses: tuple[str, ...],
     relay_address: str | None,
@@ -129,7 +129,7 @@ def whoami_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--relay/--relay-key") from None
     where = _addresses(addresses)
-    opened = _open_identity(data_dir)
+    opened = _open_identity(data_dir, passphrase_file)
     identity, now = opened.identity, opened.now_ms
     try:
         link = InviteLink(
@@ -170,15 +170,18 @@ def _link_json(link: InviteLink, text: str) -> dict[str, Any]:
 
 @click.command("verify")
 @DATA_DIR
+@passphrase_file_option
 @click.argument("peer", metavar="PEER")
 @click.option("--no-qr", is_flag=True, help="Do not draw the QR code.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def verify_command(data_dir: Path, peer: str, no_qr: bool, as_json: bool) -> None:
+def verify_command(
+    data_dir: Path, passphrase_file: Path | None, peer: str, no_qr: bool, as_json: bool
+) -> None:
     """Show the safety number of you and PEER (a qpc:// link, KEYHEX or NAME=KEYHEX).
 
     Compare it with the number PEER's side shows: equal means no one is in between.
     """
-    opened = _open_identity(data_dir)
+    opened = _open_identity(data_dir, passphrase_file)
     try:
         ref = parse_peer_ref(peer, now_ms=opened.now_ms, allow_bare_key=True)
     except PeerRefError as exc:

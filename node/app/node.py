@@ -24,7 +24,7 @@ from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
 from node.core import wire
-from node.core.addresses import Address
+from node.core.addresses import Address, format_address
 from node.core.chat_payload import (
     ChatPayloadError,
     ConversationInfo,
@@ -33,7 +33,14 @@ from node.core.chat_payload import (
     encode_info,
     encode_text,
 )
-from node.core.errors import ErrorCode, LocalProtocolError, NodeError, RelayError, StorageError
+from node.core.errors import (
+    ErrorCode,
+    LocalProtocolError,
+    NodeError,
+    PeerIdentityError,
+    RelayError,
+    StorageError,
+)
 from node.core.identity import Identity, mailbox_of, short_fingerprint
 from node.core.rate_limit import TokenBuckets
 from node.core.runtime import BlockingRunner, Clock, Runtime
@@ -50,17 +57,30 @@ from node.mls import (
 from node.transport.connection import Caller
 from node.transport.endpoint import Endpoint, EndpointConfig
 
-__all__ = ["ChatMessage", "Invitation", "Node", "NodeLimits", "Rejection", "SendReport"]
+__all__ = [
+    "ChatMessage",
+    "Invitation",
+    "Node",
+    "NodeLimits",
+    "Rejection",
+    "RelayIdentityError",
+    "SendReport",
+]
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 128
 RELAY_LONG_POLL = 20.0  # seconds; the relay caps it below its own call deadline
 RELAY_RETRY_MIN, RELAY_RETRY_MAX = 1.0, 30.0
+RELAY_DIAL_DEADLINE = 5.0  # seconds for one handshake with the relay
 OUTBOX_RETRY_MIN, OUTBOX_RETRY_MAX = 2.0, 60.0
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
 MAX_MESSAGE_BYTES = 256 * 1024
 COUNTERS_SAVE_INTERVAL = 30.0  # seconds between saves of the refusal counters
+
+
+class RelayIdentityError(RelayError, PeerIdentityError):
+    """The relay proved an identity key other than the one configured (``--relay-key``)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +159,10 @@ class Node:
         self._outbox_kick = asyncio.Event()
         self._inbox_changed = asyncio.Condition()
         self.on_message: Callable[[ChatMessage], None] | None = None
+        # Set once the relay mailbox was first collected after start.
+        self.relay_synced = asyncio.Event()
+        self._fatal: NodeError | None = None
+        self._fatal_set = asyncio.Event()
         # Told of each invitation request a stranger's Welcome made (on the event loop).
         self.on_invitation: Callable[[Invitation], None] | None = None
         self._invitations: dict[int, Invitation] = {}
@@ -177,17 +201,21 @@ class Node:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> Address:
         """Resume from the store, open the endpoint, apply what was accepted but not applied,
-        collect the relay mailbox, then keep a long poll open and retry the outbox."""
+        then, in the background, collect the relay mailbox and keep a long poll open there,
+        and retry the outbox.
+
+        The relay is never waited for: an unreachable one is retried in the background
+        (``relay_synced`` is set once its mailbox was first collected). A relay that presents
+        another identity key than the one configured is a security event, not a network
+        problem: the node stops talking to it and :meth:`wait_fatal` returns the error."""
         await self.resume()
         listen = await self.endpoint.start(host, port)
         # Before anything else is sent: a commit lost in a crash must reach the members first.
         await self.membership.resend_lost_commits()
+        # Before the relay's mail: what was accepted earlier is applied first, in order.
         await self._inbox.apply_pending()
         if self.router.relay is not None:
-            try:
-                await self.sync_relay()
-            except RelayError as exc:
-                log.warning("could not fetch the relay mailbox: %s", exc)
+            self.relay_synced.clear()
             self._tasks.append(self.runtime.spawn(self._watch_relay()))
         self._tasks.append(self.runtime.spawn(self._retry_outbox()))
         self._tasks.append(self.runtime.spawn(self._inbox.retry_when_stalled()))
@@ -667,16 +695,55 @@ class Node:
         return len(response.envelopes)
 
     async def _watch_relay(self) -> None:
-        """Keep a long poll open at the relay while the node runs; back off when it fails."""
+        """Collect the relay mailbox, then keep a long poll open there while the node runs;
+        back off when the relay cannot be reached. Ends for good if the relay is not the one
+        configured."""
+        relay = self.router.relay
+        assert relay is not None
         backoff = RELAY_RETRY_MIN
         while True:
             try:
+                # Dialed first, on its own: a wrong key must not pass for an unreachable relay.
+                await self.endpoint.dial(relay.address, relay.identity, RELAY_DIAL_DEADLINE)
+                if not self.relay_synced.is_set():
+                    await self.sync_relay()
+                    self.relay_synced.set()
                 await self._pull_relay(wait_seconds=RELAY_LONG_POLL)
                 backoff = RELAY_RETRY_MIN
+            except PeerIdentityError as exc:
+                self.endpoint.drop(relay.address, relay.identity)
+                # Reported by whoever runs the node (wait_fatal), as one line.
+                log.info("the relay is not the one configured: %s", exc)
+                self._fail(
+                    RelayIdentityError(
+                        f"the relay at {format_address(relay.address)} did not present the "
+                        f"identity key given (--relay-key {relay.identity.hex()[:16]}...): "
+                        "another server answers there, or someone is in between"
+                    )
+                )
+                return
             except NodeError as exc:
-                log.info("relay long poll failed (retrying in %.0f s): %s", backoff, exc)
+                # Said once at start; each retry after that is an info-level detail.
+                level = (
+                    logging.WARNING
+                    if backoff == RELAY_RETRY_MIN and not self.relay_synced.is_set()
+                    else logging.INFO
+                )
+                log.log(level, "relay unreachable (retrying in %.0f s): %s", backoff, exc)
                 await asyncio.sleep(backoff)  # a retry delay, not a wait for a condition
                 backoff = min(backoff * 2, RELAY_RETRY_MAX)
+
+    def _fail(self, error: NodeError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+            self._fatal_set.set()
+
+    async def wait_fatal(self) -> NodeError:
+        """Wait until something happened that must stop the node (a relay presenting another
+        identity key); return it. Whoever runs the node stops it."""
+        await self._fatal_set.wait()
+        assert self._fatal is not None
+        return self._fatal
 
     async def _retry_outbox(self) -> None:
         """Retry what the outbox still holds: soon after a peer reappears, else with backoff."""

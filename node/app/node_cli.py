@@ -5,18 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
+import ipaddress
 import os
 import signal
+import socket
+import stat
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from node.app.backup import take_restore_notice
+from node.app.datadir import problems_of_layout
 from node.app.node import ChatMessage, Invitation, Node
-from node.app.peer_ref import PeerRefError, parse_peer_ref
+from node.app.passphrase import get_passphrase, passphrase_file_option
+from node.app.peer_ref import PeerRefError, parse_identity_key, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
 from node.app.profile import open_node
 from node.app.relay_account import sign_in_node
@@ -24,6 +32,7 @@ from node.app.router import RelayInfo
 from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
+from node.core.cli_errors import bind_error
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
@@ -32,25 +41,23 @@ from node.core.keyfile import DEFAULT_KDF
 from node.transport.runtime import RealRuntime
 
 WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared against, never bound
-PASSPHRASE_ENV = "QUICNPROTOCHAT_PASSPHRASE"  # noqa: S105 - a variable name
 FIND_DEADLINE = 20.0  # seconds to wait for discovery to place an invitee
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def parse_address(text: str) -> Address:
+
+def parse_address(text: str, option: str) -> Address:
     try:
         return core_parse_address(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
-def parse_key(text: str) -> bytes:
+def parse_key(text: str, option: str) -> bytes:
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise click.BadParameter("an identity key is 64 hex digits")
-    return key
+        return parse_identity_key(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 @dataclass(frozen=True)
@@ -63,11 +70,9 @@ class PeerSpec:
 
 def parse_peer(text: str, now_ms: int) -> PeerSpec:
     """A ``qpc://`` invite link, ``NAME=LINK``, ``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``
-    (``node.app.peer_ref``). A refused link raises ``InviteLinkError``."""
-    try:
-        ref = parse_peer_ref(text, now_ms=now_ms)
-    except PeerRefError as exc:
-        raise click.BadParameter(str(exc)) from None
+    (``node.app.peer_ref``). Text in none of these forms raises ``PeerRefError``; a refused
+    link raises ``InviteLinkError``."""
+    ref = parse_peer_ref(text, now_ms=now_ms)
     relay = None if ref.relay is None else RelayInfo(ref.relay.address, ref.relay.identity_key)
     return PeerSpec(ref.name, ref.identity, ref.address, relay)
 
@@ -78,9 +83,10 @@ def _parse_peers(option: str, texts: tuple[str, ...]) -> list[PeerSpec]:
     for text in texts:
         try:
             specs.append(parse_peer(text, now_ms))
+        except PeerRefError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
         except InviteLinkError as exc:
-            click.echo(f"ERROR: {option}: {terminal_safe(str(exc))}", err=True)
-            sys.exit(1)
+            raise InviteLinkError(f"{option}: {exc}") from None
     return specs
 
 
@@ -89,93 +95,68 @@ def node_group() -> None:
     """Run a peer node."""
 
 
-@node_group.command("run")
-@click.option("--name", required=True, help="Your display name.")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Holds your identity key and encrypted state ($QUICNPROTOCHAT_PASSPHRASE).",
-)
-@click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (UDP).")
-@click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional).")
-@click.option("--relay-key", default=None, help="The relay's identity key (hex), to pin it.")
-@click.option(
-    "--relay-user",
-    default=None,
-    help="Your account at the relay: registered on first use, then logged in "
-    "(password prompt, or $QUICNPROTOCHAT_RELAY_PASSWORD).",
-)
-@click.option(
-    "--peer",
-    "peers",
-    multiple=True,
-    help="A qpc:// link or NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable).",
-)
-@click.option(
-    "--invite",
-    "invites",
-    multiple=True,
-    help="A qpc:// link or NAME=KEYHEX[@HOST:PORT]: create a group with these peers at start.",
-)
-@click.option("--no-mdns", is_flag=True, help="Neither advertise nor browse on the LAN.")
-@click.option(
-    "--mdns-interface",
-    "mdns_interfaces",
-    multiple=True,
-    help="IP of an interface for mDNS (repeatable) [the --listen host].",
-)
-@click.option("--no-dht", is_flag=True, help="Do not join the DHT.")
-@click.option(
-    "--dht-port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="UDP port of this node's DHT node (0: any).",
-)
-@click.option("--bootstrap", "bootstrap", multiple=True, help="DHT bootstrap HOST:PORT.")
-def run_command(
-    name: str,
-    data_dir: Path,
-    listen: str,
-    relay_address: str | None,
-    relay_key: str | None,
-    relay_user: str | None,
-    peers: tuple[str, ...],
-    invites: tuple[str, ...],
-    no_mdns: bool,
-    mdns_interfaces: tuple[str, ...],
-    no_dht: bool,
-    dht_port: int,
-    bootstrap: tuple[str, ...],
-) -> None:
-    """Run a node: lines typed go to the group, messages received are printed."""
-    options = run_options(
-        name=name,
-        data_dir=data_dir,
-        listen=listen,
-        relay_address=relay_address,
-        relay_key=relay_key,
-        relay_user=relay_user,
-        peers=peers,
-        invites=invites,
-        no_mdns=no_mdns,
-        mdns_interfaces=mdns_interfaces,
-        no_dht=no_dht,
-        dht_port=dht_port,
-        bootstrap=bootstrap,
-    )
-    try:
-        asyncio.run(_run(options))
-    except NodeError as exc:
-        click.echo(f"ERROR: {exc}", err=True)
-        sys.exit(1)
+def node_options(func: F) -> F:
+    """The options of ``node run``, for every command that runs a node (``chat`` too); the
+    command hands them on to :func:`run_options`."""
+    options = [
+        click.option("--name", required=True, help="Your display name."),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            required=True,
+            help="Holds your identity key and encrypted state (created if absent).",
+        ),
+        passphrase_file_option,
+        click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (UDP)."),
+        click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional)."),
+        click.option(
+            "--relay-key", default=None, help="The relay's identity key (hex), to pin it."
+        ),
+        click.option(
+            "--relay-user",
+            default=None,
+            help="Your account at the relay: registered on first use, then logged in "
+            "(password prompt, or $QUICNPROTOCHAT_RELAY_PASSWORD).",
+        ),
+        click.option(
+            "--peer",
+            "peers",
+            multiple=True,
+            help="A qpc:// link or NAME=KEYHEX[@HOST:PORT] of a known peer (repeatable).",
+        ),
+        click.option(
+            "--invite",
+            "invites",
+            multiple=True,
+            help="A qpc:// link or NAME=KEYHEX[@HOST:PORT]: create a group with these peers "
+            "at start.",
+        ),
+        click.option("--no-mdns", is_flag=True, help="Neither advertise nor browse on the LAN."),
+        click.option(
+            "--mdns-interface",
+            "mdns_interfaces",
+            multiple=True,
+            help="IP of an interface for mDNS (repeatable) [the --listen host].",
+        ),
+        click.option("--no-dht", is_flag=True, help="Do not join the DHT."),
+        click.option(
+            "--dht-port",
+            type=click.IntRange(0, 65535),
+            default=0,
+            show_default=True,
+            help="UDP port of this node's DHT node (0: any).",
+        ),
+        click.option("--bootstrap", "bootstrap", multiple=True, help="DHT bootstrap HOST:PORT."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def run_options(
-    *,
     name: str,
     data_dir: Path,
+    passphrase_file: Path | None,
     listen: str,
     relay_address: str | None,
     relay_key: str | None,
@@ -188,37 +169,68 @@ def run_options(
     dht_port: int,
     bootstrap: tuple[str, ...],
 ) -> RunOptions:
-    """What ``node run``'s options (shared by ``chat``) ask for, checked."""
-    passphrase = _passphrase()
+    """What :func:`node_options` parsed, checked: a bad value is a usage error naming its
+    option; the passphrase is asked for last, once everything else is known to be right."""
     if (relay_address is None) != (relay_key is None):
-        raise click.ClickException("--relay and --relay-key go together")
+        raise click.UsageError("--relay and --relay-key go together")
     if relay_user is not None and relay_address is None:
-        raise click.ClickException("--relay-user needs --relay and --relay-key")
+        raise click.UsageError("--relay-user needs --relay and --relay-key")
     relay = (
-        RelayInfo(parse_address(relay_address), parse_key(relay_key))
+        RelayInfo(parse_address(relay_address, "--relay"), parse_key(relay_key, "--relay-key"))
         if relay_address is not None and relay_key is not None
         else None
     )
-    listen_address = parse_address(listen)
+    listen_address = parse_address(listen, "--listen")
     if not no_mdns and not mdns_interfaces and listen_address[0] in WILDCARDS:
-        raise click.ClickException("listening on all interfaces: name one with --mdns-interface")
+        raise click.UsageError("listening on all interfaces: name one with --mdns-interface")
+    for interface in mdns_interfaces:
+        _check_interface(interface)
+    presence = PresenceConfig(
+        mdns=not no_mdns,
+        mdns_interfaces=mdns_interfaces,
+        dht=not no_dht,
+        dht_port=dht_port,
+        bootstrap=[parse_address(b, "--bootstrap") for b in bootstrap],
+    )
+    known, invited = _parse_peers("--peer", peers), _parse_peers("--invite", invites)
+    is_new, _ = problems_of_layout(data_dir)
+    passphrase = get_passphrase(passphrase_file, creating=is_new, what=str(data_dir))
     return RunOptions(
         name=name,
         data_dir=data_dir,
         listen=listen_address,
         relay=relay,
         passphrase=passphrase,
-        peers=_parse_peers("--peer", peers),
-        invites=_parse_peers("--invite", invites),
-        presence=PresenceConfig(
-            mdns=not no_mdns,
-            mdns_interfaces=mdns_interfaces,
-            dht=not no_dht,
-            dht_port=dht_port,
-            bootstrap=[parse_address(b) for b in bootstrap],
-        ),
+        peers=known,
+        invites=invited,
+        presence=presence,
         relay_user=relay_user,
     )
+
+
+def _check_interface(text: str) -> None:
+    """An ``--mdns-interface`` must be an IP address this machine has: mDNS joins its
+    multicast group there, and an error from deep in zeroconf would name neither."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(text).version == 6 else socket.AF_INET
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an IP address", param_hint="--mdns-interface"
+        ) from None
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        probe.bind((text, 0))
+    except OSError as exc:
+        raise bind_error("--mdns-interface", text, exc) from None
+    finally:
+        probe.close()
+
+
+@node_group.command("run")
+@node_options
+def run_command(**params: Any) -> None:
+    """Run a node: lines typed go to the group, messages received are printed."""
+    asyncio.run(_run(run_options(**params)))
 
 
 @dataclass(frozen=True)
@@ -232,13 +244,6 @@ class RunOptions:
     invites: list[PeerSpec]
     presence: PresenceConfig
     relay_user: str | None = None
-
-
-def _passphrase() -> bytes:
-    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
-    if not passphrase:
-        raise click.ClickException(f"set {PASSPHRASE_ENV} to the passphrase of your identity key")
-    return passphrase
 
 
 async def _run(opts: RunOptions) -> None:
@@ -268,34 +273,60 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
             # The invite link names the relay its owner reads: mail that cannot go direct
             # waits there for them.
             node.router.peer_relays[spec.identity] = spec.relay
-    host, port = await node.start(*opts.listen)
+    try:
+        host, port = await node.start(*opts.listen)
+    except OSError as exc:
+        await node.stop()
+        raise bind_error("--listen", opts.listen, exc) from None
     if restored_from is not None:
         _warn_restored(node, restored_from)
     presence = Presence(node, opts.presence)
     try:
-        await presence.start()
+        try:
+            await presence.start()
+        except OSError as exc:
+            if opts.presence.dht and exc.errno == errno.EADDRINUSE:
+                raise bind_error("--dht-port", (host, opts.presence.dht_port), exc) from None
+            raise NodeError(f"discovery (mDNS, DHT) could not start: {exc.strerror}") from None
+        # Before "listening on": whoever sees that line may stop the node at once, cleanly.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         click.echo(f"{'new identity' if created else 'identity'}: {identity.public_key.hex()}")
         click.echo(f"fingerprint: {fingerprint(identity.public_key)}")
         click.echo(f"listening on {host}:{port}")
         if presence.dht_address is not None:
             click.echo(f"dht on {format_address(presence.dht_address)}")
-        if opts.invites:
-            await _find(presence, [spec for spec in opts.invites if spec.address is None])
-            await _invite(node, opts.invites)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        reader = runtime.spawn(_read_lines(node))
+        session = runtime.spawn(_session(node, presence, opts, stop))
+        fatal = runtime.spawn(node.wait_fatal())
         try:
-            await stop.wait()
+            # A relay with another key ends the run at once, whatever the session is doing.
+            await asyncio.wait({session, fatal}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            for task in (session, fatal):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if fatal.done() and not fatal.cancelled():
+            raise fatal.result()
     finally:
         await presence.stop()
         await node.stop()
+
+
+async def _session(node: Node, presence: Presence, opts: RunOptions, stop: asyncio.Event) -> None:
+    """Invite, then send typed lines until SIGINT or SIGTERM."""
+    if opts.invites:
+        await _find(presence, [spec for spec in opts.invites if spec.address is None])
+        await _invite(node, opts.invites)
+    reader = node.runtime.spawn(_read_lines(node))
+    try:
+        await stop.wait()
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
 
 
 def _warn_restored(node: Node, made_at_ms: int) -> None:
@@ -350,16 +381,15 @@ async def _invite(node: Node, invites: list[PeerSpec]) -> None:
     "--data-dir",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     required=True,
-    help="The data directory of the node to ask ($QUICNPROTOCHAT_PASSPHRASE opens it).",
+    help="The data directory of the node to ask.",
 )
-def peers_command(data_dir: Path) -> None:
+@passphrase_file_option
+def peers_command(data_dir: Path, passphrase_file: Path | None) -> None:
     """List the nodes that node has seen by discovery (LAN or DHT)."""
-    passphrase = _passphrase()
-    try:
-        seen, now = asyncio.run(_read_peers(data_dir, passphrase))
-    except NodeError as exc:
-        click.echo(f"ERROR: {exc}", err=True)
-        sys.exit(1)
+    if not (data_dir / "node.db").exists():
+        raise NodeError(f"{data_dir} holds no node (run 'quicnprotochat node run' first)")
+    passphrase = get_passphrase(passphrase_file, creating=False, what=str(data_dir))
+    seen, now = asyncio.run(_read_peers(data_dir, passphrase))
     if not seen:
         click.echo("no peers seen yet")
         return
@@ -376,8 +406,6 @@ def peers_command(data_dir: Path) -> None:
 async def _read_peers(data_dir: Path, passphrase: bytes) -> tuple[list[SeenPeer], int]:
     """What the node's store lists, and the wall time now (to tell each entry's age). Creates
     nothing: a directory without its salt or database is refused by name."""
-    if not (data_dir / "node.db").exists():
-        raise NodeError(f"{data_dir} holds no node (run 'quicnprotochat node run' first)")
     runtime = RealRuntime("qpc-peers")
     run = runtime.run_blocking
     try:
@@ -397,6 +425,22 @@ def _print_message(message: ChatMessage) -> None:
     # Both the name and the text are the peer's choice: shown, never obeyed (node.core.display).
     prefix = f"[{terminal_safe(message.sender_name)}] "
     click.echo(prefix + terminal_safe(message.text, multiline=True, continuation=" " * len(prefix)))
+
+
+async def _stdin_lines(node: Node) -> AsyncIterator[bytes]:
+    """Lines typed or piped in. A regular file or /dev/null cannot be watched by the event loop
+    (epoll refuses them): those are read through the node's executor instead, which returns at
+    once."""
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if sys.stdin.isatty() or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            yield line
+        return
+    while line := await node.run(sys.stdin.buffer.readline):
+        yield line
 
 
 def _print_invitation(invitation: Invitation) -> None:
@@ -424,10 +468,7 @@ async def _answer_invitation(node: Node, text: str) -> None:
 
 
 async def _read_lines(node: Node) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
+    async for line in _stdin_lines(node):
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             continue

@@ -44,7 +44,7 @@ async def load_or_create_identity(
     try:
         if await run(path.exists):
             blob = await run(lambda: _read(path))
-            seed = await run(lambda: open_sealed(blob, passphrase))
+            seed = await run(lambda: _open(path, blob, passphrase))
             return Identity.from_seed(seed), False
         await run(lambda: path.parent.mkdir(parents=True, exist_ok=True, mode=0o700))
         identity = Identity.from_seed(runtime.random_bytes(32))
@@ -54,6 +54,14 @@ async def load_or_create_identity(
         return identity, True
     except OSError as exc:
         raise StorageError(f"cannot use the key file {path}: {exc.strerror}") from exc
+
+
+def _open(path: Path, blob: bytes, passphrase: bytes) -> bytes:
+    """The sealed seed; a refusal names the file (a person may have several)."""
+    try:
+        return open_sealed(blob, passphrase)
+    except WrongPassphraseError:
+        raise WrongPassphraseError(f"{path}: wrong passphrase, or the file was altered") from None
 
 
 def read_identity(path: Path, passphrase: bytes) -> Identity:
@@ -98,5 +106,5 @@ async def load_identity(path: Path, passphrase: bytes, runtime: Runtime) -> Iden
         blob = await run(lambda: _read(path))
     except OSError as exc:
         raise StorageError(f"cannot read the key file {path}: {exc.strerror}") from exc
-    seed = await run(lambda: open_sealed(blob, passphrase))
+    seed = await run(lambda: _open(path, blob, passphrase))
     return Identity.from_seed(seed)

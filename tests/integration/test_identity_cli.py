@@ -144,11 +144,15 @@ def test_whoami_with_a_wrong_or_no_passphrase_is_one_error_line(tmp_path: Path) 
     make_identity(tmp_path / "alice", 1)
     result = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "a", passphrase="no")
     assert result.exit_code == 1
-    assert result.stderr.splitlines() == ["ERROR: wrong passphrase, or the key file was altered"]
+    key_file = tmp_path / "alice" / "identity.key"
+    assert result.stderr.splitlines() == [
+        f"ERROR: {key_file}: wrong passphrase, or the file was altered"
+    ]
     result = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "a", passphrase=None)
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
-        "ERROR: set QUICNPROTOCHAT_PASSPHRASE to the passphrase of your identity key"
+        f"ERROR: no passphrase for {tmp_path / 'alice'}: set QUICNPROTOCHAT_PASSPHRASE, give "
+        "--passphrase-file FILE, or run at a terminal to be asked"
     ]
 
 

@@ -266,9 +266,7 @@ async def test_the_relay_validates_addresses_by_default(tmp_path: Path, runtimes
 def test_relay_toml_sets_every_limit_and_refuses_unknown_keys_and_wrong_types(
     tmp_path: Path,
 ) -> None:
-    import click
-
-    from relay.cli import LIMIT_KEYS, limit_settings
+    from relay.config import LIMIT_KEYS, ConfigError, limit_settings
 
     source = tmp_path / "relay.toml"
     settings = {"listen": "127.0.0.1:0", "max_per_mailbox": 5, "envelope_ttl_s": 3600}
@@ -281,14 +279,19 @@ def test_relay_toml_sets_every_limit_and_refuses_unknown_keys_and_wrong_types(
     }
     assert "max_buffered" in LIMIT_KEYS
     assert "passphrase" not in LIMIT_KEYS
-    with pytest.raises(click.ClickException, match="unknown key 'max_per_mailboxes'"):
+    with pytest.raises(
+        ConfigError, match="unknown key 'max_per_mailboxes' \\(did you mean 'max_per_mailbox'\\?\\)"
+    ):
         limit_settings({"max_per_mailboxes": 5}, source)
-    with pytest.raises(click.ClickException, match="max_per_mailbox must be a non-negative int"):
+    with pytest.raises(ConfigError, match="max_per_mailbox must be a positive int"):
         limit_settings({"max_per_mailbox": "lots"}, source)
-    with pytest.raises(click.ClickException, match="address_validation must be"):
+    with pytest.raises(ConfigError, match="address_validation must be"):
         limit_settings({"address_validation": 1}, source)
-    with pytest.raises(click.ClickException, match="call_burst must be"):
+    with pytest.raises(ConfigError, match="call_burst must be"):
         limit_settings({"call_burst": -1}, source)
+    with pytest.raises(ConfigError, match="max_frame must be a positive int"):
+        limit_settings({"max_frame": 0}, source)
+    assert limit_settings({"max_envelope_bytes": 0}, source) == {"max_envelope_bytes": 0}
 
 
 async def test_a_relay_process_takes_its_limits_from_relay_toml(tmp_path: Path) -> None:

@@ -44,7 +44,8 @@ async def test_an_absent_peer_gets_its_messages_through_the_relay(
         report = await alice.send_text(group, "while you were out")
         assert report.paths == {bob.public_key: Path.RELAY}
         assert bob.inbox == []
-        await bob.start(host, port)  # fetches the relay mailbox on start
+        await bob.start(host, port)  # fetches the relay mailbox, in the background
+        await asyncio.wait_for(bob.relay_synced.wait(), 15)
         assert [(m.text, m.path) for m in bob.inbox] == [("while you were out", Path.RELAY)]
         # The mailbox was acknowledged: a second sync brings nothing new.
         assert await bob.sync_relay() == 0
@@ -146,4 +147,5 @@ async def test_mail_for_an_absent_peer_waits_at_the_relay_that_peer_reads(
         report = await alice.send_text(group, "kept at your relay")
         assert report.paths == {bob.public_key: Path.RELAY}
         await bob.start(host, port)
+        await asyncio.wait_for(bob.relay_synced.wait(), 15)
         assert [(m.text, m.path) for m in bob.inbox] == [("kept at your relay", Path.RELAY)]
