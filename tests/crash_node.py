@@ -4,12 +4,17 @@ test_kill_at_random.py).
 It opens the node kept in ``DATA_DIR`` (already in a group with one peer), starts it on
 ``--port``, prints ``ready``, and then sends numbered texts to its one group for as long as it
 lives. Everything it knows for sure goes to ``--log``, one ``os.write`` of one line per event on a
-file opened for appending, so a SIGKILL leaves only whole lines behind (at most the last one torn):
+file opened for appending, so a SIGKILL leaves only whole lines behind (at most the last one torn).
+Each line starts with the wall-clock time in milliseconds, then:
 
 * ``attempt N`` before ``send_text`` of the text ``"<name> N"``;
 * ``accepted N <path>|queued`` after ``send_text`` returned (the node took the message: it went
   out, or it waits in the durable outbox);
-* ``shown <text> <envelope id hex>`` whenever ``on_message`` fired.
+* ``shown <text> <envelope id hex>`` whenever ``on_message`` fired;
+* ``recovered <text> <envelope id hex>`` at a start, for a message the node holds (its history)
+  that no earlier life of it announced: it died after recording the message and before
+  ``on_message`` fired;
+* ``ready`` once the node has started (resumed, applied what it held, fetched its mailbox).
 
 A number is never used twice: after a restart it goes on after the highest attempt in the log.
 
@@ -23,9 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from node.app.node import ChatMessage
@@ -45,19 +53,25 @@ class EventLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def write(self, line: str) -> None:
-        os.write(self._fd, (line + "\n").encode())
+        # Wall-clock milliseconds first, to line up the two nodes' logs when reading a failure.
+        os.write(self._fd, f"{time.time_ns() // 1_000_000} {line}\n".encode())
 
 
-def next_number(path: Path) -> int:
-    """One more than the highest number this node ever attempted."""
+def read_log(path: Path) -> tuple[int, set[str]]:
+    """One more than the highest number this node ever attempted, and the ids of the messages
+    it announced (live or recovered)."""
     if not path.exists():
-        return 0
-    numbers = [
-        int(parts[1])
-        for parts in (line.split() for line in path.read_text().splitlines())
-        if len(parts) == 2 and parts[0] == "attempt" and parts[1].isdigit()
-    ]
-    return max(numbers, default=-1) + 1
+        return 0, set()
+    lines = [line.split() for line in path.read_text().splitlines()]
+    numbers = [int(w[2]) for w in lines if len(w) == 3 and w[1] == "attempt" and w[2].isdigit()]
+    announced = {w[3] for w in lines if len(w) == 4 and w[1] in ("shown", "recovered")}
+    return max(numbers, default=-1) + 1, announced
+
+
+def dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
 
 
 async def setup(root: Path, relay: RelayInfo) -> dict[str, int]:
@@ -89,11 +103,12 @@ async def setup(root: Path, relay: RelayInfo) -> dict[str, int]:
 
 
 async def main(args: argparse.Namespace) -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     relay = RelayInfo(parse_address(args.relay), bytes.fromhex(args.relay_key))
     if args.setup:
         print(json.dumps(await setup(args.data_dir, relay)), flush=True)
         return
-    first = next_number(args.log)
+    first, announced = read_log(args.log)
     log = EventLog(args.log)
     runtime = RealRuntime(f"crash-{args.name}")
     try:
@@ -102,11 +117,15 @@ async def main(args: argparse.Namespace) -> None:
         )
 
         def shown(message: ChatMessage) -> None:
+            announced.add(message.envelope_id.hex())
             log.write(f"shown {message.text.replace(' ', '_')} {message.envelope_id.hex()}")
 
         node.on_message = shown
         await node.start(LOOPBACK, args.port)
-        print("ready", flush=True)
+        for message in node.inbox:
+            if message.envelope_id.hex() not in announced:
+                log.write(f"recovered {message.text.replace(' ', '_')} {message.envelope_id.hex()}")
+        log.write("ready")
         (group_id,) = node.groups
         number = first
         while args.count is None or number < first + args.count:
@@ -115,7 +134,6 @@ async def main(args: argparse.Namespace) -> None:
             paths = {p.value for p in report.paths.values()}
             log.write(f"accepted {number} {paths.pop() if paths else 'queued'}")
             number += 1
-        print("sent", flush=True)
         await asyncio.Event().wait()  # serve until killed
     finally:
         runtime.close()
@@ -135,4 +153,7 @@ def parse() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    # The test asks a node that hangs where it is, on stderr: SIGUSR1 the stack of every
+    # asyncio task, SIGUSR2 that of every thread.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     sys.exit(asyncio.run(main(parse())))
