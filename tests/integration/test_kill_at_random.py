@@ -37,7 +37,7 @@ from tests.node_support import relay_info
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "crash_node.py"
 NAMES = ("alice", "bob")
-KILLS = 24
+KILLS = 36
 # The moment of each kill is the test's input: mostly a while after the victim said it was ready
 # (it sends, receives, retries), sometimes while it is still starting (resuming its state).
 KILL_DELAY = (0.0, 1.2)
