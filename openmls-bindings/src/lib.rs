@@ -36,6 +36,8 @@ mod _native {
     #[pymodule_export]
     use crate::key_package::key_package_identity;
     #[pymodule_export]
+    use crate::key_package::key_package_info;
+    #[pymodule_export]
     use crate::message_info::{message_info, MessageInfo};
     #[pymodule_export]
     const CIPHERSUITE_X25519_AES128GCM: u16 = crate::key_package::CIPHERSUITE_X25519_AES128GCM;

@@ -36,6 +36,7 @@ from openmls_bindings._native import (
     MessageInfo,
     Processed,
     key_package_identity,
+    key_package_info,
     message_info,
 )
 from openmls_bindings.exceptions import (
@@ -67,5 +68,6 @@ __all__ = [
     "WrongCiphersuiteError",
     "WrongEpochError",
     "key_package_identity",
+    "key_package_info",
     "message_info",
 ]
