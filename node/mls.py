@@ -272,6 +272,7 @@ class MlsClient:
         *,
         key_package_lifetime_s: int = KEY_PACKAGE_LIFETIME_S,
         key_package_pool: int = KEY_PACKAGE_POOL,
+        ciphersuites: Sequence[int] = suites.OFFERED,
     ) -> None:
         """:param key_package_lifetime_s: how long each KeyPackage (and a created group's
         first leaf) is valid from the runtime's clock. OpenMLS also checks these lifetimes
@@ -279,9 +280,14 @@ class MlsClient:
         one (``openmls-bindings``, ``clock.rs``).
         :param key_package_pool: at most this many served single-use KeyPackages per suite
         wait unused (0 to 1000); beyond it :meth:`serve_key_packages` hands out the
-        last-resort one (see there)."""
+        last-resort one (see there).
+        :param ciphersuites: the suites this node offers KeyPackages of, preferred first (a
+        node limited to 0x0001 passes ``(suites.X25519_AES128GCM,)``)."""
         if not 0 <= key_package_pool <= 1000:
             raise ValueError(f"key_package_pool must be 0 to 1000, got {key_package_pool}")
+        if not ciphersuites or not set(ciphersuites) <= set(suites.OFFERED):
+            raise ValueError(f"ciphersuites must be some of {suites.OFFERED}, got {ciphersuites}")
+        self._suites = tuple(dict.fromkeys(ciphersuites))
         self._runtime = runtime
         self._persistent = state_file is not None
         self._watch = watch
@@ -319,12 +325,17 @@ class MlsClient:
             return self._client.key_package(ciphersuite)
 
     def serve_key_packages(self) -> list[bytes]:
-        """One KeyPackage per suite the node offers (``suites.OFFERED`` order), for a peer
+        """One KeyPackage per suite the node offers (its ``ciphersuites``), for a peer
         that asked: single-use ones while fewer than ``key_package_pool`` of a suite wait
         unused, the last-resort one after that. Used ones leave the pool and expired ones
         are pruned, so however many peers ask, the state stays bounded."""
         with _mls_errors(self._watch):
-            return self._client.serve_key_packages(list(suites.OFFERED), pool_size=self._pool)
+            return self._client.serve_key_packages(list(self._suites), pool_size=self._pool)
+
+    @property
+    def ciphersuites(self) -> tuple[int, ...]:
+        """The suites this node offers KeyPackages of, preferred first."""
+        return self._suites
 
     def unused_key_packages(self, ciphersuite: int) -> int:
         """How many served single-use KeyPackages of a suite wait unused and unexpired."""
