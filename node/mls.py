@@ -17,13 +17,25 @@ from typing import Protocol
 
 import openmls_bindings as ob
 
+from node.core import suites
 from node.core.errors import CryptoError, StorageError
 from node.core.identity import Identity
 from node.core.runtime import Runtime
 
-# Post-quantum HPKE (X25519 + ML-KEM-768) for every group and KeyPackage the node makes.
-CIPHERSUITE_DEFAULT = ob.CIPHERSUITE_XWING
+# node.core names the suites without importing the binding; they must be the binding's.
+if (suites.XWING, suites.X25519_AES128GCM) != (
+    ob.CIPHERSUITE_XWING,
+    ob.CIPHERSUITE_X25519_AES128GCM,
+):  # pragma: no cover - a binding of other code points
+    raise ImportError("openmls_bindings names the ciphersuites differently from node.core")
+
+# Post-quantum HPKE (X25519 + ML-KEM-768) for a group made before anyone is invited; a group
+# made for invitees uses what they all offer (node.core.suites).
+CIPHERSUITE_DEFAULT = suites.XWING
 KEY_PACKAGE_LIFETIME_S = 12 * 7 * 24 * 3600  # OpenMLS's default: twelve weeks
+# Single-use KeyPackages handed out and not yet used, per suite, before serving falls back to
+# the last-resort one: bounds what anyone who asks can make this node keep (~5 KB each).
+KEY_PACKAGE_POOL = 32
 
 
 class GroupError(CryptoError):
@@ -40,6 +52,10 @@ class NotCommitterError(GroupError):
 
 class MissingProposalError(GroupError):
     """A commit covers a proposal this member has not received yet; process it again after."""
+
+
+class UnsupportedSuiteError(GroupError):
+    """A valid KeyPackage of a ciphersuite this node cannot use."""
 
 
 class MlsStorageError(StorageError):
@@ -93,6 +109,8 @@ def _mls_errors(watch: StateWatch = NO_WATCH) -> Iterator[None]:
         raise NotCommitterError(str(exc)) from exc
     except ob.MissingProposalError as exc:
         raise MissingProposalError(str(exc)) from exc
+    except ob.WrongCiphersuiteError as exc:
+        raise UnsupportedSuiteError(str(exc)) from exc
     except ob.MlsError as exc:
         raise GroupError(str(exc)) from exc
     finally:
@@ -264,14 +282,27 @@ class MlsClient:
         watch: StateWatch = NO_WATCH,
         *,
         key_package_lifetime_s: int = KEY_PACKAGE_LIFETIME_S,
+        key_package_pool: int = KEY_PACKAGE_POOL,
+        ciphersuites: Sequence[int] = suites.OFFERED,
     ) -> None:
         """:param key_package_lifetime_s: how long each KeyPackage (and a created group's
         first leaf) is valid from the runtime's clock. OpenMLS also checks these lifetimes
         against the system clock, so a simulation whose clock is not today's passes a long
-        one (``openmls-bindings``, ``clock.rs``)."""
+        one (``openmls-bindings``, ``clock.rs``).
+        :param key_package_pool: at most this many served single-use KeyPackages per suite
+        wait unused (0 to 1000); beyond it :meth:`serve_key_packages` hands out the
+        last-resort one (see there).
+        :param ciphersuites: the suites this node offers KeyPackages of, preferred first (a
+        node limited to 0x0001 passes ``(suites.X25519_AES128GCM,)``)."""
+        if not 0 <= key_package_pool <= 1000:
+            raise ValueError(f"key_package_pool must be 0 to 1000, got {key_package_pool}")
+        if not ciphersuites or not set(ciphersuites) <= set(suites.OFFERED):
+            raise ValueError(f"ciphersuites must be some of {suites.OFFERED}, got {ciphersuites}")
+        self._suites = tuple(dict.fromkeys(ciphersuites))
         self._runtime = runtime
         self._persistent = state_file is not None
         self._watch = watch
+        self._pool = key_package_pool
         with _mls_errors(watch):
             self._client = ob.Client(
                 identity.seed(),
@@ -297,18 +328,45 @@ class MlsClient:
     def identity(self) -> bytes:
         return self._client.identity
 
-    def key_package(self) -> bytes:
+    def key_package(self, ciphersuite: int = CIPHERSUITE_DEFAULT) -> bytes:
+        """A fresh single-use KeyPackage, for local use (a test, a simulation handing
+        KeyPackages over out of band). It is not bounded: what peers ask for goes through
+        :meth:`serve_key_packages`."""
         with _mls_errors(self._watch):
-            return self._client.key_package(CIPHERSUITE_DEFAULT)
+            return self._client.key_package(ciphersuite)
 
-    def last_resort_key_package(self) -> bytes:
+    def serve_key_packages(self) -> list[bytes]:
+        """One KeyPackage per suite the node offers (its ``ciphersuites``), for a peer
+        that asked: single-use ones while fewer than ``key_package_pool`` of a suite wait
+        unused, the last-resort one after that. Used ones leave the pool and expired ones
+        are pruned, so however many peers ask, the state stays bounded."""
+        with _mls_errors(self._watch):
+            return self._client.serve_key_packages(list(self._suites), pool_size=self._pool)
+
+    @property
+    def ciphersuites(self) -> tuple[int, ...]:
+        """The suites this node offers KeyPackages of, preferred first."""
+        return self._suites
+
+    def unused_key_packages(self, ciphersuite: int) -> int:
+        """How many served single-use KeyPackages of a suite wait unused and unexpired."""
+        with _mls_errors(self._watch):
+            return self._client.unused_key_packages(ciphersuite)
+
+    def last_resort_key_package(self, ciphersuite: int = CIPHERSUITE_DEFAULT) -> bytes:
         """The KeyPackage that may be used more than once (it rides in the peer record)."""
         with _mls_errors(self._watch):
-            return self._client.last_resort_key_package(CIPHERSUITE_DEFAULT)
+            return self._client.last_resort_key_package(ciphersuite)
 
-    def create_group(self, group_id: bytes) -> MlsGroup:
+    def create_group(
+        self, group_id: bytes, ciphersuite: int = CIPHERSUITE_DEFAULT, *, interop: bool = False
+    ) -> MlsGroup:
+        """A group with this node as its only member and committer. ``interop``: without the
+        committer record, so that other MLS implementations can be added (and so without the
+        committer policy: ``openmls_bindings.Client.create_group``)."""
         with _mls_errors(self._watch):
-            return MlsGroup(self._client.create_group(group_id, CIPHERSUITE_DEFAULT), self._watch)
+            group = self._client.create_group(group_id, ciphersuite, interop=interop)
+            return MlsGroup(group, self._watch)
 
     def inspect_welcome(self, welcome: bytes) -> WelcomeInfo:
         """Who invites this member, to which group and with whom; joins nothing and changes
@@ -322,6 +380,13 @@ class MlsClient:
     def join(self, welcome: bytes) -> MlsGroup:
         with _mls_errors(self._watch):
             return MlsGroup(self._client.join(welcome), self._watch)
+
+
+def key_package_info(key_package: bytes, *, now_ms: int) -> tuple[bytes, int]:
+    """:func:`key_package_identity` and the KeyPackage's ciphersuite. Raises
+    :class:`UnsupportedSuiteError` for a valid KeyPackage of a suite the binding lacks."""
+    with _mls_errors():
+        return ob.key_package_info(key_package, now_ms=now_ms)
 
 
 def key_package_identity(key_package: bytes, *, now_ms: int) -> bytes:

@@ -107,7 +107,8 @@ struct AckResult {
 }
 
 struct FetchKeyPackageResult {
-  keyPackage @0 :Data;       # an RFC 9420 MLSMessage holding a KeyPackage
+  keyPackage @0 :Data;       # an RFC 9420 MLSMessage holding a KeyPackage: the callee's preferred suite
+  moreKeyPackages @1 :List(Data);  # one more KeyPackage per further suite the callee offers (at most 3)
 }
 
 struct RegisterStartResult {

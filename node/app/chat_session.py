@@ -164,6 +164,7 @@ class ChatSession:
         peer = await self._peer(args, "/dm NAME|KEY|LINK")
         conv = await self.app.direct(peer)
         self._switch_to(conv)
+        self._status(f"ciphersuite {self.app.ciphersuite(conv.id)}")
 
     async def _cmd_group(self, args: str) -> None:
         if not args:
@@ -228,6 +229,7 @@ class ChatSession:
         self._report(report, f"removed {terminal_safe(self.app.contacts.name(peer))}")
 
     async def _cmd_members(self, _args: str) -> None:
+        self._status(f"ciphersuite {self.app.ciphersuite(self.current.id)}")
         committer = self.app.committer(self.current.id)
         for member in self.app.members(self.current.id):
             view = self.app.contacts

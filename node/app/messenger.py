@@ -35,6 +35,7 @@ from node.app.node import ChatMessage, Node
 from node.app.outbox import SendReport
 from node.app.router import Path
 from node.app.store import StoredDelivery, StoredMessage
+from node.core import suites
 from node.core.addresses import Address
 from node.core.chat_payload import ConversationInfo
 from node.core.errors import LocalProtocolError, NodeError
@@ -72,6 +73,8 @@ class Messenger:
         # Joined notices held until the inviter's name arrives (its info message follows the
         # Welcome), so that the notice can name them.
         self._pending_joins: dict[bytes, tuple[str, bytes]] = {}
+        # Why groups made here use their ciphersuite (e.g. "0x0001: bob offers no X-Wing").
+        self.suite_notes: dict[bytes, str] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -197,10 +200,7 @@ class Messenger:
                 if peer not in self._member_set(conv.group_id):
                     await self._invite(conv, [peer])
                 return conv
-        group_id = await self.node.create_group()
-        conv = await self._add_conversation(ConversationKind.DIRECT, "", group_id, peer)
-        await self._invite(conv, [peer])
-        return conv
+        return await self._new_group(ConversationKind.DIRECT, "", [peer])
 
     async def create_group(self, name: str, members: list[bytes] | None = None) -> Conversation:
         """A named group with this node as its committer, and ``members`` invited. The same
@@ -215,10 +215,24 @@ class Messenger:
                 and self._member_set(conv.group_id) == wanted
             ):
                 return conv
-        group_id = await self.node.create_group()
-        conv = await self._add_conversation(ConversationKind.GROUP, name, group_id, None)
-        if members:
-            await self._invite(conv, members)
+        if not members:
+            group_id = await self.node.create_group()
+            return await self._add_conversation(ConversationKind.GROUP, name, group_id, None)
+        return await self._new_group(ConversationKind.GROUP, name, members)
+
+    async def _new_group(
+        self, kind: ConversationKind, name: str, peers: list[bytes]
+    ) -> Conversation:
+        """A group made for its first members: their KeyPackages decide its ciphersuite
+        (X-Wing when all offer it), and nothing is made if one of them cannot be reached."""
+        made = await self.node.create_group_with(peers)
+        peer = peers[0] if kind is ConversationKind.DIRECT else None
+        conv = await self._add_conversation(kind, name, made.group_id, peer)
+        self.suite_notes[made.group_id] = made.choice.describe(
+            {p: self.contacts.name(p) for p in peers}
+        )
+        await self._refresh_members(made.group_id)
+        await self.node.send_info(made.group_id, kind, name)
         return conv
 
     async def invite(self, conv_id: str, peers: list[bytes]) -> SendReport:
@@ -268,6 +282,15 @@ class Messenger:
         # An in-memory read of the group's tree (no state is written): safe on the loop.
         group = self.node.groups.get(group_id)
         return frozenset(group.members()) if group is not None else frozenset()
+
+    def ciphersuite(self, conv_id: str) -> str:
+        """Which MLS ciphersuite a conversation uses, and why, when this node chose it."""
+        conv = self.conversation(conv_id)
+        group = self.node.groups.get(conv.group_id) if conv.group_id else None
+        if group is None:
+            return "none (kept on this machine only)"
+        note = self.suite_notes.get(group.group_id)
+        return note if note is not None else suites.suite_name(group.ciphersuite)
 
     def committer(self, conv_id: str) -> bytes | None:
         conv = self.conversation(conv_id)

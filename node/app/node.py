@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path as FilePath
@@ -23,7 +23,7 @@ from node.app.membership import Membership, Rejection
 from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
-from node.core import wire
+from node.core import suites, wire
 from node.core.addresses import Address, format_address
 from node.core.chat_payload import (
     ChatPayloadError,
@@ -50,8 +50,9 @@ from node.mls import (
     MlsClient,
     MlsGroup,
     StaleEpochError,
+    UnsupportedSuiteError,
     WelcomeInfo,
-    key_package_identity,
+    key_package_info,
     read_header,
 )
 from node.transport.connection import Caller
@@ -60,6 +61,7 @@ from node.transport.endpoint import Endpoint, EndpointConfig
 __all__ = [
     "ChatMessage",
     "Invitation",
+    "NewGroup",
     "Node",
     "NodeLimits",
     "Rejection",
@@ -99,6 +101,16 @@ class ChatMessage:
 
 # Told of what a member said a conversation is: (group id, sender, what it said).
 InfoListener = Callable[[bytes, bytes, ConversationInfo], None]
+
+
+@dataclass(frozen=True)
+class NewGroup:
+    """A group made for its first invitees: its id, the suite it uses and why, and how the
+    invitations went."""
+
+    group_id: bytes
+    choice: suites.SuiteChoice
+    report: SendReport
 
 
 class Node:
@@ -351,7 +363,10 @@ class Node:
                         ErrorCode.RATE_LIMITED, "too many KeyPackage requests; try again later"
                     )
                 try:
-                    return wire.FetchKeyPackageResult(await self._run(self.mls.key_package))
+                    # From the bounded pool: a caller gets fresh ones until it is full, then
+                    # the last-resort ones; no call makes the MLS state grow past the bound.
+                    offered = await self._run(self.mls.serve_key_packages)
+                    return wire.FetchKeyPackageResult(offered[0], tuple(offered[1:]))
                 except StorageError as exc:
                     log.warning("%s cannot make a KeyPackage now: %s", self.name, exc)
                     return wire.ErrorResult(ErrorCode.INTERNAL, "the node cannot store now")
@@ -768,22 +783,45 @@ class Node:
 
     # --- groups -----------------------------------------------------------------------------
 
-    async def create_group(self) -> bytes:
-        """A new group with this node as its only member and committer; returns its id."""
+    async def create_group(self, ciphersuite: int = suites.XWING) -> bytes:
+        """A new group with this node as its only member and committer; returns its id. Its
+        suite is fixed for good: a group made for known invitees is better made with
+        :meth:`create_group_with`, which picks the suite they all offer."""
         group_id, mls = self._random(16), self.mls
-        group = await self._run(lambda: mls.create_group(group_id))
+        group = await self._run(lambda: mls.create_group(group_id, ciphersuite))
         self.groups[group.group_id] = group
         return group.group_id
+
+    async def create_group_with(self, peers: Sequence[bytes]) -> NewGroup:
+        """A new group for ``peers``: their KeyPackages are fetched first, and the group uses
+        X-Wing if every one of them offers it, otherwise 0x0001 (``node.core.suites``).
+        Raises before anything is made if a peer sends no usable KeyPackage or none of a
+        suite everyone else offers."""
+        offers = {peer: await self._fetch_key_packages(peer) for peer in peers}
+        names = {peer: self.contacts.name(peer) for peer in peers}
+        choice = suites.choose(offers, names)
+        group_id = await self.create_group(choice.suite)
+        key_packages = [offers[peer][choice.suite] for peer in peers]
+        report = await self.membership.add(group_id, key_packages)
+        return NewGroup(group_id, choice, report)
 
     async def invite(self, group_id: bytes, peers: list[bytes]) -> SendReport:
         """Fetch each peer's KeyPackage from the peer itself, then add them.
 
+        A group's suite never changes: a peer that offers no KeyPackage of it is refused
+        (:class:`~node.core.suites.NoCommonSuiteError`) before anyone is added.
         The committer commits the adds, sends the Welcome to the newcomers and the commit to
         everyone who was already a member. Any other member proposes the adds to the
         committer and returns after the outbox's first attempt at them: the peers join when the
         committer has committed them (ADR 0003)."""
         self.membership.check_member(group_id)
-        key_packages = [await self._fetch_key_package(peer) for peer in peers]
+        suite = self.groups[group_id].ciphersuite
+        key_packages = []
+        for peer in peers:
+            offered = await self._fetch_key_packages(peer)
+            if suite not in offered:
+                raise suites.NoCommonSuiteError(peer, (suite,), self.contacts.name(peer))
+            key_packages.append(offered[suite])
         return await self.membership.add(group_id, key_packages)
 
     async def remove(self, group_id: bytes, peers: list[bytes]) -> SendReport:
@@ -805,13 +843,31 @@ class Node:
         if env.kind is wire.EnvelopeKind.PROPOSAL and env.group_id not in self.groups:
             self.membership.unknown_group(env)
 
-    async def _fetch_key_package(self, peer: bytes) -> bytes:
+    async def _fetch_key_packages(self, peer: bytes) -> dict[int, bytes]:
+        """The peer's KeyPackages by suite, fetched from the peer itself, each checked: a
+        valid signature, a lifetime that covers now, and the peer's own identity. One naming
+        anyone else refuses the whole answer; one of a suite the binding lacks is skipped."""
+        name = self.contacts.name(peer)
         response = await self.router.call_peer(peer, wire.FetchKeyPackage(peer))
         if not isinstance(response, wire.FetchKeyPackageResult):
-            raise NodeError(f"{self.contacts.name(peer)} sent no KeyPackage")
-        if key_package_identity(response.key_package, now_ms=self._clock_ms()) != peer:
-            raise NodeError(f"{self.contacts.name(peer)} sent someone else's KeyPackage")
-        return response.key_package
+            raise NodeError(f"{name} sent no KeyPackage")
+        now_ms = self._clock_ms()
+        offered: dict[int, bytes] = {}
+        for key_package in response.key_packages:
+            try:
+                identity, suite = key_package_info(key_package, now_ms=now_ms)
+            except UnsupportedSuiteError:
+                continue  # a suite of a newer peer, say
+            except GroupError as exc:
+                raise NodeError(f"{name} sent an unusable KeyPackage: {exc}") from exc
+            if identity != peer:
+                raise NodeError(f"{name} sent someone else's KeyPackage")
+            if suite in offered:
+                raise NodeError(f"{name} sent two KeyPackages of one ciphersuite")
+            offered[suite] = key_package
+        if not offered:
+            raise NodeError(f"{name} sent no KeyPackage this node can use")
+        return offered
 
     async def send_text(
         self,

@@ -363,17 +363,19 @@ async def _find(presence: Presence, specs: list[PeerSpec]) -> None:
 
 async def _invite(node: Node, invites: list[PeerSpec]) -> None:
     try:
-        group_id = await node.create_group()
-        report = await node.invite(group_id, [spec.identity for spec in invites])
+        made = await node.create_group_with([spec.identity for spec in invites])
     except NodeError as exc:
         click.echo(f"ERROR: could not create the group: {terminal_safe(str(exc))}", err=True)
         return
-    for peer, why in report.failed.items():
+    for peer, why in made.report.failed.items():
         click.echo(
             f"could not invite {terminal_safe(node.contacts.name(peer))}: {terminal_safe(why)}",
             err=True,
         )
-    click.echo(f"group created with {', '.join(terminal_safe(s.name) for s in invites)}")
+    names = {spec.identity: terminal_safe(spec.name) for spec in invites}
+    suite = made.choice.describe(names)
+    invited = ", ".join(terminal_safe(s.name) for s in invites)
+    click.echo(f"group created with {invited} (ciphersuite {suite})")
 
 
 @click.command("peers")

@@ -17,7 +17,7 @@ from typing import Any
 import capnp
 
 import schemas
-from node.core.errors import ErrorCode, RemoteProtocolError
+from node.core.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 ENVELOPE_ID_SIZE = 16
 MAILBOX_SIZE = 32
@@ -188,9 +188,22 @@ class AckResult:
     removed: int
 
 
+# KeyPackages in one fetchKeyPackage answer, one per suite: far more than any node offers.
+MAX_KEY_PACKAGES = 4
+
+
 @dataclass(frozen=True)
 class FetchKeyPackageResult:
+    """One KeyPackage per ciphersuite the callee offers, its preferred one first. The wire
+    keeps the first in the field of the one-KeyPackage answer, so older callers still read
+    it; the suite of each is in the KeyPackage itself (checked when it is used)."""
+
     key_package: bytes
+    more: tuple[bytes, ...] = ()
+
+    @property
+    def key_packages(self) -> tuple[bytes, ...]:
+        return (self.key_package, *self.more) if self.key_package else self.more
 
 
 @dataclass(frozen=True)
@@ -435,8 +448,14 @@ def encode_response(resp: Response) -> bytes:
             p.cursor = cursor
         case AckResult(removed):
             msg.init("ack").removed = removed
-        case FetchKeyPackageResult(key_package):
-            msg.init("fetchKeyPackage").keyPackage = key_package
+        case FetchKeyPackageResult(key_package, more):
+            if len(more) >= MAX_KEY_PACKAGES:
+                raise LocalProtocolError(f"at most {MAX_KEY_PACKAGES} KeyPackages in one answer")
+            p = msg.init("fetchKeyPackage")
+            p.keyPackage = key_package
+            lst = p.init("moreKeyPackages", len(more))
+            for i, item in enumerate(more):
+                lst[i] = item
         case RegisterStartResult(response):
             msg.init("registerStart").response = response
         case RegisterFinishResult():
@@ -493,7 +512,14 @@ def decode_response(data: bytes) -> Response:
             if which == "ack":
                 return AckResult(int(msg.ack.removed))
             if which == "fetchKeyPackage":
-                return FetchKeyPackageResult(bytes(msg.fetchKeyPackage.keyPackage))
+                p = msg.fetchKeyPackage
+                more = p.moreKeyPackages
+                # Counted before any is copied: the frame limit bounds the bytes, this the work.
+                if len(more) >= MAX_KEY_PACKAGES:
+                    raise RemoteProtocolError(
+                        f"more than {MAX_KEY_PACKAGES} KeyPackages in one answer"
+                    )
+                return FetchKeyPackageResult(bytes(p.keyPackage), tuple(bytes(kp) for kp in more))
             if which == "registerStart":
                 return RegisterStartResult(bytes(msg.registerStart.response))
             if which == "registerFinish":

@@ -721,6 +721,20 @@ impl Client {
         Ok(PyBytes::new(py, &kp))
     }
 
+    /// One KeyPackage per ciphersuite for a peer that asked, from a bounded
+    /// pool (see [`ClientState::serve_key_packages`]).
+    #[pyo3(signature = (ciphersuites, *, pool_size))]
+    fn serve_key_packages<'py>(
+        &self,
+        py: Python<'py>,
+        ciphersuites: Vec<i64>,
+        pool_size: i64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let state = &self.state;
+        let kps = py.detach(|| guarded(|| state.serve_key_packages(&ciphersuites, pool_size)))?;
+        Ok(kps.iter().map(|kp| PyBytes::new(py, kp)).collect())
+    }
+
     /// Replaces the last-resort KeyPackage; returns the new one.
     #[pyo3(signature = (ciphersuite = 0x0001))]
     fn rotate_last_resort<'py>(

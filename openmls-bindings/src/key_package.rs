@@ -205,6 +205,30 @@ pub fn key_package_identity<'py>(
     Ok(PyBytes::new(py, &identity))
 }
 
+/// Validate a KeyPackage (an MLSMessage) at time `now_ms`, as
+/// [`key_package_identity`] does, and return its credential identity and its
+/// ciphersuite's code point.
+///
+/// Raises WrongCiphersuiteError for a valid KeyPackage of a ciphersuite this
+/// binding cannot use, so that a caller can tell "not for us" from "bad".
+#[pyfunction]
+#[pyo3(signature = (key_package, *, now_ms))]
+pub fn key_package_info<'py>(
+    py: Python<'py>,
+    key_package: &[u8],
+    now_ms: u64,
+) -> PyResult<(Bound<'py, PyBytes>, u16)> {
+    let now = Now::from_ms(now_ms);
+    let (identity, suite) = py.detach(|| {
+        guarded(|| {
+            let kp = parse_key_package(key_package, now)?;
+            let suite = ciphersuite_from_code(i64::from(ciphersuite_code(kp.ciphersuite())))?;
+            Ok((leaf_identity(kp.leaf_node())?, ciphersuite_code(suite)))
+        })
+    })?;
+    Ok((PyBytes::new(py, &identity), suite))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,8 @@ mod _native {
     #[pymodule_export]
     use crate::key_package::key_package_identity;
     #[pymodule_export]
+    use crate::key_package::key_package_info;
+    #[pymodule_export]
     use crate::message_info::{message_info, MessageInfo};
     #[pymodule_export]
     use crate::welcome_info::WelcomeInfo;

@@ -49,7 +49,7 @@ async def test_bob_invites_alice_by_her_link_and_they_chat(tmp_path: Path) -> No
         me = json.loads(out)
         assert me["identity"] == key
         async with node_process(tmp_path, "bob", "--no-mdns", "--invite", me["link"]) as bob:
-            await bob.expect(r"group created with alice$")
+            await bob.expect(r"group created with alice \(ciphersuite X-Wing\)$")
             await bob.type_line("hello by link")
             # bob is a stranger to alice: his invitation waits for her consent, and his
             # message waits with it.

@@ -27,7 +27,11 @@ from openmls_bindings import (
     NotCommitterError,
 )
 
-from tests.mls_support import new_client
+from node.core import suites
+from node.core.identity import Identity
+from node.mls import GroupError, MlsClient, key_package_info
+from node.transport.runtime import RealRuntime
+from tests.mls_support import new_client, wall_clock_ms
 
 
 class MlsRsMember:
@@ -158,3 +162,40 @@ def test_interop_group_limits() -> None:
     # Nobody may join an interop group by external commit.
     with pytest.raises(NotCommitterError):
         new_client(os.urandom(32)).join_external(group.export_group_info())
+
+
+def test_our_node_invites_a_0x0001_only_mls_rs_client_and_they_talk_both_ways() -> None:
+    """The node's own MLS engine (``node.mls``) and its suite choice: an mls-rs client offers
+    0x0001 alone, so the group is 0x0001 (an X-Wing group cannot take its KeyPackage), and
+    messages cross both ways."""
+    runtime = RealRuntime("qpc-interop")
+    try:
+        theirs = MlsRsMember()
+        key_package = theirs.key_package()
+        identity, suite = key_package_info(key_package, now_ms=wall_clock_ms())
+        assert (identity, suite) == (theirs.identity, suites.X25519_AES128GCM)
+        choice = suites.choose({identity: {suite}}, {identity: "rs"})
+        assert choice.describe({identity: "rs"}) == "0x0001: rs offers no X-Wing"
+
+        ours = MlsClient(Identity.generate(), runtime)
+        post_quantum = ours.create_group(b"pq", suites.XWING, interop=True)
+        with pytest.raises(GroupError, match="ciphersuite"):
+            post_quantum.commit([key_package])
+        # mls-rs cannot advertise our committer record: an interop group (no committer policy).
+        group = ours.create_group(b"interop-node", choice.suite, interop=True)
+        _commit, welcome = group.commit([key_package])
+        assert welcome is not None
+        theirs.join(welcome)
+        assert group.members() == [ours.identity, theirs.identity]
+
+        received = theirs.process(group.encrypt(b"hello from our node"))
+        assert isinstance(received, mls_rs.ReceivedMessage.APPLICATION_MESSAGE)
+        assert received.data == b"hello from our node"
+        back = group.process(theirs.encrypt(b"hello back from mls-rs"))
+        assert (back.kind, back.sender, back.plaintext) == (
+            "application",
+            theirs.identity,
+            b"hello back from mls-rs",
+        )
+    finally:
+        runtime.close()

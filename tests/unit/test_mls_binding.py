@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from openmls_bindings import (
     CIPHERSUITE_X25519_AES128GCM,
+    CIPHERSUITE_XWING,
     InvalidInputError,
     InvalidMessageError,
     MlsError,
@@ -23,6 +24,7 @@ from openmls_bindings import (
     WrongCiphersuiteError,
     WrongEpochError,
     key_package_identity,
+    key_package_info,
 )
 
 from tests.mls_support import Member as Party
@@ -431,3 +433,26 @@ def test_exception_family() -> None:
         assert issubclass(cls, MlsError)
     assert issubclass(MlsError, Exception)
     assert InvalidInputError.__module__ == "openmls_bindings.exceptions"
+
+
+def test_key_package_info_gives_the_identity_and_the_suite() -> None:
+    bob = new_client(seed(2))
+    for suite in (CIPHERSUITE_XWING, CIPHERSUITE_X25519_AES128GCM, CHACHA_SUITE):
+        kp = bob.key_package(suite)
+        assert key_package_info(kp, now_ms=wall_clock_ms()) == (bob.identity, suite)
+    with pytest.raises(InvalidInputError):
+        key_package_info(b"\x00\x01 not a key package", now_ms=wall_clock_ms())
+
+
+def test_served_key_packages_come_in_the_order_asked_from_a_bounded_pool() -> None:
+    bob = new_client(seed(2))
+    suites = [CIPHERSUITE_X25519_AES128GCM, CIPHERSUITE_XWING]
+    first = bob.serve_key_packages(suites, pool_size=1)
+    assert [key_package_info(kp, now_ms=wall_clock_ms())[1] for kp in first] == suites
+    last_resort = [bob.last_resort_key_package(s) for s in suites]
+    assert bob.serve_key_packages(suites, pool_size=1) == last_resort
+    assert bob.serve_key_packages(suites, pool_size=2) not in (first, last_resort)
+    with pytest.raises(InvalidInputError, match="pool_size"):
+        bob.serve_key_packages(suites, pool_size=-1)
+    with pytest.raises(WrongCiphersuiteError):
+        bob.serve_key_packages([P256_SUITE], pool_size=1)

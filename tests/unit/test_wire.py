@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from node.core import wire
-from node.core.errors import ErrorCode, RemoteProtocolError
+from node.core.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 
 def envelope(kind: wire.EnvelopeKind = wire.EnvelopeKind.APPLICATION) -> wire.Envelope:
@@ -47,10 +47,42 @@ def test_request_round_trip(request_: wire.Request) -> None:
         wire.FetchResult((envelope(),), cursor=7),
         wire.AckResult(3),
         wire.FetchKeyPackageResult(b"kp"),
+        wire.FetchKeyPackageResult(b"x-wing kp", (b"0x0001 kp",)),
     ],
 )
 def test_response_round_trip(response: wire.Response) -> None:
     assert wire.decode_response(wire.encode_response(response)) == response
+
+
+def test_a_key_package_answer_of_the_first_version_still_reads() -> None:
+    import schemas
+
+    msg = schemas.rpc.Response.new_message()
+    msg.init("fetchKeyPackage").keyPackage = b"only kp"
+    answer = wire.decode_response(msg.to_bytes())
+    assert isinstance(answer, wire.FetchKeyPackageResult)
+    assert answer.key_packages == (b"only kp",)
+    # And an old reader finds the preferred KeyPackage where it always was.
+    data = wire.encode_response(wire.FetchKeyPackageResult(b"first", (b"second",)))
+    with schemas.rpc.Response.from_bytes(data) as reader:
+        assert bytes(reader.fetchKeyPackage.keyPackage) == b"first"
+
+
+def test_a_key_package_answer_holds_at_most_a_few() -> None:
+    import schemas
+
+    msg = schemas.rpc.Response.new_message()
+    p = msg.init("fetchKeyPackage")
+    p.keyPackage = b"kp"
+    more = p.init("moreKeyPackages", wire.MAX_KEY_PACKAGES)
+    for i in range(wire.MAX_KEY_PACKAGES):
+        more[i] = b"kp%d" % i
+    with pytest.raises(RemoteProtocolError, match="KeyPackages in one answer"):
+        wire.decode_response(msg.to_bytes())
+    with pytest.raises(LocalProtocolError):
+        wire.encode_response(wire.FetchKeyPackageResult(b"kp", (b"more",) * 4))
+    three = wire.FetchKeyPackageResult(b"kp", (b"more",) * 3)
+    assert wire.decode_response(wire.encode_response(three)) == three
 
 
 def test_envelope_with_wrong_id_length_is_refused_when_decoded() -> None:

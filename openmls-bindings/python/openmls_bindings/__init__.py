@@ -37,6 +37,7 @@ from openmls_bindings._native import (
     Processed,
     WelcomeInfo,
     key_package_identity,
+    key_package_info,
     message_info,
 )
 from openmls_bindings.exceptions import (
@@ -69,5 +70,6 @@ __all__ = [
     "WrongCiphersuiteError",
     "WrongEpochError",
     "key_package_identity",
+    "key_package_info",
     "message_info",
 ]

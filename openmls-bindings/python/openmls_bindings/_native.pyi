@@ -15,6 +15,7 @@ __all__ = [
     "Processed",
     "WelcomeInfo",
     "key_package_identity",
+    "key_package_info",
     "message_info",
 ]
 
@@ -114,6 +115,24 @@ class Client:
         :meth:`rotate_last_resort` (or until it is within a week — or half of
         ``key_package_lifetime_s``, if shorter — of expiring, by the client's
         clock).
+        """
+
+    def serve_key_packages(self, ciphersuites: Sequence[int], *, pool_size: int) -> list[bytes]:
+        """One KeyPackage per ciphersuite (in the order given), for a peer that asked.
+
+        Served from a pool of at most ``pool_size`` (0 to 1000) unused, unexpired
+        single-use KeyPackages per ciphersuite: while a suite's pool has room, a fresh
+        KeyPackage is made and joins it; once it is full, that suite's last-resort
+        KeyPackage is served instead (it may be used more than once; a single-use one
+        handed to two inviters would leave the second Welcome unjoinable). A Welcome
+        that uses a pooled KeyPackage takes it out of the pool, and expired ones are
+        pruned, so the pool refills. However often it is called, the state holds at most
+        ``pool_size`` handed-out KeyPackages per suite; when every pool is full the call
+        writes nothing and draws no randomness.
+
+        :raises InvalidInputError: if no ciphersuite, one twice, or ``pool_size`` out of
+            range.
+        :raises WrongCiphersuiteError: if a ciphersuite is unsupported.
         """
 
     def rotate_last_resort(self, ciphersuite: int = 0x0001) -> bytes:
@@ -391,4 +410,15 @@ def key_package_identity(key_package: bytes, *, now_ms: int) -> bytes:
     :raises InvalidInputError: for bytes that are not a KeyPackage MLSMessage.
     :raises InvalidMessageError: for a KeyPackage that fails validation, or is
         not valid at ``now_ms`` or by the system clock.
+    """
+
+def key_package_info(key_package: bytes, *, now_ms: int) -> tuple[bytes, int]:
+    """Validate a KeyPackage as :func:`key_package_identity` does; return its credential
+    identity and its ciphersuite (the IANA code point).
+
+    :raises InvalidInputError: for bytes that are not a KeyPackage MLSMessage.
+    :raises InvalidMessageError: for a KeyPackage that fails validation, or is not valid at
+        ``now_ms`` or by the system clock.
+    :raises WrongCiphersuiteError: for a valid KeyPackage of a ciphersuite this binding
+        cannot use.
     """
