@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
 __all__ = [
     "AMBIENT_RNG",
+    "ORDERED_SET_MODULES",
     "PATCHED_MODULES",
     "InsertionOrderedSet",
     "ambient_bytes",
