@@ -65,6 +65,7 @@ REAL_WORLD_ALLOWED = {
     "node/app/data_cli.py",
     "node/app/identity_cli.py",
     "node/app/chat_cli.py",
+    "node/app/web_cli.py",
     "node/app/demo.py",
     "relay/cli.py",
     "relay/__main__.py",
