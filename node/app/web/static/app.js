@@ -15,6 +15,7 @@ const state = {
   shown: new Map(), // message id -> <li>
   invitations: new Map(),
   events: null,
+  lastEventId: "",
   readTimer: null,
 };
 
@@ -94,7 +95,8 @@ async function start() {
   const ids = [...state.convs.keys()];
   const first = state.convs.has(remembered) ? remembered : ids[ids.length - 1];
   if (first) await openConversation(first);
-  listen(`${data.events.boot}-${data.events.last}`);
+  state.lastEventId = `${data.events.boot}-${data.events.last}`;
+  listen();
 }
 
 // After a reset (the page fell behind, or the node restarted): reload what is shown.
@@ -104,12 +106,14 @@ async function reloadAll() {
   if (id) await openConversation(id);
 }
 
-function listen(after) {
+function listen() {
   // EventSource reconnects by itself and then sends Last-Event-ID: the server replays what
-  // this page missed, or says "reset".
-  const source = new EventSource(`/api/events?after=${encodeURIComponent(after)}`);
+  // this page missed, or says "reset". A stream that was refused (closed for good) is
+  // opened again from the last event seen, by reconnect().
+  const source = new EventSource(`/api/events?after=${encodeURIComponent(state.lastEventId)}`);
   state.events = source;
   source.onmessage = (message) => {
+    if (message.lastEventId) state.lastEventId = message.lastEventId;
     let event;
     try {
       event = JSON.parse(message.data);
@@ -119,13 +123,22 @@ function listen(after) {
     handleEvent(event);
   };
   source.onopen = () => document.body.classList.remove("offline");
-  source.onerror = () => document.body.classList.add("offline");
+  source.onerror = () => {
+    document.body.classList.add("offline");
+    if (source.readyState === EventSource.CLOSED) setTimeout(reconnect, 2000);
+  };
+}
+
+function reconnect() {
+  if (state.events) state.events.close();
+  document.body.classList.add("offline");
+  listen();
 }
 
 // --- conversations ------------------------------------------------------------------------
 
 function kindLabel(conv) {
-  return conv.kind === "direct" ? "DM" : conv.kind === "group" ? "group" : "notes";
+  return conv.kind === "dm" ? "DM" : conv.kind === "group" ? "group" : "notes";
 }
 
 function renderConversations() {
@@ -171,6 +184,7 @@ async function openConversation(id) {
   if (!conv) return;
   state.current = id;
   sessionStorage.setItem("conversation", id);
+  if ($("banner").className === "info") $("banner").hidden = true;
   document.body.classList.remove("nav-open");
   $("menu").setAttribute("aria-expanded", "false");
   $("title").textContent = conv.title;
@@ -318,7 +332,7 @@ function handleEvent(event) {
       break;
     case "joined":
       upsertConversation(event.conversation);
-      banner(`${event.inviter_name} invited you to ${event.conversation.kind === "direct" ? "a direct conversation" : event.conversation.title}`, "info");
+      banner(`${event.inviter_name} invited you to ${event.conversation.kind === "dm" ? "a direct conversation" : event.conversation.title}`, "info");
       break;
     case "members":
       if (event.conversation === state.current) {
