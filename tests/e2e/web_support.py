@@ -163,3 +163,36 @@ async def open_conversation(page: Any, title: str) -> None:
 
 async def accept_invitation(page: Any) -> None:
     await page.locator(".invitation button", has_text="Accept").first.click()
+
+
+class Api:
+    """A signed-in client of one node's web API (what the page does, without a browser)."""
+
+    def __init__(self, node: WebNode, session: Any) -> None:
+        self.node = node
+        self.session = session
+        self.csrf = ""
+
+    async def get(self, path: str) -> Any:
+        async with self.session.get(self.node.base + path) as response:
+            assert response.status == 200, (path, response.status, await response.text())
+            return await response.json()
+
+    async def post(self, path: str, body: dict[str, Any]) -> Any:
+        headers = {"Origin": self.node.base, "X-CSRF-Token": self.csrf}
+        async with self.session.post(self.node.base + path, json=body, headers=headers) as r:
+            assert r.status == 200, (path, r.status, await r.text())
+            return await r.json()
+
+
+@contextlib.asynccontextmanager
+async def api(node: WebNode) -> AsyncIterator[Api]:
+    import aiohttp
+
+    # unsafe=True: aiohttp keeps no cookies for an IP address otherwise.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        async with session.get(node.url) as response:
+            assert response.status == 200
+        client = Api(node, session)
+        client.csrf = (await client.get("/api/state"))["csrf"]
+        yield client
