@@ -18,6 +18,15 @@ coroutine).
 
 Ed25519 signatures (our certificates) are deterministic by construction (RFC 8032 §5.1.6);
 ECDSA ones are not, and that is one reason the node uses Ed25519 certificates.
+
+Order, too, is drawn from outside the seed where a library iterates a ``set`` of objects: their
+hashes are memory addresses, so the order changes from process to process (and from run to run
+in one process). aioquic's ``_write_application`` collects the streams it served into a ``set``
+and appends them to its service queue in that set's order, so two calls in flight on one
+connection went out in either order (seen in a 200-node run: the first differing datagram).
+:func:`seeded_libraries` therefore also gives ``aioquic.quic.connection`` a ``set`` of its own,
+:class:`InsertionOrderedSet`, which iterates in insertion order — the order aioquic served the
+streams in, which is what its comment ("putting served ones at the end") means anyway.
 """
 
 from __future__ import annotations
@@ -27,12 +36,21 @@ import contextvars
 import os
 import random
 import types
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, MutableSet
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
-__all__ = ["AMBIENT_RNG", "PATCHED_MODULES", "ambient_bytes", "seeded_libraries"]
+__all__ = [
+    "AMBIENT_RNG",
+    "ORDERED_SET_MODULES",
+    "PATCHED_MODULES",
+    "InsertionOrderedSet",
+    "ambient_bytes",
+    "seeded_libraries",
+]
+
+T = TypeVar("T")
 
 AMBIENT_RNG: contextvars.ContextVar[random.Random | None] = contextvars.ContextVar(
     "simulations_ambient_rng", default=None
@@ -63,6 +81,46 @@ PATCHED_MODULES = (
     "rpcudp.protocol",
 )
 """The modules whose ``os`` (and, for ``aioquic.tls``, key-generation) names are replaced."""
+
+
+ORDERED_SET_MODULES = ("aioquic.quic.connection",)
+"""The modules whose ``set`` is replaced by :class:`InsertionOrderedSet`."""
+
+_MISSING = object()
+
+
+class InsertionOrderedSet(MutableSet[T]):
+    """A ``set`` that iterates in insertion order (a dict's keys), whatever its items' hashes."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        self._items: dict[T, None] = dict.fromkeys(items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, value: T) -> None:
+        self._items[value] = None
+
+    def discard(self, value: T) -> None:
+        self._items.pop(value, None)
+
+    def update(self, *others: Iterable[T]) -> None:
+        for other in others:
+            self._items.update(dict.fromkeys(other))
+
+    def copy(self) -> InsertionOrderedSet[T]:
+        return InsertionOrderedSet(self._items)
+
+    def __repr__(self) -> str:
+        return f"InsertionOrderedSet({list(self._items)!r})"
 
 
 def ambient_bytes(n: int) -> bytes:
@@ -104,7 +162,7 @@ def _ec_generate(curve: ec.EllipticCurve, backend: Any = None) -> ec.EllipticCur
     return ec.derive_private_key(scalar, curve)
 
 
-def _proxies() -> dict[str, dict[str, types.ModuleType]]:
+def _proxies() -> dict[str, dict[str, Any]]:
     seeded_os = _Proxy(os, urandom=ambient_bytes)
     tls_names: dict[str, types.ModuleType] = {
         "os": seeded_os,
@@ -120,16 +178,20 @@ def _proxies() -> dict[str, dict[str, types.ModuleType]]:
         ),
         "ec": _Proxy(ec, generate_private_key=_ec_generate),
     }
-    return {
+    names: dict[str, dict[str, Any]] = {
         name: (tls_names if name == "aioquic.tls" else {"os": seeded_os})
         for name in PATCHED_MODULES
     }
+    for name in ORDERED_SET_MODULES:
+        names.setdefault(name, {})["set"] = InsertionOrderedSet
+    return names
 
 
 @contextlib.contextmanager
 def seeded_libraries(fallback_seed: int) -> Iterator[None]:
     """While active, aioquic and rpcudp draw from :data:`AMBIENT_RNG` (or a fallback stream
-    seeded with ``fallback_seed``) instead of the operating system.
+    seeded with ``fallback_seed``) instead of the operating system, and aioquic's connection
+    module iterates its sets in insertion order.
 
     Not re-entrant and not thread-safe: one simulation per process at a time.
     """
@@ -144,10 +206,14 @@ def seeded_libraries(fallback_seed: int) -> Iterator[None]:
         for module_name, names in _proxies().items():
             module = importlib.import_module(module_name)
             for attr, proxy in names.items():
-                saved.append((module, attr, module.__dict__[attr]))
+                # ``set`` is a builtin: the module has no name of its own to save.
+                saved.append((module, attr, module.__dict__.get(attr, _MISSING)))
                 setattr(module, attr, proxy)
         yield
     finally:
         for module, attr, original in reversed(saved):
-            setattr(module, attr, original)
+            if original is _MISSING:
+                delattr(module, attr)
+            else:
+                setattr(module, attr, original)
         _fallback = None

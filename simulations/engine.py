@@ -75,6 +75,9 @@ class RunResult:
     latencies_ms: list[float]
     lookups: list[Lookup]
     network: dict[str, int]
+    # Every datagram sent up to the end (time, addresses, bytes), as SimNetwork.trace_digest:
+    # two runs of one scenario and seed must agree on it, not only on the counts.
+    wire_digest: str = ""
 
 
 @dataclass
@@ -139,7 +142,7 @@ class _Run:
         self.workdir = workdir
         self.rng = random.Random(derive_seed(scenario.seed, "engine"))  # noqa: S311 -- seeded
         wan = _link(scenario.network.wan)
-        self.network = SimNetwork(seed=scenario.seed, default_link=wan)
+        self.network = SimNetwork(seed=scenario.seed, default_link=wan, trace=True)
         self.metrics = Metrics()
         self.relays: list[_Relay] = []
         self.members: list[_Member] = []
@@ -153,6 +156,7 @@ class _Run:
         self.creators: list[_Member] = []  # each group's committer
         self.index_of: dict[bytes, int] = {}
         self.senders: set[tuple[int, int]] = set()
+        self.result: RunResult | None = None  # taken when the run ends, before any cleanup
 
     # --- building ---------------------------------------------------------------------------
 
@@ -444,6 +448,7 @@ class _Run:
             await self._dht_only()
             self.metrics.wire_bytes = self.network.totals.sent_bytes
             self.metrics.wire_datagrams = self.network.totals.sent_datagrams
+            self._freeze(loop.time())
             return loop.time()
         await self._start_relays()
         await self._start_members()
@@ -470,6 +475,7 @@ class _Run:
         await asyncio.sleep(max(0.0, self.s.duration_s - loop.time()))
         self._check(self.tasks)
         self._finish()
+        self._freeze(loop.time())
         return loop.time()
 
     @staticmethod
@@ -496,6 +502,25 @@ class _Run:
         if self.s.workload.groups:
             self.metrics.forks = self._forks()
         self._classify_losses()
+
+    def _freeze(self, simulated: float) -> None:
+        """The result as the run ends: what leftover tasks do while they are cancelled
+        afterwards is not part of it."""
+        metrics = self.metrics
+        self.result = RunResult(
+            scenario=self.s,
+            simulated_s=simulated,
+            metrics=metrics.summary(),
+            fidelity=_fidelity(self.s),
+            lost=[
+                {"message": m, "recipient": f"n{r}", "cause": cause}
+                for (m, r), cause in sorted(metrics.lost.items())
+            ],
+            latencies_ms=sorted(metrics.latencies_ms()),
+            lookups=list(metrics.lookups),
+            network=self.network.totals.as_dict(),
+            wire_digest=self.network.trace_digest,
+        )
 
     def _forks(self) -> int:
         forks = 0
@@ -654,18 +679,6 @@ def run_scenario(scenario: Scenario, progress: Progress | None = None) -> RunRes
     with _workdir() as workdir, seeded_libraries(derive_seed(scenario.seed, "libraries")):
         run = _Run(scenario, progress, workdir)
         loop = VirtualLoop()
-        simulated = run_simulated(run.main(), loop=loop, time_limit=scenario.duration_s + 600)
-    metrics = run.metrics
-    return RunResult(
-        scenario=scenario,
-        simulated_s=simulated,
-        metrics=metrics.summary(),
-        fidelity=_fidelity(scenario),
-        lost=[
-            {"message": m, "recipient": f"n{r}", "cause": cause}
-            for (m, r), cause in sorted(metrics.lost.items())
-        ],
-        latencies_ms=sorted(metrics.latencies_ms()),
-        lookups=list(metrics.lookups),
-        network=run.network.totals.as_dict(),
-    )
+        run_simulated(run.main(), loop=loop, time_limit=scenario.duration_s + 600)
+    assert run.result is not None  # main() returned, so it froze its result
+    return run.result

@@ -54,6 +54,7 @@ def report_object(
         "simulated_s": round(result.simulated_s, 3),
         "nodes": s.network.nodes,
         "fidelity": result.fidelity,
+        "wire_digest": result.wire_digest,
         "metrics": result.metrics,
     }
 
@@ -164,7 +165,7 @@ def _save(fig: Any, path: Path) -> Path:
 def compare_table(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """(metric, A, B, B - A) for every metric either run has."""
     fa, fb = flatten(a.get("metrics", {})), flatten(b.get("metrics", {}))
-    for key in ("wall_s", "peak_rss_mb", "simulated_s"):
+    for key in ("wall_s", "peak_rss_mb", "simulated_s", "wire_digest"):
         fa[key], fb[key] = a.get(key), b.get(key)
     rows = []
     for key in sorted(set(fa) | set(fb)):

@@ -79,7 +79,8 @@ class SimRuntime:
         self._ambient = random.Random(derive_seed(seed, host, life, "libraries"))  # noqa: S311 -- seeded on purpose
         self._blocking_cost = blocking_cost
         self._worker_free_at = 0.0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # A dict, not a set: crash() cancels in the order the tasks began, never by address.
+        self._tasks: dict[asyncio.Task[Any], None] = {}
         self._transports: list[SimDatagramTransport] = []
         self.crashed = False
         self.context = contextvars.Context()
@@ -158,8 +159,11 @@ class SimRuntime:
 
     def adopt_task(self, task: asyncio.Task[Any]) -> None:
         """Called by the virtual loop for every task created in this node's context."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
 
     @property
     def tasks(self) -> frozenset[asyncio.Task[Any]]:

@@ -20,6 +20,7 @@ import click
 
 from node.app.backup import take_restore_notice
 from node.app.chat_session import ChatSession, Screen
+from node.app.control_socket import ControlServer
 from node.app.identity_view import whoami_lines
 from node.app.messenger import Messenger
 from node.app.node import Node
@@ -30,6 +31,7 @@ from node.app.node_cli import (
     node_options,
     run_options,
 )
+from node.app.oneshot_cli import RELAY_SETTING, relay_setting
 from node.app.presence import Presence
 from node.app.profile import open_node
 from node.app.relay_account import sign_in_node
@@ -91,13 +93,20 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
     if restored_from is not None:
         _warn_restored(node, restored_from)
     presence = Presence(node, opts.presence)
+    control = ControlServer(messenger, opts.data_dir)
     try:
+        if opts.relay is not None:
+            # One-shot commands run without this node reach the same relay.
+            store, saved = node.store, relay_setting(opts.relay)
+            await runtime.run_blocking(lambda: store.set_secret(RELAY_SETTING, saved))
+        await control.start()
         await presence.start()
         click.echo(f"{'new identity' if created else 'identity'}: {node.public_key.hex()}")
         click.echo(f"fingerprint: {fingerprint(node.public_key)}")
         click.echo(f"listening on {host}:{port}")
         yield _Running(node, presence, messenger)
     finally:
+        await control.stop()
         await presence.stop()
         await messenger.close()
         await node.stop()

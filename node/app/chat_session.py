@@ -30,8 +30,6 @@ from node.app.invitations import PendingInvitation
 from node.app.messages import DeliveryState, Direction, Message
 from node.app.messenger import Messenger
 from node.app.outbox import SendReport
-from node.app.peer_ref import PeerRefError, parse_peer_ref
-from node.app.router import RelayInfo
 from node.app.store import SeenPeer
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
@@ -312,31 +310,10 @@ class ChatSession:
         """A person from a qpc:// link, a key, or a contact's name."""
         if not text:
             raise ContactError(f"usage: {usage}")
-        try:
-            ref = parse_peer_ref(text, now_ms=self.app.node.clock_ms(), allow_bare_key=True)
-        except PeerRefError:
-            ref = None
-        if ref is not None:
-            claimed = ref.name if ref.link is not None or ref.named else None
-            await self.app.add_contact(ref.identity, claimed, ref.address)
-            if ref.relay is not None:
-                relay = RelayInfo(ref.relay.address, ref.relay.identity_key)
-                self.app.node.router.peer_relays[ref.identity] = relay
-            return ref.identity
-        found = self.app.contacts.find(text)
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise ContactError(f"no contact called {text!r}: give their qpc:// link or key")
-        names = ", ".join(self.app.contacts.name(k) for k in found)
-        raise ContactError(f"{text!r} could be any of: {names}")
+        return await self.app.resolve_person(text)
 
     def _member(self, text: str) -> bytes:
-        members = self.app.members(self.current.id)
-        wanted = set(self.app.contacts.find(text)) & set(members)
-        if len(wanted) != 1:
-            raise ContactError(f"no single member called {text!r} (see /members)")
-        return wanted.pop()
+        return self.app.member_named(self.current.id, text)
 
     # --- events -----------------------------------------------------------------------------
 

@@ -34,6 +34,42 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "node.app.chat_cli:chat_command",
         "Chat: conversations, groups and slash commands (/help lists them).",
     ),
+    "send": LazyCommand(
+        "node.app.oneshot_cli:send_command",
+        "Send TEXT to CONVERSATION (its name or id).",
+    ),
+    "recv": LazyCommand(
+        "node.app.oneshot_cli:recv_command",
+        "Print unread messages (then they are read); --follow keeps printing new ones.",
+    ),
+    "conversations": LazyCommand(
+        "node.app.oneshot_cli:conversations_command",
+        "List conversations with their unread counts.",
+    ),
+    "history": LazyCommand(
+        "node.app.oneshot_cli:history_command",
+        "Show the last messages of CONVERSATION, your own included.",
+    ),
+    "create-group": LazyCommand(
+        "node.app.oneshot_cli:create_group_command",
+        "Create a group called NAME (add people with 'invite').",
+    ),
+    "invite": LazyCommand(
+        "node.app.oneshot_cli:invite_command",
+        "Add PEER (a qpc:// link, a key or a contact's name) to CONVERSATION.",
+    ),
+    "remove": LazyCommand(
+        "node.app.oneshot_cli:remove_command",
+        "Remove the member PEER from CONVERSATION.",
+    ),
+    "leave": LazyCommand(
+        "node.app.oneshot_cli:leave_command",
+        "Leave CONVERSATION.",
+    ),
+    "contacts": LazyCommand(
+        "node.app.oneshot_cli:contacts_command",
+        "List contacts: the name shown, the fingerprint, whether verified.",
+    ),
     "backup": LazyCommand(
         "node.app.data_cli:backup_command",
         "Write an encrypted, consistent backup of a data directory (the node may be running).",

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from node.app.contact_book import ContactBook
+from node.app.contact_book import ContactBook, ContactError
 from node.app.conversations import Conversation, ConversationKind, from_stored, to_stored
 from node.app.events import (
     ConversationChanged,
@@ -33,7 +33,8 @@ from node.app.invitations import Invitation, PendingInvitation
 from node.app.messages import Delivery, DeliveryState, Direction, Message
 from node.app.node import ChatMessage, Node
 from node.app.outbox import SendReport
-from node.app.router import Path
+from node.app.peer_ref import PeerRefError, parse_peer_ref
+from node.app.router import Path, RelayInfo
 from node.app.store import StoredDelivery, StoredMessage
 from node.core import suites
 from node.core.addresses import Address
@@ -70,8 +71,8 @@ class Messenger:
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
-        # Joined notices held until the inviter's name arrives (its info message follows the
-        # Welcome), so that the notice can name them.
+        # Joined notices held until the inviter's info message (it follows the Welcome) says
+        # what the conversation is and who they are.
         self._pending_joins: dict[bytes, tuple[str, bytes]] = {}
         # Why groups made here use their ciphersuite (e.g. "0x0001: bob offers no X-Wing").
         self.suite_notes: dict[bytes, str] = {}
@@ -461,9 +462,9 @@ class Messenger:
             peer = inviter if kind is ConversationKind.DIRECT else None
             name = "" if peer is not None else f"{self.contacts.name(inviter)}'s group"
             conv = await self._add_conversation(kind, name, group_id, peer)
+            # Announced when the committer's info says what the conversation is (a group of
+            # two is no DM) and who they are, or at its first message.
             self._pending_joins[group_id] = (conv.id, inviter)
-            if self.contacts.knows_name(inviter):
-                self._announce_join(group_id)
             # The members learn what this node calls itself.
             self.node.spawn(self.node.send_info(group_id, kind, conv.name))
             return
@@ -584,6 +585,41 @@ class Messenger:
 
     async def refuse_invitation(self, invitation_id: int) -> None:
         await self.node.refuse_invitation(invitation_id)
+
+    # --- people -----------------------------------------------------------------------------
+
+    async def resolve_person(self, text: str) -> bytes:
+        """A person from a ``qpc://`` link (remembered as a contact, with the relay its owner
+        reads), a 64-hex-digit key, ``NAME=KEY[@HOST:PORT]``, or a contact's name."""
+        text = text.strip()
+        if not text:
+            raise ContactError("name someone: a qpc:// link, a key, or a contact's name")
+        try:
+            ref = parse_peer_ref(text, now_ms=self.node.clock_ms(), allow_bare_key=True)
+        except PeerRefError:
+            ref = None
+        if ref is not None:
+            claimed = ref.name if ref.link is not None or ref.named else None
+            await self.add_contact(ref.identity, claimed, ref.address)
+            if ref.relay is not None:
+                relay = RelayInfo(ref.relay.address, ref.relay.identity_key)
+                self.node.router.peer_relays[ref.identity] = relay
+            return ref.identity
+        found = self.contacts.find(text)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ContactError(f"no contact called {text!r}: give their qpc:// link or key")
+        names = ", ".join(self.contacts.name(k) for k in found)
+        raise ContactError(f"{text!r} could be any of: {names}")
+
+    def member_named(self, conv_id: str, text: str) -> bytes:
+        """The one member of a conversation that ``text`` names."""
+        members = set(self.members(conv_id))
+        wanted = [k for k in self.contacts.find(text) if k in members]
+        if len(wanted) != 1:
+            raise ContactError(f"no single member called {text!r} (see /members)")
+        return wanted[0]
 
     # --- contacts ---------------------------------------------------------------------------
 

@@ -131,7 +131,7 @@ class Presence:
         if not peer.addresses:
             return
         if event.kind is LanEventKind.REMOVED:
-            self.node.spawn(self.node.run(lambda: store.forget_peer(peer.fingerprint)))
+            self.node.spawn(self.node.run(lambda: store.forget_peer_claim(peer.fingerprint)))
             return
         seen = SeenPeer(
             fingerprint=peer.fingerprint,
@@ -142,4 +142,4 @@ class Presence:
             status=peer.status.value,
             seen_at_ms=peer.last_seen_ms,
         )
-        self.node.spawn(self.node.run(lambda: store.save_peer(seen)))
+        self.node.spawn(self.node.run(lambda: store.save_peer_claim(seen)))

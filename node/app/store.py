@@ -384,6 +384,36 @@ class NodeStore:
                 ),
             )
 
+    def save_peer_claim(self, peer: SeenPeer) -> None:
+        """What an mDNS advertisement claims: it never replaces a peer a handshake proved
+        (a spoofed advertisement carrying a proven peer's fingerprint changes nothing)."""
+        if peer.status == "confirmed":
+            self.save_peer(peer)
+            return
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO peers VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO"
+                " UPDATE SET name = excluded.name, source = excluded.source, host = excluded.host,"
+                " port = excluded.port, status = excluded.status,"
+                " seen_at_ms = excluded.seen_at_ms WHERE peers.status != 'confirmed'",
+                (
+                    peer.fingerprint,
+                    peer.name,
+                    peer.source,
+                    peer.host,
+                    peer.port,
+                    peer.status,
+                    peer.seen_at_ms,
+                ),
+            )
+
+    def forget_peer_claim(self, fingerprint: str) -> None:
+        """An mDNS goodbye: forgets a claim, never a peer a handshake proved."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM peers WHERE fingerprint = ? AND status != 'confirmed'", (fingerprint,)
+            )
+
     def forget_peer(self, fingerprint: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM peers WHERE fingerprint = ?", (fingerprint,))

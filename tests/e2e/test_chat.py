@@ -161,6 +161,19 @@ async def test_dm_both_ways_then_a_group_and_history_after_a_return(
             await carol.expect(r"^a line starting with //")
             listed = {line.split("  ")[0] for line in carol.lines[mark:]}
             assert {"you", "alice", "bob"} <= listed
+            await quit_chat(carol)
+        await quit_chat(alice)
+        await quit_chat(bob)
+
+    # At rest, nothing said, no name and nothing typed is readable in any data directory.
+    secrets = [b"hello alice", b"hi bob", b"while carol is away", b"trio", b"/switch", b"carol"]
+    for who in ("alice", "bob", "carol"):
+        for path in (tmp_path / who).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                for secret in secrets:
+                    for form in (secret, secret.decode().encode("utf-16-le")):
+                        assert form not in data, f"{secret!r} readable in {path}"
 
 
 async def test_commands_are_never_sent_and_escapes_arrive_inert(

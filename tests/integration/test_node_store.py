@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.app.store import NodeStore, StoredMessage, derive_store_keys
+from node.app.store import NodeStore, SeenPeer, StoredMessage, derive_store_keys
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.keyfile import FAST_KDF
@@ -86,3 +86,20 @@ def test_database_files_are_private(tmp_path: Path) -> None:
     store.save_contact(b"\x02" * 32, "x", None)
     for file in tmp_path.glob("node.db*"):
         assert file.stat().st_mode & 0o777 == 0o600, file.name
+
+
+def test_an_mdns_claim_never_replaces_or_deletes_a_proven_peer(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "node.db", os.urandom(32))
+    proven = SeenPeer("bobfp", "bob", "lan", "127.0.0.2", 7002, "confirmed", 1)
+    store.save_peer(proven)
+    # A spoofed advertisement with bob's fingerprint, then its goodbye.
+    store.save_peer_claim(SeenPeer("bobfp", "mallory", "lan", "127.0.0.9", 6666, "claimed", 2))
+    store.forget_peer_claim("bobfp")
+    assert store.peers() == [proven]
+    # Claims of unproven peers come and go as advertised.
+    claim = SeenPeer("carolfp", "carol", "lan", "127.0.0.3", 7003, "claimed", 3)
+    store.save_peer_claim(claim)
+    assert claim in store.peers()
+    store.forget_peer_claim("carolfp")
+    assert store.peers() == [proven]
+    store.close()

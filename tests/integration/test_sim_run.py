@@ -107,6 +107,7 @@ def test_the_same_seed_gives_the_same_numbers_and_another_seed_others(tmp_path: 
     assert first.metrics == again.metrics
     assert first.network == again.network
     assert first.network != other.network
+    assert first.wire_digest == again.wire_digest != other.wire_digest
     assert first.metrics["lookup_success"] == 1.0
     assert first.metrics["wire_bytes"] == first.network["sent_bytes"] > 0
     assert "mls" not in first.fidelity  # a DHT-only run says it ran no messenger nodes

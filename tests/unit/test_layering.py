@@ -66,6 +66,9 @@ REAL_WORLD_ALLOWED = {
     "node/app/identity_cli.py",
     "node/app/chat_cli.py",
     "node/app/web_cli.py",
+    "node/app/oneshot_cli.py",
+    # The local control socket is a front end, as the command line is (DESIGN.md §11).
+    "node/app/control_socket.py",
     "node/app/demo.py",
     "relay/cli.py",
     "relay/__main__.py",

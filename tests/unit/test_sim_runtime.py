@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from node.core.runtime import Runtime
-from simulations.determinism import AMBIENT_RNG, ambient_bytes, seeded_libraries
+from simulations.determinism import (
+    AMBIENT_RNG,
+    InsertionOrderedSet,
+    ambient_bytes,
+    seeded_libraries,
+)
 from simulations.loop import run_simulated
 from simulations.network import LinkProfile, SimNetwork, Uniform
 from simulations.runtime import SimRuntime, derive_seed
@@ -165,6 +170,7 @@ def test_seeded_libraries_patch_only_the_library_modules_and_only_while_active()
         assert rpcudp_protocol.os.urandom is ambient_bytes
         assert os.urandom is not ambient_bytes  # the real module is untouched
         assert quic_connection.os.path is os.path  # everything else passes through
+        assert quic_connection.set is InsertionOrderedSet  # type: ignore[attr-defined]
         outside = ambient_bytes(8)
         key = tls.x25519.X25519PrivateKey.generate()
         ec_key = tls.ec.generate_private_key(tls.ec.SECP256R1())
@@ -172,6 +178,7 @@ def test_seeded_libraries_patch_only_the_library_modules_and_only_while_active()
         in_node = rt.run(ambient_bytes, 8)
         assert rt.run(AMBIENT_RNG.get) is not None
     assert quic_connection.os is os and tls.x25519.X25519PrivateKey.generate is not None
+    assert "set" not in vars(quic_connection)  # the builtin again
     with seeded_libraries(3):
         assert ambient_bytes(8) == outside  # the fallback stream repeats
         assert tls.x25519.X25519PrivateKey.generate().private_bytes_raw() == (
@@ -184,6 +191,25 @@ def test_seeded_libraries_patch_only_the_library_modules_and_only_while_active()
         assert in_node != outside
     with pytest.raises(RuntimeError, match="outside seeded_libraries"):
         ambient_bytes(1)
+
+
+def test_the_ordered_set_iterates_in_insertion_order_whatever_the_hashes() -> None:
+    class Keyed:
+        def __init__(self, h: int) -> None:
+            self.h = h
+
+        def __hash__(self) -> int:
+            return self.h
+
+    items = [Keyed(h) for h in (7, 3, 12, 0, 5)]  # a set would iterate by hash slot
+    ordered = InsertionOrderedSet(items[:3])
+    ordered.add(items[3])
+    ordered.update([items[4], items[0]])
+    assert list(ordered) == items and len(ordered) == 5 and items[2] in ordered
+    ordered.discard(items[1])
+    ordered.add(items[1])
+    assert list(ordered) == [items[0], items[2], items[3], items[4], items[1]]
+    assert InsertionOrderedSet([1, 2]) == InsertionOrderedSet([2, 1]) != InsertionOrderedSet([1])
 
 
 def test_a_crashed_nodes_timers_no_longer_fire() -> None:

@@ -45,8 +45,6 @@ from aiohttp import web
 from node.app.contact_book import ContactError
 from node.app.events import Event, Subscription
 from node.app.messenger import Messenger
-from node.app.peer_ref import PeerRefError, parse_peer_ref
-from node.app.router import RelayInfo
 from node.app.store import SeenPeer
 from node.app.web.views import (
     contact_json,
@@ -436,7 +434,7 @@ class WebUI:
         return web.json_response({})
 
     async def _dm(self, request: web.Request) -> web.StreamResponse:
-        peer = await self._resolve_person(await _field(request, "person"))
+        peer = await self.app.resolve_person(await _field(request, "person"))
         conv = await self.app.direct(peer)
         return web.json_response({"conversation": conversation_json(self.app, conv)})
 
@@ -446,7 +444,7 @@ class WebUI:
 
     async def _invite(self, request: web.Request) -> web.StreamResponse:
         conv = self.app.conversation(request.match_info["conv"])
-        peer = await self._resolve_person(await _field(request, "person"))
+        peer = await self.app.resolve_person(await _field(request, "person"))
         report = await self.app.invite(conv.id, [peer])
         return web.json_response({"not_reached": _not_reached(self.app, report.failed)})
 
@@ -499,31 +497,6 @@ class WebUI:
 
     async def _qr_safety(self, request: web.Request) -> web.StreamResponse:
         return _svg(self.app.contacts.safety_number(_key(request.match_info["key"])))
-
-    # --- people -----------------------------------------------------------------------------
-
-    async def _resolve_person(self, text: str) -> bytes:
-        """A person from a qpc:// link, a key or a contact's name: the logic of the chat's
-        ``/dm`` (``ChatSession._peer``), until ``Messenger.resolve_person`` holds it."""
-        app = self.app
-        try:
-            ref = parse_peer_ref(text, now_ms=app.node.clock_ms(), allow_bare_key=True)
-        except PeerRefError:
-            ref = None
-        if ref is not None:
-            claimed = ref.name if ref.link is not None or ref.named else None
-            await app.add_contact(ref.identity, claimed, ref.address)
-            if ref.relay is not None:
-                relay = RelayInfo(ref.relay.address, ref.relay.identity_key)
-                app.node.router.peer_relays[ref.identity] = relay
-            return ref.identity
-        found = app.contacts.find(text)
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise ContactError(f"no contact called {text!r}: give their qpc:// link or key")
-        names = ", ".join(app.contacts.name(k) for k in found)
-        raise ContactError(f"{text!r} could be any of: {names}")
 
 
 def _sse(event_id: str, data: str) -> bytes:
