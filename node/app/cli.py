@@ -96,6 +96,10 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "node.app.identity_cli:verify_command",
         "Show the safety number of you and PEER (a qpc:// link, KEYHEX or NAME=KEYHEX).",
     ),
+    "web": LazyCommand(
+        "node.app.web_cli:web_command",
+        "Chat in a web browser: a page served by the node on this machine only.",
+    ),
     "whoami": LazyCommand(
         "node.app.identity_cli:whoami_command",
         "Show your name, fingerprint and invite link (with its QR code).",

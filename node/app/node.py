@@ -173,6 +173,10 @@ class Node:
         self.on_message: Callable[[ChatMessage], None] | None = None
         # Set once the relay mailbox was first collected after start.
         self.relay_synced = asyncio.Event()
+        # "none" (no relay configured), "connecting", "reachable" or "unreachable"; each
+        # listener is told of every change, on the event loop.
+        self.relay_state = "none" if relay is None else "connecting"
+        self.relay_listeners: list[Callable[[str], None]] = []
         self._fatal: NodeError | None = None
         self._fatal_set = asyncio.Event()
         # Told of each invitation request a stranger's Welcome made (on the event loop).
@@ -720,6 +724,7 @@ class Node:
             try:
                 # Dialed first, on its own: a wrong key must not pass for an unreachable relay.
                 await self.endpoint.dial(relay.address, relay.identity, RELAY_DIAL_DEADLINE)
+                self._set_relay_state("reachable")
                 if not self.relay_synced.is_set():
                     await self.sync_relay()
                     self.relay_synced.set()
@@ -745,8 +750,15 @@ class Node:
                     else logging.INFO
                 )
                 log.log(level, "relay unreachable (retrying in %.0f s): %s", backoff, exc)
+                self._set_relay_state("unreachable")
                 await asyncio.sleep(backoff)  # a retry delay, not a wait for a condition
                 backoff = min(backoff * 2, RELAY_RETRY_MAX)
+
+    def _set_relay_state(self, state: str) -> None:
+        if state != self.relay_state:
+            self.relay_state = state
+            for listener in list(self.relay_listeners):
+                listener(state)
 
     def _fail(self, error: NodeError) -> None:
         if self._fatal is None:

@@ -65,6 +65,7 @@ REAL_WORLD_ALLOWED = {
     "node/app/data_cli.py",
     "node/app/identity_cli.py",
     "node/app/chat_cli.py",
+    "node/app/web_cli.py",
     "node/app/oneshot_cli.py",
     # The local control socket is a front end, as the command line is (DESIGN.md §11).
     "node/app/control_socket.py",
