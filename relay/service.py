@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from node.core import wire
@@ -46,6 +47,11 @@ MAX_CURSOR = (1 << 63) - 1  # cursors are SQLite rowids: signed 64-bit
 # costs inside the list beyond its standalone encoding; generous, overshooting only shortens.
 _RESPONSE_OVERHEAD = 1024
 _ENVELOPE_OVERHEAD = 64
+# A mailbox whose owner fetched from it within this long is in use, not new, even when its
+# acks emptied it: a reader who keeps up must not cost its senders a new-mailbox token per
+# message. Remembered for this many mailboxes at most (the oldest readers are forgotten).
+READER_WINDOW_S = 24 * 3600.0
+MAX_READERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class RelayService:
         self._new_mailboxes = TokenBuckets(
             limits.new_mailboxes_per_second, limits.new_mailbox_burst
         )
+        # mailbox -> when its owner last fetched (monotonic), oldest first.
+        self._readers: dict[bytes, float] = {}
         # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox, oldest
         # first (a dict keeps that order; a set's would vary from run to run).
         self._waiters: dict[bytes, dict[asyncio.Future[None], None]] = {}
@@ -172,7 +180,20 @@ class RelayService:
                 return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory yet")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
 
+    def _owner_read(self, mailbox: bytes) -> None:
+        self._readers.pop(mailbox, None)
+        self._readers[mailbox] = self._monotonic()
+        while len(self._readers) > MAX_READERS:
+            del self._readers[next(iter(self._readers))]
+
+    def _in_use(self, mailboxes: Iterable[bytes], now: float) -> frozenset[bytes]:
+        """Of ``mailboxes``, those whose owner fetched from them within the window."""
+        since = now - READER_WINDOW_S
+        readers = self._readers
+        return frozenset(m for m in mailboxes if readers.get(m, since - 1) >= since)
+
     async def _fetch(self, mailbox: bytes, cursor: int, limit: int) -> wire.FetchResult:
+        self._owner_read(mailbox)
         limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
         budget = self._fetch_budget
         skip_over = self._fetch_budget - _ENVELOPE_OVERHEAD
@@ -232,12 +253,17 @@ class RelayService:
                     "too many envelopes for one mailbox: retry later",
                 )
         allowance = int(self._new_mailboxes.available(caller.identity, now))
+        in_use = self._in_use(per_mailbox, now)
         wall = self._clock_ms()
         not_before = wall - self.limits.envelope_ttl_ms
         try:
             put = await self._run(
                 lambda: self._store.put(
-                    envelopes, wall, new_mailbox_allowance=allowance, not_before_ms=not_before
+                    envelopes,
+                    wall,
+                    new_mailbox_allowance=allowance,
+                    not_before_ms=not_before,
+                    in_use=in_use,
                 )
             )
         except QuotaError as exc:
