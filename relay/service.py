@@ -12,6 +12,7 @@ code and a counter (``counters``, keyed by trigger name).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from collections import Counter
@@ -25,6 +26,7 @@ from node.core.identity import mailbox_of
 from node.core.runtime import Runtime
 from node.transport.connection import Caller
 from relay.accounts import AccountService
+from relay.directory import DIRECTORY_CALLS, DirectoryService
 from relay.limits import TokenBuckets
 from relay.store import (
     MailboxBytesError,
@@ -86,7 +88,7 @@ _ACCOUNT_CALLS = (
     wire.Logout,
 )
 # What ``accounts = "required"`` keeps for identities holding a live session.
-_MAILBOX_CALLS = (wire.Deliver, wire.Fetch, wire.Wait, wire.Ack)
+_MAILBOX_CALLS = (wire.Deliver, wire.Fetch, wire.Wait, wire.Ack, *DIRECTORY_CALLS)
 
 
 class RelayService:
@@ -100,9 +102,11 @@ class RelayService:
         limits: ServiceLimits | None = None,
         counters: Counter[str] | None = None,
         accounts: AccountService | None = None,
+        directory: DirectoryService | None = None,
     ) -> None:
         self._store = store
         self.accounts = accounts
+        self.directory = directory
         self.limits = limits = limits or ServiceLimits()
         self.counters: Counter[str] = Counter() if counters is None else counters
         # Nodes accept frames of DEFAULT_MAX_FRAME at most, whatever this relay allows inbound;
@@ -145,13 +149,20 @@ class RelayService:
         if isinstance(request, _ACCOUNT_CALLS):
             if accounts is None:
                 return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "this relay has no accounts")
-            return await accounts.handle(caller, request)
+            answer = await accounts.handle(caller, request)
+            if self.directory is not None:
+                await self.directory.after_account_call(caller, request, answer)
+            return answer
         if (
             accounts is not None
             and isinstance(request, _MAILBOX_CALLS)
             and not accounts.may_use_mailboxes(caller.identity)
         ):
             return accounts.unauthenticated()
+        if isinstance(request, DIRECTORY_CALLS):
+            if self.directory is None:
+                return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory")
+            return await self.directory.handle(caller, request)
         match request:
             case wire.Deliver(envelopes):
                 return await self._deliver(caller, envelopes)
@@ -160,13 +171,15 @@ class RelayService:
                     return self._unauthorized()
                 if cursor > MAX_CURSOR:
                     return self._out_of_range()
-                return await self._fetch(mailbox, cursor, limit)
+                return self._tell_owner(caller, await self._fetch(mailbox, cursor, limit))
             case wire.Wait(mailbox, cursor, limit, timeout_ms):
                 if not self._owns(caller.identity, mailbox):
                     return self._unauthorized()
                 if cursor > MAX_CURSOR:
                     return self._out_of_range()
-                return await self._wait(mailbox, cursor, limit, timeout_ms)
+                return self._tell_owner(
+                    caller, await self._wait(mailbox, cursor, limit, timeout_ms)
+                )
             case wire.Ack(mailbox, ids):
                 if not self._owns(caller.identity, mailbox):
                     return self._unauthorized()
@@ -176,9 +189,13 @@ class RelayService:
                     )
                 removed = await self._run(lambda: self._store.ack(mailbox, ids))
                 return wire.AckResult(removed)
-            case wire.FetchKeyPackage():
-                return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory yet")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
+
+    def _tell_owner(self, caller: Caller, result: wire.FetchResult) -> wire.FetchResult:
+        """Mark the answer to a mailbox owner whose KeyPackages here run low."""
+        if self.directory is not None and self.directory.runs_low(caller.identity):
+            return dataclasses.replace(result, key_packages_low=True)
+        return result
 
     def _owner_read(self, mailbox: bytes) -> None:
         self._readers.pop(mailbox, None)
