@@ -17,12 +17,12 @@ from node.app.node import Node
 from node.app.relay_account import RelayAccountClient, sign_in
 from node.app.router import RelayInfo
 from node.core import suites, wire
-from node.core.errors import ErrorCode
+from node.core.errors import ErrorCode, NodeError
 from node.core.identity import Identity
 from node.core.keyfile import FAST_KDF
 from node.core.runtime import Runtime
 from node.mls import MlsClient, key_package_info
-from node.transport.connection import PeerConnection
+from node.transport.connection import Caller, PeerConnection
 from node.transport.runtime import RealRuntime
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
 from tests.node_support import relay_info, wait_until
@@ -379,3 +379,24 @@ async def test_an_offline_peer_is_invited_through_the_relay_and_joins_on_return(
             (message,) = await bob.wait_for_messages(1, DEADLINE)
             assert message.text == "hello while you were away"
             assert message.sender == alice.public_key
+
+
+async def test_a_key_package_from_the_relay_must_name_the_peer(
+    tmp_path: Path, runtimes: Runtimes
+) -> None:
+    """A relay that hands out someone else's KeyPackage for an offline peer is caught: the
+    node checks what a relay sends as it checks what a peer sends."""
+    bob, mallory, relay_key = Identity.generate(), Identity.generate(), Identity.generate()
+    forged = MlsClient(mallory, runtimes()).key_package(suites.XWING)
+
+    async def lying_relay(caller: Caller, request: wire.Request) -> wire.Response:
+        if isinstance(request, wire.FetchKeyPackage):
+            return wire.FetchKeyPackageResult(forged)
+        return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "not here")
+
+    async with running_endpoint(relay_key, lying_relay) as endpoint:
+        info = RelayInfo(endpoint.local_address, relay_key.public_key)
+        async with node("alice", info, tmp_path) as alice:
+            with pytest.raises(NodeError, match="someone else's KeyPackage"):
+                await alice.create_group_with([bob.public_key])
+            assert not alice.groups
