@@ -24,6 +24,7 @@ from node.core.runtime import Runtime
 from node.mls import MlsClient, key_package_info
 from node.transport.connection import Caller, PeerConnection
 from node.transport.runtime import RealRuntime
+from relay.directory_store import DirectoryStore, SuiteCount
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
 from tests.node_support import relay_info, wait_until
 from tests.runtime_support import Runtimes
@@ -400,3 +401,41 @@ async def test_a_key_package_from_the_relay_must_name_the_peer(
             with pytest.raises(NodeError, match="someone else's KeyPackage"):
                 await alice.create_group_with([bob.public_key])
             assert not alice.groups
+
+
+async def test_the_directory_survives_a_restart_of_its_store(
+    tmp_path: Path, runtimes: Runtimes
+) -> None:
+    bob = Identity.generate()
+    mls = MlsClient(bob, runtimes())
+    path = tmp_path / "directory.sqlite3"
+    store = DirectoryStore(path)
+    singles = [(suites.XWING, mls.key_package(suites.XWING)) for _ in range(2)]
+    last = [(suites.XWING, mls.last_resort_key_package(suites.XWING))]
+    store.publish(bob.public_key, singles, last, wall_ms())
+    store.bind("bob", bob.public_key, wall_ms())
+    size = store.total_bytes
+    store.close()
+    again = DirectoryStore(path)
+    try:
+        assert again.schema_version == 1
+        assert again.counts(bob.public_key) == [SuiteCount(suites.XWING, 2, True)]
+        assert again.total_bytes == size
+        assert again.identity_of("bob") == bob.public_key
+        assert again.take(bob.public_key, 0) == [singles[0][1]]
+    finally:
+        again.close()
+
+
+async def test_with_accounts_required_the_directory_serves_logged_in_identities_only(
+    tmp_path: Path,
+) -> None:
+    with relay_process(tmp_path, 'accounts = "required"\n') as relay:
+        async with connected(relay) as stranger:
+            for request in (
+                wire.ResolveUser("bob"),
+                wire.ResolveIdentity(Identity.generate().public_key),
+                wire.FetchKeyPackage(Identity.generate().public_key),
+                wire.PublishKeyPackages(()),
+            ):
+                assert code_of(await stranger.call(request)) is ErrorCode.UNAUTHENTICATED
