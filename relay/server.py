@@ -16,6 +16,8 @@ from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
 from relay.accounts import SETUP_FILE, AccountLimits, AccountService, load_or_create_setup
+from relay.directory import DirectoryLimits, DirectoryService
+from relay.directory_store import DirectoryQuotas, DirectoryStore
 from relay.service import RelayService, ServiceLimits
 from relay.store import MailboxStore, StoreQuotas
 from relay.store_accounts import AccountStore
@@ -70,6 +72,18 @@ class RelayConfig:
     max_pending_logins: int = 1024
     login_timeout_s: float = 30.0
     max_accounts: int = 1_000_000
+    # Directory: KeyPackages held for offline owners, and username lookups.
+    max_key_packages_per_suite: int = 32
+    max_key_package_bytes: int = 8192
+    max_directory_bytes: int = 1 << 30
+    key_package_max_age_s: float = 28 * 24 * 3600.0
+    key_package_low_water: int = 4
+    key_package_fetches_per_minute: float = 30.0
+    key_package_fetch_burst: int = 20
+    lookups_per_minute: float = 30.0
+    lookup_burst: int = 20
+    publishes_per_minute: float = 10.0
+    publish_burst: int = 10
 
     def endpoint_config(self) -> EndpointConfig:
         return EndpointConfig(
@@ -115,6 +129,26 @@ class RelayConfig:
             max_accounts=self.max_accounts,
         )
 
+    def directory_limits(self) -> DirectoryLimits:
+        return DirectoryLimits(
+            max_key_package_bytes=self.max_key_package_bytes,
+            key_package_low_water=self.key_package_low_water,
+            key_package_max_age_ms=int(self.key_package_max_age_s * 1000),
+            key_package_fetches_per_minute=self.key_package_fetches_per_minute,
+            key_package_fetch_burst=self.key_package_fetch_burst,
+            lookups_per_minute=self.lookups_per_minute,
+            lookup_burst=self.lookup_burst,
+            publishes_per_minute=self.publishes_per_minute,
+            publish_burst=self.publish_burst,
+        )
+
+    def directory_quotas(self) -> DirectoryQuotas:
+        return DirectoryQuotas(
+            max_per_suite=self.max_key_packages_per_suite,
+            max_bytes=self.max_directory_bytes,
+            max_age_ms=int(self.key_package_max_age_s * 1000),
+        )
+
     def store_quotas(self) -> StoreQuotas:
         return StoreQuotas(
             max_per_mailbox=self.max_per_mailbox,
@@ -141,6 +175,8 @@ class Relay:
         self._store: MailboxStore | None = None
         self._accounts_store: AccountStore | None = None
         self._accounts: AccountService | None = None
+        self._directory_store: DirectoryStore | None = None
+        self._directory: DirectoryService | None = None
         self._endpoint: Endpoint | None = None
         self._service: RelayService | None = None
         self._purger: asyncio.Task[None] | None = None
@@ -171,8 +207,23 @@ class Relay:
         self._accounts_store = accounts_store
         accounts = AccountService(accounts_store, setup, self._runtime, limits, self.counters)
         self._accounts = accounts
+        directory_quotas = cfg.directory_quotas()
+        directory_store = await run(
+            lambda: DirectoryStore(cfg.data_dir / "directory.sqlite3", directory_quotas)
+        )
+        self._directory_store = directory_store
+        directory = DirectoryService(
+            directory_store, self._runtime, cfg.directory_limits(), self.counters
+        )
+        self._directory = directory
         service = RelayService(
-            store, self._runtime, cfg.max_frame, cfg.service_limits(), self.counters, accounts
+            store,
+            self._runtime,
+            cfg.max_frame,
+            cfg.service_limits(),
+            self.counters,
+            accounts,
+            directory,
         )
         self._service = service
         self._endpoint = Endpoint(
@@ -196,6 +247,11 @@ class Relay:
                     await self._accounts.purge_expired()
                 except StorageError as exc:
                     log.warning("purging expired sessions failed: %s", exc)
+            if self._directory is not None:
+                try:
+                    await self._directory.purge_expired()
+                except StorageError as exc:
+                    log.warning("purging old KeyPackages failed: %s", exc)
             await asyncio.sleep(self.config.purge_interval_s)
 
     def metrics(self) -> dict[str, int]:
@@ -212,6 +268,9 @@ class Relay:
             out["accounts"] = self._accounts_store.accounts
             out["sessions"] = self._accounts_store.sessions
             out["pending_logins"] = self._accounts.pending_logins
+        if self._directory_store is not None:
+            out["directory_identities"] = self._directory_store.identities
+            out["directory_bytes"] = self._directory_store.total_bytes
         return out
 
     async def stop(self) -> None:
@@ -229,3 +288,7 @@ class Relay:
             accounts_store, self._accounts_store = self._accounts_store, None
             self._accounts = None
             await self._runtime.run_blocking(accounts_store.close)
+        if self._directory_store is not None:
+            directory_store, self._directory_store = self._directory_store, None
+            self._directory = None
+            await self._runtime.run_blocking(directory_store.close)

@@ -12,9 +12,11 @@ code and a counter (``counters``, keyed by trigger name).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from node.core import wire
@@ -24,6 +26,7 @@ from node.core.identity import mailbox_of
 from node.core.runtime import Runtime
 from node.transport.connection import Caller
 from relay.accounts import AccountService
+from relay.directory import DIRECTORY_CALLS, DirectoryService
 from relay.limits import TokenBuckets
 from relay.store import (
     MailboxBytesError,
@@ -46,6 +49,11 @@ MAX_CURSOR = (1 << 63) - 1  # cursors are SQLite rowids: signed 64-bit
 # costs inside the list beyond its standalone encoding; generous, overshooting only shortens.
 _RESPONSE_OVERHEAD = 1024
 _ENVELOPE_OVERHEAD = 64
+# A mailbox whose owner fetched from it within this long is in use, not new, even when its
+# acks emptied it: a reader who keeps up must not cost its senders a new-mailbox token per
+# message. Remembered for this many mailboxes at most (the oldest readers are forgotten).
+READER_WINDOW_S = 24 * 3600.0
+MAX_READERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,7 @@ _ACCOUNT_CALLS = (
     wire.Logout,
 )
 # What ``accounts = "required"`` keeps for identities holding a live session.
-_MAILBOX_CALLS = (wire.Deliver, wire.Fetch, wire.Wait, wire.Ack)
+_MAILBOX_CALLS = (wire.Deliver, wire.Fetch, wire.Wait, wire.Ack, *DIRECTORY_CALLS)
 
 
 class RelayService:
@@ -94,9 +102,11 @@ class RelayService:
         limits: ServiceLimits | None = None,
         counters: Counter[str] | None = None,
         accounts: AccountService | None = None,
+        directory: DirectoryService | None = None,
     ) -> None:
         self._store = store
         self.accounts = accounts
+        self.directory = directory
         self.limits = limits = limits or ServiceLimits()
         self.counters: Counter[str] = Counter() if counters is None else counters
         # Nodes accept frames of DEFAULT_MAX_FRAME at most, whatever this relay allows inbound;
@@ -116,6 +126,8 @@ class RelayService:
         self._new_mailboxes = TokenBuckets(
             limits.new_mailboxes_per_second, limits.new_mailbox_burst
         )
+        # mailbox -> when its owner last fetched (monotonic), oldest first.
+        self._readers: dict[bytes, float] = {}
         # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox, oldest
         # first (a dict keeps that order; a set's would vary from run to run).
         self._waiters: dict[bytes, dict[asyncio.Future[None], None]] = {}
@@ -137,13 +149,20 @@ class RelayService:
         if isinstance(request, _ACCOUNT_CALLS):
             if accounts is None:
                 return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "this relay has no accounts")
-            return await accounts.handle(caller, request)
+            answer = await accounts.handle(caller, request)
+            if self.directory is not None:
+                await self.directory.after_account_call(caller, request, answer)
+            return answer
         if (
             accounts is not None
             and isinstance(request, _MAILBOX_CALLS)
             and not accounts.may_use_mailboxes(caller.identity)
         ):
             return accounts.unauthenticated()
+        if isinstance(request, DIRECTORY_CALLS):
+            if self.directory is None:
+                return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory")
+            return await self.directory.handle(caller, request)
         match request:
             case wire.Deliver(envelopes):
                 return await self._deliver(caller, envelopes)
@@ -152,13 +171,15 @@ class RelayService:
                     return self._unauthorized()
                 if cursor > MAX_CURSOR:
                     return self._out_of_range()
-                return await self._fetch(mailbox, cursor, limit)
+                return self._tell_owner(caller, await self._fetch(mailbox, cursor, limit))
             case wire.Wait(mailbox, cursor, limit, timeout_ms):
                 if not self._owns(caller.identity, mailbox):
                     return self._unauthorized()
                 if cursor > MAX_CURSOR:
                     return self._out_of_range()
-                return await self._wait(mailbox, cursor, limit, timeout_ms)
+                return self._tell_owner(
+                    caller, await self._wait(mailbox, cursor, limit, timeout_ms)
+                )
             case wire.Ack(mailbox, ids):
                 if not self._owns(caller.identity, mailbox):
                     return self._unauthorized()
@@ -168,11 +189,28 @@ class RelayService:
                     )
                 removed = await self._run(lambda: self._store.ack(mailbox, ids))
                 return wire.AckResult(removed)
-            case wire.FetchKeyPackage():
-                return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory yet")
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
 
+    def _tell_owner(self, caller: Caller, result: wire.FetchResult) -> wire.FetchResult:
+        """Mark the answer to a mailbox owner whose KeyPackages here run low."""
+        if self.directory is not None and self.directory.runs_low(caller.identity):
+            return dataclasses.replace(result, key_packages_low=True)
+        return result
+
+    def _owner_read(self, mailbox: bytes) -> None:
+        self._readers.pop(mailbox, None)
+        self._readers[mailbox] = self._monotonic()
+        while len(self._readers) > MAX_READERS:
+            del self._readers[next(iter(self._readers))]
+
+    def _in_use(self, mailboxes: Iterable[bytes], now: float) -> frozenset[bytes]:
+        """Of ``mailboxes``, those whose owner fetched from them within the window."""
+        since = now - READER_WINDOW_S
+        readers = self._readers
+        return frozenset(m for m in mailboxes if readers.get(m, since - 1) >= since)
+
     async def _fetch(self, mailbox: bytes, cursor: int, limit: int) -> wire.FetchResult:
+        self._owner_read(mailbox)
         limit = max(1, min(limit or MAX_FETCH, MAX_FETCH))
         budget = self._fetch_budget
         skip_over = self._fetch_budget - _ENVELOPE_OVERHEAD
@@ -232,12 +270,17 @@ class RelayService:
                     "too many envelopes for one mailbox: retry later",
                 )
         allowance = int(self._new_mailboxes.available(caller.identity, now))
+        in_use = self._in_use(per_mailbox, now)
         wall = self._clock_ms()
         not_before = wall - self.limits.envelope_ttl_ms
         try:
             put = await self._run(
                 lambda: self._store.put(
-                    envelopes, wall, new_mailbox_allowance=allowance, not_before_ms=not_before
+                    envelopes,
+                    wall,
+                    new_mailbox_allowance=allowance,
+                    not_before_ms=not_before,
+                    in_use=in_use,
                 )
             )
         except QuotaError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +93,7 @@ class StoredBatch:
 @dataclass(frozen=True)
 class PutResult:
     ids: list[bytes]
-    new_mailboxes: int
+    new_mailboxes: int  # mailboxes the call opened that are not in ``in_use`` (charged to it)
 
 
 class MailboxStore:
@@ -140,12 +140,15 @@ class MailboxStore:
         *,
         new_mailbox_allowance: int | None = None,
         not_before_ms: int | None = None,
+        in_use: Container[bytes] = frozenset(),
     ) -> PutResult:
         """Store envelopes atomically; return the ids now held (new or already present) and
-        how many mailboxes the call opened. Raises a :class:`QuotaError` (and stores nothing)
-        when a quota would be exceeded, or when the call would open more than
-        ``new_mailbox_allowance`` mailboxes. Envelopes stored before ``not_before_ms`` have
-        expired: a full mailbox is purged of them before it is judged full."""
+        how many new mailboxes the call opened. Raises a :class:`QuotaError` (and stores
+        nothing) when a quota would be exceeded, or when the call would open more than
+        ``new_mailbox_allowance`` new mailboxes. An empty mailbox in ``in_use`` (its owner
+        reads it: acks emptied it) is not new, though it still counts against the store's
+        number of mailboxes. Envelopes stored before ``not_before_ms`` have expired: a full
+        mailbox is purged of them before it is judged full."""
         quotas = self._quotas
         changed: dict[bytes, list[int]] = {}
         total = self.total_bytes
@@ -186,10 +189,11 @@ class MailboxStore:
                         " VALUES (?, ?, ?, ?)",
                         (mailbox, env.id, body, now_ms),
                     )
-                opened = sum(1 for m in changed if self._usage.get(m, (0, 0))[0] == 0)
-                if opened and self.mailboxes + opened > quotas.max_mailboxes:
+                opened = [m for m in changed if self._usage.get(m, (0, 0))[0] == 0]
+                if opened and self.mailboxes + len(opened) > quotas.max_mailboxes:
                     raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
-                if new_mailbox_allowance is not None and opened > new_mailbox_allowance:
+                new = sum(1 for m in opened if m not in in_use)
+                if new_mailbox_allowance is not None and new > new_mailbox_allowance:
                     raise NewMailboxLimitError("too many new mailboxes from this caller")
         except sqlite3.Error as exc:
             raise StorageError(f"relay store write failed: {exc}") from exc
@@ -197,7 +201,7 @@ class MailboxStore:
             self._set_usage(mailbox, usage)
         self.total_bytes = total
         self.expired_purged += purged
-        return PutResult([env.id for env in envelopes], opened)
+        return PutResult([env.id for env in envelopes], new)
 
     def _set_usage(self, mailbox: bytes, usage: list[int]) -> None:
         if usage[0] <= 0:

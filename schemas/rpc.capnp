@@ -18,6 +18,10 @@ struct Request {
     loginFinish @8 :LoginFinishParams;
     authenticate @9 :AuthenticateParams;
     logout @10 :LogoutParams;
+    # Directory (relay only): KeyPackages held for offline owners, and usernames.
+    publishKeyPackages @11 :PublishKeyPackagesParams;
+    resolveUser @12 :ResolveUserParams;
+    resolveIdentity @13 :ResolveIdentityParams;
   }
 }
 
@@ -47,6 +51,22 @@ struct WaitParams {
 
 struct FetchKeyPackageParams {
   identity @0 :Data;      # Ed25519 identity key whose KeyPackage is wanted
+}
+
+struct PublishKeyPackagesParams {
+  # The caller's own KeyPackages (RFC 9420 MLSMessages), each naming the caller's proven
+  # identity key; one that names anyone else, or does not verify, refuses the whole call.
+  keyPackages @0 :List(Data);   # single-use: added to the caller's pool, each handed out once
+  lastResort @1 :List(Data);    # at most one per suite, preferred suite first: each replaces
+                                # the caller's last-resort one of its suite
+}
+
+struct ResolveUserParams {
+  username @0 :Text;      # as registered (see RegisterStartParams)
+}
+
+struct ResolveIdentityParams {
+  identity @0 :Data;      # Ed25519 identity key
 }
 
 struct RegisterStartParams {
@@ -90,6 +110,9 @@ struct Response {
     loginFinish @8 :SessionResult;
     authenticate @9 :SessionInfo;
     logout @10 :LogoutResult;
+    publishKeyPackages @11 :PublishKeyPackagesResult;
+    resolveUser @12 :ResolveUserResult;
+    resolveIdentity @13 :ResolveIdentityResult;
   }
 }
 
@@ -100,6 +123,8 @@ struct DeliverResult {
 struct FetchResult {
   envelopes @0 :List(Env.Envelope);
   cursor @1 :UInt64;         # pass back to continue after the last envelope returned
+  keyPackagesLow @2 :Bool;   # relay: the mailbox owner's single-use KeyPackages there run low
+                             # in a suite it published (time to publishKeyPackages)
 }
 
 struct AckResult {
@@ -132,6 +157,25 @@ struct SessionInfo {
 }
 
 struct LogoutResult {}
+
+struct PublishKeyPackagesResult {
+  counts @0 :List(KeyPackageCount);  # one per suite the relay holds KeyPackages of for the caller
+  maxPerSuite @1 :UInt32;            # the most single-use KeyPackages it holds per suite
+}
+
+struct KeyPackageCount {
+  suite @0 :UInt16;          # MLS ciphersuite code point
+  singleUse @1 :UInt32;      # held and not yet handed out
+  lastResort @2 :Bool;       # whether a last-resort KeyPackage of this suite is held
+}
+
+struct ResolveUserResult {
+  identity @0 :Data;         # the identity key that last logged in as the username
+}
+
+struct ResolveIdentityResult {
+  username @0 :Text;         # the username the identity key last logged in as
+}
 
 struct Error {
   code @0 :Code;

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path as FilePath
 
 from node.app.contacts import Contacts
+from node.app.directory import DirectoryClient, DirectoryError
 from node.app.inbox import DEFERRED, Applied, Inbox
 from node.app.invitations import Invitation
 from node.app.limits import Counters, NodeLimits
@@ -39,6 +40,7 @@ from node.core.errors import (
     NodeError,
     PeerIdentityError,
     RelayError,
+    RemoteError,
     StorageError,
 )
 from node.core.identity import Identity, mailbox_of, short_fingerprint
@@ -143,6 +145,8 @@ class Node:
         self.endpoint = Endpoint(identity, self.handle, runtime, endpoint_config)
         self.router = Router(self.endpoint, self.contacts, relay, runtime)
         self.mls = mls or MlsClient(identity, runtime)
+        # KeyPackages kept at the relay for when this node is offline, and usernames there.
+        self.directory = DirectoryClient(self.endpoint, self.router, self.mls, runtime)
         self.groups: dict[bytes, MlsGroup] = {}
         self.inbox: list[ChatMessage] = []
         self._inbox = Inbox(
@@ -233,6 +237,7 @@ class Node:
         if self.router.relay is not None:
             self.relay_synced.clear()
             self._tasks.append(self.runtime.spawn(self._watch_relay()))
+            self._tasks.append(self.runtime.spawn(self.directory.keep_pool()))
         self._tasks.append(self.runtime.spawn(self._retry_outbox()))
         self._tasks.append(self.runtime.spawn(self._inbox.retry_when_stalled()))
         self._tasks.append(self.runtime.spawn(self.membership.run_committer()))
@@ -704,6 +709,8 @@ class Node:
         response = await self.router.call_relay(request, deadline=wait_seconds + 10)
         if not isinstance(response, wire.FetchResult):
             raise RelayError("the relay answered fetch with something else")
+        if response.key_packages_low:
+            self.directory.pool_runs_low()
         if not response.envelopes:
             return 0
         ids = await self._accept(response.envelopes, Path.RELAY, b"")
@@ -855,12 +862,37 @@ class Node:
         if env.kind is wire.EnvelopeKind.PROPOSAL and env.group_id not in self.groups:
             self.membership.unknown_group(env)
 
+    async def resolve_user(self, username: str) -> bytes:
+        """The identity key registered at our relay as ``username`` (its latest login there).
+
+        :raises node.app.directory.UnknownUserError: no one goes by that name there.
+        :raises node.app.directory.DirectoryError: no relay, or it cannot be asked now."""
+        return await self.directory.resolve_user(username)
+
+    async def username_of(self, identity: bytes) -> str | None:
+        """The username ``identity`` last logged in as at our relay, or None."""
+        return await self.directory.username_of(identity)
+
     async def _fetch_key_packages(self, peer: bytes) -> dict[int, bytes]:
-        """The peer's KeyPackages by suite, fetched from the peer itself, each checked: a
-        valid signature, a lifetime that covers now, and the peer's own identity. One naming
-        anyone else refuses the whole answer; one of a suite the binding lacks is skipped."""
+        """The peer's KeyPackages by suite, each checked: a valid signature, a lifetime that
+        covers now, and the peer's own identity. One naming anyone else refuses the whole
+        answer; one of a suite the binding lacks is skipped. Asked of the peer itself; if it
+        cannot be reached, of the relay that holds its mailbox (the one it named, else ours),
+        so that an offline peer can be invited: its Welcome waits in that mailbox."""
         name = self.contacts.name(peer)
-        response = await self.router.call_peer(peer, wire.FetchKeyPackage(peer))
+        try:
+            response = await self.router.call_peer(peer, wire.FetchKeyPackage(peer))
+        except RemoteError:
+            raise  # reached, and it refused: the relay would not know better
+        except NodeError as direct:
+            relay = self.router.peer_relays.get(peer, self.router.relay)
+            if relay is None:
+                raise
+            log.info("%s is unreachable (%s); asking the relay for its KeyPackage", name, direct)
+            try:
+                response = await self.directory.fetch_key_packages(relay, peer)
+            except DirectoryError as exc:
+                raise type(exc)(f"{name} is unreachable, and {exc}") from exc
         if not isinstance(response, wire.FetchKeyPackageResult):
             raise NodeError(f"{name} sent no KeyPackage")
         now_ms = self._clock_ms()

@@ -95,6 +95,36 @@ class Wait:
     timeout_ms: int
 
 
+# Directory (relay). KeyPackages in one publishKeyPackages call, counted before any is copied.
+MAX_PUBLISH_KEY_PACKAGES = 64
+# Suites in one answer's counts (far more than there are).
+MAX_SUITE_COUNTS = 16
+
+
+@dataclass(frozen=True)
+class PublishKeyPackages:
+    """The caller's own KeyPackages for the relay to hand out while it is offline."""
+
+    key_packages: tuple[bytes, ...]
+    last_resort: tuple[bytes, ...] = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"PublishKeyPackages({len(self.key_packages)} single-use, "
+            f"{len(self.last_resort)} last-resort)"
+        )
+
+
+@dataclass(frozen=True)
+class ResolveUser:
+    username: str
+
+
+@dataclass(frozen=True)
+class ResolveIdentity:
+    identity: bytes
+
+
 # Accounts (OPAQUE, RFC 9807). The OPAQUE messages and tokens stay out of reprs: nothing that
 # reaches a log may carry them.
 
@@ -156,6 +186,9 @@ Request = (
     | LoginFinish
     | Authenticate
     | Logout
+    | PublishKeyPackages
+    | ResolveUser
+    | ResolveIdentity
 )
 
 
@@ -181,6 +214,8 @@ class DeliverResult:
 class FetchResult:
     envelopes: tuple[Envelope, ...]
     cursor: int
+    # From a relay: the owner's single-use KeyPackages there run low (publish more).
+    key_packages_low: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +273,32 @@ class LogoutResult:
     pass
 
 
+@dataclass(frozen=True)
+class KeyPackageCount:
+    suite: int
+    single_use: int
+    last_resort: bool
+
+
+@dataclass(frozen=True)
+class PublishKeyPackagesResult:
+    counts: tuple[KeyPackageCount, ...]
+    max_per_suite: int
+
+    def single_use(self, suite: int) -> int:
+        return next((c.single_use for c in self.counts if c.suite == suite), 0)
+
+
+@dataclass(frozen=True)
+class ResolveUserResult:
+    identity: bytes
+
+
+@dataclass(frozen=True)
+class ResolveIdentityResult:
+    username: str
+
+
 Response = (
     ErrorResult
     | DeliverResult
@@ -250,6 +311,9 @@ Response = (
     | SessionResult
     | SessionInfo
     | LogoutResult
+    | PublishKeyPackagesResult
+    | ResolveUserResult
+    | ResolveIdentityResult
 )
 
 # --- envelopes ------------------------------------------------------------------------------
@@ -363,7 +427,25 @@ def encode_request(req: Request) -> bytes:
             msg.init("authenticate").token = token
         case Logout(token):
             msg.init("logout").token = token
+        case PublishKeyPackages(key_packages, last_resort):
+            if len(key_packages) + len(last_resort) > MAX_PUBLISH_KEY_PACKAGES:
+                raise LocalProtocolError(
+                    f"at most {MAX_PUBLISH_KEY_PACKAGES} KeyPackages in one publish"
+                )
+            p = msg.init("publishKeyPackages")
+            _fill_data(p, "keyPackages", key_packages)
+            _fill_data(p, "lastResort", last_resort)
+        case ResolveUser(username):
+            msg.init("resolveUser").username = username
+        case ResolveIdentity(identity):
+            msg.init("resolveIdentity").identity = identity
     return bytes(msg.to_bytes())
+
+
+def _fill_data(builder: Any, field: str, items: Sequence[bytes]) -> None:
+    lst = builder.init(field, len(items))
+    for i, item in enumerate(items):
+        lst[i] = item
 
 
 def decode_request(data: bytes) -> Request:
@@ -400,6 +482,21 @@ def decode_request(data: bytes) -> Request:
                 return Authenticate(bytes(msg.authenticate.token))
             if which == "logout":
                 return Logout(bytes(msg.logout.token))
+            if which == "publishKeyPackages":
+                p = msg.publishKeyPackages
+                single, last = p.keyPackages, p.lastResort
+                # Counted before any is copied: the frame limit bounds the bytes, this the work.
+                if len(single) + len(last) > MAX_PUBLISH_KEY_PACKAGES:
+                    raise RemoteProtocolError(
+                        f"more than {MAX_PUBLISH_KEY_PACKAGES} KeyPackages in one publish"
+                    )
+                return PublishKeyPackages(
+                    tuple(bytes(kp) for kp in single), tuple(bytes(kp) for kp in last)
+                )
+            if which == "resolveUser":
+                return ResolveUser(str(msg.resolveUser.username))
+            if which == "resolveIdentity":
+                return ResolveIdentity(bytes(msg.resolveIdentity.identity))
     except UnknownMethodError:
         raise
     except DECODE_EXCEPTIONS as exc:
@@ -442,10 +539,11 @@ def encode_response(resp: Response) -> bytes:
             lst = msg.init("deliver").init("accepted", len(accepted))
             for i, item in enumerate(accepted):
                 lst[i] = item
-        case FetchResult(envelopes, cursor):
+        case FetchResult(envelopes, cursor, key_packages_low):
             p = msg.init("fetch")
             _fill_envelopes(p, "envelopes", envelopes)
             p.cursor = cursor
+            p.keyPackagesLow = key_packages_low
         case AckResult(removed):
             msg.init("ack").removed = removed
         case FetchKeyPackageResult(key_package, more):
@@ -472,6 +570,20 @@ def encode_response(resp: Response) -> bytes:
             msg.init("authenticate").expiresAtMs = expires_at_ms
         case LogoutResult():
             msg.init("logout")
+        case PublishKeyPackagesResult(counts, max_per_suite):
+            if len(counts) > MAX_SUITE_COUNTS:
+                raise LocalProtocolError(f"at most {MAX_SUITE_COUNTS} suites in one answer")
+            p = msg.init("publishKeyPackages")
+            lst = p.init("counts", len(counts))
+            for i, count in enumerate(counts):
+                lst[i].suite = count.suite
+                lst[i].singleUse = count.single_use
+                lst[i].lastResort = count.last_resort
+            p.maxPerSuite = max_per_suite
+        case ResolveUserResult(identity):
+            msg.init("resolveUser").identity = identity
+        case ResolveIdentityResult(username):
+            msg.init("resolveIdentity").username = username
     return bytes(msg.to_bytes())
 
 
@@ -508,7 +620,11 @@ def decode_response(data: bytes) -> Response:
                 return DeliverResult(tuple(bytes(i) for i in msg.deliver.accepted))
             if which == "fetch":
                 p = msg.fetch
-                return FetchResult(tuple(_read_envelope(e) for e in p.envelopes), int(p.cursor))
+                return FetchResult(
+                    tuple(_read_envelope(e) for e in p.envelopes),
+                    int(p.cursor),
+                    bool(p.keyPackagesLow),
+                )
             if which == "ack":
                 return AckResult(int(msg.ack.removed))
             if which == "fetchKeyPackage":
@@ -534,6 +650,22 @@ def decode_response(data: bytes) -> Response:
                 return SessionInfo(int(msg.authenticate.expiresAtMs))
             if which == "logout":
                 return LogoutResult()
+            if which == "publishKeyPackages":
+                p = msg.publishKeyPackages
+                counts = p.counts
+                if len(counts) > MAX_SUITE_COUNTS:
+                    raise RemoteProtocolError(f"more than {MAX_SUITE_COUNTS} suites in one answer")
+                return PublishKeyPackagesResult(
+                    tuple(
+                        KeyPackageCount(int(c.suite), int(c.singleUse), bool(c.lastResort))
+                        for c in counts
+                    ),
+                    int(p.maxPerSuite),
+                )
+            if which == "resolveUser":
+                return ResolveUserResult(bytes(msg.resolveUser.identity))
+            if which == "resolveIdentity":
+                return ResolveIdentityResult(str(msg.resolveIdentity.username))
     except DECODE_EXCEPTIONS as exc:
         raise RemoteProtocolError("malformed response") from exc
     raise RemoteProtocolError("response of an unknown kind")
