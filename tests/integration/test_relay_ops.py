@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.core import wire
-from node.core.errors import ErrorCode
+from node.core.errors import ErrorCode, PeerUnreachableError
 from node.core.identity import Identity
 from node.transport.connection import PeerConnection
 from tests.conftest import LOOPBACK, running_endpoint
@@ -387,27 +387,34 @@ async def test_relay_status_reads_a_running_relays_stores(tmp_path: Path) -> Non
 async def test_sigterm_answers_the_calls_in_flight_then_exits(tmp_path: Path) -> None:
     bob = Identity.generate()
     data = tmp_path / "relay"
-    with ops_relay(data, QUICNPROTOCHAT_RELAY_SHUTDOWN_GRACE_S="10") as relay:
+    with ops_relay(data, "--metrics-listen", f"{LOOPBACK}:0",
+                   QUICNPROTOCHAT_RELAY_SHUTDOWN_GRACE_S="10") as relay:  # fmt: skip
         assert relay.proc is not None
         async with client(relay) as alice, client(relay, bob) as bob_conn:
-            # A long poll that would hold for 20 s, and a burst of deliveries in flight.
+            # A long poll that would hold for 20 s, being served when the signal comes.
             poll = asyncio.ensure_future(bob_conn.call(wire.Wait(bob.mailbox, 0, 10, 20_000)))
-            await asyncio.sleep(0)  # the call is on the wire before the signal
+            deadline = time.monotonic() + 10
+            while (await scrape(relay))[("qpc_relay_calls_in_flight", ())] < 1:
+                assert time.monotonic() < deadline, "the long poll never reached the relay"
+                await asyncio.sleep(0.05)
+            # And a burst of deliveries around the signal: each one the relay received is
+            # answered (accepted, or busy once it is stopping); one still on its way when
+            # the connections close is the caller's to retry.
             sent = [envelope(bob.mailbox) for _ in range(40)]
             calls = [asyncio.ensure_future(alice.call(wire.Deliver((e,)))) for e in sent]
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
             started = time.monotonic()
             relay.terminate()
-            answers = await asyncio.gather(*calls, return_exceptions=True)
             polled = await poll
+            answers = await asyncio.gather(*calls, return_exceptions=True)
             assert time.monotonic() - started < 10
-        assert not [a for a in answers if isinstance(a, BaseException)], answers
+        assert isinstance(polled, wire.FetchResult)  # answered at once, not cut off
+        assert all(isinstance(a, wire.Response | PeerUnreachableError) for a in answers), answers
         accepted = {
             e.id for e, a in zip(sent, answers, strict=True) if isinstance(a, wire.DeliverResult)
         }
         refused = [a for a in answers if isinstance(a, wire.ErrorResult)]
         assert all(a.code == ErrorCode.BUSY for a in refused)
-        assert isinstance(polled, wire.FetchResult)  # answered, not cut off
         assert relay.proc.wait(timeout=20) == 0
         assert "relay stopped" in relay.stderr_lines()[-1]
     # Everything the relay acknowledged is in its store.
