@@ -12,11 +12,12 @@ code and a counter (``counters``, keyed by trigger name).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.core import wire
@@ -90,6 +91,10 @@ _ACCOUNT_CALLS = (
 # What ``accounts = "required"`` keeps for identities holding a live session.
 _MAILBOX_CALLS = (wire.Deliver, wire.Fetch, wire.Wait, wire.Ack, *DIRECTORY_CALLS)
 
+CallObserver = Callable[[wire.Request, wire.Response, float], None]
+"""Sees every call the service answered, with its answer and how long it took in seconds
+(``relay.metrics``)."""
+
 
 class RelayService:
     """Answers Delivery calls. ``fetch`` and ``ack`` serve only the caller's own mailbox."""
@@ -131,6 +136,10 @@ class RelayService:
         # Long polls waiting per mailbox; an arrival wakes every waiter on that mailbox, oldest
         # first (a dict keeps that order; a set's would vary from run to run).
         self._waiters: dict[bytes, dict[asyncio.Future[None], None]] = {}
+        self.observer: CallObserver | None = None
+        self.in_flight = 0
+        self._draining = False
+        self._drained: asyncio.Event | None = None
 
     def _refuse(self, trigger: str, code: ErrorCode, message: str) -> wire.ErrorResult:
         self.counters[trigger] += 1
@@ -141,6 +150,45 @@ class RelayService:
         return self._clock_ms() - self.limits.envelope_ttl_ms
 
     async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
+        """Answer one call. The observer sees it with its duration; once :meth:`drain` has
+        begun, new calls are refused (``busy``) while those in flight finish."""
+        if self._draining:
+            return self._refuse(
+                "refused_shutting_down", ErrorCode.BUSY, "the relay is shutting down"
+            )
+        started = self._monotonic()
+        self.in_flight += 1
+        try:
+            response = await self._handle(caller, request)
+        except Exception:
+            if self.observer is not None:
+                failed = wire.ErrorResult(ErrorCode.INTERNAL, "internal error")
+                self.observer(request, failed, self._monotonic() - started)
+            raise
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._drained is not None:
+                self._drained.set()
+        if self.observer is not None:
+            self.observer(request, response, self._monotonic() - started)
+        return response
+
+    async def drain(self, grace: float) -> int:
+        """Refuse new calls, answer every long poll now, and wait up to ``grace`` seconds for
+        the calls in flight to be answered; return how many were still running."""
+        self._draining = True
+        for waiters in self._waiters.values():
+            for arrival in waiters:
+                if not arrival.done():
+                    arrival.set_result(None)
+        if self.in_flight:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+        return self.in_flight
+
+    async def _handle(self, caller: Caller, request: wire.Request) -> wire.Response:
         if not self._calls.take(caller.identity, self._monotonic()):
             return self._refuse(
                 "refused_call_rate", ErrorCode.RATE_LIMITED, "too many calls: retry later"

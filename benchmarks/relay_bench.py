@@ -1,0 +1,302 @@
+"""Relay throughput and latency: deliver → fetch → ack by 1, 10 and 100 concurrent clients, beside
+the raw rate of the same three calls on the same transport with no storage, auth or limits.
+
+Run by hand, never in CI timing::
+
+    .venv/bin/python benchmarks/relay_bench.py
+    .venv/bin/python benchmarks/relay_bench.py --json --seconds 10 --clients 1,10,100
+
+Everything binds to 127.0.0.1. The relay is a child process (``python -m relay run``, SQLite
+store, its default limits except the per-caller rates, which would measure the limiter) and so
+is the echo service (this script with ``--echo``): an Endpoint whose handler answers deliver with
+the ids, fetch with an envelope of the same size, ack with 1, storing nothing. One *round* is one
+client's deliver of one envelope to its own mailbox, a fetch that returns it and the ack: an
+envelope delivered, fetched and acknowledged. ``envelopes_per_s`` counts rounds per second over
+all clients, ``p50_ms``/``p99_ms`` are round latencies, ``peak_rss_mb`` the relay's VmRSS peak.
+The clients run in this one process, on the same cores as the relay: both columns pay for them.
+
+Then ``--connect`` clients (default 1,000) dial the relay at once with the node's default
+deadlines (10 s for the handshake, 10 s for the call, ``node.app.router``) and each makes one
+fetch; the relay's ``max_connections_per_host`` is raised to 4,096 for this, since they all come
+from one address. Printed as ``connect_storm`` beside the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from node.core import wire
+from node.core.errors import NodeError
+from node.core.identity import Identity
+from node.transport.connection import Caller, PeerConnection
+from node.transport.endpoint import Endpoint
+from node.transport.runtime import RealRuntime
+
+LOOPBACK = "127.0.0.1"
+PAYLOAD = 1024  # bytes of sealed payload per envelope: a short chat message with MLS overhead
+NODE_DIAL_DEADLINE = 10.0  # node.app.router: relay_deadline
+NODE_CALL_DEADLINE = 10.0
+UNLIMITED = {
+    "QUICNPROTOCHAT_RELAY_CALLS_PER_SECOND": "1000000",
+    "QUICNPROTOCHAT_RELAY_CALL_BURST": "1000000",
+    "QUICNPROTOCHAT_RELAY_ENVELOPES_PER_MAILBOX_PER_SECOND": "1000000",
+    "QUICNPROTOCHAT_RELAY_ENVELOPE_BURST_PER_MAILBOX": "1000000",
+    "QUICNPROTOCHAT_RELAY_NEW_MAILBOXES_PER_SECOND": "1000000",
+    "QUICNPROTOCHAT_RELAY_NEW_MAILBOX_BURST": "1000000",
+    "QUICNPROTOCHAT_RELAY_MAX_CONNECTIONS_PER_HOST": "4096",
+    "QUICNPROTOCHAT_RELAY_MAX_HALF_OPEN": "2048",
+}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Child:
+    """A server child process that prints one JSON ready line."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+        assert self.proc.stdout is not None
+        ready = json.loads(self.proc.stdout.readline())
+        host, _, port = ready["address"].rpartition(":")
+        self.address = (host, int(port))
+        self.identity = bytes.fromhex(ready["identity"])
+        self.peak = rss_mb(self.proc.pid)
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, rss_mb(self.proc.pid))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def relay_child(data: Path) -> Child:
+    env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE="bench") | UNLIMITED
+    cmd = [sys.executable, "-m", "relay", "run", "--listen", f"{LOOPBACK}:0"]
+    return Child([*cmd, "--data-dir", str(data), "--json"], env)
+
+
+def echo_child() -> Child:
+    return Child([sys.executable, __file__, "--echo"], dict(os.environ))
+
+
+# --- the echo service ---------------------------------------------------------------------
+
+
+async def echo_serve() -> None:
+    filler = wire.Envelope(
+        b"\0" * 16, b"\0" * 32, wire.EnvelopeKind.APPLICATION, b"x" * PAYLOAD, b"g", 1
+    )
+
+    async def handle(_caller: Caller, request: wire.Request) -> wire.Response:
+        match request:
+            case wire.Deliver(envelopes):
+                return wire.DeliverResult(tuple(e.id for e in envelopes))
+            case wire.Fetch(_mailbox, cursor, _limit):
+                return wire.FetchResult((filler,), cursor + 1)
+            case wire.Ack(_mailbox, ids):
+                return wire.AckResult(len(ids))
+        return wire.AckResult(0)
+
+    runtime = RealRuntime("qpc-echo")
+    me = Identity.generate()
+    endpoint = Endpoint(me, handle, runtime)
+    host, port = await endpoint.start(LOOPBACK, 0)
+    print(json.dumps({"address": f"{host}:{port}", "identity": me.public_key.hex()}), flush=True)
+    await asyncio.Event().wait()
+
+
+# --- clients ------------------------------------------------------------------------------
+
+
+async def open_clients(
+    server: Child, count: int, runtime: RealRuntime
+) -> list[tuple[Endpoint, PeerConnection, Identity]]:
+    async def one() -> tuple[Endpoint, PeerConnection, Identity]:
+        me = Identity.generate()
+        endpoint = Endpoint(me, None, runtime)
+        await endpoint.start(LOOPBACK, 0)
+        conn = await endpoint.dial(server.address, server.identity, NODE_DIAL_DEADLINE)
+        return endpoint, conn, me
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def rounds(server: Child, clients: int, seconds: float) -> dict[str, float]:
+    runtime = RealRuntime("qpc-bench")
+    opened = await open_clients(server, clients, runtime)
+    latencies: list[float] = []
+    errors = 0
+    stop_at = 0.0
+
+    async def loop(conn: PeerConnection, me: Identity, record: bool) -> None:
+        nonlocal errors
+        cursor = 0
+        while time.perf_counter() < stop_at:
+            env = wire.Envelope(
+                os.urandom(16), me.mailbox, wire.EnvelopeKind.APPLICATION,
+                os.urandom(PAYLOAD), b"g", 1,
+            )  # fmt: skip
+            started = time.perf_counter()
+            try:
+                delivered = await conn.call(wire.Deliver((env,)))
+                fetched = await conn.call(wire.Fetch(me.mailbox, cursor, 16))
+                if not isinstance(delivered, wire.DeliverResult):
+                    raise NodeError(f"deliver: {delivered}")
+                if not isinstance(fetched, wire.FetchResult) or not fetched.envelopes:
+                    raise NodeError(f"fetch: {fetched}")
+                cursor = fetched.cursor
+                ids = tuple(e.id for e in fetched.envelopes)
+                acked = await conn.call(wire.Ack(me.mailbox, ids))
+                if not isinstance(acked, wire.AckResult):
+                    raise NodeError(f"ack: {acked}")
+            except NodeError:
+                errors += 1
+                continue
+            if record:
+                latencies.append(time.perf_counter() - started)
+
+    async def sampler() -> None:
+        while time.perf_counter() < stop_at:
+            server.sample()
+            await asyncio.sleep(0.2)
+
+    try:
+        stop_at = time.perf_counter() + min(1.0, seconds / 4)  # warm up: caches, first pages
+        await asyncio.gather(*(loop(c, me, False) for _, c, me in opened))
+        started = time.perf_counter()
+        stop_at = started + seconds
+        await asyncio.gather(sampler(), *(loop(c, me, True) for _, c, me in opened))
+        elapsed = time.perf_counter() - started
+    finally:
+        for endpoint, _, _ in opened:
+            await endpoint.close()
+        runtime.close()
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "errors": errors,
+    }
+
+
+async def connect_storm(server: Child, count: int) -> dict[str, Any]:
+    runtime = RealRuntime("qpc-storm")
+    endpoints: list[Endpoint] = []
+    failures: dict[str, int] = {}
+
+    async def one() -> float:
+        me = Identity.generate()
+        endpoint = Endpoint(me, None, runtime)
+        endpoints.append(endpoint)
+        await endpoint.start(LOOPBACK, 0)
+        started = time.perf_counter()
+        try:
+            conn = await endpoint.dial(server.address, server.identity, NODE_DIAL_DEADLINE)
+            answer = await conn.call(wire.Fetch(me.mailbox, 0, 1), NODE_CALL_DEADLINE)
+            if not isinstance(answer, wire.FetchResult):
+                raise NodeError(f"answered {answer}")
+        except NodeError as exc:
+            name = type(exc).__name__
+            failures[name] = failures.get(name, 0) + 1
+        return time.perf_counter() - started
+
+    try:
+        took = sorted(await asyncio.gather(*(one() for _ in range(count))))
+        server.sample()
+    finally:
+        for endpoint in endpoints:
+            await endpoint.close()
+        runtime.close()
+    return {
+        "clients": count,
+        "errors": sum(failures.values()),
+        "failures": failures,
+        "p50_s": round(statistics.median(took), 3),
+        "max_s": round(took[-1], 3),
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="qpc-relay-bench-") as tmp:
+        echo = echo_child()
+        relay = relay_child(Path(tmp) / "relay")
+        try:
+            for clients in args.clients:
+                raw = await rounds(echo, clients, args.seconds)
+                relay.peak = rss_mb(relay.proc.pid)
+                real = await rounds(relay, clients, args.seconds)
+                rows.append(
+                    {
+                        "backend": "sqlite",
+                        "relays": 1,
+                        "clients": clients,
+                        "envelopes_per_s": round(real["per_s"], 1),
+                        "raw_per_s": round(raw["per_s"], 1),
+                        "ratio": round(real["per_s"] / raw["per_s"], 3),
+                        "p50_ms": round(real["p50_ms"], 2),
+                        "p99_ms": round(real["p99_ms"], 2),
+                        "peak_rss_mb": round(relay.peak, 1),
+                        "errors": int(real["errors"] + raw["errors"]),
+                    }
+                )
+                if not args.json:
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            storm = await connect_storm(relay, args.connect) if args.connect else None
+        finally:
+            relay.stop()
+            echo.stop()
+    return {"rows": rows, "connect_storm": storm}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
+    parser.add_argument(
+        "--clients",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 10, 100],
+        help="concurrent clients per point, comma-separated [1,10,100]",
+    )
+    parser.add_argument("--connect", type=int, default=1000, help="clients dialing at once")
+    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo:
+        asyncio.run(echo_serve())
+        return
+    result = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(result))
+        return
+    head = ("clients", "envelopes_per_s", "raw_per_s", "ratio", "p50_ms", "p99_ms", "peak_rss_mb")
+    print(" ".join(f"{h:>15}" for h in head))
+    for row in result["rows"]:
+        print(" ".join(f"{row[h]:>15}" for h in head))
+    if result["connect_storm"] is not None:
+        print("connect storm:", json.dumps(result["connect_storm"]))
+
+
+if __name__ == "__main__":
+    main()
