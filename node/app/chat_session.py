@@ -55,13 +55,13 @@ class Command:
 
 
 COMMANDS = (
-    Command("dm", "NAME|KEY|LINK", "open the direct conversation with someone"),
+    Command("dm", "NAME|@USER|KEY|LINK", "open the direct conversation with someone"),
     Command("group", "NAME", "create a group and switch to it"),
     Command("switch", "CONV", "switch to a conversation (by name or id)"),
     Command("list", "", "list conversations with unread counts"),
     Command("history", "[N]", "show the last N messages here (default 20)"),
     Command("leave", "", "leave this conversation"),
-    Command("invite", "NAME|KEY|LINK", "add someone to this group"),
+    Command("invite", "NAME|@USER|KEY|LINK", "add someone to this group"),
     Command("remove", "NAME", "remove a member from this group"),
     Command("members", "", "list this conversation's members"),
     Command("join", "[N]", "list strangers' invitations, or accept number N"),

@@ -590,10 +590,20 @@ class Messenger:
 
     async def resolve_person(self, text: str) -> bytes:
         """A person from a ``qpc://`` link (remembered as a contact, with the relay its owner
-        reads), a 64-hex-digit key, ``NAME=KEY[@HOST:PORT]``, or a contact's name."""
+        reads), ``@username`` (the relay's directory), a 64-hex-digit key,
+        ``NAME=KEY[@HOST:PORT]``, or a contact's name."""
         text = text.strip()
         if not text:
-            raise ContactError("name someone: a qpc:// link, a key, or a contact's name")
+            raise ContactError("name someone: a qpc:// link, a key, @username or a contact's name")
+        if text.startswith("@"):
+            # A username at the relay's directory: the relay vouches for the binding only,
+            # so the person is a contact like any other, to be verified by safety number.
+            username = text[1:]
+            identity = await self.node.resolve_user(username)
+            if identity == self.node.public_key:
+                return identity
+            await self.add_contact(identity, username, None)
+            return identity
         try:
             ref = parse_peer_ref(text, now_ms=self.node.clock_ms(), allow_bare_key=True)
         except PeerRefError:
