@@ -131,15 +131,18 @@ class RelayService:
     def store(self) -> MailboxBackend:
         return self._store
 
-    def _wake(self, mailbox: bytes) -> None:
+    def _wake(self, mailbox: bytes | None) -> None:
+        if mailbox is None:
+            self.wake_all()
+            return
         for arrival in self._waiters.get(mailbox, ()):
             if not arrival.done():
                 arrival.set_result(None)
 
     def wake_all(self) -> None:
         """Wake every long poll (the store may have missed arrivals, say while reconnecting)."""
-        for mailbox in list(self._waiters):
-            self._wake(mailbox)
+        for waiting in list(self._waiters):
+            self._wake(waiting)
 
     def _refuse(self, trigger: str, code: ErrorCode, message: str) -> wire.ErrorResult:
         self.counters[trigger] += 1

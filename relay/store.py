@@ -167,6 +167,28 @@ class PutResult:
     new_mailboxes: int
 
 
+def batch_of(
+    rows: Iterable[tuple[int, bytes]], cursor: int, max_bytes: int, skip_over: int | None
+) -> StoredBatch:
+    """The fetch answer for ``rows`` (seq, body), oldest first: past the first envelope no more
+    than ``max_bytes``; one larger than ``skip_over`` is passed over and counted."""
+    taken: list[wire.Envelope] = []
+    size = 0
+    last = cursor
+    skipped = 0
+    for seq, body in rows:
+        if skip_over is not None and len(body) > skip_over:
+            skipped += 1
+            last = seq
+            continue
+        size += len(body) + _LIST_OVERHEAD
+        if taken and size > max_bytes:
+            break
+        taken.append(wire.decode_envelope(bytes(body)))
+        last = seq
+    return StoredBatch(tuple(taken), last, skipped)
+
+
 class MailboxStore:
     """Envelopes by mailbox, in arrival order, until the owner acknowledges them or they
     expire."""
@@ -345,21 +367,7 @@ class MailboxStore:
             " ORDER BY seq LIMIT ?",
             (mailbox, cursor, -(1 << 62) if not_before_ms is None else not_before_ms, limit),
         ).fetchall()
-        taken: list[wire.Envelope] = []
-        size = 0
-        last = cursor
-        skipped = 0
-        for seq, body in rows:
-            if skip_over is not None and len(body) > skip_over:
-                skipped += 1
-                last = seq
-                continue
-            size += len(body) + _LIST_OVERHEAD
-            if taken and size > max_bytes:
-                break
-            taken.append(wire.decode_envelope(body))
-            last = seq
-        return StoredBatch(tuple(taken), last, skipped)
+        return batch_of(rows, cursor, max_bytes, skip_over)
 
     def ack(self, mailbox: bytes, ids: Iterable[bytes]) -> int:
         removed = 0

@@ -30,7 +30,8 @@ __all__ = [
     "StoreUnavailableError",
 ]
 
-ArrivalCallback = Callable[[bytes], None]
+# Called with a mailbox that has news, or None when any mailbox may have (after a reconnect).
+ArrivalCallback = Callable[[bytes | None], None]
 
 
 class StoreUnavailableError(StorageError):
