@@ -16,7 +16,23 @@ from node.core.errors import NodeError
 from relay.accounts import MODES
 from relay.server import RelayConfig
 
-__all__ = ["CHOICES", "LIMIT_KEYS", "ConfigError", "FileSettings", "limit_settings", "load_config"]
+STORES = ("sqlite", "postgresql")
+DSN_ENV = "QUICNPROTOCHAT_RELAY_DSN"
+DB_KEY_ENV = "QUICNPROTOCHAT_RELAY_DB_KEY"
+
+__all__ = [
+    "CHOICES",
+    "DB_KEY_ENV",
+    "DSN_ENV",
+    "LIMIT_KEYS",
+    "STORES",
+    "ConfigError",
+    "FileSettings",
+    "check_store",
+    "limit_settings",
+    "load_config",
+    "store_settings",
+]
 
 MAX_CONFIG_BYTES = 1 << 20  # a relay.toml is a few dozen lines
 
@@ -29,7 +45,7 @@ LIMIT_KEYS: dict[str, dataclasses.Field[Any]] = {
 _ZERO_MEANS_DEFAULT = {"max_envelope_bytes"}
 _PLACES = ("listen", "data_dir")
 # Keys whose value is one word of a fixed set.
-CHOICES: dict[str, tuple[str, ...]] = {"accounts": MODES}
+CHOICES: dict[str, tuple[str, ...]] = {"accounts": MODES, "store": STORES}
 
 
 class ConfigError(NodeError):
@@ -95,6 +111,10 @@ def _checked(key: str, value: Any, default: Any, source: Path | None) -> Any:
             allowed = " or ".join(f'"{c}"' for c in CHOICES[key])
             raise ConfigError(f"{source}: {key} must be {allowed} (got {value!r})")
         return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false")
@@ -106,3 +126,37 @@ def _checked(key: str, value: Any, default: Any, source: Path | None) -> Any:
     if isinstance(value, bool) or not number or value < least:
         raise ConfigError(f"{source}: {key} must be a {word} {kind} (got {value!r})")
     return float(value) if floating else value
+
+
+def store_settings(limits: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """``limits`` with ``dsn`` and ``db_key`` taken from the environment where it sets them
+    (the environment wins, so a secret need not sit in the file), then checked together."""
+    out = dict(limits)
+    if environ.get(DSN_ENV):
+        out["dsn"] = environ[DSN_ENV]
+    if environ.get(DB_KEY_ENV):
+        out["db_key"] = environ[DB_KEY_ENV]
+    check_store(out)
+    return out
+
+
+def check_store(settings: dict[str, Any]) -> None:
+    """Refuse a store choice that cannot work, naming the key."""
+    store = settings.get("store", "sqlite")
+    if store == "postgresql" and not settings.get("dsn"):
+        raise ConfigError(f'store = "postgresql" needs dsn (or ${DSN_ENV})')
+    if store == "postgresql" and settings.get("db_key"):
+        raise ConfigError(
+            'db_key keys the embedded store; with store = "postgresql" encrypt the database'
+            " server's disk instead (docs/operations.md)"
+        )
+    if store == "sqlite" and settings.get("dsn"):
+        raise ConfigError('dsn is set but store is "sqlite": set store = "postgresql"')
+    key = settings.get("db_key", "")
+    if key:
+        try:
+            raw = bytes.fromhex(key)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(f"db_key (or ${DB_KEY_ENV}) must be 64 hex digits")
