@@ -153,7 +153,10 @@ def migrate_command(
     if os.environ.get(DB_KEY_ENV):
         settings["db_key"] = os.environ[DB_KEY_ENV]
     key_text = settings.pop("db_key", "")
-    store = settings.get("store", "postgresql" if from_sqlite is not None else "sqlite")
+    # A dsn (or --from-sqlite) with no store named means PostgreSQL: there is nothing else
+    # it could mean.
+    wants_pg = from_sqlite is not None or bool(settings.get("dsn"))
+    store = settings.get("store", "postgresql" if wants_pg else "sqlite")
     probe = RelayConfig(host="", port=0, data_dir=Path(), passphrase=b"", db_key=key_text)
     key = probe.raw_db_key()
     if from_sqlite is not None or store == "postgresql":
