@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +270,49 @@ async def test_quotas_hold_across_processes(pg_dsn: str) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "relay-data"
+    data.mkdir()
+    mailboxes = MailboxStore(data / "mailboxes.sqlite3")
+    sent = [envelope(n) for n in range(30)] + [envelope(n, OTHER) for n in range(5)]
+    mailboxes.put(sent, now_ms=0)
+    half = mailboxes.fetch(MAILBOX, 0, 10, 1 << 20)  # a node read part of its mail already
+    mailboxes.close()
+    accounts = AccountStore(data / "accounts.sqlite3")
+    accounts.register("alice", b"r" * 64, 1)
+    accounts.open_session(b"h" * 32, Session("alice", b"k" * 32, 10_000), 1, keep=8)
+    accounts.close()
+
+    env = dict(os.environ, QUICNPROTOCHAT_RELAY_DSN=pg_dsn)
+    command = [sys.executable, "-m", "relay", "migrate", "--from-sqlite", str(data)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "moved 35 envelopes in 2 mailboxes, 1 accounts and 1 sessions" in done.stdout
+    # A second move would merge two stores: refused with one line, nothing changed.
+    again = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert again.returncode == 1 and again.stderr.startswith("ERROR: ")
+    assert "Traceback" not in again.stderr
+
+    async def check() -> None:
+        store = await open_pg(pg_dsn)
+        try:
+            rest = await store.mailboxes.fetch(MAILBOX, half.cursor, 100, 1 << 20)
+            assert [e.id for e in rest.envelopes] == [e.id for e in sent[10:30]]
+            assert await store.mailboxes.count(OTHER) == 5
+            assert store.mailboxes.mailboxes == 2
+            assert await store.accounts.record("alice") == b"r" * 64
+            assert await store.accounts.has_live_session(b"k" * 32, now_ms=5)
+            # New envelopes continue after the moved ones.
+            await store.mailboxes.put([envelope(99)], now_ms=1)
+            tail = await store.mailboxes.fetch(MAILBOX, rest.cursor, 100, 1 << 20)
+            assert len(tail.envelopes) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(check())
