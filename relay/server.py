@@ -190,6 +190,7 @@ class Relay:
         if cfg.store == "postgresql":
             self._pg = pg = await PgStore.open(
                 cfg.dsn,
+                self._runtime,
                 quotas,
                 cfg.max_accounts,
                 pool_size=cfg.pg_pool_size,

@@ -11,7 +11,7 @@ one process's memory:
   (sorted). The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
   other processes can overshoot them by at most what those calls carry (docs/operations.md).
 - A stored envelope is announced with ``NOTIFY qpc_mail`` (sent at commit), which wakes long
-  polls in every process; a revoked session with ``NOTIFY qpc_sessions``.
+  polls in every process. Sessions are read from the database on every check, never cached.
 
 A call made while the database is unreachable raises :class:`StoreUnavailableError`; its
 transaction is rolled back by the server, so nothing is half-stored. The pool reconnects by
@@ -30,6 +30,7 @@ import asyncpg
 
 from node.core import wire
 from node.core.errors import StorageError
+from node.core.runtime import Runtime
 from relay.migrations import check_pg
 from relay.store import (
     MailboxBytesError,
@@ -50,7 +51,6 @@ __all__ = ["PgAccounts", "PgMailboxes", "PgStore", "connect_pg"]
 log = logging.getLogger(__name__)
 
 MAIL_CHANNEL = "qpc_mail"
-SESSION_CHANNEL = "qpc_sessions"
 _SHARDS = 16
 # Errors that mean "the database is not there now", as opposed to a query it refused.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -101,6 +101,7 @@ class PgStore:
     async def open(
         cls,
         dsn: str,
+        runtime: Runtime,
         quotas: StoreQuotas,
         max_accounts: int,
         *,
@@ -131,7 +132,7 @@ class PgStore:
         except BaseException:
             await pool.close()
             raise
-        store._listen_task = asyncio.get_running_loop().create_task(store._keep_listening())
+        store._listen_task = runtime.spawn(store._keep_listening())
         return store
 
     @contextlib.asynccontextmanager
@@ -162,7 +163,6 @@ class PgStore:
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
         await conn.add_listener(MAIL_CHANNEL, self._on_mail)
-        await conn.add_listener(SESSION_CHANNEL, self._on_session)
         self._listener = conn
 
     async def _keep_listening(self) -> None:
@@ -191,13 +191,6 @@ class PgStore:
             return
         if len(mailbox) == 32:
             self.mailboxes.notify(mailbox)
-
-    def _on_session(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            identity = bytes.fromhex(payload)
-        except ValueError:
-            return
-        self.accounts.forget(identity)
 
     async def close(self) -> None:
         self._closing = True
@@ -426,16 +419,13 @@ class PgMailboxes:
 
 
 class PgAccounts:
-    """:class:`~relay.store_api.AccountBackend` on PostgreSQL. Whether an identity holds a live
-    session is cached per process (it gates every mailbox call); a revocation anywhere clears
-    that identity's entry in every process through ``NOTIFY qpc_sessions``."""
+    """:class:`~relay.store_api.AccountBackend` on PostgreSQL; nothing of it is cached, so every
+    process sees a login or a revocation through any other at once."""
 
     def __init__(self, store: PgStore) -> None:
         self._store = store
         self.max_accounts = 1_000_000
         self.gauges = (0, 0)  # accounts, sessions: as of the last refresh
-        # identity -> the latest expiry of its sessions, as last read from the database.
-        self._live: dict[bytes, int] = {}
 
     @property
     def accounts(self) -> int:
@@ -444,9 +434,6 @@ class PgAccounts:
     @property
     def sessions(self) -> int:
         return self.gauges[1]
-
-    def forget(self, identity: bytes) -> None:
-        self._live.pop(identity, None)
 
     async def record(self, username: str) -> bytes | None:
         async with self._store.connection() as conn:
@@ -492,8 +479,6 @@ class PgAccounts:
                 session.username,
                 keep,
             )
-            for identity in sorted({bytes(r[1]) for r in dropped}):
-                await conn.execute("SELECT pg_notify($1, $2)", SESSION_CHANNEL, identity.hex())
         return [bytes(r[0]) for r in dropped]
 
     async def session(self, token_hash: bytes) -> Session | None:
@@ -509,37 +494,24 @@ class PgAccounts:
             identity = await conn.fetchval(
                 "DELETE FROM sessions WHERE token_hash = $1 RETURNING identity", token_hash
             )
-            if identity is not None:
-                await conn.execute(
-                    "SELECT pg_notify($1, $2)", SESSION_CHANNEL, bytes(identity).hex()
-                )
-        if identity is not None:
-            self.forget(bytes(identity))
         return identity is not None
 
     async def has_live_session(self, identity: bytes, now_ms: int) -> bool:
-        expires = self._live.get(identity)
-        if expires is not None and expires > now_ms:
-            return True
+        # Asked of the database each time (an index lookup), never of a cache: a revocation
+        # through any process holds in every process at once.
         async with self._store.connection() as conn:
-            latest = await conn.fetchval(
-                "SELECT MAX(expires_ms) FROM sessions WHERE identity = $1", identity
+            live = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE identity = $1 AND expires_ms > $2)",
+                identity,
+                now_ms,
             )
-        if latest is None or int(latest) <= now_ms:
-            self._live.pop(identity, None)
-            return False
-        self._live[identity] = int(latest)
-        return True
+        return bool(live)
 
     async def purge_expired(self, now_ms: int) -> int:
         async with self._store.connection() as conn:
             gone = await conn.fetch(
                 "DELETE FROM sessions WHERE expires_ms <= $1 RETURNING identity", now_ms
             )
-        for (identity,) in gone:
-            expires = self._live.get(bytes(identity))
-            if expires is not None and expires <= now_ms:
-                self.forget(bytes(identity))
         return len(gone)
 
     async def close(self) -> None:

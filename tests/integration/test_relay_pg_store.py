@@ -56,8 +56,8 @@ async def migrated(dsn: str) -> None:
         await conn.close()
 
 
-async def open_pg(dsn: str, quotas: StoreQuotas | None = None) -> PgStore:
-    return await PgStore.open(dsn, quotas or StoreQuotas(), 1000)
+async def open_pg(dsn: str, runtimes: Runtimes, quotas: StoreQuotas | None = None) -> PgStore:
+    return await PgStore.open(dsn, runtimes(), quotas or StoreQuotas(), 1000)
 
 
 async def make_mailboxes(
@@ -69,7 +69,7 @@ async def make_mailboxes(
         return SqliteMailboxes(MailboxStore(tmp_path / "m.sqlite3", quotas=quotas), runtime)
     dsn = request.getfixturevalue("pg_dsn")
     await migrated(dsn)
-    return (await open_pg(dsn, quotas)).mailboxes
+    return (await open_pg(dsn, runtimes, quotas)).mailboxes
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -103,16 +103,18 @@ async def test_both_backends_fetch_in_order_dedupe_ack_once_and_refuse_whole_bat
         await store.close()
 
 
-async def test_pg_schema_is_migrated_by_command_only_and_newer_is_refused(pg_dsn: str) -> None:
+async def test_pg_schema_is_migrated_by_command_only_and_newer_is_refused(
+    pg_dsn: str, runtimes: Runtimes
+) -> None:
     with pytest.raises(SchemaTooOldError, match="relay migrate"):
-        await open_pg(pg_dsn)
+        await open_pg(pg_dsn, runtimes)
     conn = await connect_pg(pg_dsn)
     try:
         assert await migrate_pg(conn) == (0, SCHEMA_VERSION)
         assert await migrate_pg(conn) == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
         await conn.execute("UPDATE qpc_schema SET version = $1", SCHEMA_VERSION + 1)
         with pytest.raises(SchemaTooNewError, match="newer"):
-            await open_pg(pg_dsn)
+            await open_pg(pg_dsn, runtimes)
         with pytest.raises(SchemaTooNewError):
             await migrate_pg(conn)
     finally:
@@ -219,10 +221,10 @@ def test_db_key_encrypts_todays_plain_file_and_a_wrong_key_is_refused(tmp_path: 
 
 
 async def test_two_processes_on_one_database_share_mailboxes_sessions_and_wakeups(
-    pg_dsn: str,
+    pg_dsn: str, runtimes: Runtimes
 ) -> None:
     await migrated(pg_dsn)
-    one, two = await open_pg(pg_dsn), await open_pg(pg_dsn)
+    one, two = await open_pg(pg_dsn, runtimes), await open_pg(pg_dsn, runtimes)
     try:
         woken: asyncio.Queue[bytes | None] = asyncio.Queue()
         two.mailboxes.on_arrival(woken.put_nowait)
@@ -254,10 +256,10 @@ async def test_two_processes_on_one_database_share_mailboxes_sessions_and_wakeup
         await two.close()
 
 
-async def test_quotas_hold_across_processes(pg_dsn: str) -> None:
+async def test_quotas_hold_across_processes(pg_dsn: str, runtimes: Runtimes) -> None:
     await migrated(pg_dsn)
     quotas = StoreQuotas(max_per_mailbox=10)
-    one, two = await open_pg(pg_dsn, quotas), await open_pg(pg_dsn, quotas)
+    one, two = await open_pg(pg_dsn, runtimes, quotas), await open_pg(pg_dsn, runtimes, quotas)
     try:
         results = await asyncio.gather(
             *((one if n % 2 else two).mailboxes.put([envelope(n)], now_ms=0) for n in range(30)),
@@ -273,7 +275,7 @@ async def test_quotas_hold_across_processes(pg_dsn: str) -> None:
 
 
 def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
-    pg_dsn: str, tmp_path: Path
+    pg_dsn: str, tmp_path: Path, runtimes: Runtimes
 ) -> None:
     data = tmp_path / "relay-data"
     data.mkdir()
@@ -300,7 +302,7 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
     assert "Traceback" not in again.stderr
 
     async def check() -> None:
-        store = await open_pg(pg_dsn)
+        store = await open_pg(pg_dsn, runtimes)
         try:
             rest = await store.mailboxes.fetch(MAILBOX, half.cursor, 100, 1 << 20)
             assert [e.id for e in rest.envelopes] == [e.id for e in sent[10:30]]
