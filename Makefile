@@ -7,13 +7,21 @@ STAMP := $(VENV)/.quicnprotochat-installed
 BINDING_SOURCES := $(wildcard openmls-bindings/Cargo.* openmls-bindings/pyproject.toml \
 	openmls-bindings/src/*.rs openmls-bindings/python/openmls_bindings/*)
 
-.PHONY: demo test setup lint lock clean
+.PHONY: demo test setup lint lock clean postgresql
 
 demo: $(STAMP)
 	$(BIN)/quicnprotochat demo
 
-test: $(STAMP)
+test: $(STAMP) postgresql
 	$(BIN)/python -m pytest
+
+# The relay's PostgreSQL tests start their own throwaway server; they need Debian's postgresql
+# (installed here when we are root, otherwise the command to run is printed and they skip).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| { if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else echo "PostgreSQL tests will skip: run sudo apt-get install -y postgresql"; fi; }
 
 setup: $(STAMP)
 

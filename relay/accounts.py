@@ -56,6 +56,7 @@ from relay.store_accounts import (
     TooManyAccountsError,
     UsernameTakenError,
 )
+from relay.store_api import AccountBackend, SqliteAccounts
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +177,15 @@ class AccountService:
 
     def __init__(
         self,
-        store: AccountStore,
+        store: AccountStore | AccountBackend,
         setup: bytes,
         runtime: Runtime,
         limits: AccountLimits,
         counters: Counter[str],
     ) -> None:
-        self._store = store
+        self._store: AccountBackend = (
+            SqliteAccounts(store, runtime) if isinstance(store, AccountStore) else store
+        )
         self._setup = opaque.ServerSetupData.from_bytes(setup)
         self._fakes = FakeRecords(self._setup, setup)
         self.limits = limits
@@ -204,8 +207,10 @@ class AccountService:
     def required(self) -> bool:
         return self.limits.mode == "required"
 
-    def may_use_mailboxes(self, identity: bytes) -> bool:
-        return not self.required or self._store.has_live_session(identity, self._wall_ms())
+    async def may_use_mailboxes(self, identity: bytes) -> bool:
+        if not self.required:
+            return True
+        return await self._store.has_live_session(identity, self._wall_ms())
 
     def _refuse(self, trigger: str, code: ErrorCode, message: str) -> wire.ErrorResult:
         self.counters[trigger] += 1
@@ -230,7 +235,7 @@ class AccountService:
             case wire.LoginFinish(login_id, finalization):
                 return await self._login_finish(caller, login_id, finalization)
             case wire.Authenticate(token):
-                return self._authenticate(caller, token)
+                return await self._authenticate(caller, token)
             case wire.Logout(token):
                 return await self._logout(caller, token)
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
@@ -251,7 +256,7 @@ class AccountService:
         if len(message) != REGISTRATION_REQUEST_SIZE:
             return self._malformed("a registration request is 32 bytes")
         store = self._store
-        if await self._run(lambda: store.exists(username)):
+        if await store.exists(username):
             return self._taken()
         try:
             response = opaque.server_registration_start(
@@ -282,7 +287,7 @@ class AccountService:
             )
         store, now_ms = self._store, self._wall_ms()
         try:
-            await self._run(lambda: store.register(username, record, now_ms))
+            await store.register(username, record, now_ms)
         except UsernameTakenError:
             return self._taken()
         except TooManyAccountsError as exc:
@@ -314,7 +319,7 @@ class AccountService:
         if len(self._pending) >= self.limits.max_pending_logins:
             return self._refuse("refused_pending_logins", ErrorCode.BUSY, "too many logins now")
         store = self._store
-        stored = await self._run(lambda: store.record(username))
+        stored = await store.record(username)
         # The fake record is derived whether or not it is used, so both paths cost the same.
         fake = self._fakes.record(username)
         record = fake if stored is None else stored
@@ -378,7 +383,7 @@ class AccountService:
         session = Session(pending.username, caller.identity, expires)
         store, keep = self._store, self.limits.max_sessions_per_account
         try:
-            await self._run(lambda: store.open_session(token_hash(token), session, wall, keep))
+            await store.open_session(token_hash(token), session, wall, keep)
         except StorageError:
             return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store the session")
         self.counters["logins"] += 1
@@ -387,13 +392,13 @@ class AccountService:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    def _session_of(self, caller: Caller, token: bytes) -> tuple[bytes, Session] | None:
+    async def _session_of(self, caller: Caller, token: bytes) -> tuple[bytes, Session] | None:
         """The caller's live session for ``token``, or None: unknown, expired, revoked and
         another identity's tokens all look alike to the caller."""
         if len(token) != TOKEN_SIZE:
             return None
         hashed = token_hash(token)
-        session = self._store.session(hashed)
+        session = await self._store.session(hashed)
         # Looked up by hash (which reveals nothing of a valid token); the identity binding is
         # compared in constant time.
         if session is None or not hmac.compare_digest(session.identity, caller.identity):
@@ -409,19 +414,19 @@ class AccountService:
             "this session is expired, revoked or not yours: log in again",
         )
 
-    def _authenticate(self, caller: Caller, token: bytes) -> wire.Response:
-        found = self._session_of(caller, token)
+    async def _authenticate(self, caller: Caller, token: bytes) -> wire.Response:
+        found = await self._session_of(caller, token)
         if found is None:
             return self._bad_token()
         return wire.SessionInfo(found[1].expires_ms)
 
     async def _logout(self, caller: Caller, token: bytes) -> wire.Response:
-        found = self._session_of(caller, token)
+        found = await self._session_of(caller, token)
         if found is None:
             return self._bad_token()
         hashed, store = found[0], self._store
         try:
-            await self._run(lambda: store.revoke(hashed))
+            await store.revoke(hashed)
         except StorageError:
             return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not revoke the session")
         self.counters["logouts"] += 1
@@ -429,7 +434,7 @@ class AccountService:
 
     async def purge_expired(self) -> int:
         store, now_ms = self._store, self._wall_ms()
-        return await self._run(lambda: store.purge_expired(now_ms))
+        return await store.purge_expired(now_ms)
 
     @property
     def pending_logins(self) -> int:

@@ -23,16 +23,25 @@ from node.core.errors import NodeError
 from node.core.identity import fingerprint
 from node.transport.runtime import RealRuntime
 from relay.config import (
+    DB_KEY_ENV,
+    DSN_ENV,
     PRODUCTION_ENV,
     ConfigError,
+    FileSettings,
     env_name,
+    load_config,
     load_settings,
     production_problems,
+    store_settings,
 )
 from relay.logging_setup import configure_logging
 from relay.metrics import MAX_REQUEST_HEAD, RelayMetrics
+from relay.migrations import SCHEMA_VERSION, migrate_pg
 from relay.server import Relay, RelayConfig
 from relay.status import read_status, status_lines
+from relay.store import open_sqlite
+from relay.store_move import move_sqlite_to_pg
+from relay.store_pg import connect_pg
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +115,10 @@ def run_command(
     where = data_dir or file.data_dir or Path(DEFAULT_DATA_DIR)
     if where.exists() and not where.is_dir():
         raise ConfigError(f"the relay's data directory {where} is not a directory")
+    limits = store_settings(file.limits, dict(os.environ))
     if file.production:
         problems = production_problems(
-            file.limits, where, allow_open_accounts=file.op("allow_open_accounts")
+            limits, where, allow_open_accounts=file.op("allow_open_accounts")
         )
         if problems:
             raise ConfigError(
@@ -119,7 +129,7 @@ def run_command(
     if metrics_text:
         source = "--metrics-listen" if metrics_listen is not None else None
         metrics_at = _address(metrics_text, source or _source(config_path, "metrics_listen"))
-    config = RelayConfig(host=host, port=port, data_dir=where, passphrase=passphrase, **file.limits)
+    config = RelayConfig(host=host, port=port, data_dir=where, passphrase=passphrase, **limits)
     asyncio.run(_serve(config, as_json, metrics_at, float(file.op("shutdown_grace_s"))))
 
 
@@ -275,3 +285,78 @@ async def _serve_metrics(
             writer.close()
 
     return await asyncio.start_server(scrape, at[0], at[1], limit=MAX_REQUEST_HEAD)
+
+
+@relay_group.command("migrate")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The relay's TOML file: its store, dsn and data_dir.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The embedded store's directory [./relay-data].",
+)
+@click.option(
+    "--from-sqlite",
+    "from_sqlite",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Move this embedded store (a data directory or its mailboxes.sqlite3) into the"
+    f" PostgreSQL store named by dsn / ${DSN_ENV}.",
+)
+def migrate_command(
+    config_path: Path | None, data_dir: Path | None, from_sqlite: Path | None
+) -> None:
+    """Bring the relay's store to this version's schema, or move a SQLite store to PostgreSQL.
+
+    Run it with the relays stopped. An embedded store's key comes from db_key or
+    $QUICNPROTOCHAT_RELAY_DB_KEY.
+    """
+    file = load_config(config_path) if config_path is not None else FileSettings()
+    settings = dict(file.limits)
+    if os.environ.get(DSN_ENV):
+        settings["dsn"] = os.environ[DSN_ENV]
+    if os.environ.get(DB_KEY_ENV):
+        settings["db_key"] = os.environ[DB_KEY_ENV]
+    key_text = settings.pop("db_key", "")
+    # A dsn (or --from-sqlite) with no store named means PostgreSQL: there is nothing else
+    # it could mean.
+    wants_pg = from_sqlite is not None or bool(settings.get("dsn"))
+    store = settings.get("store", "postgresql" if wants_pg else "sqlite")
+    probe = RelayConfig(host="", port=0, data_dir=Path(), passphrase=b"", db_key=key_text)
+    key = probe.raw_db_key()
+    if from_sqlite is not None or store == "postgresql":
+        dsn = settings.get("dsn")
+        if not dsn:
+            raise ConfigError(f"relay migrate to PostgreSQL needs dsn (or ${DSN_ENV})")
+        asyncio.run(_migrate_pg(dsn, from_sqlite, key))
+        return
+    where = data_dir or file.data_dir or Path(DEFAULT_DATA_DIR)
+    if not where.is_dir():
+        raise ConfigError(f"the relay's data directory {where} does not exist")
+    for name, part in (("mailboxes.sqlite3", "mailboxes"), ("accounts.sqlite3", "accounts")):
+        path = where / name
+        if path.exists():
+            db = open_sqlite(path, key, part)  # type: ignore[arg-type]
+            db.close()
+            print(f"{path}: schema version {SCHEMA_VERSION}")
+
+
+async def _migrate_pg(dsn: str, from_sqlite: Path | None, key: bytes | None) -> None:
+    conn = await connect_pg(dsn)
+    try:
+        if from_sqlite is None:
+            before, after = await migrate_pg(conn)
+            print(f"PostgreSQL store: schema version {before} -> {after}")
+            return
+        report = await move_sqlite_to_pg(conn, from_sqlite, key)
+    finally:
+        await conn.close()
+    print(
+        f"moved {report.envelopes} envelopes in {report.mailboxes} mailboxes,"
+        f" {report.accounts} accounts and {report.sessions} sessions to PostgreSQL"
+    )

@@ -25,19 +25,28 @@ from node.core.errors import NodeError
 from relay.accounts import MODES
 from relay.server import RelayConfig
 
+STORES = ("sqlite", "postgresql")
+DSN_ENV = "QUICNPROTOCHAT_RELAY_DSN"
+DB_KEY_ENV = "QUICNPROTOCHAT_RELAY_DB_KEY"
+
 __all__ = [
     "CHOICES",
+    "DB_KEY_ENV",
+    "DSN_ENV",
     "ENV_PREFIX",
     "LIMIT_KEYS",
     "OPS_DEFAULTS",
     "PRODUCTION_ENV",
+    "STORES",
     "ConfigError",
     "FileSettings",
+    "check_store",
     "env_name",
     "limit_settings",
     "load_config",
     "load_settings",
     "production_problems",
+    "store_settings",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # a relay.toml is a few dozen lines
@@ -65,7 +74,11 @@ OPS_DEFAULTS: dict[str, Any] = {
     "allow_open_accounts": False,
 }
 # Keys whose value is one word of a fixed set.
-CHOICES: dict[str, tuple[str, ...]] = {"accounts": MODES, "log_format": ("text", "json")}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "accounts": MODES,
+    "log_format": ("text", "json"),
+    "store": STORES,
+}
 
 
 class ConfigError(NodeError):
@@ -217,6 +230,10 @@ def _checked(key: str, value: Any, default: Any, source: str) -> Any:
             allowed = " or ".join(f'"{c}"' for c in CHOICES[key])
             raise ConfigError(f"{source}: {key} must be {allowed} (got {value!r})")
         return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false")
@@ -252,7 +269,9 @@ def production_problems(
     :param settings: the relay.toml keys in force (file and environment).
     """
     problems = []
-    if not settings.get("db_key"):
+    # PostgreSQL's data is the database server's to encrypt (its disk); db_key keys the
+    # embedded store only.
+    if settings.get("store", "sqlite") == "sqlite" and not settings.get("db_key"):
         problems.append(
             f"the mailbox store would not be encrypted: set db_key (or ${env_name('db_key')})"
         )
@@ -274,3 +293,37 @@ def production_problems(
             "allow_open_accounts = true"
         )
     return problems
+
+
+def store_settings(limits: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """``limits`` with ``dsn`` and ``db_key`` taken from the environment where it sets them
+    (the environment wins, so a secret need not sit in the file), then checked together."""
+    out = dict(limits)
+    if environ.get(DSN_ENV):
+        out["dsn"] = environ[DSN_ENV]
+    if environ.get(DB_KEY_ENV):
+        out["db_key"] = environ[DB_KEY_ENV]
+    check_store(out)
+    return out
+
+
+def check_store(settings: dict[str, Any]) -> None:
+    """Refuse a store choice that cannot work, naming the key."""
+    store = settings.get("store", "sqlite")
+    if store == "postgresql" and not settings.get("dsn"):
+        raise ConfigError(f'store = "postgresql" needs dsn (or ${DSN_ENV})')
+    if store == "postgresql" and settings.get("db_key"):
+        raise ConfigError(
+            'db_key keys the embedded store; with store = "postgresql" encrypt the database'
+            " server's disk instead (docs/operations.md)"
+        )
+    if store == "sqlite" and settings.get("dsn"):
+        raise ConfigError('dsn is set but store is "sqlite": set store = "postgresql"')
+    key = settings.get("db_key", "")
+    if key:
+        try:
+            raw = bytes.fromhex(key)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(f"db_key (or ${DB_KEY_ENV}) must be 64 hex digits")

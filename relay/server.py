@@ -21,6 +21,8 @@ from relay.directory_store import DirectoryQuotas, DirectoryStore
 from relay.service import RelayService, ServiceLimits
 from relay.store import MailboxStore, StoreQuotas
 from relay.store_accounts import AccountStore
+from relay.store_api import AccountBackend, MailboxBackend, SqliteAccounts, SqliteMailboxes
+from relay.store_pg import PgStore
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,13 @@ class RelayConfig:
     lookup_burst: int = 20
     publishes_per_minute: float = 10.0
     publish_burst: int = 10
+    # Storage: "sqlite" (embedded; SQLCipher when db_key is set) or "postgresql" (several relay
+    # processes share one service; dsn names the database).
+    store: str = "sqlite"
+    dsn: str = ""
+    db_key: str = ""  # 64 hex digits: the raw SQLCipher key of the embedded store
+    pg_pool_size: int = 8
+    pg_timeout_s: float = 5.0
 
     def endpoint_config(self) -> EndpointConfig:
         return EndpointConfig(
@@ -149,6 +158,18 @@ class RelayConfig:
             max_age_ms=int(self.key_package_max_age_s * 1000),
         )
 
+    def raw_db_key(self) -> bytes | None:
+        """The embedded store's SQLCipher key, or None for a plain store."""
+        if not self.db_key:
+            return None
+        try:
+            key = bytes.fromhex(self.db_key)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise StorageError("db_key must be 64 hex digits (a raw 32-byte key)")
+        return key
+
     def store_quotas(self) -> StoreQuotas:
         return StoreQuotas(
             max_per_mailbox=self.max_per_mailbox,
@@ -172,8 +193,9 @@ class Relay:
     def __init__(self, config: RelayConfig, runtime: Runtime) -> None:
         self.config = config
         self._runtime = runtime
-        self._store: MailboxStore | None = None
-        self._accounts_store: AccountStore | None = None
+        self._store: MailboxBackend | None = None
+        self._accounts_store: AccountBackend | None = None
+        self._pg: PgStore | None = None
         self._accounts: AccountService | None = None
         self._directory_store: DirectoryStore | None = None
         self._directory: DirectoryService | None = None
@@ -197,13 +219,32 @@ class Relay:
             cfg.data_dir / "relay.key", cfg.passphrase, self._runtime
         )
         quotas = cfg.store_quotas()
-        store = await run(lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", quotas=quotas))
-        self._store = store
         limits = cfg.account_limits()
         setup = await load_or_create_setup(cfg.data_dir / SETUP_FILE, cfg.passphrase, self._runtime)
-        accounts_store = await run(
-            lambda: AccountStore(cfg.data_dir / "accounts.sqlite3", cfg.max_accounts)
-        )
+        store: MailboxBackend
+        accounts_store: AccountBackend
+        if cfg.store == "postgresql":
+            self._pg = pg = await PgStore.open(
+                cfg.dsn,
+                self._runtime,
+                quotas,
+                cfg.max_accounts,
+                pool_size=cfg.pg_pool_size,
+                call_timeout=cfg.pg_timeout_s,
+            )
+            store, accounts_store = pg.mailboxes, pg.accounts
+        else:
+            key = cfg.raw_db_key()
+            mailboxes = await run(
+                lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", quotas=quotas, key=key)
+            )
+            store = SqliteMailboxes(mailboxes, self._runtime)
+            self._store = store
+            sqlite_accounts = await run(
+                lambda: AccountStore(cfg.data_dir / "accounts.sqlite3", cfg.max_accounts, key=key)
+            )
+            accounts_store = SqliteAccounts(sqlite_accounts, self._runtime)
+        self._store = store
         self._accounts_store = accounts_store
         accounts = AccountService(accounts_store, setup, self._runtime, limits, self.counters)
         self._accounts = accounts
@@ -281,13 +322,17 @@ class Relay:
             self._purger = None
         if self._endpoint is not None:
             await self._endpoint.close()
+        if self._pg is not None:
+            pg, self._pg = self._pg, None
+            self._store = self._accounts_store = self._accounts = None
+            await pg.close()
         if self._store is not None:
             store, self._store = self._store, None
-            await self._runtime.run_blocking(store.close)
+            await store.close()
         if self._accounts_store is not None:
             accounts_store, self._accounts_store = self._accounts_store, None
             self._accounts = None
-            await self._runtime.run_blocking(accounts_store.close)
+            await accounts_store.close()
         if self._directory_store is not None:
             directory_store, self._directory_store = self._directory_store, None
             self._directory = None

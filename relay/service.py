@@ -1,7 +1,9 @@
 """The relay's Delivery service: the same calls a node serves, plus a mailbox for each identity.
 
-Pure request → response logic over a :class:`MailboxStore`; blocking store calls and the clock
-come from the :class:`~node.core.runtime.Runtime` it is given, so the simulator can drive it.
+Pure request → response logic over a :class:`~relay.store_api.MailboxBackend` (the embedded
+SQLite store or PostgreSQL); blocking work and the clock come from the
+:class:`~node.core.runtime.Runtime` it is given, so the simulator can drive it. While the
+database is unreachable every mailbox call is refused with ``BUSY`` and nothing is stored.
 
 Every call is first charged to its caller's token bucket; ``deliver`` is also charged per
 (caller, recipient mailbox) in envelopes and per caller in mailboxes it opens, so that no
@@ -38,6 +40,7 @@ from relay.store import (
     StoreFullError,
     TooManyMailboxesError,
 )
+from relay.store_api import MailboxBackend, SqliteMailboxes, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class RelayService:
 
     def __init__(
         self,
-        store: MailboxStore,
+        store: MailboxStore | MailboxBackend,
         runtime: Runtime,
         max_frame: int,
         limits: ServiceLimits | None = None,
@@ -109,7 +112,9 @@ class RelayService:
         accounts: AccountService | None = None,
         directory: DirectoryService | None = None,
     ) -> None:
-        self._store = store
+        self._store: MailboxBackend = (
+            SqliteMailboxes(store, runtime) if isinstance(store, MailboxStore) else store
+        )
         self.accounts = accounts
         self.directory = directory
         self.limits = limits = limits or ServiceLimits()
@@ -140,6 +145,25 @@ class RelayService:
         self.in_flight = 0
         self._draining = False
         self._drained: asyncio.Event | None = None
+        # Arrivals through other relay processes sharing the store (PostgreSQL NOTIFY).
+        self._store.on_arrival(self._wake)
+
+    @property
+    def store(self) -> MailboxBackend:
+        return self._store
+
+    def _wake(self, mailbox: bytes | None) -> None:
+        if mailbox is None:
+            self.wake_all()
+            return
+        for arrival in self._waiters.get(mailbox, ()):
+            if not arrival.done():
+                arrival.set_result(None)
+
+    def wake_all(self) -> None:
+        """Wake every long poll (the store may have missed arrivals, say while reconnecting)."""
+        for waiting in list(self._waiters):
+            self._wake(waiting)
 
     def _refuse(self, trigger: str, code: ErrorCode, message: str) -> wire.ErrorResult:
         self.counters[trigger] += 1
@@ -204,13 +228,23 @@ class RelayService:
         if (
             accounts is not None
             and isinstance(request, _MAILBOX_CALLS)
-            and not accounts.may_use_mailboxes(caller.identity)
+            and not await accounts.may_use_mailboxes(caller.identity)
         ):
             return accounts.unauthenticated()
         if isinstance(request, DIRECTORY_CALLS):
             if self.directory is None:
                 return wire.ErrorResult(ErrorCode.NOT_FOUND, "this relay has no directory")
             return await self.directory.handle(caller, request)
+        try:
+            return await self._mailbox_call(caller, request)
+        except StoreUnavailableError:
+            return self._refuse(
+                "refused_store_unavailable",
+                ErrorCode.BUSY,
+                "the relay's database is unreachable: retry later",
+            )
+
+    async def _mailbox_call(self, caller: Caller, request: wire.Request) -> wire.Response:
         match request:
             case wire.Deliver(envelopes):
                 return await self._deliver(caller, envelopes)
@@ -235,7 +269,7 @@ class RelayService:
                     return self._refuse(
                         "refused_ack_ids", ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_ACK_IDS} ids"
                     )
-                removed = await self._run(lambda: self._store.ack(mailbox, ids))
+                removed = await self._store.ack(mailbox, ids)
                 return wire.AckResult(removed)
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
 
@@ -263,10 +297,8 @@ class RelayService:
         budget = self._fetch_budget
         skip_over = self._fetch_budget - _ENVELOPE_OVERHEAD
         not_before = self._not_before_ms()
-        batch = await self._run(
-            lambda: self._store.fetch(
-                mailbox, cursor, limit, budget, not_before_ms=not_before, skip_over=skip_over
-            )
+        batch = await self._store.fetch(
+            mailbox, cursor, limit, budget, not_before_ms=not_before, skip_over=skip_over
         )
         if batch.skipped:
             self.counters["fetch_skipped_oversized"] += batch.skipped
@@ -322,19 +354,19 @@ class RelayService:
         wall = self._clock_ms()
         not_before = wall - self.limits.envelope_ttl_ms
         try:
-            put = await self._run(
-                lambda: self._store.put(
-                    envelopes,
-                    wall,
-                    new_mailbox_allowance=allowance,
-                    not_before_ms=not_before,
-                    in_use=in_use,
-                )
+            put = await self._store.put(
+                envelopes,
+                wall,
+                new_mailbox_allowance=allowance,
+                not_before_ms=not_before,
+                in_use=in_use,
             )
         except QuotaError as exc:
             return self._refuse(
                 exc.trigger, _CODES.get(type(exc), ErrorCode.LIMIT_EXCEEDED), str(exc)
             )
+        except StoreUnavailableError:
+            raise
         except StorageError:
             return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store the envelopes")
         for mailbox, n in per_mailbox.items():
@@ -342,16 +374,14 @@ class RelayService:
         if put.new_mailboxes:
             self._new_mailboxes.take(caller.identity, now, put.new_mailboxes)
         self.counters["envelopes_in"] += len(envelopes)
-        for env in envelopes:
-            for arrival in self._waiters.get(env.recipient, ()):
-                if not arrival.done():
-                    arrival.set_result(None)
+        for mailbox in per_mailbox:
+            self._wake(mailbox)
         return wire.DeliverResult(tuple(put.ids))
 
     async def purge_expired(self) -> int:
         """Delete every expired envelope now; return how many went."""
         not_before = self._not_before_ms()
-        return await self._run(lambda: self._store.purge_expired(not_before))
+        return await self._store.purge_expired(not_before)
 
     @staticmethod
     def _owns(caller: bytes, mailbox: bytes) -> bool:

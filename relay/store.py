@@ -16,22 +16,93 @@ import sqlite3
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import sqlcipher3
 
 from node.core import wire
 from node.core.errors import StorageError
+from relay.migrations import SqlitePart, migrate_sqlite
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS envelopes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    mailbox BLOB NOT NULL,
-    id BLOB NOT NULL,
-    body BLOB NOT NULL,
-    stored_at_ms INTEGER NOT NULL,
-    UNIQUE (mailbox, id)
-);
-CREATE INDEX IF NOT EXISTS envelopes_by_mailbox ON envelopes (mailbox, seq);
-CREATE INDEX IF NOT EXISTS envelopes_by_age ON envelopes (stored_at_ms);
-"""
+# Either library's errors: a keyed store is opened with sqlcipher3, a plain one with sqlite3
+# (one library per file: two SQLite libraries in one process must not share a file).
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, sqlcipher3.Error)
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, sqlcipher3.IntegrityError)
+_PLAIN_HEADER = b"SQLite format 3\x00"
+
+
+class WrongDbKeyError(StorageError):
+    """The relay's store does not open with the configured ``db_key``."""
+
+
+def open_sqlite(path: Path, key: bytes | None, part: SqlitePart) -> Any:
+    """Open (creating 0600) and migrate one relay SQLite file; with ``key`` (32 raw bytes) it is
+    SQLCipher, and a plain file from before the key was set is encrypted in place first."""
+    if not path.exists():
+        # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    elif key is not None and _is_plain(path):
+        _encrypt_plain(path, key)
+    try:
+        if key is None:
+            db: Any = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        else:
+            db = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)
+            # A wrong key would otherwise print "ERROR CORE" to stderr.
+            db.execute("PRAGMA cipher_log_level = NONE")
+            db.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+            try:
+                # PRAGMA key never fails; the first real read tells a wrong key.
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlcipher3.DatabaseError:
+                db.close()
+                raise WrongDbKeyError(
+                    f"{path} does not open with the configured db_key (wrong key, or damaged)"
+                ) from None
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+    except DB_ERRORS as exc:
+        raise StorageError(f"cannot open the relay store at {path}: {exc}") from exc
+    migrate_sqlite(db, part, str(path), DB_ERRORS)
+    return db
+
+
+def _is_plain(path: Path) -> bool:
+    with path.open("rb") as file:
+        header = file.read(len(_PLAIN_HEADER))
+    return header == _PLAIN_HEADER
+
+
+def _encrypt_plain(path: Path, key: bytes) -> None:
+    """Copy a plain file into a new SQLCipher one (``sqlcipher_export``) and move it over the
+    old: a crash leaves either the plain file or the encrypted one, never half of each."""
+    tmp = path.with_name(path.name + ".encrypting")
+    tmp.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm"):
+        path.with_name(tmp.name + suffix).unlink(missing_ok=True)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        db = sqlcipher3.connect(str(path), isolation_level=None)
+        try:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            db.execute("ATTACH DATABASE ? AS encrypted KEY ?", (str(tmp), f"x'{key.hex()}'"))
+            db.execute("SELECT sqlcipher_export('encrypted')")
+            # sqlcipher_export does not copy the version.
+            db.execute(f"PRAGMA encrypted.user_version = {int(version):d}")
+            db.execute("DETACH DATABASE encrypted")
+        finally:
+            db.close()
+    except sqlcipher3.Error as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot encrypt the plain relay store {path}: {exc}") from exc
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 # Bytes an envelope costs inside a FetchResult beyond its standalone encoding (list element and
@@ -96,34 +167,59 @@ class PutResult:
     new_mailboxes: int  # mailboxes the call opened that are not in ``in_use`` (charged to it)
 
 
+def batch_of(
+    rows: Iterable[tuple[int, bytes]], cursor: int, max_bytes: int, skip_over: int | None
+) -> StoredBatch:
+    """The fetch answer for ``rows`` (seq, body), oldest first: past the first envelope no more
+    than ``max_bytes``; one larger than ``skip_over`` is passed over and counted."""
+    taken: list[wire.Envelope] = []
+    size = 0
+    last = cursor
+    skipped = 0
+    for seq, body in rows:
+        if skip_over is not None and len(body) > skip_over:
+            skipped += 1
+            last = seq
+            continue
+        size += len(body) + _LIST_OVERHEAD
+        if taken and size > max_bytes:
+            break
+        taken.append(wire.decode_envelope(bytes(body)))
+        last = seq
+    return StoredBatch(tuple(taken), last, skipped)
+
+
 class MailboxStore:
     """Envelopes by mailbox, in arrival order, until the owner acknowledges them or they
     expire."""
 
     def __init__(
-        self, path: Path, max_per_mailbox: int = 10_000, quotas: StoreQuotas | None = None
+        self,
+        path: Path,
+        max_per_mailbox: int = 10_000,
+        quotas: StoreQuotas | None = None,
+        *,
+        key: bytes | None = None,
     ) -> None:
         self._quotas = quotas or StoreQuotas(max_per_mailbox=max_per_mailbox)
         # mailbox -> [envelopes, bytes], and the sums over all mailboxes.
         self._usage: dict[bytes, list[int]] = {}
         self.total_bytes = 0
         self.expired_purged = 0
-        if not path.exists():
-            # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._db = open_sqlite(path, key, "mailboxes")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.executescript(_SCHEMA)
             rows = self._db.execute(
                 "SELECT mailbox, COUNT(*), SUM(LENGTH(body)) FROM envelopes GROUP BY mailbox"
             ).fetchall()
-        except sqlite3.Error as exc:
+            found = self._db.execute(
+                "SELECT value FROM counters WHERE name = 'envelopes_expired'"
+            ).fetchone()
+        except DB_ERRORS as exc:
             raise StorageError(f"cannot open the relay store at {path}: {exc}") from exc
         for mailbox, count, size in rows:
             self._usage[bytes(mailbox)] = [int(count), int(size)]
             self.total_bytes += int(size)
+        self.expired_purged = 0 if found is None else int(found[0])
 
     @property
     def mailboxes(self) -> int:
@@ -195,13 +291,22 @@ class MailboxStore:
                 new = sum(1 for m in opened if m not in in_use)
                 if new_mailbox_allowance is not None and new > new_mailbox_allowance:
                     raise NewMailboxLimitError("too many new mailboxes from this caller")
-        except sqlite3.Error as exc:
+                if purged:
+                    self._add_counter("envelopes_expired", purged)
+        except DB_ERRORS as exc:
             raise StorageError(f"relay store write failed: {exc}") from exc
         for mailbox, usage in changed.items():
             self._set_usage(mailbox, usage)
         self.total_bytes = total
         self.expired_purged += purged
         return PutResult([env.id for env in envelopes], new)
+
+    def _add_counter(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
 
     def _set_usage(self, mailbox: bytes, usage: list[int]) -> None:
         if usage[0] <= 0:
@@ -232,7 +337,10 @@ class MailboxStore:
                     (not_before_ms,),
                 ).fetchall()
                 self._db.execute("DELETE FROM envelopes WHERE stored_at_ms < ?", (not_before_ms,))
-        except sqlite3.Error as exc:
+                removed = sum(int(count) for _, count, _ in rows)
+                if removed:
+                    self._add_counter("envelopes_expired", removed)
+        except DB_ERRORS as exc:
             raise StorageError(f"relay store purge failed: {exc}") from exc
         removed = 0
         for mailbox, count, size in rows:
@@ -263,21 +371,7 @@ class MailboxStore:
             " ORDER BY seq LIMIT ?",
             (mailbox, cursor, -(1 << 62) if not_before_ms is None else not_before_ms, limit),
         ).fetchall()
-        taken: list[wire.Envelope] = []
-        size = 0
-        last = cursor
-        skipped = 0
-        for seq, body in rows:
-            if skip_over is not None and len(body) > skip_over:
-                skipped += 1
-                last = seq
-                continue
-            size += len(body) + _LIST_OVERHEAD
-            if taken and size > max_bytes:
-                break
-            taken.append(wire.decode_envelope(body))
-            last = seq
-        return StoredBatch(tuple(taken), last, skipped)
+        return batch_of(rows, cursor, max_bytes, skip_over)
 
     def ack(self, mailbox: bytes, ids: Iterable[bytes]) -> int:
         removed = 0

@@ -15,33 +15,15 @@ no query. All calls are blocking: the service runs them on its executor.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node.core.errors import StorageError
+from relay.migrations import MIGRATIONS, SCHEMA_VERSION
+from relay.store import DB_ERRORS, INTEGRITY_ERRORS, open_sqlite
 
-SCHEMA_VERSION = 1
-# MIGRATIONS[v] takes a store at version v to v + 1.
-MIGRATIONS: dict[int, str] = {
-    0: """
-    CREATE TABLE accounts (
-        username TEXT PRIMARY KEY,
-        record BLOB NOT NULL,
-        created_ms INTEGER NOT NULL
-    );
-    CREATE TABLE sessions (
-        token_hash BLOB PRIMARY KEY,
-        username TEXT NOT NULL REFERENCES accounts (username),
-        identity BLOB NOT NULL,
-        created_ms INTEGER NOT NULL,
-        expires_ms INTEGER NOT NULL
-    );
-    CREATE INDEX sessions_by_username ON sessions (username, created_ms);
-    CREATE INDEX sessions_by_expiry ON sessions (expires_ms);
-    """,
-}
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "AccountStore", "Session", "UsernameTakenError"]
 
 
 class UsernameTakenError(StorageError):
@@ -62,46 +44,22 @@ class Session:
 class AccountStore:
     """Accounts by username, and the sessions their logins opened."""
 
-    def __init__(self, path: Path, max_accounts: int = 1_000_000) -> None:
+    def __init__(
+        self, path: Path, max_accounts: int = 1_000_000, *, key: bytes | None = None
+    ) -> None:
         self._max_accounts = max_accounts
         self._sessions: dict[bytes, Session] = {}  # token hash -> session
         self._by_identity: dict[bytes, set[bytes]] = {}  # identity -> token hashes
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._db = open_sqlite(path, key, "accounts")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._migrate()
             (self.accounts,) = self._db.execute("SELECT COUNT(*) FROM accounts").fetchone()
             rows = self._db.execute(
                 "SELECT token_hash, username, identity, expires_ms FROM sessions"
             ).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"cannot open the relay account store at {path}: {exc}") from exc
         for token_hash, username, identity, expires_ms in rows:
             self._remember(bytes(token_hash), Session(username, bytes(identity), expires_ms))
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"the account store is of version {version}, newer than this relay knows"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-            # PRAGMA takes no parameters; the value is our own integer.
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     @property
     def schema_version(self) -> int:
@@ -135,9 +93,9 @@ class AccountStore:
                 "INSERT INTO accounts (username, record, created_ms) VALUES (?, ?, ?)",
                 (username, record, now_ms),
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise UsernameTakenError(f"{username} is already registered") from None
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay account store write failed: {exc}") from exc
         self.accounts += 1
 
@@ -163,7 +121,7 @@ class AccountStore:
                 dropped = [bytes(row[0]) for row in old]
                 for gone in dropped:
                     self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (gone,))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay account store write failed: {exc}") from exc
         for gone in dropped:
             self._forget(gone)
@@ -176,7 +134,7 @@ class AccountStore:
     def revoke(self, token_hash: bytes) -> bool:
         try:
             self._db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay account store write failed: {exc}") from exc
         return self._forget(token_hash)
 
@@ -190,7 +148,7 @@ class AccountStore:
             rows = self._db.execute(
                 "DELETE FROM sessions WHERE expires_ms <= ? RETURNING token_hash", (now_ms,)
             ).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay account store purge failed: {exc}") from exc
         for (token_hash,) in rows:
             self._forget(bytes(token_hash))
@@ -213,7 +171,7 @@ class AccountStore:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self._db = db
 
     def __enter__(self) -> None:

@@ -3,9 +3,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from node.core.identity import Identity
 from node.transport.connection import RequestHandler
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.runtime import RealRuntime
+from tests.pg_support import APT_HINT, PostgresServer, PostgresUnavailable, start_server
 from tests.runtime_support import Runtimes
 
 LOOPBACK = "127.0.0.1"
@@ -115,3 +118,30 @@ def relay_process(tmp_path: Path) -> Iterator[RelayProcess]:
         yield relay
     finally:
         relay.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the whole run; the tests that need it skip, saying
+    why, only when it cannot be started here."""
+    root = Path(tempfile.mkdtemp(prefix="qpc-pg-"))
+    try:
+        server = start_server(root)
+    except PostgresUnavailable as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"\nPostgreSQL tests skipped: {exc} (install it with: {APT_HINT})")
+        pytest.skip(f"PostgreSQL cannot be started: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_databases = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def pg_dsn(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres.create_database(f"qpc_test_{os.getpid()}_{next(_databases)}")

@@ -108,7 +108,12 @@ def node_options(func: F) -> F:
         ),
         passphrase_file_option,
         click.option("--listen", default="127.0.0.1:0", show_default=True, help="HOST:PORT (UDP)."),
-        click.option("--relay", "relay_address", default=None, help="Relay HOST:PORT (optional)."),
+        click.option(
+            "--relay",
+            "relay_address",
+            multiple=True,
+            help="Relay HOST:PORT (optional; repeat for more addresses of one relay service).",
+        ),
         click.option(
             "--relay-key", default=None, help="The relay's identity key (hex), to pin it."
         ),
@@ -158,7 +163,7 @@ def run_options(
     data_dir: Path,
     passphrase_file: Path | None,
     listen: str,
-    relay_address: str | None,
+    relay_address: tuple[str, ...] | str | None,
     relay_key: str | None,
     relay_user: str | None,
     peers: tuple[str, ...],
@@ -171,12 +176,18 @@ def run_options(
 ) -> RunOptions:
     """What :func:`node_options` parsed, checked: a bad value is a usage error naming its
     option; the passphrase is asked for last, once everything else is known to be right."""
+    addresses = (relay_address,) if isinstance(relay_address, str) else tuple(relay_address or ())
+    relay_address = addresses[0] if addresses else None
     if (relay_address is None) != (relay_key is None):
         raise click.UsageError("--relay and --relay-key go together")
     if relay_user is not None and relay_address is None:
         raise click.UsageError("--relay-user needs --relay and --relay-key")
     relay = (
-        RelayInfo(parse_address(relay_address, "--relay"), parse_key(relay_key, "--relay-key"))
+        RelayInfo(
+            parse_address(relay_address, "--relay"),
+            parse_key(relay_key, "--relay-key"),
+            tuple(parse_address(more, "--relay") for more in addresses[1:]),
+        )
         if relay_address is not None and relay_key is not None
         else None
     )

@@ -52,6 +52,9 @@ class Path(enum.Enum):
 class RelayInfo:
     address: Address
     identity: bytes
+    # More addresses of the same relay service (several processes, one identity key): tried in
+    # turn when one fails, the one that last answered first.
+    alternates: tuple[Address, ...] = ()
 
 
 class Router:
@@ -86,6 +89,8 @@ class Router:
         # Peers whose direct path just failed: skip straight to the relay until this loop time,
         # so a vanished peer costs one deadline, not one per message.
         self._unreachable_until: dict[bytes, float] = {}
+        # Per relay identity, the address that answered last.
+        self._relay_answered: dict[bytes, Address] = {}
 
     def peer_alive(self, identity: bytes) -> None:
         """The peer just reached us: its direct path is worth trying again."""
@@ -116,12 +121,11 @@ class Router:
                 f"{self._contacts.name(recipient)} is unreachable and no relay is configured"
             )
         try:
-            conn = await self._endpoint.dial(relay.address, relay.identity, self._relay_deadline)
-            _check_accepted(
-                await conn.call(wire.Deliver((envelope,)), self._relay_deadline), envelope
+            response = await self._call_relay_at(
+                relay, wire.Deliver((envelope,)), self._relay_deadline, self._relay_deadline
             )
+            _check_accepted(response, envelope)
         except NodeError as exc:
-            self._endpoint.drop(relay.address, relay.identity)
             raise RelayError(f"the relay did not take the message: {exc}") from exc
         return Path.RELAY
 
@@ -198,14 +202,46 @@ class Router:
         if self.relay is None:
             raise RelayError("no relay is configured")
         try:
-            conn = await self._endpoint.dial(self.relay.address, self.relay.identity)
-            response = await conn.call(request, deadline or self._relay_deadline)
+            response = await self._call_relay_at(
+                self.relay, request, None, deadline or self._relay_deadline
+            )
         except NodeError as exc:
-            self._endpoint.drop(self.relay.address, self.relay.identity)
             raise RelayError(f"the relay is unreachable: {exc}") from exc
         if isinstance(response, wire.ErrorResult):
             raise RelayError(f"the relay refused: {response.message}")
         return response
+
+    async def _call_relay_at(
+        self,
+        relay: RelayInfo,
+        request: wire.Request,
+        dial_deadline: float | None,
+        deadline: float,
+    ) -> wire.Response:
+        """Call the relay at each of its addresses in turn until one answers. A call that timed
+        out may still have been served: retrying it elsewhere is safe, since every relay call
+        is idempotent (envelopes are stored once by id, acks remove once)."""
+        addresses = [relay.address, *relay.alternates]
+        answered = self._relay_answered.get(relay.identity)
+        if answered in addresses:
+            addresses.remove(answered)
+            addresses.insert(0, answered)
+        failure: NodeError | None = None
+        for address in addresses:
+            try:
+                if dial_deadline is None:
+                    conn = await self._endpoint.dial(address, relay.identity)
+                else:
+                    conn = await self._endpoint.dial(address, relay.identity, dial_deadline)
+                response = await conn.call(request, deadline)
+            except NodeError as exc:
+                self._endpoint.drop(address, relay.identity)
+                failure = exc
+                continue
+            self._relay_answered[relay.identity] = address
+            return response
+        assert failure is not None  # at least one address was tried
+        raise failure
 
     async def call_peer(self, peer: bytes, request: wire.Request) -> wire.Response:
         """Call the peer itself (no relay): used for its own KeyPackage, say."""

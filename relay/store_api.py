@@ -1,0 +1,241 @@
+"""What the relay service needs of a store, whichever engine holds it.
+
+Two backends implement these protocols: the embedded SQLite/SQLCipher files
+(:class:`SqliteMailboxes` and :class:`SqliteAccounts` below, which run the blocking stores of
+``relay/store.py`` and ``relay/store_accounts.py`` on the runtime's executor) and PostgreSQL
+(``relay/store_pg.py``), which several relay processes share. Every call is async, so the
+service never knows which one it has.
+
+Each write is committed before the call returns: an envelope the service acknowledges is
+durable. A store that cannot reach its database raises :class:`StoreUnavailableError`, and
+the write it was in is rolled back whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterable, Sequence
+from typing import Protocol
+
+from node.core import wire
+from node.core.errors import StorageError
+from node.core.runtime import Runtime
+from relay.store import MailboxStore, PutResult, StoredBatch
+from relay.store_accounts import AccountStore, Session
+
+__all__ = [
+    "AccountBackend",
+    "MailboxBackend",
+    "SqliteAccounts",
+    "SqliteMailboxes",
+    "StoreUnavailableError",
+]
+
+# Called with a mailbox that has news, or None when any mailbox may have (after a reconnect).
+ArrivalCallback = Callable[[bytes | None], None]
+
+
+class StoreUnavailableError(StorageError):
+    """The relay's database cannot be reached now; nothing of the call was stored."""
+
+
+class MailboxBackend(Protocol):
+    """Envelopes by mailbox, with quotas, expiry and arrival wake-ups."""
+
+    @property
+    def mailboxes(self) -> int: ...
+
+    @property
+    def total_bytes(self) -> int: ...
+
+    @property
+    def expired_purged(self) -> int: ...
+
+    async def put(
+        self,
+        envelopes: Sequence[wire.Envelope],
+        now_ms: int,
+        *,
+        new_mailbox_allowance: int | None = None,
+        not_before_ms: int | None = None,
+        in_use: Container[bytes] = frozenset(),
+    ) -> PutResult: ...
+
+    async def fetch(
+        self,
+        mailbox: bytes,
+        cursor: int,
+        limit: int,
+        max_bytes: int,
+        *,
+        not_before_ms: int | None = None,
+        skip_over: int | None = None,
+    ) -> StoredBatch: ...
+
+    async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int: ...
+
+    async def purge_expired(self, not_before_ms: int) -> int: ...
+
+    async def count(self, mailbox: bytes) -> int: ...
+
+    def on_arrival(self, callback: ArrivalCallback) -> None:
+        """Call ``callback(mailbox)`` when another relay process stores into ``mailbox``
+        (arrivals through this process are woken by the service itself)."""
+
+    async def close(self) -> None: ...
+
+
+class AccountBackend(Protocol):
+    """OPAQUE records by username, and session-token hashes."""
+
+    @property
+    def accounts(self) -> int: ...
+
+    @property
+    def sessions(self) -> int: ...
+
+    async def record(self, username: str) -> bytes | None: ...
+
+    async def exists(self, username: str) -> bool: ...
+
+    async def register(self, username: str, record: bytes, now_ms: int) -> None: ...
+
+    async def open_session(
+        self, token_hash: bytes, session: Session, now_ms: int, keep: int
+    ) -> list[bytes]: ...
+
+    async def session(self, token_hash: bytes) -> Session | None: ...
+
+    async def revoke(self, token_hash: bytes) -> bool: ...
+
+    async def has_live_session(self, identity: bytes, now_ms: int) -> bool: ...
+
+    async def purge_expired(self, now_ms: int) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteMailboxes:
+    """:class:`MailboxBackend` over the embedded :class:`MailboxStore` (one process)."""
+
+    def __init__(self, store: MailboxStore, runtime: Runtime) -> None:
+        self.store = store
+        self._run = runtime.run_blocking
+
+    @property
+    def mailboxes(self) -> int:
+        return self.store.mailboxes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.store.total_bytes
+
+    @property
+    def expired_purged(self) -> int:
+        return self.store.expired_purged
+
+    async def put(
+        self,
+        envelopes: Sequence[wire.Envelope],
+        now_ms: int,
+        *,
+        new_mailbox_allowance: int | None = None,
+        not_before_ms: int | None = None,
+        in_use: Container[bytes] = frozenset(),
+    ) -> PutResult:
+        store = self.store
+        return await self._run(
+            lambda: store.put(
+                envelopes,
+                now_ms,
+                new_mailbox_allowance=new_mailbox_allowance,
+                not_before_ms=not_before_ms,
+                in_use=in_use,
+            )
+        )
+
+    async def fetch(
+        self,
+        mailbox: bytes,
+        cursor: int,
+        limit: int,
+        max_bytes: int,
+        *,
+        not_before_ms: int | None = None,
+        skip_over: int | None = None,
+    ) -> StoredBatch:
+        store = self.store
+        return await self._run(
+            lambda: store.fetch(
+                mailbox, cursor, limit, max_bytes, not_before_ms=not_before_ms, skip_over=skip_over
+            )
+        )
+
+    async def ack(self, mailbox: bytes, ids: Iterable[bytes]) -> int:
+        store = self.store
+        return await self._run(lambda: store.ack(mailbox, ids))
+
+    async def purge_expired(self, not_before_ms: int) -> int:
+        store = self.store
+        return await self._run(lambda: store.purge_expired(not_before_ms))
+
+    async def count(self, mailbox: bytes) -> int:
+        store = self.store
+        return await self._run(lambda: store.count(mailbox))
+
+    def on_arrival(self, callback: ArrivalCallback) -> None:
+        """One process holds an embedded store: no other process stores into it."""
+
+    async def close(self) -> None:
+        await self._run(self.store.close)
+
+
+class SqliteAccounts:
+    """:class:`AccountBackend` over the embedded :class:`AccountStore` (one process); its
+    sessions are held in memory, so the per-call session check costs no thread hop."""
+
+    def __init__(self, store: AccountStore, runtime: Runtime) -> None:
+        self.store = store
+        self._run = runtime.run_blocking
+
+    @property
+    def accounts(self) -> int:
+        return int(self.store.accounts)
+
+    @property
+    def sessions(self) -> int:
+        return self.store.sessions
+
+    async def record(self, username: str) -> bytes | None:
+        store = self.store
+        return await self._run(lambda: store.record(username))
+
+    async def exists(self, username: str) -> bool:
+        store = self.store
+        return await self._run(lambda: store.exists(username))
+
+    async def register(self, username: str, record: bytes, now_ms: int) -> None:
+        store = self.store
+        await self._run(lambda: store.register(username, record, now_ms))
+
+    async def open_session(
+        self, token_hash: bytes, session: Session, now_ms: int, keep: int
+    ) -> list[bytes]:
+        store = self.store
+        return await self._run(lambda: store.open_session(token_hash, session, now_ms, keep))
+
+    async def session(self, token_hash: bytes) -> Session | None:
+        return self.store.session(token_hash)
+
+    async def revoke(self, token_hash: bytes) -> bool:
+        store = self.store
+        return await self._run(lambda: store.revoke(token_hash))
+
+    async def has_live_session(self, identity: bytes, now_ms: int) -> bool:
+        return self.store.has_live_session(identity, now_ms)
+
+    async def purge_expired(self, now_ms: int) -> int:
+        store = self.store
+        return await self._run(lambda: store.purge_expired(now_ms))
+
+    async def close(self) -> None:
+        await self._run(self.store.close)

@@ -1,0 +1,531 @@
+"""The relay's store on PostgreSQL (asyncpg), shared by several relay processes.
+
+Every process serves every mailbox and account, so nothing that decides a call lives only in
+one process's memory:
+
+- A write to a mailbox first row-locks that mailbox's ``mailbox_usage`` row (mailboxes of one
+  call in sorted order, so two writers never deadlock). The per-mailbox quotas are therefore
+  exact across processes, and the ``seq`` numbers of one mailbox are handed out in commit
+  order: a fetch cursor never steps over an envelope that commits later.
+- Lock order everywhere: mailbox rows (sorted), then envelopes, then ``store_usage`` shards
+  (sorted). The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
+  other processes can overshoot them by at most what those calls carry (docs/operations.md).
+- A stored envelope is announced with ``NOTIFY qpc_mail`` (sent at commit), which wakes long
+  polls in every process. Sessions are read from the database on every check, never cached.
+
+A call made while the database is unreachable raises :class:`StoreUnavailableError`; its
+transaction is rolled back by the server, so nothing is half-stored. The pool reconnects by
+itself on the next call once the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Container, Sequence
+from typing import Any
+
+import asyncpg
+
+from node.core import wire
+from node.core.errors import StorageError
+from node.core.runtime import Runtime
+from relay.migrations import check_pg
+from relay.store import (
+    MailboxBytesError,
+    MailboxFullError,
+    NewMailboxLimitError,
+    PutResult,
+    StoredBatch,
+    StoreFullError,
+    StoreQuotas,
+    TooManyMailboxesError,
+    batch_of,
+)
+from relay.store_accounts import Session, TooManyAccountsError, UsernameTakenError
+from relay.store_api import ArrivalCallback, StoreUnavailableError
+
+__all__ = ["PgAccounts", "PgMailboxes", "PgStore", "connect_pg"]
+
+log = logging.getLogger(__name__)
+
+MAIL_CHANNEL = "qpc_mail"
+_SHARDS = 16
+# Errors that mean "the database is not there now", as opposed to a query it refused.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+_LOCK_MAILBOX = """
+INSERT INTO mailbox_usage (mailbox, envelopes, bytes) VALUES ($1, 0, 0)
+ON CONFLICT (mailbox) DO UPDATE SET envelopes = mailbox_usage.envelopes
+RETURNING envelopes, bytes
+"""
+
+
+def _shard(mailbox: bytes) -> int:
+    return mailbox[0] % _SHARDS if mailbox else 0
+
+
+async def connect_pg(dsn: str, connect_timeout: float = 5.0) -> Any:
+    """One connection (for ``relay migrate``); an unreachable server is a one-line error."""
+    try:
+        return await asyncpg.connect(dsn, timeout=connect_timeout)
+    except UNAVAILABLE as exc:
+        raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"the PostgreSQL store refused the connection: {exc}") from None
+
+
+class PgStore:
+    """A pool for calls and one connection that LISTENs; :attr:`mailboxes` and
+    :attr:`accounts` are the two halves of the store interface."""
+
+    def __init__(self, dsn: str, pool: Any, timeout: float) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._timeout = timeout
+        self.mailboxes = PgMailboxes(self)
+        self.accounts = PgAccounts(self)
+        self._listener: Any = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        runtime: Runtime,
+        quotas: StoreQuotas,
+        max_accounts: int,
+        *,
+        pool_size: int = 8,
+        call_timeout: float = 5.0,
+    ) -> PgStore:
+        """Connect, refuse a schema this relay cannot use, and start listening."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                timeout=call_timeout,
+                command_timeout=call_timeout * 2,
+            )
+        except UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"the PostgreSQL store refused the connection: {exc}") from None
+        store = cls(dsn, pool, call_timeout)
+        store.mailboxes.quotas = quotas
+        store.accounts.max_accounts = max_accounts
+        try:
+            async with store.connection() as conn:
+                await check_pg(conn)
+            await store.refresh()
+            await store._listen()
+        except BaseException:
+            await pool.close()
+            raise
+        store._listen_task = runtime.spawn(store._keep_listening())
+        return store
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; losing the database becomes :class:`StoreUnavailableError`."""
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except UNAVAILABLE as exc:
+            raise StoreUnavailableError(f"the PostgreSQL store is unreachable: {exc}") from None
+        except asyncpg.PostgresError as exc:
+            raise StorageError(f"the PostgreSQL store refused a query: {exc}") from exc
+
+    async def refresh(self) -> None:
+        """Re-read the gauges (mailboxes, bytes, accounts, sessions, expired) from the database."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(mailboxes), 0) FROM store_usage"
+            )
+            expired = await conn.fetchval(
+                "SELECT value FROM counters WHERE name = 'envelopes_expired'"
+            )
+            accounts = await conn.fetchval("SELECT COUNT(*) FROM accounts")
+            sessions = await conn.fetchval("SELECT COUNT(*) FROM sessions")
+        self.mailboxes.gauges = (int(row[1]), int(row[0]), int(expired or 0))
+        self.accounts.gauges = (int(accounts), int(sessions))
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        await conn.add_listener(MAIL_CHANNEL, self._on_mail)
+        self._listener = conn
+
+    async def _keep_listening(self) -> None:
+        """Reconnect the LISTEN connection after the database went away; after each
+        reconnection every long poll is woken, since notifications in between were lost."""
+        delay = 0.1
+        while not self._closing:
+            listener = self._listener
+            if listener is not None and not listener.is_closed():
+                await asyncio.sleep(0.2)
+                continue
+            try:
+                await self._listen()
+            except (*UNAVAILABLE, asyncpg.PostgresError):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.1
+            log.info("reconnected to the PostgreSQL store")
+            self.mailboxes.notify_all()
+
+    def _on_mail(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            mailbox = bytes.fromhex(payload)
+        except ValueError:
+            return
+        if len(mailbox) == 32:
+            self.mailboxes.notify(mailbox)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+        if self._listener is not None:
+            with contextlib.suppress(*UNAVAILABLE):
+                await self._listener.close(timeout=self._timeout)
+        with contextlib.suppress(*UNAVAILABLE):
+            await asyncio.wait_for(self._pool.close(), self._timeout)
+
+
+class PgMailboxes:
+    """:class:`~relay.store_api.MailboxBackend` on PostgreSQL."""
+
+    def __init__(self, store: PgStore) -> None:
+        self._store = store
+        self.quotas = StoreQuotas()
+        self.gauges = (0, 0, 0)  # mailboxes, bytes, expired: as of the last refresh
+        self._callbacks: list[ArrivalCallback] = []
+
+    @property
+    def mailboxes(self) -> int:
+        return self.gauges[0]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.gauges[1]
+
+    @property
+    def expired_purged(self) -> int:
+        return self.gauges[2]
+
+    def on_arrival(self, callback: ArrivalCallback) -> None:
+        self._callbacks.append(callback)
+
+    def notify(self, mailbox: bytes) -> None:
+        for callback in self._callbacks:
+            callback(mailbox)
+
+    def notify_all(self) -> None:
+        for callback in self._callbacks:
+            callback(None)
+
+    async def put(
+        self,
+        envelopes: Sequence[wire.Envelope],
+        now_ms: int,
+        *,
+        new_mailbox_allowance: int | None = None,
+        not_before_ms: int | None = None,
+        in_use: Container[bytes] = frozenset(),
+    ) -> PutResult:
+        quotas = self.quotas
+        recipients = sorted({env.recipient for env in envelopes})
+        async with self._store.connection() as conn, conn.transaction():
+            usage: dict[bytes, list[int]] = {}
+            for mailbox in recipients:
+                row = await conn.fetchrow(_LOCK_MAILBOX, mailbox)
+                usage[mailbox] = [int(row[0]), int(row[1])]
+            before = {m: (u[0], u[1]) for m, u in usage.items()}
+            totals = await conn.fetchrow(
+                "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(mailboxes), 0) FROM store_usage"
+            )
+            total, held = int(totals[0]), int(totals[1])
+            purged = 0
+            stored: set[bytes] = set()
+            for env in envelopes:
+                mailbox = env.recipient
+                if await conn.fetchval(
+                    "SELECT 1 FROM envelopes WHERE mailbox = $1 AND id = $2", mailbox, env.id
+                ):
+                    continue  # a retry of something already held: accepted as it is
+                body = wire.encode_envelope(env)
+                mine = usage[mailbox]
+                full = mine[0] + 1 > quotas.max_per_mailbox
+                if (full or mine[1] + len(body) > quotas.max_mailbox_bytes) and (
+                    not_before_ms is not None
+                ):
+                    row = await conn.fetchrow(
+                        "WITH gone AS (DELETE FROM envelopes WHERE mailbox = $1"
+                        " AND stored_at_ms < $2 RETURNING length(body) AS size)"
+                        " SELECT COUNT(*), COALESCE(SUM(size), 0) FROM gone",
+                        mailbox,
+                        not_before_ms,
+                    )
+                    purged += int(row[0])
+                    mine[0] -= int(row[0])
+                    mine[1] -= int(row[1])
+                    total -= int(row[1])
+                if mine[0] + 1 > quotas.max_per_mailbox:
+                    raise MailboxFullError("the recipient's mailbox on this relay is full")
+                if mine[1] + len(body) > quotas.max_mailbox_bytes:
+                    raise MailboxBytesError("the recipient's mailbox on this relay is full")
+                if total + len(body) > quotas.max_store_bytes:
+                    raise StoreFullError("the relay's store is full")
+                mine[0] += 1
+                mine[1] += len(body)
+                total += len(body)
+                await conn.execute(
+                    "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
+                    " VALUES ($1, $2, $3, $4)",
+                    mailbox,
+                    env.id,
+                    body,
+                    now_ms,
+                )
+                stored.add(mailbox)
+            opened_now = [m for m in recipients if before[m][0] == 0 and usage[m][0] > 0]
+            opened = len(opened_now)
+            if opened and held + opened > quotas.max_mailboxes:
+                raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
+            # A mailbox its owner reads (``in_use``) is not new, even when emptied by acks.
+            new = sum(1 for m in opened_now if m not in in_use)
+            if new_mailbox_allowance is not None and new > new_mailbox_allowance:
+                raise NewMailboxLimitError("too many new mailboxes from this caller")
+            await self._write_usage(conn, usage, before)
+            if purged:
+                await _add_counter(conn, "envelopes_expired", purged)
+            for mailbox in sorted(stored):
+                await conn.execute("SELECT pg_notify($1, $2)", MAIL_CHANNEL, mailbox.hex())
+        return PutResult([env.id for env in envelopes], new)
+
+    async def _write_usage(
+        self, conn: Any, usage: dict[bytes, list[int]], before: dict[bytes, tuple[int, int]]
+    ) -> None:
+        """Store the (locked) mailboxes' new usage and add the change to the store's shards."""
+        shards: dict[int, list[int]] = {}
+        for mailbox, (count, size) in usage.items():
+            old_count, old_size = before[mailbox]
+            if (count, size) == (old_count, old_size):
+                continue
+            await conn.execute(
+                "UPDATE mailbox_usage SET envelopes = $2, bytes = $3 WHERE mailbox = $1",
+                mailbox,
+                count,
+                size,
+            )
+            delta = shards.setdefault(_shard(mailbox), [0, 0])
+            delta[0] += size - old_size
+            delta[1] += (count > 0) - (old_count > 0)
+        for shard in sorted(shards):
+            size_delta, mailbox_delta = shards[shard]
+            if size_delta or mailbox_delta:
+                await conn.execute(
+                    "UPDATE store_usage SET bytes = bytes + $2, mailboxes = mailboxes + $3"
+                    " WHERE shard = $1",
+                    shard,
+                    size_delta,
+                    mailbox_delta,
+                )
+
+    async def fetch(
+        self,
+        mailbox: bytes,
+        cursor: int,
+        limit: int,
+        max_bytes: int,
+        *,
+        not_before_ms: int | None = None,
+        skip_over: int | None = None,
+    ) -> StoredBatch:
+        async with self._store.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, body FROM envelopes WHERE mailbox = $1 AND seq > $2"
+                " AND stored_at_ms >= $3 ORDER BY seq LIMIT $4",
+                mailbox,
+                cursor,
+                -(1 << 62) if not_before_ms is None else not_before_ms,
+                limit,
+            )
+        return batch_of(((int(r[0]), bytes(r[1])) for r in rows), cursor, max_bytes, skip_over)
+
+    async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int:
+        async with self._store.connection() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT envelopes, bytes FROM mailbox_usage WHERE mailbox = $1 FOR UPDATE",
+                mailbox,
+            )
+            if row is None:
+                return 0
+            gone = await conn.fetch(
+                "DELETE FROM envelopes WHERE mailbox = $1 AND id = ANY($2::bytea[])"
+                " RETURNING length(body)",
+                mailbox,
+                list(ids),
+            )
+            if gone:
+                freed = sum(int(g[0]) for g in gone)
+                usage = {mailbox: [int(row[0]) - len(gone), int(row[1]) - freed]}
+                await self._write_usage(conn, usage, {mailbox: (int(row[0]), int(row[1]))})
+        return len(gone)
+
+    async def purge_expired(self, not_before_ms: int) -> int:
+        """Delete expired envelopes, one mailbox per transaction (mailbox lock first, as every
+        writer takes it), and drop the usage rows of empty mailboxes."""
+        async with self._store.connection() as conn:
+            mailboxes = await conn.fetch(
+                "SELECT DISTINCT mailbox FROM envelopes WHERE stored_at_ms < $1", not_before_ms
+            )
+            removed = 0
+            for (mailbox,) in sorted(mailboxes):
+                async with conn.transaction():
+                    row = await conn.fetchrow(_LOCK_MAILBOX, mailbox)
+                    gone = await conn.fetchrow(
+                        "WITH gone AS (DELETE FROM envelopes WHERE mailbox = $1"
+                        " AND stored_at_ms < $2 RETURNING length(body) AS size)"
+                        " SELECT COUNT(*), COALESCE(SUM(size), 0) FROM gone",
+                        mailbox,
+                        not_before_ms,
+                    )
+                    if gone[0]:
+                        usage = {mailbox: [int(row[0]) - int(gone[0]), int(row[1]) - int(gone[1])]}
+                        await self._write_usage(conn, usage, {mailbox: (int(row[0]), int(row[1]))})
+                        await _add_counter(conn, "envelopes_expired", int(gone[0]))
+                        removed += int(gone[0])
+            await conn.execute("DELETE FROM mailbox_usage WHERE envelopes = 0")
+        await self._store.refresh()
+        return removed
+
+    async def count(self, mailbox: bytes) -> int:
+        async with self._store.connection() as conn:
+            n = await conn.fetchval("SELECT COUNT(*) FROM envelopes WHERE mailbox = $1", mailbox)
+        return int(n)
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+class PgAccounts:
+    """:class:`~relay.store_api.AccountBackend` on PostgreSQL; nothing of it is cached, so every
+    process sees a login or a revocation through any other at once."""
+
+    def __init__(self, store: PgStore) -> None:
+        self._store = store
+        self.max_accounts = 1_000_000
+        self.gauges = (0, 0)  # accounts, sessions: as of the last refresh
+
+    @property
+    def accounts(self) -> int:
+        return self.gauges[0]
+
+    @property
+    def sessions(self) -> int:
+        return self.gauges[1]
+
+    async def record(self, username: str) -> bytes | None:
+        async with self._store.connection() as conn:
+            found = await conn.fetchval("SELECT record FROM accounts WHERE username = $1", username)
+        return None if found is None else bytes(found)
+
+    async def exists(self, username: str) -> bool:
+        return await self.record(username) is not None
+
+    async def register(self, username: str, record: bytes, now_ms: int) -> None:
+        async with self._store.connection() as conn:
+            held = int(await conn.fetchval("SELECT COUNT(*) FROM accounts"))
+            if held >= self.max_accounts:
+                raise TooManyAccountsError("this relay holds as many accounts as it allows")
+            try:
+                await conn.execute(
+                    "INSERT INTO accounts (username, record, created_ms) VALUES ($1, $2, $3)",
+                    username,
+                    record,
+                    now_ms,
+                )
+            except asyncpg.UniqueViolationError:
+                raise UsernameTakenError(f"{username} is already registered") from None
+        self.gauges = (held + 1, self.gauges[1])
+
+    async def open_session(
+        self, token_hash: bytes, session: Session, now_ms: int, keep: int
+    ) -> list[bytes]:
+        async with self._store.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO sessions (token_hash, username, identity, created_ms, expires_ms)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                token_hash,
+                session.username,
+                session.identity,
+                now_ms,
+                session.expires_ms,
+            )
+            dropped = await conn.fetch(
+                "DELETE FROM sessions WHERE token_hash IN (SELECT token_hash FROM sessions"
+                " WHERE username = $1 ORDER BY serial DESC OFFSET $2)"
+                " RETURNING token_hash, identity",
+                session.username,
+                keep,
+            )
+        return [bytes(r[0]) for r in dropped]
+
+    async def session(self, token_hash: bytes) -> Session | None:
+        async with self._store.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT username, identity, expires_ms FROM sessions WHERE token_hash = $1",
+                token_hash,
+            )
+        return None if row is None else Session(row[0], bytes(row[1]), int(row[2]))
+
+    async def revoke(self, token_hash: bytes) -> bool:
+        async with self._store.connection() as conn, conn.transaction():
+            identity = await conn.fetchval(
+                "DELETE FROM sessions WHERE token_hash = $1 RETURNING identity", token_hash
+            )
+        return identity is not None
+
+    async def has_live_session(self, identity: bytes, now_ms: int) -> bool:
+        # Asked of the database each time (an index lookup), never of a cache: a revocation
+        # through any process holds in every process at once.
+        async with self._store.connection() as conn:
+            live = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE identity = $1 AND expires_ms > $2)",
+                identity,
+                now_ms,
+            )
+        return bool(live)
+
+    async def purge_expired(self, now_ms: int) -> int:
+        async with self._store.connection() as conn:
+            gone = await conn.fetch(
+                "DELETE FROM sessions WHERE expires_ms <= $1 RETURNING identity", now_ms
+            )
+        return len(gone)
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+async def _add_counter(conn: Any, name: str, n: int) -> None:
+    await conn.execute(
+        "INSERT INTO counters (name, value) VALUES ($1, $2)"
+        " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+        name,
+        n,
+    )

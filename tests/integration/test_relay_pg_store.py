@@ -1,0 +1,320 @@
+"""The relay's store interface on both backends (a real SQLite file, a real PostgreSQL server),
+its one list of migrations from every earlier version, and what several processes sharing one
+PostgreSQL database see."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.core import wire
+from node.core.errors import StorageError
+from node.core.runtime import Runtime
+from relay.migrations import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SchemaTooNewError,
+    SchemaTooOldError,
+    migrate_pg,
+    pg_version,
+)
+from relay.store import MailboxFullError, MailboxStore, StoreQuotas, WrongDbKeyError
+from relay.store_accounts import AccountStore, Session
+from relay.store_api import MailboxBackend, SqliteMailboxes
+from relay.store_pg import PgStore, connect_pg
+from tests.runtime_support import Runtimes
+
+MAILBOX = b"\x05" * 32
+OTHER = b"\x06" * 32
+# The mailbox file exactly as the first relays wrote it: no version, tables made "IF NOT EXISTS".
+TODAYS_PLAIN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS envelopes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, mailbox BLOB NOT NULL, id BLOB NOT NULL,
+    body BLOB NOT NULL, stored_at_ms INTEGER NOT NULL, UNIQUE (mailbox, id));
+CREATE INDEX IF NOT EXISTS envelopes_by_mailbox ON envelopes (mailbox, seq);
+CREATE INDEX IF NOT EXISTS envelopes_by_age ON envelopes (stored_at_ms);
+"""
+
+
+def envelope(n: int, mailbox: bytes = MAILBOX, size: int = 1000) -> wire.Envelope:
+    return wire.Envelope(
+        os.urandom(16), mailbox, wire.EnvelopeKind.APPLICATION, bytes([n % 256]) * size, b"g", n
+    )
+
+
+async def migrated(dsn: str) -> None:
+    conn = await connect_pg(dsn)
+    try:
+        await migrate_pg(conn)
+    finally:
+        await conn.close()
+
+
+async def open_pg(dsn: str, runtimes: Runtimes, quotas: StoreQuotas | None = None) -> PgStore:
+    return await PgStore.open(dsn, runtimes(), quotas or StoreQuotas(), 1000)
+
+
+async def make_mailboxes(
+    kind: str, where: tuple[Path, Runtimes], request: pytest.FixtureRequest, quotas: StoreQuotas
+) -> MailboxBackend:
+    tmp_path, runtimes = where
+    if kind == "sqlite":
+        runtime: Runtime = runtimes()
+        return SqliteMailboxes(MailboxStore(tmp_path / "m.sqlite3", quotas=quotas), runtime)
+    dsn = request.getfixturevalue("pg_dsn")
+    await migrated(dsn)
+    return (await open_pg(dsn, runtimes, quotas)).mailboxes
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_both_backends_fetch_in_order_dedupe_ack_once_and_refuse_whole_batches(
+    kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest
+) -> None:
+    quotas = StoreQuotas(max_per_mailbox=6)
+    store = await make_mailboxes(kind, (tmp_path, runtimes), request, quotas)
+    try:
+        sent = [envelope(n) for n in range(5)]
+        put = await store.put(sent, now_ms=0)
+        assert put.new_mailboxes == 1
+        await store.put(sent[:1], now_ms=1)  # a retry after a lost answer: stored once
+        assert await store.count(MAILBOX) == 5
+        first = await store.fetch(MAILBOX, cursor=0, limit=100, max_bytes=2500)
+        assert [e.id for e in first.envelopes] == [e.id for e in sent[:2]]
+        rest = await store.fetch(MAILBOX, cursor=first.cursor, limit=100, max_bytes=1 << 20)
+        assert [e.id for e in rest.envelopes] == [e.id for e in sent[2:]]
+
+        with pytest.raises(MailboxFullError):
+            await store.put([envelope(5), envelope(6)], now_ms=2)
+        assert await store.count(MAILBOX) == 5  # nothing of the refused batch was kept
+
+        assert await store.ack(MAILBOX, [sent[0].id, os.urandom(16)]) == 1
+        assert await store.ack(MAILBOX, [sent[0].id]) == 0
+        # Expired envelopes never come out and are purged.
+        await store.put([envelope(9, OTHER)], now_ms=10)
+        assert await store.purge_expired(not_before_ms=5) == 4
+        assert await store.count(MAILBOX) == 0 and await store.count(OTHER) == 1
+    finally:
+        await store.close()
+
+
+async def test_pg_schema_is_migrated_by_command_only_and_newer_is_refused(
+    pg_dsn: str, runtimes: Runtimes
+) -> None:
+    with pytest.raises(SchemaTooOldError, match="relay migrate"):
+        await open_pg(pg_dsn, runtimes)
+    conn = await connect_pg(pg_dsn)
+    try:
+        assert await migrate_pg(conn) == (0, SCHEMA_VERSION)
+        assert await migrate_pg(conn) == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
+        await conn.execute("UPDATE qpc_schema SET version = $1", SCHEMA_VERSION + 1)
+        with pytest.raises(SchemaTooNewError, match="newer"):
+            await open_pg(pg_dsn, runtimes)
+        with pytest.raises(SchemaTooNewError):
+            await migrate_pg(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("start", range(SCHEMA_VERSION))
+async def test_pg_migrates_from_every_earlier_version(start: int, pg_dsn: str) -> None:
+    conn = await connect_pg(pg_dsn)
+    try:
+        # Build the store as version ``start`` left it, with an envelope in it where it can hold one.
+        for step in MIGRATIONS[:start]:
+            async with conn.transaction():
+                if step.version == 1:
+                    await conn.execute("CREATE TABLE qpc_schema (version INTEGER NOT NULL)")
+                    await conn.execute("INSERT INTO qpc_schema VALUES (0)")
+                await conn.execute(step.postgresql)
+                await conn.execute("UPDATE qpc_schema SET version = $1", step.version)
+        if start >= 1:
+            await conn.execute(
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES ($1, $2, $3, 0)",
+                MAILBOX,
+                b"i" * 16,
+                wire.encode_envelope(envelope(1)),
+            )
+        assert await pg_version(conn) == start
+        assert await migrate_pg(conn) == (start, SCHEMA_VERSION)
+        expect = 1 if start >= 1 else 0
+        assert await conn.fetchval("SELECT COUNT(*) FROM envelopes") == expect
+    finally:
+        await conn.close()
+
+
+def _write_version(path: Path, schema: str, version: int) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(schema)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("start", range(SCHEMA_VERSION))
+def test_sqlite_migrates_from_every_earlier_version_todays_plain_file_included(
+    start: int, tmp_path: Path
+) -> None:
+    path = tmp_path / "mailboxes.sqlite3"
+    if start == 0:
+        schema = TODAYS_PLAIN_SCHEMA  # what relays wrote before versions existed
+    else:
+        schema = "".join(step.sqlite["mailboxes"] for step in MIGRATIONS[:start])
+    _write_version(path, schema, start)
+    old = envelope(1)
+    db = sqlite3.connect(path)
+    db.execute(
+        "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, 0)",
+        (MAILBOX, old.id, wire.encode_envelope(old)),
+    )
+    db.commit()
+    db.close()
+
+    store = MailboxStore(path)
+    assert store.count(MAILBOX) == 1
+    assert [e.id for e in store.fetch(MAILBOX, 0, 10, 1 << 20).envelopes] == [old.id]
+    store.close()
+    (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
+    assert version == SCHEMA_VERSION
+
+
+def test_a_newer_sqlite_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mailboxes.sqlite3"
+    MailboxStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaTooNewError, match="newer"):
+        MailboxStore(path)
+
+
+def test_db_key_encrypts_todays_plain_file_and_a_wrong_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mailboxes.sqlite3"
+    plain = MailboxStore(path)
+    kept = envelope(3)
+    plain.put([kept], now_ms=0)
+    plain.close()
+    key = os.urandom(32)
+
+    keyed = MailboxStore(path, key=key)
+    assert keyed.count(MAILBOX) == 1
+    keyed.close()
+    assert path.read_bytes()[:16] != b"SQLite format 3\x00"  # encrypted now
+    assert kept.payload not in path.read_bytes()
+    with pytest.raises(WrongDbKeyError, match="db_key"):
+        MailboxStore(path, key=os.urandom(32))
+    with pytest.raises(StorageError):
+        MailboxStore(path)  # no key: it is not a plain file any more
+    again = MailboxStore(path, key=key)
+    assert [e.id for e in again.fetch(MAILBOX, 0, 10, 1 << 20).envelopes] == [kept.id]
+    again.close()
+
+    accounts = AccountStore(tmp_path / "accounts.sqlite3", key=key)
+    accounts.register("alice", b"r" * 64, 1)
+    accounts.close()
+    assert AccountStore(tmp_path / "accounts.sqlite3", key=key).exists("alice")
+
+
+async def test_two_processes_on_one_database_share_mailboxes_sessions_and_wakeups(
+    pg_dsn: str, runtimes: Runtimes
+) -> None:
+    await migrated(pg_dsn)
+    one, two = await open_pg(pg_dsn, runtimes), await open_pg(pg_dsn, runtimes)
+    try:
+        woken: asyncio.Queue[bytes | None] = asyncio.Queue()
+        two.mailboxes.on_arrival(woken.put_nowait)
+        sent = [envelope(n) for n in range(20)]
+        # Delivered through both at once: one order per mailbox, the order of commits.
+        await asyncio.gather(
+            *((one if n % 2 else two).mailboxes.put([env], now_ms=n) for n, env in enumerate(sent))
+        )
+        async with asyncio.timeout(10):
+            assert await woken.get() == MAILBOX  # NOTIFY reached the other process
+        got = await two.mailboxes.fetch(MAILBOX, 0, 100, 1 << 20)
+        assert sorted(e.id for e in got.envelopes) == sorted(e.id for e in sent)
+        # Both processes ack the same ids at once: each envelope is removed exactly once.
+        ids = [e.id for e in got.envelopes]
+        removed = await asyncio.gather(
+            one.mailboxes.ack(MAILBOX, ids), two.mailboxes.ack(MAILBOX, ids)
+        )
+        assert sum(removed) == 20 and await one.mailboxes.count(MAILBOX) == 0
+
+        # A login through one process is a live session in the other; a revocation in one
+        # is seen by the other.
+        await one.accounts.register("alice", b"r" * 64, 1)
+        await one.accounts.open_session(b"h" * 32, Session("alice", b"k" * 32, 10_000), 1, 8)
+        assert await two.accounts.has_live_session(b"k" * 32, now_ms=5)
+        assert await one.accounts.revoke(b"h" * 32)
+        assert not await two.accounts.has_live_session(b"k" * 32, now_ms=5)
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_quotas_hold_across_processes(pg_dsn: str, runtimes: Runtimes) -> None:
+    await migrated(pg_dsn)
+    quotas = StoreQuotas(max_per_mailbox=10)
+    one, two = await open_pg(pg_dsn, runtimes, quotas), await open_pg(pg_dsn, runtimes, quotas)
+    try:
+        results = await asyncio.gather(
+            *((one if n % 2 else two).mailboxes.put([envelope(n)], now_ms=0) for n in range(30)),
+            return_exceptions=True,
+        )
+        accepted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, MailboxFullError)]
+        assert len(accepted) == 10 and len(refused) == 20
+        assert await one.mailboxes.count(MAILBOX) == 10
+    finally:
+        await one.close()
+        await two.close()
+
+
+def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
+    pg_dsn: str, tmp_path: Path, runtimes: Runtimes
+) -> None:
+    data = tmp_path / "relay-data"
+    data.mkdir()
+    mailboxes = MailboxStore(data / "mailboxes.sqlite3")
+    sent = [envelope(n) for n in range(30)] + [envelope(n, OTHER) for n in range(5)]
+    mailboxes.put(sent, now_ms=0)
+    half = mailboxes.fetch(MAILBOX, 0, 10, 1 << 20)  # a node read part of its mail already
+    mailboxes.close()
+    accounts = AccountStore(data / "accounts.sqlite3")
+    accounts.register("alice", b"r" * 64, 1)
+    accounts.open_session(b"h" * 32, Session("alice", b"k" * 32, 10_000), 1, keep=8)
+    accounts.close()
+
+    env = dict(os.environ, QUICNPROTOCHAT_RELAY_DSN=pg_dsn)
+    command = [sys.executable, "-m", "relay", "migrate", "--from-sqlite", str(data)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "moved 35 envelopes in 2 mailboxes, 1 accounts and 1 sessions" in done.stdout
+    # A second move would merge two stores: refused with one line, nothing changed.
+    again = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert again.returncode == 1 and again.stderr.startswith("ERROR: ")
+    assert "Traceback" not in again.stderr
+
+    async def check() -> None:
+        store = await open_pg(pg_dsn, runtimes)
+        try:
+            rest = await store.mailboxes.fetch(MAILBOX, half.cursor, 100, 1 << 20)
+            assert [e.id for e in rest.envelopes] == [e.id for e in sent[10:30]]
+            assert await store.mailboxes.count(OTHER) == 5
+            assert store.mailboxes.mailboxes == 2
+            assert await store.accounts.record("alice") == b"r" * 64
+            assert await store.accounts.has_live_session(b"k" * 32, now_ms=5)
+            # New envelopes continue after the moved ones.
+            await store.mailboxes.put([envelope(99)], now_ms=1)
+            tail = await store.mailboxes.fetch(MAILBOX, rest.cursor, 100, 1 << 20)
+            assert len(tail.envelopes) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(check())
