@@ -7,12 +7,12 @@ STAMP := $(VENV)/.quicnprotochat-installed
 BINDING_SOURCES := $(wildcard openmls-bindings/Cargo.* openmls-bindings/pyproject.toml \
 	openmls-bindings/src/*.rs openmls-bindings/python/openmls_bindings/*)
 
-.PHONY: demo test setup lint lock clean postgresql
+.PHONY: demo test setup lint lock clean postgresql chromium
 
 demo: $(STAMP)
 	$(BIN)/quicnprotochat demo
 
-test: $(STAMP) postgresql
+test: $(STAMP) postgresql chromium
 	$(BIN)/python -m pytest
 
 # The relay's PostgreSQL tests start their own throwaway server; they need Debian's postgresql
@@ -22,6 +22,15 @@ postgresql:
 		|| { if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 		else echo "PostgreSQL tests will skip: run sudo apt-get install -y postgresql"; fi; }
+
+# The web UI's browser tests drive Debian's Chromium with Playwright (no browser download);
+# installed here when we are root, otherwise the command is printed and they skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 \
+		|| { if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+		else echo "Browser tests will skip: run sudo apt-get install -y --no-install-recommends chromium fonts-dejavu-core"; fi; }
 
 setup: $(STAMP)
 

@@ -68,6 +68,9 @@ COMMANDS = (
     Command("refuse", "N", "refuse invitation number N"),
     Command("whoami", "", "your name, fingerprint and invite link"),
     Command("verify", "NAME [confirm]", "show the safety number; confirm marks them verified"),
+    Command(
+        "petname", "NAME NEWNAME", "call a contact NEWNAME here, whatever they call themselves"
+    ),
     Command("peers", "", "peers seen on the LAN or in the DHT, and contacts"),
     Command("help", "", "this list"),
     Command("quit", "", "leave the chat (also Ctrl-D)"),
@@ -289,6 +292,15 @@ class ChatSession:
         for line in verify_lines(contacts.name(peer), peer, contacts.safety_number(peer)):
             self._status(line)
         self._status(f"if they match: /verify {terminal_safe(name)} confirm")
+
+    async def _cmd_petname(self, args: str) -> None:
+        who, _, new = args.rpartition(" ")
+        if not who or not new:
+            self._error("usage: /petname NAME NEW")
+            return
+        peer = await self._peer(who, "/petname NAME NEW")
+        await self.app.contacts.set_petname(peer, new)
+        self._status(f"{terminal_safe(fingerprint(peer))} is now {terminal_safe(new)} here")
 
     async def _cmd_peers(self, _args: str) -> None:
         seen = await self._peers()

@@ -203,6 +203,12 @@ async def test_commands_are_never_sent_and_escapes_arrive_inert(
             assert raw not in shown
         assert "52;c;ZXZpbA==" in shown  # shown as text, never run
 
+        # A petname is bob's name here, whatever bob calls himself.
+        await alice.type_line("/petname bob Robert")
+        await alice.expect(r"is now Robert here")
+        await bob.type_line("still me")
+        await alice.expect(r"\d\d:\d\d Robert: still me$")
+
 
 async def test_a_second_invite_of_the_same_person_is_the_same_dm(
     tmp_path: Path, relay_process: RelayProcess
