@@ -77,6 +77,12 @@ FETCH_BATCH = 128
 RELAY_LONG_POLL = 20.0  # seconds; the relay caps it below its own call deadline
 RELAY_RETRY_MIN, RELAY_RETRY_MAX = 1.0, 30.0
 RELAY_DIAL_DEADLINE = 5.0  # seconds for one handshake with the relay
+# While its relay mailbox may hold a backlog, the node refuses direct deliveries so that their
+# senders queue them at the relay behind it: MLS cannot decrypt a sender's message once one
+# more than the binding's out-of-order tolerance (32) newer was applied. For at most this many
+# seconds after start or a failed relay call: a relay that stays away must not silence
+# direct messages for good.
+RELAY_CATCH_UP_HOLD = 60.0
 OUTBOX_RETRY_MIN, OUTBOX_RETRY_MAX = 2.0, 60.0
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -181,6 +187,9 @@ class Node:
         # listener is told of every change, on the event loop.
         self.relay_state = "none" if relay is None else "connecting"
         self.relay_listeners: list[Callable[[str], None]] = []
+        # Since when (runtime monotonic) the relay mailbox may hold what this node has not
+        # collected; None while its long poll keeps it up to date.
+        self._relay_behind_since: float | None = None
         self._fatal: NodeError | None = None
         self._fatal_set = asyncio.Event()
         # Told of each invitation request a stranger's Welcome made (on the event loop).
@@ -229,6 +238,9 @@ class Node:
         another identity key than the one configured is a security event, not a network
         problem: the node stops talking to it and :meth:`wait_fatal` returns the error."""
         await self.resume()
+        if self.router.relay is not None:
+            # Before the endpoint opens: the first direct delivery may come at once.
+            self._relay_behind_since = self.runtime.monotonic()
         listen = await self.endpoint.start(host, port)
         # Before anything else is sent: a commit lost in a crash must reach the members first.
         await self.membership.resend_lost_commits()
@@ -349,6 +361,12 @@ class Node:
             case wire.Deliver(envelopes):
                 if not from_relay and (refusal := self._admit_deliver(caller, envelopes)):
                     return refusal
+                if not from_relay and self._relay_backlog_possible():
+                    # Not a verdict on the envelopes: the sender's router takes the relay.
+                    log.info("%s refused a direct delivery: collecting the relay first", self.name)
+                    return wire.ErrorResult(
+                        ErrorCode.BUSY, "collecting the relay mailbox first; use the relay"
+                    )
                 path = Path.RELAY if from_relay else Path.DIRECT
                 try:
                     return wire.DeliverResult(await self._accept(envelopes, path, caller.identity))
@@ -402,6 +420,14 @@ class Node:
             self._counters.bump("deliver_rate_limited")
             return wire.ErrorResult(ErrorCode.RATE_LIMITED, "too many envelopes; try again later")
         return None
+
+    def _relay_backlog_possible(self) -> bool:
+        since = self._relay_behind_since
+        return since is not None and self.runtime.monotonic() - since < RELAY_CATCH_UP_HOLD
+
+    def _relay_behind(self) -> None:
+        if self._relay_behind_since is None:
+            self._relay_behind_since = self.runtime.monotonic()
 
     def _refresh_group_members(self) -> None:
         """Tell the contacts who is in the groups this node is in (when an epoch moved)."""
@@ -694,6 +720,7 @@ class Node:
         total = 0
         while count := await self._pull_relay(wait_seconds=0):
             total += count
+        self._relay_behind_since = None
         return total
 
     async def _pull_relay(self, wait_seconds: float) -> int:
@@ -727,15 +754,22 @@ class Node:
         relay = self.router.relay
         assert relay is not None
         backoff = RELAY_RETRY_MIN
+        reconnected = False
         while True:
             try:
                 # Dialed first, on its own: a wrong key must not pass for an unreachable relay.
                 await self.endpoint.dial(relay.address, relay.identity, RELAY_DIAL_DEADLINE)
                 self._set_relay_state("reachable")
-                if not self.relay_synced.is_set():
+                if reconnected:
+                    # Mail may have waited there meanwhile: collect it all before taking
+                    # direct deliveries that could overtake it (at most the length of a sync).
+                    self._relay_behind()
+                if reconnected or not self.relay_synced.is_set():
                     await self.sync_relay()
                     self.relay_synced.set()
+                    reconnected = False
                 await self._pull_relay(wait_seconds=RELAY_LONG_POLL)
+                self._relay_behind_since = None
                 backoff = RELAY_RETRY_MIN
             except PeerIdentityError as exc:
                 self.endpoint.drop(relay.address, relay.identity)
@@ -750,6 +784,13 @@ class Node:
                 )
                 return
             except NodeError as exc:
+                # Before the first collection since start, a backlog may wait there: the hold
+                # stays (up to RELAY_CATCH_UP_HOLD). Once caught up, direct delivery goes on
+                # while the relay is away (the web UI shows "relay unreachable", chat goes on),
+                # and whatever reached it meanwhile is collected first on reconnecting.
+                if self.relay_synced.is_set():
+                    self._relay_behind_since = None
+                    reconnected = True
                 # Said once at start; each retry after that is an info-level detail.
                 level = (
                     logging.WARNING

@@ -270,7 +270,13 @@ def test_messages_taken_by_killed_nodes_are_shown_exactly_once(tmp_path: Path) -
         twice_shown = sorted(t for t, c in got.shown.items() if c > 1)
         shown_not_stored = sorted(t for t in got.shown if stored[t] == 0)
         twice_announced = sorted(set(got.shown) & got.recovered)
-        assert not lost, f"{receiver} lost messages {sender} took: {lost}"
+        # What the receiver's node said of envelopes it did not keep, for a person reading.
+        said = [
+            line
+            for line in drivers[receiver].stderr.read_text().splitlines()
+            if " dropped " in line or "refused" in line
+        ]
+        assert not lost, f"{receiver} lost messages {sender} took: {lost}; its log: {said[-20:]}"
         assert not twice_stored, f"{receiver} stored twice: {twice_stored}"
         assert not twice_shown, f"{receiver} showed twice: {twice_shown}"
         assert not shown_not_stored, f"{receiver} showed but does not keep: {shown_not_stored}"
