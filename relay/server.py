@@ -42,6 +42,8 @@ class RelayConfig:
     max_mailboxes: int = 100_000
     max_store_bytes: int = 4 << 30
     max_envelope_bytes: int = 0  # 0: the most one fetch answer can carry (~1 MiB)
+    # Sealed sender: take envelopes whose sender only the recipient can read (ADR 0008).
+    allow_sealed_sender: bool = True
     envelope_ttl_s: float = 7 * 24 * 3600.0
     purge_interval_s: float = 60.0
     # Per caller (identity key proven in the handshake).
@@ -122,6 +124,7 @@ class RelayConfig:
             new_mailbox_burst=self.new_mailbox_burst,
             envelope_ttl_ms=int(self.envelope_ttl_s * 1000),
             max_envelope_bytes=self.max_envelope_bytes or None,
+            allow_sealed_sender=self.allow_sealed_sender,
         )
 
     def account_limits(self) -> AccountLimits:

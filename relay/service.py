@@ -72,6 +72,8 @@ class ServiceLimits:
     new_mailbox_burst: int = 60
     envelope_ttl_ms: int = 7 * 24 * 3600 * 1000
     max_envelope_bytes: int | None = None  # None: the most one fetch answer can carry
+    # Sealed sender (ADR 0008): envelopes of kind sealed from any key, charged per address.
+    allow_sealed_sender: bool = True
 
 
 _CODES: dict[type[QuotaError], ErrorCode] = {
@@ -213,11 +215,32 @@ class RelayService:
         return self.in_flight
 
     async def _handle(self, caller: Caller, request: wire.Request) -> wire.Response:
-        if not self._calls.take(caller.identity, self._monotonic()):
+        sealed = _is_sealed_delivery(request)
+        # A sealed delivery comes from a one-time key: its own bucket would always be full, so
+        # its calls are charged to the address it came from.
+        if not self._calls.take(_payer(caller, sealed), self._monotonic()):
             return self._refuse(
                 "refused_call_rate", ErrorCode.RATE_LIMITED, "too many calls: retry later"
             )
         accounts = self.accounts
+        if sealed:
+            if not self.limits.allow_sealed_sender:
+                return self._refuse(
+                    "refused_sealed_sender",
+                    ErrorCode.SEALED_REFUSED,
+                    "this relay does not take sealed-sender envelopes",
+                )
+            # Nobody logs in to send sealed: that would name the sender. Such a delivery is
+            # bounded by the address's allowances and the recipient's quota instead.
+            assert isinstance(request, wire.Deliver)
+            try:
+                return await self._deliver(caller, request.envelopes, sealed=True)
+            except StoreUnavailableError:
+                return self._refuse(
+                    "refused_store_unavailable",
+                    ErrorCode.BUSY,
+                    "the relay's database is unreachable: retry later",
+                )
         if isinstance(request, _ACCOUNT_CALLS):
             if accounts is None:
                 return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "this relay has no accounts")
@@ -326,7 +349,9 @@ class RelayService:
             if not waiters:
                 self._waiters.pop(mailbox, None)
 
-    async def _deliver(self, caller: Caller, envelopes: tuple[wire.Envelope, ...]) -> wire.Response:
+    async def _deliver(
+        self, caller: Caller, envelopes: tuple[wire.Envelope, ...], *, sealed: bool = False
+    ) -> wire.Response:
         if len(envelopes) > MAX_ENVELOPES_PER_CALL:
             return self._refuse(
                 "refused_deliver_count",
@@ -341,15 +366,16 @@ class RelayService:
                 f"an envelope over {largest} bytes could never be fetched",
             )
         now = self._monotonic()
+        payer = _payer(caller, sealed)
         per_mailbox = Counter(env.recipient for env in envelopes)
         for mailbox, n in per_mailbox.items():
-            if self._per_mailbox.available((caller.identity, mailbox), now) < n:
+            if self._per_mailbox.available((payer, mailbox), now) < n:
                 return self._refuse(
                     "refused_mailbox_rate",
                     ErrorCode.RATE_LIMITED,
                     "too many envelopes for one mailbox: retry later",
                 )
-        allowance = int(self._new_mailboxes.available(caller.identity, now))
+        allowance = int(self._new_mailboxes.available(payer, now))
         in_use = self._in_use(per_mailbox, now)
         wall = self._clock_ms()
         not_before = wall - self.limits.envelope_ttl_ms
@@ -370,10 +396,12 @@ class RelayService:
         except StorageError:
             return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store the envelopes")
         for mailbox, n in per_mailbox.items():
-            self._per_mailbox.take((caller.identity, mailbox), now, n)
+            self._per_mailbox.take((payer, mailbox), now, n)
         if put.new_mailboxes:
-            self._new_mailboxes.take(caller.identity, now, put.new_mailboxes)
+            self._new_mailboxes.take(payer, now, put.new_mailboxes)
         self.counters["envelopes_in"] += len(envelopes)
+        if sealed:
+            self.counters["sealed_envelopes_in"] += len(envelopes)
         for mailbox in per_mailbox:
             self._wake(mailbox)
         return wire.DeliverResult(tuple(put.ids))
@@ -396,3 +424,16 @@ class RelayService:
         return self._refuse(
             "refused_out_of_range", ErrorCode.MALFORMED_REQUEST, "cursor out of range"
         )
+
+
+def _is_sealed_delivery(request: wire.Request) -> bool:
+    """A deliver carrying any sealed envelope (it is charged, and refused, as sealed)."""
+    return isinstance(request, wire.Deliver) and any(
+        env.kind is wire.EnvelopeKind.SEALED for env in request.envelopes
+    )
+
+
+def _payer(caller: Caller, sealed: bool) -> bytes | tuple[str, str]:
+    """Whose allowance a call spends: its identity key's, or for a sealed delivery (from a key
+    made for it) its address's; the port is left out, since a new one costs nothing."""
+    return ("address", caller.address[0]) if sealed else caller.identity

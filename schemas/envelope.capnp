@@ -15,5 +15,16 @@ struct Envelope {
     proposal @2;
     application @3;
     keyPackageRequest @4;
+    sealed @5;            # sealed sender: payload is a SealedBox (node/core/sealed.py), groupId
+                          # empty; the relay sees the mailbox only
   }
+}
+
+# Inside a sealed envelope's box, once opened with the recipient's envelope key: who sent it,
+# the envelope as it was meant (its own id, kind, payload, group, time), and the sender's
+# Ed25519 signature over them (docs/protocol/wire-format.md, "Sealed sender").
+struct SealedContent {
+  sender @0 :Data;        # the sender's Ed25519 identity key (32 bytes)
+  envelope @1 :Data;      # the inner Envelope, encoded on its own; never of kind sealed
+  signature @2 :Data;     # 64 bytes
 }

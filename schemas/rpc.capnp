@@ -198,5 +198,7 @@ struct Error {
     unauthenticated @13; # no valid session (log in), a wrong username or password, or a token
                          # that is expired, revoked or another identity's
     conflict @14;        # the username is already registered
+    sealedRefused @15;   # this relay does not take sealed-sender envelopes
+                         # (allow_sealed_sender = false): send them unsealed
   }
 }

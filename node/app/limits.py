@@ -90,6 +90,9 @@ REFUSALS = (
     "welcome_unusable",
     "outbox_full",
     "outbox_expired",
+    "sealed_unopened",
+    "sealed_bad_signature",
+    "sealed_replayed",
 )
 
 

@@ -24,7 +24,7 @@ from node.app.membership import Membership, Rejection
 from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
 from node.app.store import NodeStore, StoredMessage
-from node.core import suites, wire
+from node.core import sealed, suites, wire
 from node.core.addresses import Address, format_address
 from node.core.chat_payload import (
     ChatPayloadError,
@@ -43,6 +43,7 @@ from node.core.errors import (
     RemoteError,
     StorageError,
 )
+from node.core.hybrid_kem import SEED_SIZE, HybridPrivateKey
 from node.core.identity import Identity, mailbox_of, short_fingerprint
 from node.core.rate_limit import TokenBuckets
 from node.core.runtime import BlockingRunner, Clock, Runtime
@@ -137,6 +138,7 @@ class Node:
         mls: MlsClient | None = None,
         endpoint_config: EndpointConfig | None = None,
         limits: NodeLimits | None = None,
+        sealed_sender: bool = True,
     ) -> None:
         self.identity = identity
         self.name = name
@@ -149,7 +151,16 @@ class Node:
         self._counters = Counters()
         self.contacts = Contacts(limits.max_peers_seen)
         self.endpoint = Endpoint(identity, self.handle, runtime, endpoint_config)
-        self.router = Router(self.endpoint, self.contacts, relay, runtime)
+        self.router = Router(
+            self.endpoint,
+            self.contacts,
+            relay,
+            runtime,
+            identity=identity,
+            sealed_sender=sealed_sender,
+        )
+        # The hybrid key sealed envelopes to this node are opened with (loaded by resume).
+        self._envelope_key: HybridPrivateKey | None = None
         self.mls = mls or MlsClient(identity, runtime)
         # KeyPackages kept at the relay for when this node is offline, and usernames there.
         self.directory = DirectoryClient(self.endpoint, self.router, self.mls, runtime)
@@ -278,6 +289,7 @@ class Node:
                 await self._run(partial(store.drop_invitation, stored.id))
                 continue
             self._invitations[stored.id] = Invitation.of(stored)
+        await self.envelope_key()
         self._resumed = True
 
     async def stop(self) -> None:
@@ -477,15 +489,68 @@ class Node:
         store = self.store
         await self._run(lambda: store.save_contact(identity, contact_name, known, chosen=chosen))
 
+    async def envelope_key(self) -> HybridPrivateKey:
+        """The node's sealed-sender key (published in its peer record by ``Presence``), made
+        once and kept, encrypted, in its store."""
+        if self._envelope_key is None:
+            store = self.store
+            seed = await self._run(lambda: store.get_secret("envelope_key_seed"))
+            if seed is None:
+                seed = self._random(SEED_SIZE)
+                await self._run(lambda: store.set_secret("envelope_key_seed", seed))
+            self._envelope_key = HybridPrivateKey(seed)
+        return self._envelope_key
+
     async def _accept(
         self, envelopes: tuple[wire.Envelope, ...], path: Path, caller: bytes
     ) -> tuple[bytes, ...]:
+        """Keep the envelopes for this node; return the (outer) ids the sender may forget."""
         own = self.identity.mailbox
         # Not ours: not accepted, so the sender keeps it.
         mine = [env for env in envelopes if env.recipient == own]
-        owners = [self._share_of(env, path, caller) for env in mine]
-        accepted = await self._inbox.accept(mine, path, owners, self._clock_ms())
-        return tuple(accepted)
+        opened, outer_ids, dropped = await self._open_seals(mine)
+        owners = [self._share_of(env, path, caller) for env in opened]
+        accepted = await self._inbox.accept(opened, path, owners, self._clock_ms())
+        return (*dropped, *(outer for i in accepted for outer in outer_ids[i]))
+
+    async def _open_seals(
+        self, envelopes: list[wire.Envelope]
+    ) -> tuple[list[wire.Envelope], dict[bytes, list[bytes]], list[bytes]]:
+        """Open the sealed envelopes among ``envelopes``: (what to keep, the outer ids of each
+        kept id, the ids of those dropped). A box that does not open or a forged signature is
+        dropped and counted, never shown; a replay (an inner id already received, under any
+        outer id) is counted, and kept only as the duplicate the inbox drops."""
+        kept: list[wire.Envelope] = []
+        outer_ids: dict[bytes, list[bytes]] = {}
+        dropped: list[bytes] = []
+        key = await self.envelope_key()
+        for env in envelopes:
+            if env.kind is wire.EnvelopeKind.SEALED:
+                try:
+                    inner = sealed.open_envelope(key, env).envelope
+                except sealed.SealSignatureError:
+                    self._counters.bump("sealed_bad_signature")
+                    dropped.append(env.id)
+                    continue
+                except sealed.SealError:
+                    self._counters.bump("sealed_unopened")
+                    dropped.append(env.id)
+                    continue
+                if inner.id in outer_ids:
+                    self._counters.bump("sealed_replayed")
+                else:
+                    kept.append(inner)
+                outer_ids.setdefault(inner.id, []).append(env.id)
+            elif env.id not in outer_ids:
+                kept.append(env)
+                outer_ids[env.id] = [env.id]
+        inner_ids = [env.id for env in kept if outer_ids[env.id] != [env.id]]
+        if inner_ids:
+            store = self.store
+            replayed = await self._run(lambda: store.seen_ids(inner_ids))
+            if replayed:
+                self._counters.bump("sealed_replayed", len(replayed))
+        return kept, outer_ids, dropped
 
     def _share_of(self, env: wire.Envelope, path: Path, caller: bytes) -> bytes:
         """The inbox share an envelope counts against: its caller when direct; through the

@@ -3,6 +3,11 @@
 The same envelope (same id) is offered on each path, so a direct delivery that
 arrived but whose answer was lost, followed by a relay copy, is dropped as a duplicate by the
 receiver.
+
+Through a relay, with sealed sender on and the recipient's envelope key known (from its peer
+record, or told with :meth:`Router.learn_envelope_key`), the envelope is sealed to that key
+(``node.core.sealed``) and handed over on a connection made for it alone, from a fresh
+identity key and socket: the relay learns the mailbox, not the sender (ADR 0008).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Protocol
 from discovery.lan import compact_fingerprint
 from discovery.resolver import Resolution, Resolver, Source
 from node.app.contacts import Contacts
-from node.core import wire
+from node.core import hybrid_kem, sealed, wire
 from node.core.addresses import Address
 from node.core.errors import (
+    CryptoError,
     ErrorCode,
     NodeError,
     PeerIdentityError,
@@ -26,7 +32,7 @@ from node.core.errors import (
     RelayError,
     RemoteError,
 )
-from node.core.identity import short_fingerprint
+from node.core.identity import Identity, short_fingerprint
 from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint
 
@@ -70,8 +76,21 @@ class Router:
         unreachable_backoff: float = 30.0,
         resolver: Resolver | None = None,
         lan: LanFeedback | None = None,
+        identity: Identity | None = None,
+        sealed_sender: bool = True,
     ) -> None:
         self.resolver = resolver
+        # Sealing needs the node's identity key to sign inside the box; without one (a bare
+        # router in a test) every relay delivery goes unsealed.
+        self._identity = identity
+        self.sealed_sender = sealed_sender and identity is not None
+        self._runtime = runtime
+        # Recipients' hybrid envelope public keys, by identity key (checked when learned).
+        self.envelope_keys: dict[bytes, bytes] = {}
+        # Relays that refused a sealed delivery (allow_sealed_sender = false): unsealed there.
+        self._no_sealed: set[bytes] = set()
+        self.sealed_sent = 0
+        self.sealed_fallbacks = 0
         self.lan = lan
         # Told of every direct call that succeeded: (peer, address, how discovery found it).
         self.on_reached: Callable[[bytes, Address, Resolution | None], None] | None = None
@@ -120,6 +139,31 @@ class Router:
             raise PeerUnreachableError(
                 f"{self._contacts.name(recipient)} is unreachable and no relay is configured"
             )
+        envelope_key = self.envelope_keys.get(recipient)
+        if (
+            self.sealed_sender
+            and envelope_key is not None
+            and relay.identity not in self._no_sealed
+        ):
+            try:
+                await self._send_sealed(relay, envelope_key, envelope)
+                self.sealed_sent += 1
+                return Path.RELAY
+            except RemoteError as exc:
+                if exc.code is not ErrorCode.SEALED_REFUSED:
+                    raise RelayError(f"the relay did not take the message: {exc}") from exc
+                # Delivery matters more than hiding the sender from this one relay: say so
+                # once, then send there unsealed (ADR 0008).
+                self._no_sealed.add(relay.identity)
+                log.warning(
+                    "the relay at %s:%d refuses sealed sender: it will see who sends there",
+                    *relay.address,
+                )
+            except NodeError as exc:
+                raise RelayError(f"the relay did not take the message: {exc}") from exc
+        if self.sealed_sender and envelope_key is None:
+            self.sealed_fallbacks += 1
+            log.info("no envelope key known for %s: sent unsealed", short_fingerprint(recipient))
         try:
             response = await self._call_relay_at(
                 relay, wire.Deliver((envelope,)), self._relay_deadline, self._relay_deadline
@@ -128,6 +172,41 @@ class Router:
         except NodeError as exc:
             raise RelayError(f"the relay did not take the message: {exc}") from exc
         return Path.RELAY
+
+    def learn_envelope_key(self, identity: bytes, envelope_key: bytes) -> None:
+        """Remember ``identity``'s envelope public key (from its signed peer record or invite
+        link). Raises :class:`CryptoError` for a key that is not a usable one."""
+        hybrid_kem.check_public_key(envelope_key)
+        self.envelope_keys[identity] = envelope_key
+
+    async def _send_sealed(
+        self, relay: RelayInfo, envelope_key: bytes, envelope: wire.Envelope
+    ) -> None:
+        """Seal ``envelope`` and deliver it to ``relay`` from a one-time identity key, on a
+        socket of its own (so not even the UDP port links two deliveries); the outer id is
+        fresh, and what the receiver keeps is the inner one."""
+        assert self._identity is not None
+        runtime = self._runtime
+        outer = sealed.seal_envelope(
+            self._identity, envelope_key, envelope, runtime.random_bytes(wire.ENVELOPE_ID_SIZE)
+        )
+        one_time = Endpoint(Identity.from_seed(runtime.random_bytes(32)), None, runtime)
+        await one_time.start(self._endpoint.local_address[0], 0)
+        try:
+            failure: NodeError | None = None
+            for address in [relay.address, *relay.alternates]:
+                try:
+                    conn = await one_time.dial(address, relay.identity, self._relay_deadline)
+                    response = await conn.call(wire.Deliver((outer,)), self._relay_deadline)
+                except NodeError as exc:
+                    failure = exc
+                    continue
+                _check_accepted(response, outer)
+                return
+            assert failure is not None
+            raise failure
+        finally:
+            await one_time.close()
 
     async def _candidates(self, peer: bytes) -> tuple[list[Address], Resolution | None]:
         """Addresses to try for ``peer``: the last one that worked, then what discovery says."""
@@ -143,6 +222,13 @@ class Router:
                 log.info("resolving %s failed: %s", short_fingerprint(peer), exc)
             if resolution is not None:
                 found += [a for a in resolution.addresses if a not in found]
+                if resolution.record is not None:
+                    try:
+                        self.learn_envelope_key(peer, resolution.record.envelope_key)
+                    except CryptoError as exc:
+                        log.info(
+                            "%s publishes no usable envelope key: %s", short_fingerprint(peer), exc
+                        )
                 for host, port, identity in resolution.relay_hints[:1]:
                     self.peer_relays[peer] = RelayInfo((host, port), identity)
         return found[:MAX_ADDRESSES_TRIED], resolution

@@ -463,6 +463,14 @@ class NodeStore:
                     fresh.append(env.id)
         return fresh
 
+    def seen_ids(self, ids: Sequence[bytes]) -> set[bytes]:
+        """Of ``ids``, those of envelopes already received (and not yet expired from ``seen``)."""
+        found = set()
+        for envelope_id in ids:
+            if self._query("SELECT 1 FROM seen WHERE envelope_id = ?", (envelope_id,)):
+                found.add(envelope_id)
+        return found
+
     def stash_bounded(
         self,
         envelopes: Sequence[wire.Envelope],

@@ -23,6 +23,7 @@ class ErrorCode(enum.IntEnum):
     BUSY = 12
     UNAUTHENTICATED = 13
     CONFLICT = 14
+    SEALED_REFUSED = 15
 
 
 class NodeError(Exception):

@@ -37,6 +37,7 @@ class EnvelopeKind(enum.Enum):
     PROPOSAL = "proposal"
     APPLICATION = "application"
     KEY_PACKAGE_REQUEST = "keyPackageRequest"
+    SEALED = "sealed"
 
 
 @dataclass(frozen=True)
@@ -603,6 +604,7 @@ _ERROR_CODE_NAMES = {
     ErrorCode.BUSY: "busy",
     ErrorCode.UNAUTHENTICATED: "unauthenticated",
     ErrorCode.CONFLICT: "conflict",
+    ErrorCode.SEALED_REFUSED: "sealedRefused",
 }
 _KNOWN_CODES = frozenset(int(code) for code in ErrorCode)
 

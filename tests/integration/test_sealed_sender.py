@@ -1,0 +1,239 @@
+"""Sealed sender through a real relay process (ADR 0008): the message arrives with the right
+sender, the relay's files and logs never hold the sender's identity, a replayed or forged
+sealed envelope is refused, and a relay that does not take sealed envelopes says so."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from node.app.node import Node
+from node.app.router import Path as RoutePath
+from node.app.router import RelayInfo
+from node.core import sealed, wire
+from node.core.errors import ErrorCode
+from node.core.identity import Identity, fingerprint, mailbox_of
+from node.transport.runtime import RealRuntime
+from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
+from tests.node_support import relay_info, wait_until
+
+DEADLINE = 20.0
+
+
+@contextlib.contextmanager
+def relay_process(tmp_path: Path, settings: str = "") -> Iterator[RelayProcess]:
+    config = tmp_path / "relay.toml"
+    config.write_text(settings)
+    relay = RelayProcess(
+        tmp_path / "relay", passphrase="sealed test", extra_args=("--config", str(config))
+    )
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+@contextlib.asynccontextmanager
+async def pair(relay: RelayInfo) -> AsyncIterator[tuple[Node, Node]]:
+    """Bob collects his mail at ``relay``; alice has no relay of her own, so her identity key
+    never reaches it: she knows bob's relay and envelope key as his peer record tells them."""
+    runtimes = [RealRuntime("qpc-alice"), RealRuntime("qpc-bob")]
+    alice = Node(Identity.generate(), runtimes[0], name="alice")
+    bob = Node(Identity.generate(), runtimes[1], name="bob", relay=relay)
+    try:
+        for n in (alice, bob):
+            await n.start(LOOPBACK, 0)
+        await alice.remember_peer(bob.public_key, "bob", bob.address)
+        await bob.remember_peer(alice.public_key, "alice", alice.address)
+        alice.router.peer_relays[bob.public_key] = relay
+        alice.router.learn_envelope_key(bob.public_key, (await bob.envelope_key()).public_key)
+        yield alice, bob
+    finally:
+        for n in (alice, bob):
+            await n.stop()
+        for runtime in runtimes:
+            runtime.close()
+
+
+async def dm_while_bob_is_away(alice: Node, bob: Node, text: str) -> bytes:
+    """A DM group made while both are online; bob then drops off, and alice's message can go
+    only through his relay."""
+    made = await alice.create_group_with([bob.public_key])
+    await wait_until(lambda: made.group_id in bob.groups, DEADLINE, "bob joined")
+    bob.go_offline()
+    report = await alice.send_text(made.group_id, text)
+    assert not report.failed
+    return made.group_id
+
+
+def identity_traces(identity: bytes) -> list[bytes]:
+    """Every form an identity key could be written in: raw, hex, base64, its fingerprint
+    (grouped and compact), and its mailbox, raw and hex."""
+    mailbox = mailbox_of(identity)
+    grouped = fingerprint(identity)
+    return [
+        identity,
+        identity.hex().encode(),
+        base64.b64encode(identity),
+        base64.urlsafe_b64encode(identity).rstrip(b"="),
+        grouped.encode(),
+        grouped.replace(" ", "").encode(),
+        grouped.replace(" ", "").upper().encode(),
+        mailbox,
+        mailbox.hex().encode(),
+        hashlib.sha256(identity).hexdigest()[:16].encode(),
+    ]
+
+
+def relay_bytes(relay: RelayProcess) -> bytes:
+    """Everything the relay's data directory holds, every file, as bytes."""
+    return b"".join(p.read_bytes() for p in sorted(relay.data_dir.rglob("*")) if p.is_file())
+
+
+def stop_and_read_logs(relay: RelayProcess) -> bytes:
+    assert relay.proc is not None
+    relay.proc.terminate()
+    out, err = relay.proc.communicate(timeout=15)
+    return (out + err).encode()
+
+
+async def deliver_from_a_one_time_key(relay: RelayInfo, envelope: wire.Envelope) -> wire.Response:
+    async with running_endpoint(Identity.generate(), None) as endpoint:
+        conn = await endpoint.dial(relay.address, relay.identity)
+        return await conn.call(wire.Deliver((envelope,)))
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[wire.Envelope]:
+    """The sealed envelopes alice's router hands to the relay (what a replayer would copy)."""
+    boxes: list[wire.Envelope] = []
+    real = sealed.seal_envelope
+
+    def recording(*args: object, **kwargs: object) -> wire.Envelope:
+        outer = real(*args, **kwargs)  # type: ignore[arg-type]
+        boxes.append(outer)
+        return outer
+
+    monkeypatch.setattr(sealed, "seal_envelope", recording)
+    return boxes
+
+
+async def test_a_sealed_message_arrives_from_its_sender_and_the_relay_never_learns_who(
+    tmp_path: Path, captured: list[wire.Envelope]
+) -> None:
+    with relay_process(tmp_path) as relay:
+        info = relay_info(relay)
+        async with pair(info) as (alice, bob):
+            await dm_while_bob_is_away(alice, bob, "only bob knows this is from me")
+            assert alice.router.sealed_sent == 1
+            assert len(captured) == 1 and captured[0].kind is wire.EnvelopeKind.SEALED
+            # The envelope waits at the relay now: its mailbox is in the store, the scan sees it.
+            stored = relay_bytes(relay)
+            assert bob.identity.mailbox in stored
+            for trace in identity_traces(alice.public_key):
+                assert trace not in stored
+
+            await bob.start(LOOPBACK, 0)
+            (message,) = await bob.wait_for_messages(1, DEADLINE)
+            assert message.text == "only bob knows this is from me"
+            assert message.sender == alice.public_key
+            assert message.path is RoutePath.RELAY
+            assert bob.counters()["sealed_unopened"] == 0
+
+        logs = stop_and_read_logs(relay)
+        stored = relay_bytes(relay)
+        for trace in identity_traces(alice.public_key):
+            assert trace not in stored
+            assert trace not in logs
+
+
+async def test_a_replayed_sealed_envelope_is_refused_even_under_a_new_outer_id(
+    tmp_path: Path, captured: list[wire.Envelope]
+) -> None:
+    with relay_process(tmp_path) as relay:
+        info = relay_info(relay)
+        async with pair(info) as (alice, bob):
+            await dm_while_bob_is_away(alice, bob, "say it once")
+            await bob.start(LOOPBACK, 0)
+            await bob.wait_for_messages(1, DEADLINE)
+            (original,) = captured
+            again = wire.Envelope(
+                id=Identity.generate().public_key[:16],  # any fresh 16 bytes
+                recipient=original.recipient,
+                kind=original.kind,
+                payload=original.payload,
+                group_id=original.group_id,
+                created_at_ms=original.created_at_ms,
+            )
+            answer = await deliver_from_a_one_time_key(info, again)
+            assert isinstance(answer, wire.DeliverResult) and again.id in answer.accepted
+            await wait_until(
+                lambda: bob.counters()["sealed_replayed"] == 1, DEADLINE, "bob saw the replay"
+            )
+            assert [m.text for m in bob.inbox] == ["say it once"]
+            # Acknowledged: the relay no longer holds it, bob is not offered it again.
+            assert await bob.sync_relay() == 0
+
+
+async def test_a_forged_inner_signature_is_dropped_and_counted(tmp_path: Path) -> None:
+    with relay_process(tmp_path) as relay:
+        info = relay_info(relay)
+        async with pair(info) as (alice, bob):
+            mallory = Identity.generate()
+            inner = wire.Envelope(
+                id=bytes(range(16)),
+                recipient=bob.identity.mailbox,
+                kind=wire.EnvelopeKind.APPLICATION,
+                payload=b"pretending to be alice",
+                group_id=b"",
+                created_at_ms=bob.clock_ms(),
+            )
+            # Claims alice, signed by mallory.
+            forged_signature = mallory.private_key.sign(sealed.signed_bytes(inner))
+            box = sealed.seal_box(
+                (await bob.envelope_key()).public_key,
+                inner.recipient,
+                sealed.encode_content(alice.public_key, inner, forged_signature),
+            )
+            outer = wire.Envelope(
+                bytes(16), inner.recipient, wire.EnvelopeKind.SEALED, box, b"", inner.created_at_ms
+            )
+            answer = await deliver_from_a_one_time_key(info, outer)
+            assert isinstance(answer, wire.DeliverResult)
+            await wait_until(
+                lambda: bob.counters()["sealed_bad_signature"] == 1, DEADLINE, "bob dropped it"
+            )
+            assert bob.inbox == []
+            assert await bob.sync_relay() == 0  # dropped for good, not offered again
+
+
+async def test_a_relay_without_sealed_sender_refuses_it_and_the_sender_falls_back(
+    tmp_path: Path,
+) -> None:
+    with relay_process(tmp_path, "allow_sealed_sender = false\n") as relay:
+        info = relay_info(relay)
+        async with pair(info) as (alice, bob):
+            probe = sealed.seal_envelope(
+                alice.identity,
+                (await bob.envelope_key()).public_key,
+                wire.Envelope(
+                    bytes(16), bob.identity.mailbox, wire.EnvelopeKind.APPLICATION, b"x", b"", 1
+                ),
+                bytes(range(16)),
+            )
+            answer = await deliver_from_a_one_time_key(info, probe)
+            assert isinstance(answer, wire.ErrorResult)
+            assert answer.code is ErrorCode.SEALED_REFUSED
+
+            await dm_while_bob_is_away(alice, bob, "sent in the clear to the relay")
+            assert alice.router.sealed_sent == 0
+            await bob.start(LOOPBACK, 0)
+            (message,) = await bob.wait_for_messages(1, DEADLINE)
+            assert message.text == "sent in the clear to the relay"
+            assert message.sender == alice.public_key
