@@ -15,6 +15,14 @@ envelope delivered, fetched and acknowledged. ``envelopes_per_s`` counts rounds 
 all clients, ``p50_ms``/``p99_ms`` are round latencies, ``peak_rss_mb`` the relay's VmRSS peak.
 The clients run in this one process, on the same cores as the relay: both columns pay for them.
 
+``--backend sqlite,postgresql --relays 1,2`` adds rows for each backend and number of relay
+processes (issue 12). PostgreSQL is a throwaway server this script starts (initdb + pg_ctl, as
+the tests do, ``tests/pg_support.py``) unless ``--dsn`` names one; the relays of one row share
+it, each deployed the first one's identity key, and the clients are dealt out between them.
+With several relays ``peak_rss_mb`` is the sum of their peaks. ``relay_cpu_s`` and ``db_cpu_s``
+are the CPU seconds the relay processes and the database server's processes (own server only)
+spent in the measured part: where the time goes.
+
 Then ``--connect`` clients (default 1,000) dial the relay at once with the node's default
 deadlines (10 s for the handshake, 10 s for the call, ``node.app.router``) and each makes one
 fetch; the relay's ``max_connections_per_host`` is raised to 4,096 for this, since they all come
@@ -27,6 +35,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,6 +52,7 @@ from node.core.identity import Identity
 from node.transport.connection import Caller, PeerConnection
 from node.transport.endpoint import Endpoint
 from node.transport.runtime import RealRuntime
+from relay.accounts import SETUP_FILE
 
 LOOPBACK = "127.0.0.1"
 PAYLOAD = 1024  # bytes of sealed payload per envelope: a short chat message with MLS overhead
@@ -89,8 +99,34 @@ class Child:
         self.proc.wait(timeout=30)
 
 
-def relay_child(data: Path) -> Child:
-    env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE="bench") | UNLIMITED
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def children_of(parent: int) -> list[int]:
+    """The database server's processes: its postmaster and every child of it."""
+    found = [parent]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def relay_child(data: Path, extra: dict[str, str] | None = None) -> Child:
+    env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE="bench") | UNLIMITED | (extra or {})
     cmd = [sys.executable, "-m", "relay", "run", "--listen", f"{LOOPBACK}:0"]
     return Child([*cmd, "--data-dir", str(data), "--json"], env)
 
@@ -129,21 +165,24 @@ async def echo_serve() -> None:
 
 
 async def open_clients(
-    server: Child, count: int, runtime: RealRuntime
+    servers: list[Child], count: int, runtime: RealRuntime
 ) -> list[tuple[Endpoint, PeerConnection, Identity]]:
-    async def one() -> tuple[Endpoint, PeerConnection, Identity]:
+    async def one(n: int) -> tuple[Endpoint, PeerConnection, Identity]:
+        server = servers[n % len(servers)]
         me = Identity.generate()
         endpoint = Endpoint(me, None, runtime)
         await endpoint.start(LOOPBACK, 0)
         conn = await endpoint.dial(server.address, server.identity, NODE_DIAL_DEADLINE)
         return endpoint, conn, me
 
-    return list(await asyncio.gather(*(one() for _ in range(count))))
+    return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
-async def rounds(server: Child, clients: int, seconds: float) -> dict[str, float]:
+async def rounds(
+    servers: list[Child], clients: int, seconds: float, db_parent: int | None = None
+) -> dict[str, float]:
     runtime = RealRuntime("qpc-bench")
-    opened = await open_clients(server, clients, runtime)
+    opened = await open_clients(servers, clients, runtime)
     latencies: list[float] = []
     errors = 0
     stop_at = 0.0
@@ -177,16 +216,25 @@ async def rounds(server: Child, clients: int, seconds: float) -> dict[str, float
 
     async def sampler() -> None:
         while time.perf_counter() < stop_at:
-            server.sample()
+            for server in servers:
+                server.sample()
             await asyncio.sleep(0.2)
+
+    relay_pids = [server.proc.pid for server in servers]
 
     try:
         stop_at = time.perf_counter() + min(1.0, seconds / 4)  # warm up: caches, first pages
         await asyncio.gather(*(loop(c, me, False) for _, c, me in opened))
         started = time.perf_counter()
         stop_at = started + seconds
+        relay_cpu = cpu_seconds(relay_pids)
+        # The relays' pooled connections are open by now: each is a child of the postmaster.
+        db_pids = children_of(db_parent) if db_parent is not None else []
+        db_cpu = cpu_seconds(db_pids)
         await asyncio.gather(sampler(), *(loop(c, me, True) for _, c, me in opened))
         elapsed = time.perf_counter() - started
+        relay_cpu = cpu_seconds(relay_pids) - relay_cpu
+        db_cpu = cpu_seconds(db_pids) - db_cpu if db_pids else float("nan")
     finally:
         for endpoint, _, _ in opened:
             await endpoint.close()
@@ -197,6 +245,8 @@ async def rounds(server: Child, clients: int, seconds: float) -> dict[str, float
         "p50_ms": statistics.median(ordered) * 1000,
         "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
         "errors": errors,
+        "relay_cpu_s": relay_cpu,
+        "db_cpu_s": db_cpu,
     }
 
 
@@ -237,37 +287,114 @@ async def connect_storm(server: Child, count: int) -> dict[str, Any]:
     }
 
 
+class Service:
+    """``relays`` relay processes of one service on one store (the first one's key and OPAQUE
+    setup deployed to the others)."""
+
+    def __init__(self, root: Path, relays: int, env: dict[str, str]) -> None:
+        self.children: list[Child] = []
+        try:
+            for n in range(relays):
+                data = root / f"relay{n}"
+                if n:
+                    data.mkdir(mode=0o700)
+                    for name in ("relay.key", SETUP_FILE):
+                        shutil.copy2(root / "relay0" / name, data / name)
+                self.children.append(relay_child(data, env))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.stop()
+
+
+def start_postgres(root: Path) -> tuple[str, list[int], Any]:
+    """A throwaway server (tests/pg_support.py) and a migrated database on it."""
+    from tests.pg_support import start_server
+
+    server = start_server(root)
+    dsn = server.create_database("qpc_bench")
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    return dsn, [postmaster], server
+
+
+def migrate(dsn: str) -> None:
+    env = dict(os.environ, QUICNPROTOCHAT_RELAY_DSN=dsn)
+    subprocess.run([sys.executable, "-m", "relay", "migrate"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
+    storm = None
     with tempfile.TemporaryDirectory(prefix="qpc-relay-bench-") as tmp:
         echo = echo_child()
-        relay = relay_child(Path(tmp) / "relay")
+        pg_server: Any = None
         try:
-            for clients in args.clients:
-                raw = await rounds(echo, clients, args.seconds)
-                relay.peak = rss_mb(relay.proc.pid)
-                real = await rounds(relay, clients, args.seconds)
-                rows.append(
-                    {
-                        "backend": "sqlite",
-                        "relays": 1,
-                        "clients": clients,
-                        "envelopes_per_s": round(real["per_s"], 1),
-                        "raw_per_s": round(raw["per_s"], 1),
-                        "ratio": round(real["per_s"] / raw["per_s"], 3),
-                        "p50_ms": round(real["p50_ms"], 2),
-                        "p99_ms": round(real["p99_ms"], 2),
-                        "peak_rss_mb": round(relay.peak, 1),
-                        "errors": int(real["errors"] + raw["errors"]),
-                    }
-                )
-                if not args.json:
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            storm = await connect_storm(relay, args.connect) if args.connect else None
+            for backend in args.backend:
+                env: dict[str, str] = {}
+                db_parent: int | None = None
+                if backend == "postgresql":
+                    dsn = args.dsn
+                    if not dsn:
+                        # Its own directory: the server's user cannot enter ours (0700).
+                        pg_root = Path(tempfile.mkdtemp(prefix="qpc-bench-pg-"))
+                        dsn, postmaster, pg_server = start_postgres(pg_root)
+                    migrate(dsn)
+                    env = {"QUICNPROTOCHAT_RELAY_STORE": "postgresql"}
+                    env["QUICNPROTOCHAT_RELAY_DSN"] = dsn
+                for relays in args.relays if backend == "postgresql" else [1]:
+                    if backend == "postgresql" and pg_server is not None:
+                        db_parent = postmaster[0]
+                    root = Path(tmp) / f"{backend}-{relays}"
+                    root.mkdir()
+                    service = Service(root, relays, env)
+                    try:
+                        for clients in args.clients:
+                            raw = await rounds([echo], clients, args.seconds)
+                            for child in service.children:
+                                child.peak = rss_mb(child.proc.pid)
+                            real = await rounds(service.children, clients, args.seconds, db_parent)
+                            rows.append(make_row(backend, relays, clients, raw, real, service))
+                            if not args.json:
+                                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+                        if args.connect and storm is None:
+                            storm = await connect_storm(service.children[0], args.connect)
+                    finally:
+                        service.stop()
         finally:
-            relay.stop()
             echo.stop()
+            if pg_server is not None:
+                pg_server.stop()
+                shutil.rmtree(pg_server.root, ignore_errors=True)
     return {"rows": rows, "connect_storm": storm}
+
+
+def make_row(
+    backend: str,
+    relays: int,
+    clients: int,
+    raw: dict[str, float],
+    real: dict[str, float],
+    service: Service,
+) -> dict[str, Any]:
+    db_cpu = real["db_cpu_s"]
+    return {
+        "backend": backend,
+        "relays": relays,
+        "clients": clients,
+        "envelopes_per_s": round(real["per_s"], 1),
+        "raw_per_s": round(raw["per_s"], 1),
+        "ratio": round(real["per_s"] / raw["per_s"], 3),
+        "p50_ms": round(real["p50_ms"], 2),
+        "p99_ms": round(real["p99_ms"], 2),
+        "peak_rss_mb": round(sum(c.peak for c in service.children), 1),
+        "relay_cpu_s": round(real["relay_cpu_s"], 2),
+        "db_cpu_s": None if db_cpu != db_cpu else round(db_cpu, 2),  # NaN: not our server
+        "errors": int(real["errors"] + raw["errors"]),
+    }
 
 
 def main() -> None:
@@ -280,6 +407,19 @@ def main() -> None:
         default=[1, 10, 100],
         help="concurrent clients per point, comma-separated [1,10,100]",
     )
+    parser.add_argument(
+        "--backend",
+        type=lambda text: text.split(","),
+        default=["sqlite"],
+        help="stores to measure, comma-separated: sqlite, postgresql [sqlite]",
+    )
+    parser.add_argument(
+        "--relays",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2],
+        help="relay processes per PostgreSQL row, comma-separated [1,2]",
+    )
+    parser.add_argument("--dsn", default="", help="an existing PostgreSQL database to use")
     parser.add_argument("--connect", type=int, default=1000, help="clients dialing at once")
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,10 +430,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    head = ("clients", "envelopes_per_s", "raw_per_s", "ratio", "p50_ms", "p99_ms", "peak_rss_mb")
+    head = (
+        "backend", "relays", "clients", "envelopes_per_s", "raw_per_s", "ratio", "p50_ms",
+        "p99_ms", "peak_rss_mb", "relay_cpu_s", "db_cpu_s",
+    )  # fmt: skip
     print(" ".join(f"{h:>15}" for h in head))
     for row in result["rows"]:
-        print(" ".join(f"{row[h]:>15}" for h in head))
+        print(" ".join(f"{row[h]!s:>15}" for h in head))
     if result["connect_storm"] is not None:
         print("connect storm:", json.dumps(result["connect_storm"]))
 

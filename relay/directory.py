@@ -13,7 +13,9 @@
   to one lookup allowance per caller and per address, hits and misses alike, so names cannot
   be enumerated fast and the allowance says nothing of whether a name exists.
 
-Blocking store calls and the clock come from the :class:`~node.core.runtime.Runtime`.
+The store is a :class:`~relay.store_api.DirectoryBackend` (embedded SQLite or PostgreSQL);
+blocking work (verifying KeyPackages) and the clock come from the
+:class:`~node.core.runtime.Runtime`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from node.core.identity import IDENTITY_KEY_SIZE
 from node.core.runtime import Runtime
 from node.mls import GroupError, key_package_info
 from node.transport.connection import Caller
-from relay.directory_store import DirectoryQuotaError, DirectoryStore
+from relay.directory_store import DirectoryQuotaError
 from relay.limits import TokenBuckets
+from relay.store_api import DirectoryBackend, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class DirectoryService:
 
     def __init__(
         self,
-        store: DirectoryStore,
+        store: DirectoryBackend,
         runtime: Runtime,
         limits: DirectoryLimits,
         counters: Counter[str],
@@ -101,11 +104,28 @@ class DirectoryService:
     def _not_before_ms(self) -> int:
         return self._wall_ms() - self.limits.key_package_max_age_ms
 
-    def runs_low(self, identity: bytes) -> bool:
-        """Whether the owner of ``identity`` should publish more KeyPackages here."""
-        return self._store.runs_low(identity, self.limits.key_package_low_water)
+    async def runs_low(self, identity: bytes) -> bool:
+        """Whether the owner of ``identity`` should publish more KeyPackages here (False when
+        the store cannot tell now: the owner is told at a later fetch)."""
+        try:
+            return await self._store.runs_low(identity, self.limits.key_package_low_water)
+        except StorageError:
+            return False
 
     async def handle(self, caller: Caller, request: wire.Request) -> wire.Response:
+        try:
+            return await self._handle(caller, request)
+        except StoreUnavailableError:
+            return self._refuse(
+                "refused_store_unavailable",
+                ErrorCode.BUSY,
+                "the relay's database is unreachable: retry later",
+            )
+        except StorageError as exc:
+            log.warning("a directory call failed in the store: %s", exc)
+            return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not use its directory")
+
+    async def _handle(self, caller: Caller, request: wire.Request) -> wire.Response:
         match request:
             case wire.PublishKeyPackages(single_use, last_resort):
                 return await self._publish(caller, single_use, last_resort)
@@ -168,9 +188,9 @@ class DirectoryService:
                 ErrorCode.MALFORMED_REQUEST,
                 "at most one last-resort KeyPackage per suite",
             )
-        store, owner = self._store, caller.identity
+        store = self._store
         try:
-            counts = await self._run(lambda: store.publish(owner, singles, lasts, now_ms))
+            counts = await store.publish(caller.identity, singles, lasts, now_ms)
         except DirectoryQuotaError as exc:
             code = (
                 ErrorCode.STORE_FULL
@@ -178,8 +198,6 @@ class DirectoryService:
                 else ErrorCode.LIMIT_EXCEEDED
             )
             return self._refuse(exc.trigger, code, str(exc))
-        except StorageError:
-            return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not store them")
         self.counters["key_packages_published"] += len(singles)
         return wire.PublishKeyPackagesResult(
             tuple(wire.KeyPackageCount(c.suite, c.single_use, c.last_resort) for c in counts),
@@ -199,19 +217,14 @@ class DirectoryService:
                 ErrorCode.MALFORMED_REQUEST,
                 f"an identity key is {IDENTITY_KEY_SIZE} bytes",
             )
-        store, not_before = self._store, self._not_before_ms()
-        try:
-            taken = await self._run(lambda: store.take(identity, not_before))
-        except StorageError:
-            return wire.ErrorResult(ErrorCode.INTERNAL, "the relay could not read its directory")
+        taken = await self._store.take(identity, self._not_before_ms())
         if not taken:
             return wire.ErrorResult(ErrorCode.NOT_FOUND, "no KeyPackage of that identity here")
         self.counters["key_packages_served"] += 1
         return wire.FetchKeyPackageResult(taken[0], tuple(taken[1 : wire.MAX_KEY_PACKAGES]))
 
     async def purge_expired(self) -> int:
-        store, not_before = self._store, self._not_before_ms()
-        return await self._run(lambda: store.purge_expired(not_before))
+        return await self._store.purge_expired(self._not_before_ms())
 
     # --- usernames -----------------------------------------------------------------------------
 
@@ -230,8 +243,7 @@ class DirectoryService:
             return self._refuse(
                 "refused_directory_malformed", ErrorCode.MALFORMED_REQUEST, wire.USERNAME_RULE
             )
-        store = self._store
-        found = await self._run(lambda: store.identity_of(username))
+        found = await self._store.identity_of(username)
         if found is None:
             return wire.ErrorResult(ErrorCode.NOT_FOUND, "no one here goes by that name")
         return wire.ResolveUserResult(found)
@@ -245,8 +257,7 @@ class DirectoryService:
                 ErrorCode.MALFORMED_REQUEST,
                 f"an identity key is {IDENTITY_KEY_SIZE} bytes",
             )
-        store = self._store
-        found = await self._run(lambda: store.username_of(identity))
+        found = await self._store.username_of(identity)
         if found is None:
             return wire.ErrorResult(ErrorCode.NOT_FOUND, "that identity has no name here")
         return wire.ResolveIdentityResult(found)
@@ -271,9 +282,8 @@ class DirectoryService:
         username, identity = pending
         if identity != caller.identity:
             return
-        store, now_ms = self._store, self._wall_ms()
         try:
-            await self._run(lambda: store.bind(username, identity, now_ms))
+            await self._store.bind(username, identity, self._wall_ms())
         except StorageError as exc:
             # The login stands; the name resolves to its earlier identity until the next one.
             log.warning("binding a username failed: %s", exc)

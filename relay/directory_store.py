@@ -1,8 +1,10 @@
 """The relay's directory store: KeyPackages held for their owners, and username bindings.
 
-Its own SQLite file (``directory.sqlite3``) beside the mailbox and account stores. The schema
-carries a version (``PRAGMA user_version``); :data:`MIGRATIONS` lists the steps from each
-earlier version, applied in order inside one transaction when the store opens.
+Its own SQLite file (``directory.sqlite3``) beside the mailbox and account stores, SQLCipher when
+the relay has a ``db_key``; its schema is the ``directory`` part of the one migration list
+(``relay/migrations.py``), applied when the store opens. This is the embedded backend: several
+relay processes share the PostgreSQL one (``relay/directory_pg.py``), and the service reaches
+either through :class:`~relay.store_api.DirectoryBackend`.
 
 * **KeyPackages.** Per identity and suite: a pool of single-use ones, each handed out once
   (oldest first), and at most one last-resort one, handed out without being used up when the
@@ -21,45 +23,13 @@ on its executor.
 from __future__ import annotations
 
 import hashlib
-import os
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node.core.errors import StorageError
-
-SCHEMA_VERSION = 1
-# MIGRATIONS[v] takes a store at version v to v + 1.
-MIGRATIONS: dict[int, str] = {
-    0: """
-    CREATE TABLE key_packages (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        identity BLOB NOT NULL,
-        suite INTEGER NOT NULL,
-        digest BLOB NOT NULL,
-        body BLOB NOT NULL,
-        stored_at_ms INTEGER NOT NULL,
-        UNIQUE (identity, digest)
-    );
-    CREATE INDEX key_packages_by_owner ON key_packages (identity, suite, seq);
-    CREATE INDEX key_packages_by_age ON key_packages (stored_at_ms);
-    CREATE TABLE last_resort (
-        identity BLOB NOT NULL,
-        suite INTEGER NOT NULL,
-        rank INTEGER NOT NULL,
-        body BLOB NOT NULL,
-        stored_at_ms INTEGER NOT NULL,
-        PRIMARY KEY (identity, suite)
-    );
-    CREATE INDEX last_resort_by_age ON last_resort (stored_at_ms);
-    CREATE TABLE usernames (
-        username TEXT PRIMARY KEY,
-        identity BLOB NOT NULL UNIQUE,
-        bound_at_ms INTEGER NOT NULL
-    );
-    """,
-}
+from relay.store import DB_ERRORS, open_sqlite
 
 
 class DirectoryQuotaError(StorageError):
@@ -103,18 +73,14 @@ class _Holding:
 class DirectoryStore:
     """KeyPackages by owner and suite, and usernames bound to identity keys."""
 
-    def __init__(self, path: Path, quotas: DirectoryQuotas | None = None) -> None:
+    def __init__(
+        self, path: Path, quotas: DirectoryQuotas | None = None, *, key: bytes | None = None
+    ) -> None:
         self.quotas = quotas or DirectoryQuotas()
         self._held: dict[bytes, _Holding] = {}
         self.total_bytes = 0
-        if not path.exists():
-            # Created 0600 before SQLite opens it; its -wal and -shm files inherit the mode.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._db: Any = open_sqlite(path, key, "directory")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._migrate()
             singles = self._db.execute(
                 "SELECT identity, suite, COUNT(*), SUM(LENGTH(body)) FROM key_packages"
                 " GROUP BY identity, suite"
@@ -122,7 +88,8 @@ class DirectoryStore:
             lasts = self._db.execute(
                 "SELECT identity, suite, LENGTH(body) FROM last_resort"
             ).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
+            self._db.close()
             raise StorageError(f"cannot open the relay directory at {path}: {exc}") from exc
         for identity, suite, count, size in singles:
             self._holding(bytes(identity)).single_use[int(suite)] = int(count)
@@ -130,27 +97,6 @@ class DirectoryStore:
         for identity, suite, size in lasts:
             self._holding(bytes(identity)).last_resort[int(suite)] = int(size)
             self.total_bytes += int(size)
-
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"the directory store is of version {version}, newer than this relay knows"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-            # PRAGMA takes no parameters; the value is our own integer.
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     @property
     def schema_version(self) -> int:
@@ -241,7 +187,7 @@ class DirectoryStore:
                     )
                 if total > quotas.max_bytes and total > self.total_bytes:
                     raise DirectoryFullError("the relay's directory is full")
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay directory write failed: {exc}") from exc
         mine = self._holding(identity)
         mine.single_use, mine.last_resort = singles, lasts
@@ -289,7 +235,7 @@ class DirectoryStore:
                     ).fetchone()
                     if row is not None:
                         out.append(bytes(row[0]))
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay directory write failed: {exc}") from exc
         for suite, size in taken:
             held.single_use[suite] -= 1
@@ -310,7 +256,7 @@ class DirectoryStore:
                     " RETURNING suite, LENGTH(body)",
                     (identity, not_before_ms),
                 ).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay directory purge failed: {exc}") from exc
         self._forget([(identity, s, n) for s, n in singles], [(identity, s, n) for s, n in lasts])
 
@@ -347,7 +293,7 @@ class DirectoryStore:
                     " RETURNING identity, suite, LENGTH(body)",
                     (not_before_ms,),
                 ).fetchall()
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay directory purge failed: {exc}") from exc
         self._forget(
             [(bytes(i), s, n) for i, s, n in singles], [(bytes(i), s, n) for i, s, n in lasts]
@@ -369,24 +315,26 @@ class DirectoryStore:
                     "INSERT INTO usernames (username, identity, bound_at_ms) VALUES (?, ?, ?)",
                     (username, identity, now_ms),
                 )
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             raise StorageError(f"relay directory write failed: {exc}") from exc
 
     def identity_of(self, username: str) -> bytes | None:
-        row = self._db.execute(
-            "SELECT identity FROM usernames WHERE username = ?", (username,)
-        ).fetchone()
+        row = self._lookup("SELECT identity FROM usernames WHERE username = ?", username)
         return None if row is None else bytes(row[0])
 
     def username_of(self, identity: bytes) -> str | None:
-        row = self._db.execute(
-            "SELECT username FROM usernames WHERE identity = ?", (identity,)
-        ).fetchone()
+        row = self._lookup("SELECT username FROM usernames WHERE identity = ?", identity)
         return None if row is None else str(row[0])
+
+    def _lookup(self, query: str, value: str | bytes) -> Any:
+        try:
+            return self._db.execute(query, (value,)).fetchone()
+        except DB_ERRORS as exc:
+            raise StorageError(f"relay directory read failed: {exc}") from exc
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Any) -> None:
         self._db = db
 
     def __enter__(self) -> None:

@@ -3,8 +3,13 @@
 Version 0 is "nothing, or today's plain mailbox file": the first relays created their
 ``envelopes`` table with ``CREATE TABLE IF NOT EXISTS`` and never set a version, so step 1
 creates it the same way and a file of that age passes through unchanged. Each step names the
-script for each SQLite file (mailboxes and accounts live in two files, so the two evolve apart)
-and the one script for PostgreSQL, where everything shares one database.
+script for each SQLite file (mailboxes, accounts and the directory live in three files, so they
+evolve apart; a file with no script at a step only has its version raised) and the one script for
+PostgreSQL, where everything shares one database.
+
+The directory file (``directory.sqlite3``) had a version list of its own before step 3, which
+stopped at 1 and made the very tables step 3 makes: step 3 makes them ``IF NOT EXISTS``, so such a
+file (at 0 or 1) passes through unchanged.
 
 SQLite keeps the version in ``PRAGMA user_version`` of each file; PostgreSQL in the one-row
 table ``qpc_schema``. A store newer than :data:`SCHEMA_VERSION` is refused: this code would
@@ -30,7 +35,7 @@ __all__ = [
     "migrate_sqlite",
 ]
 
-SqlitePart = Literal["mailboxes", "accounts"]
+SqlitePart = Literal["mailboxes", "accounts", "directory"]
 
 # pg_advisory_lock key for migrations: any fixed 64-bit number no other user of the database
 # picks ("qpcmigr" in ASCII).
@@ -51,7 +56,7 @@ class Migration:
 
     version: int
     summary: str
-    sqlite: dict[SqlitePart, str]
+    sqlite: dict[SqlitePart, str]  # a part not named has nothing to do at this step
     postgresql: str
 
 
@@ -146,6 +151,70 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
         """,
     ),
+    Migration(
+        3,
+        "the directory: KeyPackages held for their owners, and usernames",
+        sqlite={
+            "directory": """
+            CREATE TABLE IF NOT EXISTS key_packages (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                identity BLOB NOT NULL,
+                suite INTEGER NOT NULL,
+                digest BLOB NOT NULL,
+                body BLOB NOT NULL,
+                stored_at_ms INTEGER NOT NULL,
+                UNIQUE (identity, digest)
+            );
+            CREATE INDEX IF NOT EXISTS key_packages_by_owner ON key_packages (identity, suite, seq);
+            CREATE INDEX IF NOT EXISTS key_packages_by_age ON key_packages (stored_at_ms);
+            CREATE TABLE IF NOT EXISTS last_resort (
+                identity BLOB NOT NULL,
+                suite INTEGER NOT NULL,
+                rank INTEGER NOT NULL,
+                body BLOB NOT NULL,
+                stored_at_ms INTEGER NOT NULL,
+                PRIMARY KEY (identity, suite)
+            );
+            CREATE INDEX IF NOT EXISTS last_resort_by_age ON last_resort (stored_at_ms);
+            CREATE TABLE IF NOT EXISTS usernames (
+                username TEXT PRIMARY KEY,
+                identity BLOB NOT NULL UNIQUE,
+                bound_at_ms INTEGER NOT NULL
+            );
+            """,
+        },
+        postgresql="""
+        CREATE TABLE key_packages (
+            seq BIGSERIAL PRIMARY KEY,
+            identity BYTEA NOT NULL,
+            suite INTEGER NOT NULL,
+            digest BYTEA NOT NULL,
+            body BYTEA NOT NULL,
+            stored_at_ms BIGINT NOT NULL,
+            UNIQUE (identity, digest)
+        );
+        CREATE INDEX key_packages_by_owner ON key_packages (identity, suite, seq);
+        CREATE INDEX key_packages_by_age ON key_packages (stored_at_ms);
+        CREATE TABLE last_resort (
+            identity BYTEA NOT NULL,
+            suite INTEGER NOT NULL,
+            rank INTEGER NOT NULL,
+            body BYTEA NOT NULL,
+            stored_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (identity, suite)
+        );
+        CREATE INDEX last_resort_by_age ON last_resort (stored_at_ms);
+        CREATE TABLE usernames (
+            username TEXT PRIMARY KEY,
+            identity BYTEA NOT NULL UNIQUE,
+            bound_at_ms BIGINT NOT NULL
+        );
+        -- The bytes of every KeyPackage held, one row: each write adds its change under the
+        -- row's lock, so the directory's byte cap is exact across relay processes.
+        CREATE TABLE directory_usage (bytes BIGINT NOT NULL);
+        INSERT INTO directory_usage VALUES (0);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -179,7 +248,7 @@ def migrate_sqlite(
         db.execute("BEGIN IMMEDIATE")
         try:
             for step in MIGRATIONS[version:]:
-                for statement in _statements(step.sqlite[part]):
+                for statement in _statements(step.sqlite.get(part, "")):
                     db.execute(statement)
             # PRAGMA takes no parameters; the value is our own integer.
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")

@@ -17,11 +17,19 @@ from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
 from relay.accounts import SETUP_FILE, AccountLimits, AccountService, load_or_create_setup
 from relay.directory import DirectoryLimits, DirectoryService
+from relay.directory_pg import PgDirectory
 from relay.directory_store import DirectoryQuotas, DirectoryStore
 from relay.service import RelayService, ServiceLimits
 from relay.store import MailboxStore, StoreQuotas
 from relay.store_accounts import AccountStore
-from relay.store_api import AccountBackend, MailboxBackend, SqliteAccounts, SqliteMailboxes
+from relay.store_api import (
+    AccountBackend,
+    DirectoryBackend,
+    MailboxBackend,
+    SqliteAccounts,
+    SqliteDirectory,
+    SqliteMailboxes,
+)
 from relay.store_pg import PgStore
 
 log = logging.getLogger(__name__)
@@ -200,7 +208,7 @@ class Relay:
         self._accounts_store: AccountBackend | None = None
         self._pg: PgStore | None = None
         self._accounts: AccountService | None = None
-        self._directory_store: DirectoryStore | None = None
+        self._directory_store: DirectoryBackend | None = None
         self._directory: DirectoryService | None = None
         self._endpoint: Endpoint | None = None
         self._service: RelayService | None = None
@@ -216,6 +224,15 @@ class Relay:
         return self._service
 
     async def start(self) -> RunningRelay:
+        """Open the stores and listen; if any step fails, whatever was opened (the
+        PostgreSQL pool included) is closed again before the error goes up."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> RunningRelay:
         cfg = self.config
         run = self._runtime.run_blocking
         identity, created = await load_or_create_identity(
@@ -252,9 +269,19 @@ class Relay:
         accounts = AccountService(accounts_store, setup, self._runtime, limits, self.counters)
         self._accounts = accounts
         directory_quotas = cfg.directory_quotas()
-        directory_store = await run(
-            lambda: DirectoryStore(cfg.data_dir / "directory.sqlite3", directory_quotas)
-        )
+        directory_store: DirectoryBackend
+        if self._pg is not None:
+            pg_directory = PgDirectory(self._pg, directory_quotas)
+            await pg_directory.refresh()
+            directory_store = pg_directory
+        else:
+            key = cfg.raw_db_key()
+            sqlite_directory = await run(
+                lambda: DirectoryStore(
+                    cfg.data_dir / "directory.sqlite3", directory_quotas, key=key
+                )
+            )
+            directory_store = SqliteDirectory(sqlite_directory, self._runtime)
         self._directory_store = directory_store
         directory = DirectoryService(
             directory_store, self._runtime, cfg.directory_limits(), self.counters
@@ -324,7 +351,8 @@ class Relay:
                 await self._purger
             self._purger = None
         if self._endpoint is not None:
-            await self._endpoint.close()
+            endpoint, self._endpoint = self._endpoint, None
+            await endpoint.close()
         if self._pg is not None:
             pg, self._pg = self._pg, None
             self._store = self._accounts_store = self._accounts = None
@@ -339,4 +367,4 @@ class Relay:
         if self._directory_store is not None:
             directory_store, self._directory_store = self._directory_store, None
             self._directory = None
-            await self._runtime.run_blocking(directory_store.close)
+            await directory_store.close()

@@ -276,13 +276,13 @@ class RelayService:
                     return self._unauthorized()
                 if cursor > MAX_CURSOR:
                     return self._out_of_range()
-                return self._tell_owner(caller, await self._fetch(mailbox, cursor, limit))
+                return await self._tell_owner(caller, await self._fetch(mailbox, cursor, limit))
             case wire.Wait(mailbox, cursor, limit, timeout_ms):
                 if not self._owns(caller.identity, mailbox):
                     return self._unauthorized()
                 if cursor > MAX_CURSOR:
                     return self._out_of_range()
-                return self._tell_owner(
+                return await self._tell_owner(
                     caller, await self._wait(mailbox, cursor, limit, timeout_ms)
                 )
             case wire.Ack(mailbox, ids):
@@ -296,9 +296,9 @@ class RelayService:
                 return wire.AckResult(removed)
         return wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, "unknown method")
 
-    def _tell_owner(self, caller: Caller, result: wire.FetchResult) -> wire.FetchResult:
+    async def _tell_owner(self, caller: Caller, result: wire.FetchResult) -> wire.FetchResult:
         """Mark the answer to a mailbox owner whose KeyPackages here run low."""
-        if self.directory is not None and self.directory.runs_low(caller.identity):
+        if self.directory is not None and await self.directory.runs_low(caller.identity):
             return dataclasses.replace(result, key_packages_low=True)
         return result
 

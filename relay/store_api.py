@@ -1,9 +1,10 @@
 """What the relay service needs of a store, whichever engine holds it.
 
 Two backends implement these protocols: the embedded SQLite/SQLCipher files
-(:class:`SqliteMailboxes` and :class:`SqliteAccounts` below, which run the blocking stores of
-``relay/store.py`` and ``relay/store_accounts.py`` on the runtime's executor) and PostgreSQL
-(``relay/store_pg.py``), which several relay processes share. Every call is async, so the
+(:class:`SqliteMailboxes`, :class:`SqliteAccounts` and :class:`SqliteDirectory` below, which run
+the blocking stores of ``relay/store.py``, ``relay/store_accounts.py`` and
+``relay/directory_store.py`` on the runtime's executor) and PostgreSQL (``relay/store_pg.py``,
+``relay/directory_pg.py``), which several relay processes share. Every call is async, so the
 service never knows which one it has.
 
 Each write is committed before the call returns: an envelope the service acknowledges is
@@ -19,13 +20,16 @@ from typing import Protocol
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
+from relay.directory_store import DirectoryQuotas, DirectoryStore, SuiteCount
 from relay.store import MailboxStore, PutResult, StoredBatch
 from relay.store_accounts import AccountStore, Session
 
 __all__ = [
     "AccountBackend",
+    "DirectoryBackend",
     "MailboxBackend",
     "SqliteAccounts",
+    "SqliteDirectory",
     "SqliteMailboxes",
     "StoreUnavailableError",
 ]
@@ -110,6 +114,44 @@ class AccountBackend(Protocol):
     async def has_live_session(self, identity: bytes, now_ms: int) -> bool: ...
 
     async def purge_expired(self, now_ms: int) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class DirectoryBackend(Protocol):
+    """KeyPackages by owner and suite (pool quotas, last-resort ones, expiry), and usernames
+    bound to identity keys (``relay/directory_store.py`` says what each call does)."""
+
+    @property
+    def quotas(self) -> DirectoryQuotas: ...
+
+    @property
+    def identities(self) -> int:
+        """Identities holding a KeyPackage here (a gauge: may lag other processes)."""
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every KeyPackage held (a gauge: may lag other processes)."""
+
+    async def runs_low(self, identity: bytes, low_water: int) -> bool: ...
+
+    async def publish(
+        self,
+        identity: bytes,
+        single_use: Sequence[tuple[int, bytes]],
+        last_resort: Sequence[tuple[int, bytes]],
+        now_ms: int,
+    ) -> list[SuiteCount]: ...
+
+    async def take(self, identity: bytes, not_before_ms: int) -> list[bytes]: ...
+
+    async def purge_expired(self, not_before_ms: int) -> int: ...
+
+    async def bind(self, username: str, identity: bytes, now_ms: int) -> None: ...
+
+    async def identity_of(self, username: str) -> bytes | None: ...
+
+    async def username_of(self, identity: bytes) -> str | None: ...
 
     async def close(self) -> None: ...
 
@@ -236,6 +278,63 @@ class SqliteAccounts:
     async def purge_expired(self, now_ms: int) -> int:
         store = self.store
         return await self._run(lambda: store.purge_expired(now_ms))
+
+    async def close(self) -> None:
+        await self._run(self.store.close)
+
+
+class SqliteDirectory:
+    """:class:`DirectoryBackend` over the embedded :class:`DirectoryStore` (one process); its
+    counts are held in memory, so the pool-runs-low check on every fetch costs no thread hop."""
+
+    def __init__(self, store: DirectoryStore, runtime: Runtime) -> None:
+        self.store = store
+        self._run = runtime.run_blocking
+
+    @property
+    def quotas(self) -> DirectoryQuotas:
+        return self.store.quotas
+
+    @property
+    def identities(self) -> int:
+        return self.store.identities
+
+    @property
+    def total_bytes(self) -> int:
+        return self.store.total_bytes
+
+    async def runs_low(self, identity: bytes, low_water: int) -> bool:
+        return self.store.runs_low(identity, low_water)
+
+    async def publish(
+        self,
+        identity: bytes,
+        single_use: Sequence[tuple[int, bytes]],
+        last_resort: Sequence[tuple[int, bytes]],
+        now_ms: int,
+    ) -> list[SuiteCount]:
+        store = self.store
+        return await self._run(lambda: store.publish(identity, single_use, last_resort, now_ms))
+
+    async def take(self, identity: bytes, not_before_ms: int) -> list[bytes]:
+        store = self.store
+        return await self._run(lambda: store.take(identity, not_before_ms))
+
+    async def purge_expired(self, not_before_ms: int) -> int:
+        store = self.store
+        return await self._run(lambda: store.purge_expired(not_before_ms))
+
+    async def bind(self, username: str, identity: bytes, now_ms: int) -> None:
+        store = self.store
+        await self._run(lambda: store.bind(username, identity, now_ms))
+
+    async def identity_of(self, username: str) -> bytes | None:
+        store = self.store
+        return await self._run(lambda: store.identity_of(username))
+
+    async def username_of(self, identity: bytes) -> str | None:
+        store = self.store
+        return await self._run(lambda: store.username_of(identity))
 
     async def close(self) -> None:
         await self._run(self.store.close)

@@ -25,6 +25,7 @@ from node.mls import MlsClient, key_package_info
 from node.transport.connection import Caller, PeerConnection
 from node.transport.runtime import RealRuntime
 from relay.directory_store import DirectoryStore, SuiteCount
+from relay.migrations import SCHEMA_VERSION
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
 from tests.node_support import relay_info, wait_until
 from tests.runtime_support import Runtimes
@@ -418,7 +419,7 @@ async def test_the_directory_survives_a_restart_of_its_store(
     store.close()
     again = DirectoryStore(path)
     try:
-        assert again.schema_version == 1
+        assert again.schema_version == SCHEMA_VERSION
         assert again.counts(bob.public_key) == [SuiteCount(suites.XWING, 2, True)]
         assert again.total_bytes == size
         assert again.identity_of("bob") == bob.public_key

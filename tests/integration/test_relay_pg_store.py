@@ -16,6 +16,7 @@ import pytest
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
+from relay.directory_store import DirectoryStore, SuiteCount
 from relay.migrations import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -144,6 +145,9 @@ async def test_pg_migrates_from_every_earlier_version(start: int, pg_dsn: str) -
         assert await migrate_pg(conn) == (start, SCHEMA_VERSION)
         expect = 1 if start >= 1 else 0
         assert await conn.fetchval("SELECT COUNT(*) FROM envelopes") == expect
+        # The directory's tables came with step 3, its byte total starting at nothing.
+        assert await conn.fetchval("SELECT bytes FROM directory_usage") == 0
+        assert await conn.fetchval("SELECT COUNT(*) FROM key_packages") == 0
     finally:
         await conn.close()
 
@@ -164,7 +168,7 @@ def test_sqlite_migrates_from_every_earlier_version_todays_plain_file_included(
     if start == 0:
         schema = TODAYS_PLAIN_SCHEMA  # what relays wrote before versions existed
     else:
-        schema = "".join(step.sqlite["mailboxes"] for step in MIGRATIONS[:start])
+        schema = "".join(step.sqlite.get("mailboxes", "") for step in MIGRATIONS[:start])
     _write_version(path, schema, start)
     old = envelope(1)
     db = sqlite3.connect(path)
@@ -181,6 +185,66 @@ def test_sqlite_migrates_from_every_earlier_version_todays_plain_file_included(
     store.close()
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
     assert version == SCHEMA_VERSION
+
+
+# The directory file as relays wrote it before step 3: a version list of its own, at 1.
+LEGACY_DIRECTORY_SCHEMA = """
+CREATE TABLE key_packages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, identity BLOB NOT NULL, suite INTEGER NOT NULL,
+    digest BLOB NOT NULL, body BLOB NOT NULL, stored_at_ms INTEGER NOT NULL,
+    UNIQUE (identity, digest));
+CREATE INDEX key_packages_by_owner ON key_packages (identity, suite, seq);
+CREATE INDEX key_packages_by_age ON key_packages (stored_at_ms);
+CREATE TABLE last_resort (
+    identity BLOB NOT NULL, suite INTEGER NOT NULL, rank INTEGER NOT NULL, body BLOB NOT NULL,
+    stored_at_ms INTEGER NOT NULL, PRIMARY KEY (identity, suite));
+CREATE INDEX last_resort_by_age ON last_resort (stored_at_ms);
+CREATE TABLE usernames (
+    username TEXT PRIMARY KEY, identity BLOB NOT NULL UNIQUE, bound_at_ms INTEGER NOT NULL);
+"""
+
+
+@pytest.mark.parametrize("start", ["legacy", *range(SCHEMA_VERSION)])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_the_directory_file_migrates_from_every_earlier_version(
+    start: int | str, keyed: bool, tmp_path: Path
+) -> None:
+    path = tmp_path / "directory.sqlite3"
+    if start == "legacy":
+        _write_version(path, LEGACY_DIRECTORY_SCHEMA, 1)
+        db = sqlite3.connect(path)
+        db.execute(
+            "INSERT INTO key_packages (identity, suite, digest, body, stored_at_ms)"
+            " VALUES (?, 1, ?, ?, 0)",
+            (MAILBOX, b"d" * 32, b"a KeyPackage"),
+        )
+        db.execute("INSERT INTO usernames VALUES ('bob', ?, 0)", (MAILBOX,))
+        db.commit()
+        db.close()
+    else:
+        assert isinstance(start, int)
+        schema = "".join(step.sqlite.get("directory", "") for step in MIGRATIONS[:start])
+        _write_version(path, schema, start)
+    key = os.urandom(32) if keyed else None
+
+    store = DirectoryStore(path, key=key)
+    try:
+        assert store.schema_version == SCHEMA_VERSION
+        if start == "legacy":
+            assert store.counts(MAILBOX) == [SuiteCount(1, 1, False)]
+            assert store.identity_of("bob") == MAILBOX
+            assert store.take(MAILBOX, 0) == [b"a KeyPackage"]
+        store.bind("carol", OTHER, 1)
+    finally:
+        store.close()
+    if keyed:
+        assert path.read_bytes()[:16] != b"SQLite format 3\x00"  # encrypted in place
+        assert b"carol" not in path.read_bytes()
+        with pytest.raises(WrongDbKeyError):
+            DirectoryStore(path, key=os.urandom(32))
+    again = DirectoryStore(path, key=key)
+    assert again.identity_of("carol") == OTHER
+    again.close()
 
 
 def test_a_newer_sqlite_file_is_refused(tmp_path: Path) -> None:
