@@ -116,25 +116,34 @@ async def test_the_control_socket_refuses_another_users_process(
         # descriptor of its directory, as if it lived somewhere the other user can see.
         directory = os.open(tmp_path / "alice", os.O_PATH | os.O_DIRECTORY)
         read_end, write_end = os.pipe()
+        # Made before the fork: the child of a threaded process should do no more than
+        # system calls (a lock another thread held stays held in the child).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(20)
+        where = f"/proc/self/fd/{directory}/control.sock"
         pid = os.fork()
         if pid == 0:  # the child becomes another user and asks for alice's contacts
             try:
                 os.close(read_end)
                 os.setgid(65534)
                 os.setuid(65534)
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(20)
-                    sock.connect(f"/proc/self/fd/{directory}/control.sock")
-                    sock.sendall(b'{"command": "contacts"}\n')
-                    answer = sock.makefile("rb").readline()
+                sock.connect(where)
+                sock.sendall(b'{"command": "contacts"}\n')
+                answer = b""
+                while not answer.endswith(b"\n") and (chunk := sock.recv(4096)):
+                    answer += chunk
                 os.write(write_end, answer)
+            except BaseException as exc:  # told to the parent, which fails saying it
+                os.write(write_end, f"child failed: {exc!r}".encode())
             finally:
                 os._exit(0)
         os.close(write_end)
+        sock.close()
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(DEADLINE):
             answer = await loop.run_in_executor(None, lambda: os.read(read_end, 4096))
             await loop.run_in_executor(None, lambda: os.waitpid(pid, 0))
         os.close(read_end)
         os.close(directory)
+        assert not answer.startswith(b"child failed"), answer
         assert json.loads(answer) == {"ok": False, "error": "refused: another user's process"}
