@@ -358,5 +358,6 @@ async def _migrate_pg(dsn: str, from_sqlite: Path | None, key: bytes | None) -> 
         await conn.close()
     print(
         f"moved {report.envelopes} envelopes in {report.mailboxes} mailboxes,"
-        f" {report.accounts} accounts and {report.sessions} sessions to PostgreSQL"
+        f" {report.accounts} accounts and {report.sessions} sessions, and"
+        f" {report.key_packages} KeyPackages and {report.usernames} usernames to PostgreSQL"
     )

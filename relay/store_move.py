@@ -28,6 +28,8 @@ class MoveReport:
     mailboxes: int
     accounts: int
     sessions: int
+    key_packages: int = 0
+    usernames: int = 0
 
 
 def sqlite_files(source: Path) -> tuple[Path, Path | None]:
@@ -53,6 +55,10 @@ async def move_sqlite_to_pg(conn: Any, source: Path, key: bytes | None) -> MoveR
     # Opening migrates the files to this relay's schema first: one code path reads them.
     mailbox_db = open_sqlite(mailbox_file, key, "mailboxes")
     account_db = None if account_file is None else open_sqlite(account_file, key, "accounts")
+    directory_file = mailbox_file.with_name("directory.sqlite3")
+    directory_db = (
+        open_sqlite(directory_file, key, "directory") if directory_file.is_file() else None
+    )
     try:
         await migrate_pg(conn)
         async with conn.transaction():
@@ -122,6 +128,9 @@ async def move_sqlite_to_pg(conn: Any, source: Path, key: bytes | None) -> MoveR
                     [(bytes(h), u, bytes(i), c, e) for h, u, i, c, e in rows],
                 )
                 sessions = len(rows)
+            key_packages = usernames = 0
+            if directory_db is not None:
+                key_packages, usernames = await _move_directory(conn, directory_db)
             mailboxes = int(await conn.fetchval("SELECT COUNT(*) FROM mailbox_usage"))
             if int(await conn.fetchval("SELECT COUNT(*) FROM envelopes")) != envelopes:
                 raise StorageError("the move did not copy every envelope; nothing was moved")
@@ -129,4 +138,46 @@ async def move_sqlite_to_pg(conn: Any, source: Path, key: bytes | None) -> MoveR
         mailbox_db.close()
         if account_db is not None:
             account_db.close()
-    return MoveReport(envelopes, mailboxes, accounts, sessions)
+        if directory_db is not None:
+            directory_db.close()
+    return MoveReport(envelopes, mailboxes, accounts, sessions, key_packages, usernames)
+
+
+async def _move_directory(conn: Any, db: Any) -> tuple[int, int]:
+    """The directory's KeyPackages (single-use in their order, and last-resort ones) and
+    usernames, into the same transaction as the rest."""
+    if await conn.fetchval(
+        "SELECT (SELECT COUNT(*) FROM key_packages) + (SELECT COUNT(*) FROM usernames)"
+    ):
+        raise StorageError(
+            "the PostgreSQL directory already holds data: move into an empty database"
+        )
+    rows = _read(
+        db, "SELECT seq, identity, suite, digest, body, stored_at_ms FROM key_packages ORDER BY seq"
+    )
+    await conn.copy_records_to_table(
+        "key_packages",
+        records=[(q, bytes(i), s, bytes(d), bytes(b), t) for q, i, s, d, b, t in rows],
+        columns=["seq", "identity", "suite", "digest", "body", "stored_at_ms"],
+    )
+    await conn.execute(
+        "SELECT setval(pg_get_serial_sequence('key_packages', 'seq'),"
+        " GREATEST((SELECT MAX(seq) FROM key_packages), 1))"
+    )
+    last = _read(db, "SELECT identity, suite, rank, body, stored_at_ms FROM last_resort")
+    await conn.copy_records_to_table(
+        "last_resort",
+        records=[(bytes(i), s, r, bytes(b), t) for i, s, r, b, t in last],
+        columns=["identity", "suite", "rank", "body", "stored_at_ms"],
+    )
+    await conn.execute(
+        "UPDATE directory_usage SET bytes = (SELECT COALESCE(SUM(length(body)), 0) FROM"
+        " key_packages) + (SELECT COALESCE(SUM(length(body)), 0) FROM last_resort)"
+    )
+    names = _read(db, "SELECT username, identity, bound_at_ms FROM usernames")
+    await conn.copy_records_to_table(
+        "usernames",
+        records=[(u, bytes(i), t) for u, i, t in names],
+        columns=["username", "identity", "bound_at_ms"],
+    )
+    return len(rows) + len(last), len(names)

@@ -16,6 +16,7 @@ import pytest
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
+from relay.directory_pg import PgDirectory
 from relay.directory_store import DirectoryStore, SuiteCount
 from relay.migrations import (
     MIGRATIONS,
@@ -352,12 +353,18 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
     accounts.register("alice", b"r" * 64, 1)
     accounts.open_session(b"h" * 32, Session("alice", b"k" * 32, 10_000), 1, keep=8)
     accounts.close()
+    directory = DirectoryStore(data / "directory.sqlite3")
+    owner = b"\x0a" * 32
+    directory.publish(owner, [(1, b"kp first"), (1, b"kp second")], [(1, b"kp last")], 1)
+    directory.bind("alice", owner, 1)
+    directory.close()
 
     env = dict(os.environ, QUICNPROTOCHAT_RELAY_DSN=pg_dsn)
     command = [sys.executable, "-m", "relay", "migrate", "--from-sqlite", str(data)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "moved 35 envelopes in 2 mailboxes, 1 accounts and 1 sessions" in done.stdout
+    assert "3 KeyPackages and 1 usernames" in done.stdout
     # A second move would merge two stores: refused with one line, nothing changed.
     again = subprocess.run(
         command, capture_output=True, text=True, env=env, timeout=60, check=False
@@ -378,6 +385,12 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
             await store.mailboxes.put([envelope(99)], now_ms=1)
             tail = await store.mailboxes.fetch(MAILBOX, rest.cursor, 100, 1 << 20)
             assert len(tail.envelopes) == 1
+            # The directory came along: the single-use KeyPackages in order, then the
+            # last-resort one, and the username.
+            moved = PgDirectory(store)
+            assert await moved.identity_of("alice") == owner
+            taken = [await moved.take(owner, 0) for _ in range(3)]
+            assert taken == [[b"kp first"], [b"kp second"], [b"kp last"]]
         finally:
             await store.close()
 
