@@ -70,7 +70,12 @@ class _Running:
 async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Running]:
     """A started node with its discovery and its application layer, stopped on exit."""
     node, created = await open_node(
-        opts.data_dir, opts.passphrase, runtime, name=opts.name, relay=opts.relay
+        opts.data_dir,
+        opts.passphrase,
+        runtime,
+        name=opts.name,
+        relay=opts.relay,
+        limits=opts.limits,
     )
     messenger = Messenger(node)
     try:

@@ -22,7 +22,9 @@ import click
 
 from node.app.backup import take_restore_notice
 from node.app.datadir import problems_of_layout
+from node.app.limits import NodeLimits
 from node.app.node import ChatMessage, Invitation, Node
+from node.app.node_config import load_limits
 from node.app.passphrase import get_passphrase, passphrase_file_option
 from node.app.peer_ref import PeerRefError, parse_identity_key, parse_peer_ref
 from node.app.presence import Presence, PresenceConfig
@@ -152,6 +154,13 @@ def node_options(func: F) -> F:
             help="UDP port of this node's DHT node (0: any).",
         ),
         click.option("--bootstrap", "bootstrap", multiple=True, help="DHT bootstrap HOST:PORT."),
+        click.option(
+            "--limits",
+            "limits_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="A TOML file whose [limits] table sets the node's limits (defaults otherwise).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -173,6 +182,7 @@ def run_options(
     no_dht: bool,
     dht_port: int,
     bootstrap: tuple[str, ...],
+    limits_file: Path | None = None,
 ) -> RunOptions:
     """What :func:`node_options` parsed, checked: a bad value is a usage error naming its
     option; the passphrase is asked for last, once everything else is known to be right."""
@@ -204,6 +214,7 @@ def run_options(
         bootstrap=[parse_address(b, "--bootstrap") for b in bootstrap],
     )
     known, invited = _parse_peers("--peer", peers), _parse_peers("--invite", invites)
+    limits = None if limits_file is None else load_limits(limits_file)
     is_new, _ = problems_of_layout(data_dir)
     passphrase = get_passphrase(passphrase_file, creating=is_new, what=str(data_dir))
     return RunOptions(
@@ -216,6 +227,7 @@ def run_options(
         invites=invited,
         presence=presence,
         relay_user=relay_user,
+        limits=limits,
     )
 
 
@@ -255,6 +267,7 @@ class RunOptions:
     invites: list[PeerSpec]
     presence: PresenceConfig
     relay_user: str | None = None
+    limits: NodeLimits | None = None
 
 
 async def _run(opts: RunOptions) -> None:
@@ -267,7 +280,12 @@ async def _run(opts: RunOptions) -> None:
 
 async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
     node, created = await open_node(
-        opts.data_dir, opts.passphrase, runtime, name=opts.name, relay=opts.relay
+        opts.data_dir,
+        opts.passphrase,
+        runtime,
+        name=opts.name,
+        relay=opts.relay,
+        limits=opts.limits,
     )
     identity = node.identity
     if opts.relay_user is not None and opts.relay is not None:

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from node.app.datadir import MLS_STATE, Fresh, Opened, create, open_existing, problems_of_layout
+from node.app.limits import NodeLimits
 from node.app.node import Node
 from node.app.router import RelayInfo
 from node.app.state_marks import StateMarks
@@ -31,6 +32,7 @@ async def open_node(
     name: str,
     relay: RelayInfo | None = None,
     kdf: KdfParams = DEFAULT_KDF,
+    limits: NodeLimits | None = None,
 ) -> tuple[Node, bool]:
     """Open (or create) the node kept in ``data_dir``. Returns (node, created).
 
@@ -67,4 +69,5 @@ async def open_node(
     except BaseException:
         await run(store.close)
         raise
-    return Node(identity, runtime, name=name, relay=relay, store=store, mls=mls), is_new
+    node = Node(identity, runtime, name=name, relay=relay, store=store, mls=mls, limits=limits)
+    return node, is_new

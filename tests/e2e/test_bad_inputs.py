@@ -106,6 +106,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "listen-type.toml": "listen = 7700\n",
         "not-toml.toml": "max_frame = \n",
         "scenario.toml": "name = 'x'\n",
+        "limits-unknown.toml": "[limits]\nmax_seens = 5\n",
+        "limits-type.toml": '[limits]\nmax_seen = "many"\n',
     }.items():
         (tmp / name).write_text(text)
     holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -142,6 +144,11 @@ CASES: list[tuple[str, str, str | None, int, str]] = [
     ("run-dht-port-busy", "node run --name n --data-dir {tmp}/new --no-mdns --dht-port {busy}",
      None, 1, "--dht-port 127.0.0.1:{busy}: that port is in use"),
     ("run-dht-port-range", RUN + " --dht-port 70000", None, 2, "'--dht-port'"),
+    ("run-limits-unknown", RUN + " --limits {tmp}/limits-unknown.toml", None, 1,
+     "unknown limit 'max_seens' (did you mean 'max_seen'?)"),
+    ("run-limits-type", RUN + " --limits {tmp}/limits-type.toml", None, 1,
+     "limits.max_seen must be a number"),
+    ("run-limits-missing", RUN + " --limits {tmp}/nowhere.toml", None, 1, "nowhere.toml"),
     ("run-mdns-interface-not-here", "node run --name n --data-dir {tmp}/new --no-dht "
      "--mdns-interface {not_here}", None, 1,
      "--mdns-interface {not_here}: that is not an address of this machine"),
