@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
+import shutil
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.conftest import RelayProcess
 from tests.e2e.test_chat import SCRIPT, accept, chat, quit_chat
@@ -112,38 +114,35 @@ async def test_the_control_socket_refuses_another_users_process(
         # Loosen the modes as a careless admin might: the credentials check still refuses.
         os.chmod(tmp_path / "alice", 0o755)
         os.chmod(path, 0o666)
-        # pytest's own temporary directories are 0700: reach the socket through an open
-        # descriptor of its directory, as if it lived somewhere the other user can see.
+        # Another user's process (uid 65534) on the system's interpreter, which that user may
+        # run. pytest's temporary directories are 0700: the socket is reached through a
+        # descriptor of its directory handed to the process. It only listens: the node answers
+        # a stranger's connection before reading anything from it, then closes.
         directory = os.open(tmp_path / "alice", os.O_PATH | os.O_DIRECTORY)
-        read_end, write_end = os.pipe()
-        # Made before the fork: the child of a threaded process should do no more than
-        # system calls (a lock another thread held stays held in the child).
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(20)
-        where = f"/proc/self/fd/{directory}/control.sock"
-        pid = os.fork()
-        if pid == 0:  # the child becomes another user and asks for alice's contacts
-            try:
-                os.close(read_end)
-                os.setgid(65534)
-                os.setuid(65534)
-                sock.connect(where)
-                sock.sendall(b'{"command": "contacts"}\n')
-                answer = b""
-                while not answer.endswith(b"\n") and (chunk := sock.recv(4096)):
-                    answer += chunk
-                os.write(write_end, answer)
-            except BaseException as exc:  # told to the parent, which fails saying it
-                os.write(write_end, f"child failed: {exc!r}".encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        sock.close()
-        loop = asyncio.get_running_loop()
+        system_python = Path("/usr/bin/python3")
+        setpriv = shutil.which("setpriv")
+        if not await asyncio.to_thread(system_python.exists) or setpriv is None:
+            pytest.skip("needs /usr/bin/python3 and setpriv: apt-get install -y python3 util-linux")
+        client = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+            "s.settimeout(20)\n"
+            f"s.connect('/proc/self/fd/{directory}/control.sock')\n"
+            "data = b''\n"
+            "while not data.endswith(b'\\n'):\n"
+            "    chunk = s.recv(4096)\n"
+            "    if not chunk: break\n"
+            "    data += chunk\n"
+            "sys.stdout.buffer.write(data)\n"
+        )
+        other = await asyncio.create_subprocess_exec(
+            setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+            str(system_python), "-I", "-c", client,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            pass_fds=(directory,), cwd="/",
+        )  # fmt: skip
         async with asyncio.timeout(DEADLINE):
-            answer = await loop.run_in_executor(None, lambda: os.read(read_end, 4096))
-            await loop.run_in_executor(None, lambda: os.waitpid(pid, 0))
-        os.close(read_end)
+            answer, err = await other.communicate()
         os.close(directory)
-        assert not answer.startswith(b"child failed"), answer
+        assert other.returncode == 0, err.decode()
         assert json.loads(answer) == {"ok": False, "error": "refused: another user's process"}
