@@ -25,6 +25,12 @@ async def nodes(relay: RelayInfo | None, *names: str) -> AsyncIterator[list[Node
     try:
         for node in started:
             await node.start(LOOPBACK, 0)
+        if relay is not None:
+            # Until a node has collected its relay mailbox it takes nothing directly (what it
+            # is sent goes by the relay, in order): started means caught up.
+            async with asyncio.timeout(30):
+                for node in started:
+                    await node.relay_synced.wait()
         for node in started:
             for other in started:
                 if other is not node:

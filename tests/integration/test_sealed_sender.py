@@ -64,6 +64,9 @@ async def pair(relay: RelayInfo) -> AsyncIterator[tuple[Node, Node]]:
 async def dm_while_bob_is_away(alice: Node, bob: Node, text: str) -> bytes:
     """A DM group made while both are online; bob then drops off, and alice's message can go
     only through his relay."""
+    # Until bob has collected his mailbox he takes nothing directly (the Welcome would go by
+    # the relay too): wait for that, so only the message below goes by the relay.
+    await wait_until(bob.relay_synced.is_set, DEADLINE, "bob collected his mailbox")
     made = await alice.create_group_with([bob.public_key])
     await wait_until(lambda: made.group_id in bob.groups, DEADLINE, "bob joined")
     bob.go_offline()
