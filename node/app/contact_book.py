@@ -78,11 +78,6 @@ class ContactBook:
                 return f"{base} ({short_fingerprint(identity)})"
         return base
 
-    def knows_name(self, identity: bytes) -> bool:
-        """Whether anything but the fingerprint is known to call ``identity`` by."""
-        petname, _ = self._trust.get(identity, (None, False))
-        return bool(petname) or self._contacts.name(identity) != short_fingerprint(identity)
-
     def is_verified(self, identity: bytes) -> bool:
         return self._trust.get(identity, (None, False))[1]
 

@@ -247,8 +247,7 @@ class Messenger:
         report = await self.node.invite(conv.group_id, peers)
         await self._refresh_members(conv.group_id)
         # Newcomers learn what the conversation is called from the members, end to end.
-        kind = ConversationKind.DIRECT if conv.kind is ConversationKind.DIRECT else conv.kind
-        await self.node.send_info(conv.group_id, kind, conv.name)
+        await self.node.send_info(conv.group_id, conv.kind, conv.name)
         return report
 
     async def remove(self, conv_id: str, peer: bytes) -> SendReport:

@@ -16,7 +16,6 @@ from discovery.resolver import Resolution, Resolver, Source
 from node.app.node import Node
 from node.app.store import SeenPeer
 from node.core.addresses import Address
-from node.core.hybrid_kem import SEED_SIZE, HybridPrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Presence:
             mls = node.mls
             self.own = OwnRecord(
                 node.identity,
-                (await self._envelope_key()).public_key,
+                (await node.envelope_key()).public_key,
                 addresses=[(host, port)],
                 relay_hints=self._relay_hints(),
                 key_package=await node.run(mls.last_resort_key_package),
@@ -92,16 +91,6 @@ class Presence:
             await self.dht.stop()
         if self.mdns is not None:
             await self.mdns.stop()
-
-    async def _envelope_key(self) -> HybridPrivateKey:
-        """The node's sealed-sender key, made once and kept (encrypted) in its store."""
-        store = self.node.store
-        seed = await self.node.run(lambda: store.get_secret("envelope_key_seed"))
-        if seed is None:
-            key = HybridPrivateKey(self.node.runtime.random_bytes(SEED_SIZE))
-            await self.node.run(lambda: store.set_secret("envelope_key_seed", key.seed))
-            return key
-        return HybridPrivateKey(seed)
 
     def _relay_hints(self) -> list[RelayHint]:
         relay = self.node.router.relay
