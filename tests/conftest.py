@@ -27,11 +27,14 @@ LOOPBACK = "127.0.0.1"
 
 @contextlib.asynccontextmanager
 async def running_endpoint(
-    identity: Identity, handler: RequestHandler | None, config: EndpointConfig | None = None
+    identity: Identity,
+    handler: RequestHandler | None,
+    config: EndpointConfig | None = None,
+    port: int = 0,
 ) -> AsyncIterator[Endpoint]:
     runtime = RealRuntime("qpc-endpoint")
     endpoint = Endpoint(identity, handler, runtime, config)
-    await endpoint.start(LOOPBACK, 0)
+    await endpoint.start(LOOPBACK, port)
     try:
         yield endpoint
     finally:

@@ -6,6 +6,12 @@ message it produced in one transaction. A process that dies anywhere in between 
 envelope still in ``inbox`` at the next start and applies it then. A duplicate is accepted again
 (so the sender stops retrying) but never stored or applied twice.
 
+The common case (one envelope of a group this node is in, nothing else waiting) takes one
+executor call and one commit: stored, applied and replaced by its message in one transaction.
+A process that dies before that commit has kept nothing and said nothing, so the envelope
+comes again (the sender's outbox, or the relay's mailbox); MLS then returns the outcome it
+recorded under the envelope's id (``delivery_id``), and the message is shown once.
+
 Bounds (``node.app.limits.NodeLimits``): an id is kept in ``seen`` only for the redelivery
 window after the envelope was made, and an envelope older than that (or dated in the future)
 is refused; past ``max_seen`` ids new envelopes are refused. Each stored envelope counts
@@ -25,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal
 
@@ -41,10 +47,30 @@ log = logging.getLogger(__name__)
 RETRY_MIN, RETRY_MAX = 1.0, 30.0  # seconds between attempts while state cannot be written
 
 DEFERRED: Literal["deferred"] = "deferred"
+
+
+@dataclass(frozen=True)
+class Completed:
+    """Applied, and its inbox row already replaced by ``message`` (in the same executor call
+    as the MLS work, through the ``finish`` the inbox handed over): ``row`` is the message's
+    row in the log (None: no message, or kept before)."""
+
+    message: StoredMessage | None
+    row: int | None
+
+
 # What applying one envelope gave: a message for the user, nothing to show (a commit, a
-# Welcome, an undecryptable payload), or "not yet" (its group is not joined yet, its epoch has
-# not begun here, or it is a commit whose proposal has not arrived).
-Applied = StoredMessage | None | Literal["deferred"]
+# Welcome, an undecryptable payload), either already completed or not, or "not yet" (its group
+# is not joined yet, its epoch has not begun here, or it is a commit whose proposal has not
+# arrived).
+Applied = StoredMessage | None | Literal["deferred"] | Completed
+# Replaces the envelope's inbox row by what it said; runs on the executor's thread.
+Finish = Callable[[StoredMessage | None], int | None]
+Pending = tuple[int, wire.Envelope, str]  # (inbox seq, envelope, path it came by)
+# Applies a group message on the executor's thread: the outcome and what to do next on the
+# event loop, or None when the envelope needs the asynchronous way (a Welcome, a proposal, a
+# group not joined).
+ApplyNow = Callable[[wire.Envelope, Path, Finish], "tuple[Applied, Callable[[], None]] | None"]
 
 
 class Inbox:
@@ -52,10 +78,11 @@ class Inbox:
         self,
         store: NodeStore,
         run: BlockingRunner,
-        apply: Callable[[wire.Envelope, Path], Awaitable[Applied]],
+        apply: Callable[[wire.Envelope, Path, Finish], Awaitable[Applied]],
         delivered: Callable[[StoredMessage], Awaitable[None]],
         dropped: Callable[[wire.Envelope], None] | None = None,
         *,
+        apply_now: ApplyNow | None = None,
         limits: NodeLimits | None = None,
         counters: Counters | None = None,
     ) -> None:
@@ -66,6 +93,7 @@ class Inbox:
         self.limits = limits or NodeLimits()
         self._counters = counters or Counters()
         self._dropped = dropped
+        self._apply_now = apply_now
         self._lock = asyncio.Lock()
         self._stalled = asyncio.Event()
         # Why the inbox could not apply what it holds (None while all is well).
@@ -95,56 +123,136 @@ class Inbox:
                 timely_owners.append(owner)
         store = self._store
 
-        def stash() -> Stashed:
-            return store.stash_bounded(
-                timely,
-                path.value,
-                timely_owners,
-                now_ms=now_ms,
-                window_ms=limits.envelope_window_ms,
-                max_seen=limits.max_seen,
-                max_share=limits.max_deferred_per_sender,
+        def stash() -> tuple[Stashed, list[Pending] | None]:
+            stashed = (
+                store.stash_bounded(
+                    timely,
+                    path.value,
+                    timely_owners,
+                    now_ms=now_ms,
+                    window_ms=limits.envelope_window_ms,
+                    max_seen=limits.max_seen,
+                    max_share=limits.max_deferred_per_sender,
+                )
+                if timely
+                else Stashed()
             )
+            # Read in the same executor call: one hop fewer on every message's way.
+            try:
+                return stashed, store.pending_incoming()
+            except StorageError:
+                return stashed, None  # stored all the same; the apply reads again
 
-        stashed = await self._run(stash) if timely else Stashed()
-        for kind in stashed.refused.values():
-            counters.bump(kind)
-        if stashed.refused:
-            log.info("refused %d received envelopes (bounds)", len(stashed.refused))
-        await self.apply_pending()
+        async with self._lock:
+            fast = await self._accept_at_once(timely, path, timely_owners, now_ms)
+            pending: list[Pending] | None
+            if fast is not None:
+                stashed, pending = fast
+            else:
+                stashed, pending = await self._run(stash)
+            for kind in stashed.refused.values():
+                counters.bump(kind)
+            if stashed.refused:
+                log.info("refused %d received envelopes (bounds)", len(stashed.refused))
+            if fast is None or pending:
+                await self._apply_locked(pending)
         return stashed.fresh + stashed.duplicate
+
+    async def _accept_at_once(
+        self, envelopes: list[wire.Envelope], path: Path, owners: list[bytes], now_ms: int
+    ) -> tuple[Stashed, list[Pending]] | None:
+        """The common case in one executor call and one commit: a single envelope of a group
+        this node is in, and nothing else waiting. It is stored, applied and replaced by its
+        message in one transaction. A crash before the commit leaves no trace in the store,
+        so the envelope is not accepted and comes again; MLS then gives the outcome it
+        recorded (``delivery_id``). Returns (what was stored, what still waits), or None when
+        the usual way must be taken (nothing was stored then)."""
+        apply_now = self._apply_now
+        if apply_now is None or len(envelopes) != 1:
+            return None
+        store, limits = self._store, self.limits
+        after: Callable[[], None] | None = None
+        shown: StoredMessage | None = None
+
+        def at_once() -> tuple[Stashed, list[Pending]]:
+            nonlocal after, shown
+            # The MLS call below must not run while an earlier call's mark is unwritten.
+            store.flush_mls_mark()
+            with store.batch():
+                stashed = store.stash_bounded(
+                    envelopes,
+                    path.value,
+                    owners,
+                    now_ms=now_ms,
+                    window_ms=limits.envelope_window_ms,
+                    max_seen=limits.max_seen,
+                    max_share=limits.max_deferred_per_sender,
+                )
+                pending = store.pending_incoming()
+                if not stashed.fresh or len(pending) != 1:
+                    return stashed, pending  # a duplicate, refused, or others wait before it
+                seq, env, _ = pending[0]
+                done = apply_now(env, path, partial(store.complete_incoming, seq))
+                if done is None:
+                    return stashed, pending
+                outcome, after = done
+                if outcome == DEFERRED:
+                    return stashed, []
+                if isinstance(outcome, Completed) and outcome.row is not None:
+                    shown = outcome.message
+                    if shown is not None:
+                        shown = replace(shown, row=outcome.row)
+                return stashed, []
+
+        try:
+            result = await self._run(at_once)
+        except StorageError:
+            # Nothing of it was kept: the usual way stores it first, then says what failed.
+            return None
+        if after is not None:
+            after()
+        if shown is not None:
+            await self._delivered(shown)
+        return result
 
     async def apply_pending(self) -> None:
         """Apply stored envelopes in arrival order; keep the ones whose group is not joined yet
         and retry them whenever another envelope made progress (a Welcome, typically)."""
         async with self._lock:
-            try:
-                await self._apply_pending()
-            except StorageError as exc:
-                # Nothing was judged: every envelope stays for the next attempt.
-                if str(exc) != self.failure:
-                    log.warning("cannot apply received envelopes (kept, retrying): %s", exc)
-                self.failure = str(exc)
-                self._stalled.set()
-                return
-            if self.failure is not None:
-                log.warning("received envelopes apply again: %s is over", self.failure)
-            self.failure = None
+            await self._apply_locked(None)
 
-    async def _apply_pending(self) -> None:
+    async def _apply_locked(self, pending: list[Pending] | None) -> None:
+        try:
+            await self._apply_pending(pending)
+        except StorageError as exc:
+            # Nothing was judged: every envelope stays for the next attempt.
+            if str(exc) != self.failure:
+                log.warning("cannot apply received envelopes (kept, retrying): %s", exc)
+            self.failure = str(exc)
+            self._stalled.set()
+            return
+        if self.failure is not None:
+            log.warning("received envelopes apply again: %s is over", self.failure)
+        self.failure = None
+
+    async def _apply_pending(self, pending: list[Pending] | None) -> None:
         store = self._store
-        pending = await self._run(store.pending_incoming)
+        if pending is None:
+            pending = await self._run(store.pending_incoming)
         progress = True
         while pending and progress:
             progress = False
             waiting = []
             for seq, env, path in pending:
-                outcome = await self._apply(env, Path(path))
+                outcome = await self._apply(env, Path(path), partial(store.complete_incoming, seq))
                 if outcome == DEFERRED:
                     waiting.append((seq, env, path))
                     continue
-                message = outcome if isinstance(outcome, StoredMessage) else None
-                row = await self._run(partial(store.complete_incoming, seq, message))
+                if isinstance(outcome, Completed):
+                    message, row = outcome.message, outcome.row
+                else:
+                    message = outcome if isinstance(outcome, StoredMessage) else None
+                    row = await self._run(partial(store.complete_incoming, seq, message))
                 if message is not None and row is not None:
                     await self._delivered(replace(message, row=row))
                 progress = True
@@ -162,7 +270,7 @@ class Inbox:
             await self.apply_pending()
             delay = min(delay * 2, RETRY_MAX) if self.failure is not None else RETRY_MIN
 
-    async def _bound(self, deferred: list[tuple[int, wire.Envelope, str]]) -> None:
+    async def _bound(self, deferred: list[Pending]) -> None:
         # Anyone may send envelopes naming made-up groups or epochs: past the total, the
         # largest share gives up its oldest, so a flood pushes out only its own.
         excess = len(deferred) - self.limits.max_deferred

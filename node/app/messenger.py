@@ -366,25 +366,30 @@ class Messenger:
             direction="out",
         )
         store = node.store
-        row = await node.run(lambda: store.save_outgoing(stored))
-        stored = replace(stored, row=row)
         if conv.kind is ConversationKind.NOTEPAD:
-            message = self._message(conv, stored, [])
+            row = await node.run(lambda: store.save_outgoing(stored))
+            message = self._message(conv, replace(stored, row=row), [])
             self.events.publish(MessageAdded(conv.id, message))
             return message
 
         deliveries: list[StoredDelivery] = []
 
-        async def queued(envelopes: dict[bytes, bytes]) -> None:
+        def keep(envelopes: dict[bytes, bytes]) -> None:
+            # On the executor, in the transaction that queues the envelopes: the message, its
+            # deliveries and the outbox rows are kept together or not at all.
+            nonlocal stored
+            stored = replace(stored, row=store.save_outgoing(stored))
             deliveries.extend(
                 StoredDelivery(env_id, message_id, recipient, "queued", "")
                 for recipient, env_id in envelopes.items()
             )
-            await node.run(lambda: store.save_deliveries(deliveries))
+            store.save_deliveries(deliveries)
+
+        def queued(envelopes: dict[bytes, bytes]) -> None:
             self._tracked.update(envelopes.values())
             self.events.publish(MessageAdded(conv.id, self._message(conv, stored, deliveries)))
 
-        await node.send_text(conv.group_id, text, on_queued=queued)
+        await node.send_text(conv.group_id, text, keep=keep, on_queued=queued)
         await self.settled()
         latest = await node.run(lambda: store.deliveries_of([message_id]))
         return self._message(conv, stored, latest)

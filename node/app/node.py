@@ -17,7 +17,7 @@ from pathlib import Path as FilePath
 
 from node.app.contacts import Contacts
 from node.app.directory import DirectoryClient, DirectoryError
-from node.app.inbox import DEFERRED, Applied, Inbox
+from node.app.inbox import DEFERRED, Applied, Completed, Finish, Inbox
 from node.app.invitations import Invitation
 from node.app.limits import Counters, NodeLimits
 from node.app.membership import Membership, Rejection
@@ -49,6 +49,7 @@ from node.core.rate_limit import TokenBuckets
 from node.core.runtime import BlockingRunner, Clock, Runtime
 from node.mls import (
     GroupError,
+    Incoming,
     MissingProposalError,
     MlsClient,
     MlsGroup,
@@ -172,6 +173,7 @@ class Node:
             self._apply,
             self._deliver_to_user,
             dropped=self._dropped,
+            apply_now=self._apply_now,
             limits=limits,
             counters=self._counters,
         )
@@ -563,9 +565,10 @@ class Node:
             return b"group:" + env.group_id
         return b""
 
-    async def _apply(self, env: wire.Envelope, path: Path) -> Applied:
+    async def _apply(self, env: wire.Envelope, path: Path, finish: Finish) -> Applied:
         """Apply one stored envelope to MLS (called by the inbox, in arrival order); MLS writes
-        its state file, so each call runs through the runtime's executor."""
+        its state file, so each call runs through the runtime's executor. A group message is
+        decrypted and its inbox row replaced (``finish``) in one executor call."""
         if env.kind is wire.EnvelopeKind.WELCOME:
             return await self._apply_welcome(env)
         if env.kind is wire.EnvelopeKind.PROPOSAL:
@@ -573,44 +576,83 @@ class Node:
         target = self.groups.get(env.group_id)
         if target is None:
             return DEFERRED  # its Welcome may still be on its way by another path
+        time_ms = self._clock_ms()
+        outcome, after = await self._run(
+            lambda: self._apply_group(target, env, path, finish, time_ms)
+        )
+        after()
+        return outcome
+
+    def _apply_now(
+        self, env: wire.Envelope, path: Path, finish: Finish
+    ) -> tuple[Applied, Callable[[], None]] | None:
+        """:meth:`_apply` on the executor's thread, for a message of a group this node is in
+        (None for anything else: the inbox then takes its usual way). Returns the outcome and
+        what to do next on the event loop."""
+        if env.kind in (wire.EnvelopeKind.WELCOME, wire.EnvelopeKind.PROPOSAL):
+            return None
+        target = self.groups.get(env.group_id)
+        if target is None:
+            return None
+        return self._apply_group(target, env, path, finish, self._clock_ms())
+
+    def _apply_group(
+        self, target: MlsGroup, env: wire.Envelope, path: Path, finish: Finish, time_ms: int
+    ) -> tuple[Applied, Callable[[], None]]:
+        """Decrypt a group message and replace its inbox row (``finish``), on the executor's
+        thread: one call, so the MLS state's mark rides on that transaction (ADR 0004)."""
         try:
-            incoming = await self._run(lambda: target.process(env.payload, delivery_id=env.id))
+            incoming = target.process(env.payload, delivery_id=env.id)
         except MissingProposalError:
             # An Update proposal and the commit covering it come from different members, by
             # different paths: keep the commit until the proposal is in (ADR 0003).
-            return DEFERRED
+            return DEFERRED, _nothing
         except StaleEpochError as exc:
             header = read_header(env.payload)
             if header is not None and header.epoch > target.epoch:
-                return DEFERRED  # sent after a commit that has not reached us yet
+                return DEFERRED, _nothing  # sent after a commit that has not reached us yet
             log.warning("%s dropped a %s from another epoch: %s", self.name, env.kind.value, exc)
-            return None
+            return Completed(None, finish(None)), _nothing
         except GroupError as exc:
             log.warning("%s dropped an undecryptable %s: %s", self.name, env.kind.value, exc)
-            return None
+            return Completed(None, finish(None)), _nothing
+        message, info = self._said(target, incoming, env, path, time_ms)
+        outcome = Completed(message, finish(message))
+        return outcome, partial(self._after_group, target, incoming, info)
+
+    def _after_group(
+        self, target: MlsGroup, incoming: Incoming, info: ConversationInfo | None
+    ) -> None:
         if incoming.kind == "commit":
             if self.membership.waits_on_commits(target.group_id):
                 self.spawn(self.membership.after_commit(target.group_id))
             self._group_changed(target.group_id)
+        if info is not None and self.on_info is not None:
+            self.on_info(target.group_id, incoming.sender, info)
+
+    def _said(
+        self, group: MlsGroup, incoming: Incoming, env: wire.Envelope, path: Path, time_ms: int
+    ) -> tuple[StoredMessage | None, ConversationInfo | None]:
+        """What an applied envelope says: a message for the user, what the conversation is,
+        or nothing (a commit, an unreadable payload)."""
         if incoming.kind != "application" or incoming.plaintext is None:
-            return None
+            return None, None
         try:
             payload = decode_payload(incoming.plaintext)
         except ChatPayloadError as exc:
             log.warning("%s dropped an unreadable message: %s", self.name, exc)
-            return None
+            return None, None
         if isinstance(payload, ConversationInfo):
-            if self.on_info is not None:
-                self.on_info(target.group_id, incoming.sender, payload)
-            return None
-        return StoredMessage(
+            return None, payload
+        message = StoredMessage(
             envelope_id=env.id,
-            group_id=target.group_id,
+            group_id=group.group_id,
             sender=incoming.sender,
             text=payload.text,
             path=path.value,
-            time_ms=self._clock_ms(),
+            time_ms=time_ms,
         )
+        return message, None
 
     async def _apply_welcome(self, env: wire.Envelope) -> Applied:
         """Join if a contact invites us; keep a stranger's Welcome as an invitation request."""
@@ -695,13 +737,14 @@ class Node:
             await self._forget_invitation(invitation)
             raise
         self.groups[group.group_id] = group
+        # At once, before anything else may apply what waited for the group (an envelope
+        # arriving meanwhile applies it too): the conversation exists before its messages.
+        self._group_changed(group.group_id)
         log.info("%s accepted an invitation, at epoch %d", self.name, group.epoch)
         address = self.contacts.address(invitation.inviter)
         await self.remember_peer(invitation.inviter, None, address, contact=True)
         await self._run(partial(store.drop_invitation, invitation_id))
         self._invitations.pop(invitation_id, None)
-        # Before what waited is applied: the conversation exists before its messages.
-        self._group_changed(group.group_id)
         await self._inbox.apply_pending()
         return group.group_id
 
@@ -1024,45 +1067,49 @@ class Node:
         group_id: bytes,
         text: str,
         *,
-        on_queued: Callable[[dict[bytes, bytes]], Awaitable[None]] | None = None,
+        keep: Callable[[dict[bytes, bytes]], None] | None = None,
+        on_queued: Callable[[dict[bytes, bytes]], None] | None = None,
     ) -> SendReport:
-        """Encrypt ``text`` to the group and send it to every other member. ``on_queued`` is
-        told {recipient: envelope id} before the first attempt, so delivery reports that
-        follow (``outbox.on_attempt``) can be matched to the message."""
+        """Encrypt ``text`` to the group and send it to every other member. ``keep`` runs on
+        the executor's thread inside the transaction that queues the envelopes (to record the
+        message with them), ``on_queued`` on the event loop once they are queued, before the
+        first attempt; both get {recipient: envelope id}, so delivery reports that follow
+        (``outbox.on_attempt``) can be matched to the message."""
         plaintext = encode_text(text)
         if len(plaintext) > MAX_MESSAGE_BYTES:
             raise LocalProtocolError(
                 f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB "
                 f"({len(plaintext) // 1024} KiB given)"
             )
-        return await self._send_plaintext(group_id, plaintext, on_queued)
+        return await self._send_plaintext(group_id, plaintext, keep, on_queued)
 
     async def send_info(self, group_id: bytes, kind: ConversationKind, name: str) -> SendReport:
         """Tell the members what this conversation is (a DM, or a group and its name), and
         what this node calls itself."""
-        return await self._send_plaintext(group_id, encode_info(kind, name, self.name), None)
+        return await self._send_plaintext(group_id, encode_info(kind, name, self.name), None, None)
 
     async def _send_plaintext(
         self,
         group_id: bytes,
         plaintext: bytes,
-        on_queued: Callable[[dict[bytes, bytes]], Awaitable[None]] | None,
+        keep: Callable[[dict[bytes, bytes]], None] | None,
+        on_queued: Callable[[dict[bytes, bytes]], None] | None,
     ) -> SendReport:
         group = self.groups.get(group_id)
         if group is None:
             raise LocalProtocolError("this node is not a member of that group")
         me = self.public_key
-
-        def encrypt() -> tuple[bytes, list[bytes]]:
-            # One executor call: the members are those of the epoch the message is sent in.
-            return group.encrypt(plaintext), [m for m in group.members() if m != me]
-
-        ciphertext, others = await self._run(encrypt)
         kind = wire.EnvelopeKind.APPLICATION
-        items = [self._envelope(m, kind, ciphertext, group_id) for m in others]
-        if on_queued is not None:
-            await on_queued({recipient: env.id for recipient, env in items})
-        return await self.outbox.send(items)
+
+        def make() -> list[tuple[bytes, wire.Envelope]]:
+            # On the executor's thread, in the call that queues the result: the members are
+            # those of the epoch the message is sent in, and the MLS state's mark commits with
+            # the outbox rows (ADR 0004).
+            ciphertext = group.encrypt(plaintext)
+            others = [m for m in group.members() if m != me]
+            return [self._envelope(m, kind, ciphertext, group_id) for m in others]
+
+        return await self.outbox.send_made(make, keep=keep, on_queued=on_queued)
 
     def _envelope(
         self, recipient: bytes, kind: wire.EnvelopeKind, payload: bytes, group_id: bytes
@@ -1075,6 +1122,10 @@ class Node:
             group_id=group_id,
             created_at_ms=self._clock_ms(),
         )
+
+
+def _nothing() -> None:
+    pass
 
 
 def _take_both(

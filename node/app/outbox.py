@@ -64,6 +64,9 @@ class Outbox:
         # Why the outbox could not record an attempt or a delivery (None while all is well).
         self.failure: str | None = None
         self.on_attempt: AttemptListener | None = None
+        # False only once the outbox was seen empty and nothing was queued since.
+        self._maybe_pending = True
+        self._queued = 0  # sends so far
 
     async def send(
         self,
@@ -72,13 +75,45 @@ class Outbox:
     ) -> SendReport:
         """Queue (recipient, envelope) pairs durably, then drain those recipients' queues.
         ``commit`` = (group id, epoch) marks them as the fan-out of this node's commit."""
+        return await self.send_made(lambda: items, commit)
+
+    async def send_made(
+        self,
+        make: Callable[[], Sequence[tuple[bytes, wire.Envelope]]],
+        commit: tuple[bytes, int] | None = None,
+        *,
+        keep: Callable[[dict[bytes, bytes]], None] | None = None,
+        on_queued: Callable[[dict[bytes, bytes]], None] | None = None,
+    ) -> SendReport:
+        """:meth:`send` what ``make`` returns, made on the executor's thread in the same call
+        that queues it (one hop: the MLS work that made the envelopes and the queueing commit
+        together). ``keep`` runs there too, inside the queueing transaction, given {recipient:
+        envelope id}; ``on_queued`` on the event loop once it is committed, before the first
+        attempt."""
         store = self._store
+
+        def queue() -> tuple[Sequence[tuple[bytes, wire.Envelope]], dict[bytes, int]]:
+            items = make()
+            with store.batch():
+                if keep is not None:
+                    keep({recipient: env.id for recipient, env in items})
+                return items, store.outbox_put(items, commit)
+
         try:
-            await self._run(lambda: store.outbox_put(items, commit))
+            items, waiting = await self._run(queue)
         except OutboxFullError:
             self._counters.bump("outbox_full")
             raise
-        return await self._drain([recipient for recipient, _ in items])
+        self._queued += 1
+        self._maybe_pending = True
+        if on_queued is not None:
+            on_queued({recipient: env.id for recipient, env in items})
+        mine: dict[bytes, list[wire.Envelope]] = {}
+        for recipient, env in items:
+            mine.setdefault(recipient, []).append(env)
+        # A recipient whose queue holds only what was just put needs no read of it.
+        known = {r: envs for r, envs in mine.items() if waiting.get(r) == len(envs)}
+        return await self._drain(list(mine), known)
 
     async def queued_commit_epoch(self, group_id: bytes) -> int | None:
         store = self._store
@@ -97,23 +132,41 @@ class Outbox:
         return await self._drain([recipient for recipient, _, _ in queued])
 
     async def pending(self) -> int:
-        return await self._run(self._store.outbox_count)
+        if not self._maybe_pending:
+            return 0
+        queued_before = self._queued
+        count = await self._run(self._store.outbox_count)
+        if count == 0 and queued_before == self._queued:
+            # Until the next send, a peer that reappears costs no read of an empty outbox.
+            self._maybe_pending = False
+        return count
 
-    async def _drain(self, recipients: list[bytes]) -> SendReport:
+    async def _drain(
+        self, recipients: list[bytes], known: dict[bytes, list[wire.Envelope]] | None = None
+    ) -> SendReport:
         # MLS needs order per recipient (a commit before the messages of its epoch): each
         # recipient's queue goes out oldest first and stops at its first failure. Recipients
         # are served concurrently, started in the order they were queued (never a set's
         # order, which varies from run to run: a seeded simulation must repeat exactly).
         report = SendReport()
         ordered = dict.fromkeys(recipients)
-        await asyncio.gather(*(self._drain_one(recipient, report) for recipient in ordered))
+        known = known or {}
+        await asyncio.gather(
+            *(self._drain_one(recipient, report, known.get(recipient)) for recipient in ordered)
+        )
         return report
 
-    async def _drain_one(self, recipient: bytes, report: SendReport) -> None:
+    async def _drain_one(
+        self, recipient: bytes, report: SendReport, known: list[wire.Envelope] | None
+    ) -> None:
         store = self._store
         lock = self._locks.setdefault(recipient, asyncio.Lock())
+        if lock.locked():
+            known = None  # another drain may have sent some of them, or queued more meanwhile
         async with lock:
-            queued = await self._run(lambda: store.outbox_for(recipient))
+            queued = (
+                known if known is not None else await self._run(lambda: store.outbox_for(recipient))
+            )
             for env in queued:
                 try:
                     path = await self._router.send(recipient, env)

@@ -108,12 +108,17 @@ class Router:
         # Peers whose direct path just failed: skip straight to the relay until this loop time,
         # so a vanished peer costs one deadline, not one per message.
         self._unreachable_until: dict[bytes, float] = {}
+        # Recipients of direct attempts under way, and whether each reached us meanwhile: a
+        # failure that began before the latest sign of life says nothing about it now.
+        self._trying: dict[bytes, bool] = {}
         # Per relay identity, the address that answered last.
         self._relay_answered: dict[bytes, Address] = {}
 
     def peer_alive(self, identity: bytes) -> None:
         """The peer just reached us: its direct path is worth trying again."""
         self._unreachable_until.pop(identity, None)
+        if identity in self._trying:
+            self._trying[identity] = True
 
     def _direct_worth_trying(self, identity: bytes) -> bool:
         until = self._unreachable_until.get(identity)
@@ -125,6 +130,7 @@ class Router:
         Raises :class:`PeerUnreachableError` when neither the peer nor a relay took it.
         """
         if self._direct_worth_trying(recipient):
+            self._trying[recipient] = False
             try:
                 response = await self._call_direct(recipient, wire.Deliver((envelope,)))
                 _check_accepted(response, envelope)
@@ -133,7 +139,10 @@ class Router:
                 # Unreachable, refused, wrong identity at that address, or a garbled answer:
                 # in every case the relay is the way to go.
                 log.info("direct delivery to %s failed: %s", short_fingerprint(recipient), exc)
-                self._unreachable_until[recipient] = self._now() + self._backoff
+                if not self._trying.get(recipient):
+                    self._unreachable_until[recipient] = self._now() + self._backoff
+            finally:
+                self._trying.pop(recipient, None)
         relay = self.peer_relays.get(recipient, self.relay)
         if relay is None:
             raise PeerUnreachableError(

@@ -1,8 +1,10 @@
 """The node's record, in ``node.db``, of the point ``mls.state`` has reached (ADR 0004).
 
 After every MLS call (on the call's own thread, before its result reaches the node) the node
-reads what the binding appended, checks its tag, and records the file's new mark: base salt,
-length and last tag. A call is never made while the previous call's mark is unrecorded, so
+reads what the binding appended, checks its tag, and hands the file's new mark (base salt,
+length and last tag) to the store, which writes it with its next transaction: the one that
+keeps what the call produced, as a rule. A call is never made while the previous call's mark
+is unwritten (:meth:`StateMarks.before` writes it first), so
 ``mls.state`` is at most one call ahead of ``node.db``; at the next start
 :func:`~node.core.mls_state_file.pairing_problem` refuses any other pairing.
 """
@@ -49,29 +51,33 @@ class StateMarks:
 
     def before(self) -> None:
         if self._dirty:
-            self._sync()
+            self._note()
+        if self._store.mls_mark_pending:
+            try:
+                self._store.flush_mls_mark()
+            except StorageError as exc:
+                self.failure = f"cannot record where {self._path.name} stands: {exc}"
+                raise StorageError(self.failure) from exc
+        self.failure = None
 
     def after(self) -> None:
+        # The mark goes with the store's next transaction (typically the one that keeps what
+        # this call produced), or at the next call's before(): never two calls ahead.
         self._dirty = True
         try:
-            self._sync()
+            self._note()
         except StorageError as exc:
             # The next call's before() tries again, and refuses the call if it still fails.
             log.warning("%s", exc)
 
-    def _sync(self) -> None:
+    def _note(self) -> None:
         image = self._read()
         mark = image.mark
         if mark != self._recorded:
-            try:
-                self._store.set_mls_mark(mark.to_bytes(), mark.salt)
-            except StorageError as exc:
-                self.failure = f"cannot record where {self._path.name} stands: {exc}"
-                raise StorageError(self.failure) from exc
+            self._store.defer_mls_mark(mark.to_bytes(), mark.salt)
             self._recorded = mark
         self._image = image
         self._dirty = False
-        self.failure = None
 
     def _read(self) -> StateImage:
         try:

@@ -232,6 +232,9 @@ class NodeStore:
         self.path = path
         self._key = key
         self._seen_count: int | None = None
+        # The MLS state file's mark not written yet (ADR 0004): the next transaction carries
+        # it, so an MLS call and the row it produced cost one commit, not two.
+        self._pending_mark: tuple[bytes, bytes] | None = None
         self._outbox_bounds: tuple[int | None, int | None] = (None, None)
         in_memory = str(path) == ":memory:"
         if not in_memory and not path.exists():
@@ -297,11 +300,16 @@ class NodeStore:
             raise StorageError(f"{self.path} is damaged (its integrity check fails)")
 
     def close(self) -> None:
+        if self._pending_mark is not None:
+            with contextlib.suppress(StorageError):
+                self.flush_mls_mark()
         self._db.close()
 
     def backup_to(self, path: Path) -> None:
         """A consistent copy of the whole database at ``path`` (which must not exist), under
         the same key: SQLite's backup API copies it in one read transaction."""
+        # The copy's mark must name the state file as it is now (the backup cuts it there).
+        self.flush_mls_mark()
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             copy = sqlcipher3.connect(str(path))
@@ -321,15 +329,31 @@ class NodeStore:
             raise StorageError(f"local database read failed: {exc}") from exc
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around several of this store's writes (each then joins it): what
+        they record commits together, with one synchronous write."""
+        with self._tx():
+            yield
+
+    @contextmanager
     def _tx(self) -> Iterator[Any]:
+        if self._db.in_transaction:
+            # Inside batch(): the outer transaction commits (or rolls back) for everyone.
+            yield self._db
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                mark = self._pending_mark
+                if mark is not None:
+                    self._write_mark(self._db, *mark)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            if mark is not None and self._pending_mark is mark:
+                self._pending_mark = None
         except sqlcipher3.Error as exc:
             with contextlib.suppress(sqlcipher3.Error):
                 if self._db.in_transaction:
@@ -345,9 +369,31 @@ class NodeStore:
         return (bytes(rows[0][0]) if rows else None), salts
 
     def set_mls_mark(self, mark: bytes, salt: bytes) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mls_mark', ?)", (mark,))
-            db.execute("INSERT OR IGNORE INTO mls_bases (salt) VALUES (?)", (salt,))
+        self.defer_mls_mark(mark, salt)
+        self.flush_mls_mark()
+
+    def defer_mls_mark(self, mark: bytes, salt: bytes) -> None:
+        """Record ``mark`` with the next transaction (whichever it is), or at
+        :meth:`flush_mls_mark`."""
+        self._pending_mark = (mark, salt)
+
+    @property
+    def mls_mark_pending(self) -> bool:
+        return self._pending_mark is not None
+
+    def flush_mls_mark(self) -> None:
+        """Write the deferred mark now (nothing to do when none is deferred)."""
+        if self._pending_mark is not None:
+            if self._db.in_transaction:
+                # It would commit only with the batch, after the call it must precede.
+                raise StorageError("the MLS state's mark cannot be written inside a batch")
+            with self._tx():
+                pass
+
+    @staticmethod
+    def _write_mark(db: Any, mark: bytes, salt: bytes) -> None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mls_mark', ?)", (mark,))
+        db.execute("INSERT OR IGNORE INTO mls_bases (salt) VALUES (?)", (salt,))
 
     # --- settings ---------------------------------------------------------------------------
 
@@ -677,12 +723,13 @@ class NodeStore:
         self,
         items: Sequence[tuple[bytes, wire.Envelope]],
         commit: tuple[bytes, int] | None = None,
-    ) -> None:
+    ) -> dict[bytes, int]:
         """Record (recipient identity, envelope) pairs before the first delivery attempt. With
         ``commit`` = (group id, epoch), they are the fan-out of this node's commit into that
         epoch, and that is recorded in the same transaction. Past the bounds
         (:meth:`set_outbox_bounds`), application envelopes raise :class:`OutboxFullError` and
-        none of ``items`` is queued; other kinds always are."""
+        none of ``items`` is queued; other kinds always are. Returns how many envelopes now
+        wait for each recipient of ``items``."""
         with self._tx() as db:
             if any(env.kind is wire.EnvelopeKind.APPLICATION for _, env in items):
                 self._check_outbox_room(db, items, *self._outbox_bounds)
@@ -697,6 +744,13 @@ class NodeStore:
                     "INSERT OR REPLACE INTO commits_queued (group_id, epoch) VALUES (?, ?)",
                     commit,
                 )
+            waiting = {}
+            for recipient in dict.fromkeys(r for r, _ in items):
+                (count,) = db.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE recipient = ?", (recipient,)
+                ).fetchone()
+                waiting[recipient] = int(count)
+            return waiting
 
     def set_outbox_bounds(self, max_total: int, max_per_recipient: int) -> None:
         """Envelopes the outbox may hold in all, and for one recipient (application

@@ -276,6 +276,11 @@ class Endpoint(asyncio.DatagramProtocol):
             return False
         self._per_identity[key] += 1
         self._identity_of[protocol] = key
+        # A node calls from the socket it listens on, so this is the peer at that address
+        # dialing us afresh (it restarted, or lost our connection): our calls to it go over
+        # the connection it just proved, not a cached one that may be dead. The old one is
+        # left to finish what it carries and to time out.
+        self._outbound[(protocol.remote, key)] = protocol
         return True
 
     def _handshake_expired(self, protocol: PeerConnection) -> None:

@@ -203,3 +203,24 @@ async def test_endpoints_talk_over_ipv6_loopback(runtimes: Runtimes) -> None:
     finally:
         await ea.close()
         await eb.close()
+
+
+async def test_a_peer_that_restarted_and_called_is_reached_at_once_not_after_a_timeout() -> None:
+    """bob dies without a word and comes back on the same port; once he has called alice,
+    her next call to him goes over the connection he proved, not the dead cached one."""
+    alice, bob = Identity.generate(), Identity.generate()
+    seen_by_bob = Recorder()
+    async with running_endpoint(alice, Recorder()) as ea:
+        async with running_endpoint(bob, seen_by_bob) as first_bob:
+            address = first_bob.local_address
+            to_bob = await ea.dial(address, bob.public_key)
+            assert await to_bob.call(wire.FetchKeyPackage(b"x"))
+            first_bob.abort()
+            # The transport releases its socket in the loop's next round of callbacks.
+            await asyncio.sleep(0)
+        async with running_endpoint(bob, seen_by_bob, port=address[1]) as second_bob:
+            to_alice = await second_bob.dial(ea.local_address, alice.public_key)
+            assert await to_alice.call(wire.FetchKeyPackage(b"x"))
+            again = await ea.dial(address, bob.public_key, deadline=1.0)
+            answer = await again.call(wire.FetchKeyPackage(b"x"), 1.0)
+            assert answer == wire.FetchKeyPackageResult(alice.public_key)
