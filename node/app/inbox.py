@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -73,6 +73,19 @@ Pending = tuple[int, wire.Envelope, str]  # (inbox seq, envelope, path it came b
 ApplyNow = Callable[[wire.Envelope, Path, Finish], "tuple[Applied, Callable[[], None]] | None"]
 
 
+@dataclass
+class Accepted:
+    """What :meth:`Inbox.accept` did with each envelope, by id."""
+
+    ids: list[bytes] = field(default_factory=list)  # stored, now or before: the sender may forget
+    later: list[bytes] = field(default_factory=list)  # refused while a bound is full: offer again
+    never: list[bytes] = field(default_factory=list)  # refused for good (outside the window)
+
+
+# Refusals that hold whenever the envelope comes again.
+FOR_GOOD = frozenset({"envelope_expired", "envelope_from_future"})
+
+
 class Inbox:
     def __init__(
         self,
@@ -105,19 +118,22 @@ class Inbox:
         path: Path,
         owners: Sequence[bytes],
         now_ms: int,
-    ) -> list[bytes]:
+    ) -> Accepted:
         """Persist the envelopes not seen before (within the bounds: ``owners[i]`` is the share
         ``envelopes[i]`` counts against), then apply whatever is pending. Returns the ids
-        accepted: those stored now and the duplicates, not the refused."""
+        accepted (those stored now and the duplicates) and the refused, for now or for good."""
         limits, counters = self.limits, self._counters
         timely: list[wire.Envelope] = []
         timely_owners: list[bytes] = []
+        never: list[bytes] = []
         for env, owner in zip(envelopes, owners, strict=True):
             if env.created_at_ms < now_ms - limits.envelope_window_ms:
                 counters.bump("envelope_expired")
+                never.append(env.id)
             elif env.created_at_ms > now_ms + limits.max_clock_skew_ms:
                 # Its id would be kept until a date the sender chose.
                 counters.bump("envelope_from_future")
+                never.append(env.id)
             else:
                 timely.append(env)
                 timely_owners.append(owner)
@@ -156,7 +172,7 @@ class Inbox:
                 log.info("refused %d received envelopes (bounds)", len(stashed.refused))
             if fast is None or pending:
                 await self._apply_locked(pending)
-        return stashed.fresh + stashed.duplicate
+        return Accepted(stashed.fresh + stashed.duplicate, list(stashed.refused), never)
 
     async def _accept_at_once(
         self, envelopes: list[wire.Envelope], path: Path, owners: list[bytes], now_ms: int

@@ -65,6 +65,9 @@ class NodeLimits:
     max_outbox_per_recipient: int = 5_000
     # Peers merely seen (a handshake, no contact) whose address is kept, in memory only.
     max_peers_seen: int = 1000
+    # Seconds before envelopes a full bound refused are fetched from the relay again (they
+    # stay in its mailbox meanwhile; the long poll goes on past them).
+    relay_rescan_delay_s: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -17,7 +17,7 @@ from pathlib import Path as FilePath
 
 from node.app.contacts import Contacts
 from node.app.directory import DirectoryClient, DirectoryError
-from node.app.inbox import DEFERRED, Applied, Completed, Finish, Inbox
+from node.app.inbox import DEFERRED, Accepted, Applied, Completed, Finish, Inbox
 from node.app.invitations import Invitation
 from node.app.limits import Counters, NodeLimits
 from node.app.membership import Membership, Rejection
@@ -85,6 +85,7 @@ RELAY_DIAL_DEADLINE = 5.0  # seconds for one handshake with the relay
 # seconds after start or a failed relay call: a relay that stays away must not silence
 # direct messages for good.
 RELAY_CATCH_UP_HOLD = 60.0
+
 OUTBOX_RETRY_MIN, OUTBOX_RETRY_MAX = 2.0, 60.0
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -203,6 +204,8 @@ class Node:
         # Since when (runtime monotonic) the relay mailbox may hold what this node has not
         # collected; None while its long poll keeps it up to date.
         self._relay_behind_since: float | None = None
+        # When to fetch again what the relay holds behind the cursor (None: nothing left there).
+        self._relay_rescan_at: float | None = None
         self._fatal: NodeError | None = None
         self._fatal_set = asyncio.Event()
         # Told of each invitation request a stranger's Welcome made (on the event loop).
@@ -383,7 +386,8 @@ class Node:
                     )
                 path = Path.RELAY if from_relay else Path.DIRECT
                 try:
-                    return wire.DeliverResult(await self._accept(envelopes, path, caller.identity))
+                    accepted = await self._accept(envelopes, path, caller.identity)
+                    return wire.DeliverResult(tuple(accepted.ids))
                 except StorageError as exc:
                     # Not accepted: the sender keeps the envelopes and tries again.
                     log.warning("%s cannot store received envelopes: %s", self.name, exc)
@@ -505,15 +509,25 @@ class Node:
 
     async def _accept(
         self, envelopes: tuple[wire.Envelope, ...], path: Path, caller: bytes
-    ) -> tuple[bytes, ...]:
-        """Keep the envelopes for this node; return the (outer) ids the sender may forget."""
+    ) -> Accepted:
+        """Keep the envelopes for this node. Returns, by outer id, those the sender may forget
+        (``ids``: kept, or sealed ones that do not open), those refused while a bound is full
+        (``later``), and those refused for good (``never``: outside the time window, or for
+        another mailbox)."""
         own = self.identity.mailbox
         # Not ours: not accepted, so the sender keeps it.
         mine = [env for env in envelopes if env.recipient == own]
         opened, outer_ids, dropped = await self._open_seals(mine)
         owners = [self._share_of(env, path, caller) for env in opened]
-        accepted = await self._inbox.accept(opened, path, owners, self._clock_ms())
-        return (*dropped, *(outer for i in accepted for outer in outer_ids[i]))
+        inner = await self._inbox.accept(opened, path, owners, self._clock_ms())
+
+        def outer(ids: list[bytes]) -> list[bytes]:
+            return [o for i in ids for o in outer_ids[i]]
+
+        others = [env.id for env in envelopes if env.recipient != own]
+        return Accepted(
+            [*dropped, *outer(inner.ids)], outer(inner.later), [*outer(inner.never), *others]
+        )
 
     async def _open_seals(
         self, envelopes: list[wire.Envelope]
@@ -836,11 +850,20 @@ class Node:
         mailbox = self.identity.mailbox
         store = self.store
         cursor = await self._run(lambda: store.get_int("relay_cursor"))
+        rescan = self._relay_rescan_at
+        start = cursor
+        if rescan is not None and self.runtime.monotonic() >= rescan:
+            # Envelopes left there for now, behind the cursor: from the start, once.
+            self._relay_rescan_at = None
+            start, wait_seconds = 0, 0
+        elif rescan is not None:
+            # The long poll ends in time for that.
+            wait_seconds = min(wait_seconds, rescan - self.runtime.monotonic())
         request: wire.Request
         if wait_seconds > 0:
-            request = wire.Wait(mailbox, cursor, FETCH_BATCH, int(wait_seconds * 1000))
+            request = wire.Wait(mailbox, start, FETCH_BATCH, int(wait_seconds * 1000))
         else:
-            request = wire.Fetch(mailbox, cursor, FETCH_BATCH)
+            request = wire.Fetch(mailbox, start, FETCH_BATCH)
         response = await self.router.call_relay(request, deadline=wait_seconds + 10)
         if not isinstance(response, wire.FetchResult):
             raise RelayError("the relay answered fetch with something else")
@@ -848,11 +871,24 @@ class Node:
             self.directory.pool_runs_low()
         if not response.envelopes:
             return 0
-        ids = await self._accept(response.envelopes, Path.RELAY, b"")
+        accepted = await self._accept(response.envelopes, Path.RELAY, b"")
         # Acknowledge only once stored: a crash in between means a re-fetch, and the duplicate
-        # is dropped by id.
-        await self.router.call_relay(wire.Ack(mailbox, ids))
-        await self._run(lambda: store.set_int("relay_cursor", response.cursor))
+        # is dropped by id. What is refused for good goes too (it would only fill the
+        # mailbox); what a full bound refused stays there, and is fetched again from the
+        # start of the mailbox a while later (the cursor moves past it: a refusal that
+        # lasts must not turn the long poll into a busy loop).
+        gone = [*accepted.ids, *accepted.never]
+        if gone:
+            await self.router.call_relay(wire.Ack(mailbox, tuple(gone)))
+        if accepted.later and self._relay_rescan_at is None:
+            log.info(
+                "%s left %d envelopes at the relay for now (a bound is full)",
+                self.name,
+                len(accepted.later),
+            )
+            self._relay_rescan_at = self.runtime.monotonic() + self.limits.relay_rescan_delay_s
+        if response.cursor > cursor:
+            await self._run(lambda: store.set_int("relay_cursor", response.cursor))
         return len(response.envelopes)
 
     async def _watch_relay(self) -> None:
