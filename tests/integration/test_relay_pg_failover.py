@@ -27,7 +27,7 @@ from node.transport.endpoint import Endpoint
 from relay.accounts import SETUP_FILE
 from relay.store_pg import MAIL_CHANNEL
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
-from tests.pg_support import PostgresServer
+from tests.pg_support import PostgresServer, SeveringProxy
 from tests.runtime_support import Runtimes
 
 PASSPHRASE = "test relay passphrase"
@@ -334,3 +334,31 @@ async def test_a_lost_listen_connection_is_replaced_and_long_polls_still_wake(
         await listening(pg_dsn, 2, replacing=listeners)
         await deliver_until_accepted(via_other, after)
         assert await polling == [after.id]
+
+
+async def test_a_database_machine_that_restarted_silently_gets_listened_to_again(
+    postgres: PostgresServer, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database machine that restarts (or a standby taking over its address) ends its
+    connections without a FIN: a connection that only LISTENs never hears of it. The relay finds
+    out by itself, listens again, and long polls wake across processes again."""
+    proxy = SeveringProxy(postgres.port)
+    database = pg_dsn.rpartition("/")[2]
+    try:
+        severed = f"{proxy.dsn(database)}?application_name=severed"
+        with one_service((severed, pg_dsn), tmp_path, monkeypatch) as (relay, other):
+            assert relay.address is not None and relay.identity is not None
+            assert other.address is not None
+            alice, bob = Identity.generate(), Identity.generate()
+            after = envelope(bob, 0, 1)
+            async with running_endpoint(alice, None) as ea, running_endpoint(bob, None) as eb:
+                bobs = await eb.dial(relay.address, relay.identity)
+                via_other = await ea.dial(other.address, relay.identity)
+                before = await listening(pg_dsn, 1, name="severed")
+                proxy.sever()
+                await listening(pg_dsn, 1, replacing=before, name="severed")
+                polling = asyncio.create_task(poll_like_a_node(bobs, bob.mailbox, 0))
+                await deliver_until_accepted(via_other, after)
+                assert await polling == [after.id]
+    finally:
+        proxy.close()
