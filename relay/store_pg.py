@@ -84,6 +84,8 @@ async def connect_pg(dsn: str, connect_timeout: float = 5.0) -> Any:
     """One connection (for ``relay migrate``); an unreachable server is a one-line error."""
     try:
         return await asyncpg.connect(dsn, timeout=connect_timeout)
+    except asyncpg.ClientConfigurationError as exc:
+        raise StorageError(f"the PostgreSQL dsn is not usable: {exc}") from None
     except UNAVAILABLE as exc:
         raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
     except asyncpg.PostgresError as exc:
@@ -124,6 +126,9 @@ class PgStore:
                 timeout=call_timeout,
                 command_timeout=call_timeout * 2,
             )
+        except asyncpg.ClientConfigurationError as exc:
+            # Before UNAVAILABLE (it is an InterfaceError too): a typo is not an outage.
+            raise StorageError(f"the PostgreSQL dsn is not usable: {exc}") from None
         except UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
         except asyncpg.PostgresError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -395,3 +396,50 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
             await store.close()
 
     asyncio.run(check())
+
+
+def test_relay_run_and_migrate_refuse_with_one_line(pg_dsn: str, tmp_path: Path) -> None:
+    """A database newer than this code, a server that is not there and a dsn that is not one:
+    `relay run` and `relay migrate` each say so in one `ERROR:` line and exit 1."""
+    config = tmp_path / "relay.toml"
+    config.write_text('store = "postgresql"\n')
+
+    def relay(dsn: str, *args: str) -> str:
+        env = dict(
+            os.environ, QUICNPROTOCHAT_RELAY_DSN=dsn, QUICNPROTOCHAT_RELAY_PASSPHRASE="test pass"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ERROR: "), done.stderr
+        return lines[0]
+
+    run = ("run", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay"))
+    run += ("--config", str(config))
+
+    async def newer() -> None:
+        await migrated(pg_dsn)
+        conn = await connect_pg(pg_dsn)
+        try:
+            await conn.execute("UPDATE qpc_schema SET version = $1", SCHEMA_VERSION + 1)
+        finally:
+            await conn.close()
+
+    asyncio.run(newer())
+    for args in (run, ("migrate",)):
+        assert f"schema version {SCHEMA_VERSION + 1}, newer than" in relay(pg_dsn, *args)
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: nothing can answer there
+        nobody = f"postgresql://postgres@127.0.0.1:{unused.getsockname()[1]}/x"
+        for args in (run, ("migrate",)):
+            assert "cannot reach the PostgreSQL store" in relay(nobody, *args)
+    for args in (run, ("migrate",)):
+        assert "dsn is not usable" in relay("mysql://somewhere/x", *args)
