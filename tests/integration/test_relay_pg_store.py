@@ -421,8 +421,8 @@ def test_relay_run_and_migrate_refuse_with_one_line(pg_dsn: str, tmp_path: Path)
         assert len(lines) == 1 and lines[0].startswith("ERROR: "), done.stderr
         return lines[0]
 
-    run = ("run", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "relay"))
-    run += ("--config", str(config))
+    data_dir = str(tmp_path / "relay")
+    run = ("run", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--config", str(config))
 
     async def newer() -> None:
         await migrated(pg_dsn)
