@@ -96,6 +96,15 @@ class PostgresServer:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def tool(self, *argv: str) -> str:
+        """Run one of the server's programs (``pg_dump``, ``pg_restore``…) as the server's user
+        and return its output; a failure raises with its message. Files it writes belong under
+        :attr:`root`, which that user owns."""
+        done = self._run(*argv)
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed: {done.stderr.strip()[-300:]}")
+        return done.stdout
+
     def create_database(self, name: str) -> str:
         done = self._run(
             "psql",

@@ -31,6 +31,7 @@ from relay.store import MailboxFullError, MailboxStore, StoreQuotas, WrongDbKeyE
 from relay.store_accounts import AccountStore, Session
 from relay.store_api import MailboxBackend, SqliteMailboxes
 from relay.store_pg import PgStore, connect_pg
+from tests.pg_support import PostgresServer
 from tests.runtime_support import Runtimes
 
 MAILBOX = b"\x05" * 32
@@ -443,3 +444,39 @@ def test_relay_run_and_migrate_refuse_with_one_line(pg_dsn: str, tmp_path: Path)
             assert "cannot reach the PostgreSQL store" in relay(nobody, *args)
     for args in (run, ("migrate",)):
         assert "dsn is not usable" in relay("mysql://somewhere/x", *args)
+
+
+async def test_pg_dump_while_relays_run_restores_into_a_store_that_carries_on(
+    pg_dsn: str, postgres: PostgresServer, runtimes: Runtimes
+) -> None:
+    """The backup the docs give: ``pg_dump --format=custom`` while the store is in use, then
+    ``pg_restore`` into an empty database and ``relay migrate``. The restored store holds the
+    envelopes, accounts and directory of the dump's moment, and new envelopes come after them."""
+    await migrated(pg_dsn)
+    live = await open_pg(pg_dsn, runtimes)
+    dump = postgres.root / f"relay-{os.getpid()}.dump"
+    try:
+        sent = [envelope(n) for n in range(5)]
+        await live.mailboxes.put(sent, now_ms=1)
+        await live.accounts.register("alice", b"r" * 64, 1)
+        await PgDirectory(live).publish(b"\x0a" * 32, [(1, b"kp")], [], 1)
+        postgres.tool("pg_dump", "--format=custom", "-f", str(dump), pg_dsn)
+        await live.mailboxes.put([envelope(9)], now_ms=2)  # after the dump: not in it
+    finally:
+        await live.close()
+
+    restored_dsn = postgres.create_database(f"qpc_restored_{os.getpid()}")
+    postgres.tool("pg_restore", "--dbname", restored_dsn, str(dump))
+    dump.unlink()
+    await migrated(restored_dsn)  # the docs' next step: a no-op at the same version
+    restored = await open_pg(restored_dsn, runtimes)
+    try:
+        got = await restored.mailboxes.fetch(MAILBOX, 0, 100, 1 << 20)
+        assert [e.id for e in got.envelopes] == [e.id for e in sent]
+        assert await restored.accounts.record("alice") == b"r" * 64
+        assert await PgDirectory(restored).take(b"\x0a" * 32, 0) == [b"kp"]
+        await restored.mailboxes.put([envelope(10)], now_ms=3)
+        tail = await restored.mailboxes.fetch(MAILBOX, got.cursor, 100, 1 << 20)
+        assert len(tail.envelopes) == 1  # numbered after the restored ones
+    finally:
+        await restored.close()
