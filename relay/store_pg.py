@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 
 MAIL_CHANNEL = "qpc_mail"
 _SHARDS = 16
+# The LISTEN connection: how often it is looked at, how often an idle one must answer a trivial
+# query (a database machine that restarted, or a standby that took over its address, ends
+# connections without a FIN, and a connection that only listens would never notice), and the
+# longest pause between attempts to listen again.
+_LISTEN_LOOK_S = 0.2
+LISTEN_CHECK_S = 5.0
+_LISTEN_RETRY_MAX_S = 1.0
 # Errors that mean "the database is not there now", as opposed to a query it refused.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
@@ -77,6 +84,8 @@ async def connect_pg(dsn: str, connect_timeout: float = 5.0) -> Any:
     """One connection (for ``relay migrate``); an unreachable server is a one-line error."""
     try:
         return await asyncpg.connect(dsn, timeout=connect_timeout)
+    except asyncpg.ClientConfigurationError as exc:
+        raise StorageError(f"the PostgreSQL dsn is not usable: {exc}") from None
     except UNAVAILABLE as exc:
         raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
     except asyncpg.PostgresError as exc:
@@ -117,6 +126,9 @@ class PgStore:
                 timeout=call_timeout,
                 command_timeout=call_timeout * 2,
             )
+        except asyncpg.ClientConfigurationError as exc:
+            # Before UNAVAILABLE (it is an InterfaceError too): a typo is not an outage.
+            raise StorageError(f"the PostgreSQL dsn is not usable: {exc}") from None
         except UNAVAILABLE as exc:
             raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
         except asyncpg.PostgresError as exc:
@@ -161,28 +173,48 @@ class PgStore:
         self.accounts.gauges = (int(accounts), int(sessions))
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
-        await conn.add_listener(MAIL_CHANNEL, self._on_mail)
+        conn = await asyncpg.connect(
+            self._dsn, timeout=self._timeout, command_timeout=self._timeout * 2
+        )
+        try:
+            await conn.add_listener(MAIL_CHANNEL, self._on_mail)
+        except BaseException:
+            conn.terminate()
+            raise
         self._listener = conn
 
     async def _keep_listening(self) -> None:
-        """Reconnect the LISTEN connection after the database went away; after each
-        reconnection every long poll is woken, since notifications in between were lost."""
+        """Listen again once the LISTEN connection is lost, or found dead by a query it no
+        longer answers; after each reconnection every long poll is woken, since notifications
+        in between were lost."""
         delay = 0.1
+        idle = 0.0
         while not self._closing:
             listener = self._listener
             if listener is not None and not listener.is_closed():
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(_LISTEN_LOOK_S)
+                idle += _LISTEN_LOOK_S
+                if idle >= LISTEN_CHECK_S:
+                    idle = 0.0
+                    await self._check_listener(listener)
                 continue
             try:
                 await self._listen()
             except (*UNAVAILABLE, asyncpg.PostgresError):
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, _LISTEN_RETRY_MAX_S)
                 continue
             delay = 0.1
-            log.info("reconnected to the PostgreSQL store")
+            idle = 0.0
+            log.info("listening to the PostgreSQL store again")
             self.mailboxes.notify_all()
+
+    async def _check_listener(self, listener: Any) -> None:
+        try:
+            await listener.fetchval("SELECT 1", timeout=self._timeout)
+        except (*UNAVAILABLE, asyncpg.PostgresError):
+            log.info("the LISTEN connection to the PostgreSQL store stopped answering")
+            listener.terminate()
 
     def _on_mail(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:

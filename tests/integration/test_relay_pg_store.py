@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from relay.store import MailboxFullError, MailboxStore, StoreQuotas, WrongDbKeyE
 from relay.store_accounts import AccountStore, Session
 from relay.store_api import MailboxBackend, SqliteMailboxes
 from relay.store_pg import PgStore, connect_pg
+from tests.pg_support import PostgresServer
 from tests.runtime_support import Runtimes
 
 MAILBOX = b"\x05" * 32
@@ -395,3 +397,86 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
             await store.close()
 
     asyncio.run(check())
+
+
+def test_relay_run_and_migrate_refuse_with_one_line(pg_dsn: str, tmp_path: Path) -> None:
+    """A database newer than this code, a server that is not there and a dsn that is not one:
+    `relay run` and `relay migrate` each say so in one `ERROR:` line and exit 1."""
+    config = tmp_path / "relay.toml"
+    config.write_text('store = "postgresql"\n')
+
+    def relay(dsn: str, *args: str) -> str:
+        env = dict(
+            os.environ, QUICNPROTOCHAT_RELAY_DSN=dsn, QUICNPROTOCHAT_RELAY_PASSPHRASE="test pass"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ERROR: "), done.stderr
+        return lines[0]
+
+    data_dir = str(tmp_path / "relay")
+    run = ("run", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--config", str(config))
+
+    async def newer() -> None:
+        await migrated(pg_dsn)
+        conn = await connect_pg(pg_dsn)
+        try:
+            await conn.execute("UPDATE qpc_schema SET version = $1", SCHEMA_VERSION + 1)
+        finally:
+            await conn.close()
+
+    asyncio.run(newer())
+    for args in (run, ("migrate",)):
+        assert f"schema version {SCHEMA_VERSION + 1}, newer than" in relay(pg_dsn, *args)
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: nothing can answer there
+        nobody = f"postgresql://postgres@127.0.0.1:{unused.getsockname()[1]}/x"
+        for args in (run, ("migrate",)):
+            assert "cannot reach the PostgreSQL store" in relay(nobody, *args)
+    for args in (run, ("migrate",)):
+        assert "dsn is not usable" in relay("mysql://somewhere/x", *args)
+
+
+async def test_pg_dump_while_relays_run_restores_into_a_store_that_carries_on(
+    pg_dsn: str, postgres: PostgresServer, runtimes: Runtimes
+) -> None:
+    """The backup the docs give: ``pg_dump --format=custom`` while the store is in use, then
+    ``pg_restore`` into an empty database and ``relay migrate``. The restored store holds the
+    envelopes, accounts and directory of the dump's moment, and new envelopes come after them."""
+    await migrated(pg_dsn)
+    live = await open_pg(pg_dsn, runtimes)
+    dump = postgres.root / f"relay-{os.getpid()}.dump"
+    try:
+        sent = [envelope(n) for n in range(5)]
+        await live.mailboxes.put(sent, now_ms=1)
+        await live.accounts.register("alice", b"r" * 64, 1)
+        await PgDirectory(live).publish(b"\x0a" * 32, [(1, b"kp")], [], 1)
+        postgres.tool("pg_dump", "--format=custom", "-f", str(dump), pg_dsn)
+        await live.mailboxes.put([envelope(9)], now_ms=2)  # after the dump: not in it
+    finally:
+        await live.close()
+
+    restored_dsn = postgres.create_database(f"qpc_restored_{os.getpid()}")
+    postgres.tool("pg_restore", "--dbname", restored_dsn, str(dump))
+    dump.unlink()
+    await migrated(restored_dsn)  # the docs' next step: a no-op at the same version
+    restored = await open_pg(restored_dsn, runtimes)
+    try:
+        got = await restored.mailboxes.fetch(MAILBOX, 0, 100, 1 << 20)
+        assert [e.id for e in got.envelopes] == [e.id for e in sent]
+        assert await restored.accounts.record("alice") == b"r" * 64
+        assert await PgDirectory(restored).take(b"\x0a" * 32, 0) == [b"kp"]
+        await restored.mailboxes.put([envelope(10)], now_ms=3)
+        tail = await restored.mailboxes.fetch(MAILBOX, got.cursor, 100, 1 << 20)
+        assert len(tail.envelopes) == 1  # numbered after the restored ones
+    finally:
+        await restored.close()
