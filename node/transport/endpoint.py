@@ -109,6 +109,8 @@ class Endpoint(asyncio.DatagramProtocol):
         self._per_host: Counter[str] = Counter()
         self._per_identity: Counter[bytes] = Counter()
         self._identity_of: dict[PeerConnection, bytes] = {}
+        # The latest admitted inbound connection of each (address, identity).
+        self._inbound_from: dict[tuple[Address, bytes], PeerConnection] = {}
 
     def gauges(self) -> dict[str, int]:
         """What the endpoint holds right now: connections, streams and buffered bytes."""
@@ -184,6 +186,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._per_host.clear()
         self._per_identity.clear()
         self._identity_of.clear()
+        self._inbound_from.clear()
 
     # --- dialing ------------------------------------------------------------------------------
 
@@ -261,6 +264,11 @@ class Endpoint(asyncio.DatagramProtocol):
             if self._per_host[host] <= 0:
                 del self._per_host[host]
             identity = self._identity_of.pop(protocol, None)
+            if (
+                identity is not None
+                and self._inbound_from.get((protocol.remote, identity)) is protocol
+            ):
+                del self._inbound_from[(protocol.remote, identity)]
             if identity is not None:
                 self._per_identity[identity] -= 1
                 if self._per_identity[identity] <= 0:
@@ -271,11 +279,20 @@ class Endpoint(asyncio.DatagramProtocol):
         self._half_open.discard(protocol)
         key = protocol._quic.verified_peer_key
         assert key is not None
+        earlier = self._inbound_from.get((protocol.remote, key))
+        if earlier is not None and earlier is not protocol and earlier in self._inbound:
+            # The same node (one socket per node) dialed afresh: it restarted or gave up on
+            # its earlier connection, which would otherwise hold a slot until it times out.
+            self.counters["connection_replaced"] += 1
+            earlier.close()
+            earlier.detach("replaced by a new connection from the same peer")
+            self._forget(earlier)
         if self._per_identity[key] >= self._config.max_connections_per_identity:
             self.counters["connection_refused_identity"] += 1
             return False
         self._per_identity[key] += 1
         self._identity_of[protocol] = key
+        self._inbound_from[(protocol.remote, key)] = protocol
         # A node calls from the socket it listens on, so this is the peer at that address
         # dialing us afresh (it restarted, or lost our connection): our calls to it go over
         # the connection it just proved, not a cached one that may be dead. The old one is

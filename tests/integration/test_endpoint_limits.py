@@ -20,7 +20,7 @@ from node.core import wire
 from node.core.errors import ErrorCode, PeerUnreachableError
 from node.core.framing import PREFIX, FrameReader
 from node.core.identity import Identity
-from node.transport.connection import PeerConnection
+from node.transport.connection import Caller, PeerConnection
 from node.transport.endpoint import Endpoint, EndpointConfig
 from tests.conftest import LOOPBACK, running_endpoint
 
@@ -405,3 +405,32 @@ async def test_a_peer_that_ignores_stop_sending_loses_its_connection() -> None:
             await until(lambda: not conn.is_open)
             assert conn.close_code == 0x6
             assert eb.counters["connection_closed_stalled"] == 1
+
+
+async def test_a_peer_that_restarts_again_and_again_is_not_locked_out_by_its_dead_connections() -> (
+    None
+):
+    """Each restart leaves a connection nobody will close (a SIGKILLed node says nothing): a new
+    connection from the same address and key replaces it, so the per-identity cap counts live
+    connections, not corpses that wait for their idle timeout."""
+    bob = Identity.generate()
+
+    async def answer(caller: Caller, request: wire.Request) -> wire.Response:
+        return wire.FetchKeyPackageResult(b"ok")
+
+    alice = Identity.generate()
+    async with running_endpoint(bob, answer, EndpointConfig(max_connections_per_identity=2)) as eb:
+        port = 0
+        for _ in range(5):
+            async with running_endpoint(alice, None, port=port) as incarnation:
+                port = incarnation.local_address[1]
+                conn = await incarnation.dial(eb.local_address, bob.public_key)
+                assert await conn.call(wire.FetchKeyPackage(b"x"), deadline=2.0) == (
+                    wire.FetchKeyPackageResult(b"ok")
+                )
+                incarnation.abort()  # gone without a word
+                # The transport releases its socket in the loop's next round of callbacks.
+                await asyncio.sleep(0)
+        assert eb.counters["connection_refused_identity"] == 0
+        assert eb.counters["connection_replaced"] == 4
+        assert eb.gauges()["connections_inbound"] == 1
