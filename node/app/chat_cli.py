@@ -64,6 +64,7 @@ class _Running:
     node: Node
     presence: Presence
     messenger: Messenger
+    envelope_key: bytes  # the node's public one, for its invite link
 
 
 @contextlib.asynccontextmanager
@@ -90,6 +91,8 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
             await messenger.add_contact(spec.identity, spec.name, spec.address)
             if spec.relay is not None:
                 node.router.peer_relays[spec.identity] = spec.relay
+            if spec.envelope_key is not None:
+                node.router.learn_envelope_key(spec.identity, spec.envelope_key)
         host, port = await node.start(*opts.listen)
     except BaseException:
         await messenger.close()
@@ -109,7 +112,7 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
         click.echo(f"{'new identity' if created else 'identity'}: {node.public_key.hex()}")
         click.echo(f"fingerprint: {fingerprint(node.public_key)}")
         click.echo(f"listening on {host}:{port}")
-        yield _Running(node, presence, messenger)
+        yield _Running(node, presence, messenger, (await node.envelope_key()).public_key)
     finally:
         await control.stop()
         await presence.stop()
@@ -169,6 +172,7 @@ def _whoami(run: _Running, opts: RunOptions) -> list[str]:
         relay=None if relay is None else LinkRelay(relay.address, relay.identity),
         issued_at_ms=node.clock_ms(),
         expires_at_ms=None,
+        envelope_key=run.envelope_key,
     )
     lines = whoami_lines(opts.name, node.public_key, encode_invite_link(link, node.identity))
     if run.presence.dht_address is not None:

@@ -68,6 +68,7 @@ class PeerSpec:
     identity: bytes
     address: Address | None  # None: discovery finds it (mDNS, DHT)
     relay: RelayInfo | None = None  # the relay the peer reads (from its invite link)
+    envelope_key: bytes | None = None  # to seal relayed mail to (from its invite link)
 
 
 def parse_peer(text: str, now_ms: int) -> PeerSpec:
@@ -76,7 +77,7 @@ def parse_peer(text: str, now_ms: int) -> PeerSpec:
     link raises ``InviteLinkError``."""
     ref = parse_peer_ref(text, now_ms=now_ms)
     relay = None if ref.relay is None else RelayInfo(ref.relay.address, ref.relay.identity_key)
-    return PeerSpec(ref.name, ref.identity, ref.address, relay)
+    return PeerSpec(ref.name, ref.identity, ref.address, relay, ref.envelope_key)
 
 
 def _parse_peers(option: str, texts: tuple[str, ...]) -> list[PeerSpec]:
@@ -302,6 +303,8 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
             # The invite link names the relay its owner reads: mail that cannot go direct
             # waits there for them.
             node.router.peer_relays[spec.identity] = spec.relay
+        if spec.envelope_key is not None:
+            node.router.learn_envelope_key(spec.identity, spec.envelope_key)
     try:
         host, port = await node.start(*opts.listen)
     except OSError as exc:

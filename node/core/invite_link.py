@@ -53,7 +53,7 @@ SIGNATURE_CONTEXTS = {
 SIGNATURE_CONTEXT = SIGNATURE_CONTEXTS[VERSION]
 SIGNATURE_SIZE = 64
 # Characters: the most a QR code holds in byte mode at error correction M (version 40), which
-# ``node.app.qr`` draws. An envelope key alone takes ~1,630 of them.
+# the terminal QR drawing uses. An envelope key alone takes ~1,630 of them.
 MAX_LINK_LENGTH = 2331
 MAX_NAME_LENGTH = 64  # code points, as for names on the LAN
 MAX_ADDRESSES = 8

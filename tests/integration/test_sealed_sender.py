@@ -4,22 +4,29 @@ sealed envelope is refused, and a relay that does not take sealed envelopes says
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from node.app.messenger import Messenger
 from node.app.node import Node
+from node.app.profile import open_node
 from node.app.router import Path as RoutePath
 from node.app.router import RelayInfo
 from node.core import sealed, wire
+from node.core.addresses import Address, format_address
 from node.core.errors import ErrorCode
 from node.core.identity import Identity, fingerprint, mailbox_of
 from node.transport.runtime import RealRuntime
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
+from tests.e2e.test_node_chat import SCRIPT
 from tests.node_support import relay_info, wait_until
 
 DEADLINE = 20.0
@@ -240,3 +247,84 @@ async def test_a_relay_without_sealed_sender_refuses_it_and_the_sender_falls_bac
             (message,) = await bob.wait_for_messages(1, DEADLINE)
             assert message.text == "sent in the clear to the relay"
             assert message.sender == alice.public_key
+
+
+async def whoami_link(data_dir: Path, name: str, address: Address, relay: RelayInfo | None) -> str:
+    """The link ``quicnprotochat whoami`` prints for ``data_dir``: what a person hands out."""
+    args = ["whoami", "--data-dir", str(data_dir), "--name", name, "--json"]
+    args += ["--address", format_address(address)]
+    if relay is not None:
+        args += ["--relay", format_address(relay.address), "--relay-key", relay.identity.hex()]
+    env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{name} passphrase")
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    async with asyncio.timeout(DEADLINE):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    link: str = json.loads(out)["link"]
+    return link
+
+
+@contextlib.asynccontextmanager
+async def link_pair(tmp_path: Path, relay: RelayInfo) -> AsyncIterator[tuple[Messenger, Messenger]]:
+    """Alice and bob as ``node run``/``chat`` make them (data directories), with no discovery:
+    each knows the other only by the link the other's ``whoami`` printed, given to ``/dm``.
+    Bob reads his mail at ``relay``; alice has none, so her key never reaches it."""
+    runtimes = [RealRuntime("qpc-alice"), RealRuntime("qpc-bob")]
+    apps: list[Messenger] = []
+    try:
+        for name, runtime, own_relay in (("alice", runtimes[0], None), ("bob", runtimes[1], relay)):
+            node, _ = await open_node(
+                tmp_path / name, f"{name} passphrase".encode(), runtime, name=name, relay=own_relay
+            )
+            app = Messenger(node)
+            apps.append(app)
+            await app.open()
+            await node.start(LOOPBACK, 0)
+        alice, bob = apps
+        bob_link = await whoami_link(tmp_path / "bob", "bob", bob.node.address, relay)
+        alice_link = await whoami_link(tmp_path / "alice", "alice", alice.node.address, None)
+        assert await alice.resolve_person(bob_link) == bob.node.public_key
+        assert await bob.resolve_person(alice_link) == alice.node.public_key
+        yield alice, bob
+    finally:
+        for app in apps:
+            await app.close()
+            await app.node.stop()
+        for runtime in runtimes:
+            runtime.close()
+
+
+async def test_contacts_known_only_by_link_are_sealed_to_and_the_relay_never_learns_who(
+    tmp_path: Path, captured: list[wire.Envelope]
+) -> None:
+    with relay_process(tmp_path) as relay:
+        info = relay_info(relay)
+        async with link_pair(tmp_path, info) as (alice, bob):
+            # Only the link could have told alice bob's envelope key: no DHT, no mDNS here.
+            assert alice.node.router.resolver is None
+            await wait_until(bob.node.relay_synced.is_set, DEADLINE, "bob collected his mailbox")
+            dm = await alice.direct(bob.node.public_key)
+            await wait_until(lambda: len(bob.node.groups) == 1, DEADLINE, "bob joined the DM")
+            bob.node.go_offline()
+            await alice.send(dm.id, "sealed from a link")
+            await wait_until(lambda: alice.node.router.sealed_sent == 1, DEADLINE, "sealed")
+            assert alice.node.router.sealed_fallbacks == 0
+            assert [box.kind for box in captured] == [wire.EnvelopeKind.SEALED]
+            stored = relay_bytes(relay)
+            assert bob.node.identity.mailbox in stored  # the scan does see what waits there
+            for trace in identity_traces(alice.node.public_key):
+                assert trace not in stored
+
+            await bob.node.start(LOOPBACK, 0)
+            (message,) = await bob.node.wait_for_messages(1, DEADLINE)
+            assert message.text == "sealed from a link"
+            assert message.sender == alice.node.public_key
+            assert message.path is RoutePath.RELAY
+
+        logs = stop_and_read_logs(relay)
+        stored = relay_bytes(relay)
+        for trace in identity_traces(alice.node.public_key):
+            assert trace not in stored
+            assert trace not in logs
