@@ -77,6 +77,7 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
         name=opts.name,
         relay=opts.relay,
         limits=opts.limits,
+        sealed_sender=opts.sealed_sender,
     )
     messenger = Messenger(node)
     try:

@@ -162,6 +162,13 @@ def node_options(func: F) -> F:
             default=None,
             help="A TOML file whose [limits] table sets the node's limits (defaults otherwise).",
         ),
+        click.option(
+            "--no-sealed-sender",
+            is_flag=True,
+            envvar="QUICNPROTOCHAT_NO_SEALED_SENDER",
+            help="Through relays, send as yourself: do not seal envelopes to the recipient's "
+            "envelope key (the relay then learns who writes to whom).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -184,6 +191,7 @@ def run_options(
     dht_port: int,
     bootstrap: tuple[str, ...],
     limits_file: Path | None = None,
+    no_sealed_sender: bool = False,
 ) -> RunOptions:
     """What :func:`node_options` parsed, checked: a bad value is a usage error naming its
     option; the passphrase is asked for last, once everything else is known to be right."""
@@ -229,6 +237,7 @@ def run_options(
         presence=presence,
         relay_user=relay_user,
         limits=limits,
+        sealed_sender=not no_sealed_sender,
     )
 
 
@@ -269,6 +278,7 @@ class RunOptions:
     presence: PresenceConfig
     relay_user: str | None = None
     limits: NodeLimits | None = None
+    sealed_sender: bool = True  # seal relayed envelopes when the recipient's key is known
 
 
 async def _run(opts: RunOptions) -> None:
@@ -287,6 +297,7 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
         name=opts.name,
         relay=opts.relay,
         limits=opts.limits,
+        sealed_sender=opts.sealed_sender,
     )
     identity = node.identity
     if opts.relay_user is not None and opts.relay is not None:

@@ -14,9 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from node.app import node_cli
+from node.app.cli import main
 from node.app.messenger import Messenger
 from node.app.node import Node
+from node.app.node_cli import RunOptions
 from node.app.profile import open_node
 from node.app.router import Path as RoutePath
 from node.app.router import RelayInfo
@@ -267,16 +271,25 @@ async def whoami_link(data_dir: Path, name: str, address: Address, relay: RelayI
 
 
 @contextlib.asynccontextmanager
-async def link_pair(tmp_path: Path, relay: RelayInfo) -> AsyncIterator[tuple[Messenger, Messenger]]:
+async def link_pair(
+    tmp_path: Path, relay: RelayInfo, *, alice_seals: bool = True
+) -> AsyncIterator[tuple[Messenger, Messenger]]:
     """Alice and bob as ``node run``/``chat`` make them (data directories), with no discovery:
     each knows the other only by the link the other's ``whoami`` printed, given to ``/dm``.
-    Bob reads his mail at ``relay``; alice has none, so her key never reaches it."""
+    Bob reads his mail at ``relay``; alice has none, so her key never reaches it (unless she
+    turned sealed sender off: ``alice_seals``, what ``--no-sealed-sender`` sets)."""
     runtimes = [RealRuntime("qpc-alice"), RealRuntime("qpc-bob")]
     apps: list[Messenger] = []
     try:
-        for name, runtime, own_relay in (("alice", runtimes[0], None), ("bob", runtimes[1], relay)):
+        people = (("alice", runtimes[0], None, alice_seals), ("bob", runtimes[1], relay, True))
+        for name, runtime, own_relay, seals in people:
             node, _ = await open_node(
-                tmp_path / name, f"{name} passphrase".encode(), runtime, name=name, relay=own_relay
+                tmp_path / name,
+                f"{name} passphrase".encode(),
+                runtime,
+                name=name,
+                relay=own_relay,
+                sealed_sender=seals,
             )
             app = Messenger(node)
             apps.append(app)
@@ -328,3 +341,47 @@ async def test_contacts_known_only_by_link_are_sealed_to_and_the_relay_never_lea
         for trace in identity_traces(alice.node.public_key):
             assert trace not in stored
             assert trace not in logs
+
+
+async def test_with_sealed_sender_off_relayed_mail_goes_unsealed_though_the_key_is_known(
+    tmp_path: Path, captured: list[wire.Envelope]
+) -> None:
+    with relay_process(tmp_path) as relay:
+        info = relay_info(relay)
+        async with link_pair(tmp_path, info, alice_seals=False) as (alice, bob):
+            assert bob.node.public_key in alice.node.router.envelope_keys  # the link gave it
+            await wait_until(bob.node.relay_synced.is_set, DEADLINE, "bob collected his mailbox")
+            dm = await alice.direct(bob.node.public_key)
+            await wait_until(lambda: len(bob.node.groups) == 1, DEADLINE, "bob joined the DM")
+            bob.node.go_offline()
+            await alice.send(dm.id, "as myself")
+            await bob.node.start(LOOPBACK, 0)
+            (message,) = await bob.node.wait_for_messages(1, DEADLINE)
+            assert message.text == "as myself" and message.path is RoutePath.RELAY
+            assert captured == [] and alice.node.router.sealed_sent == 0
+            # Off is off, not a fallback: nothing counted as "no key known".
+            assert alice.node.router.sealed_fallbacks == 0
+
+
+def test_node_run_no_sealed_sender_reaches_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[RunOptions] = []
+
+    async def instead(opts: RunOptions) -> None:
+        seen.append(opts)
+
+    monkeypatch.setattr(node_cli, "_run", instead)
+    monkeypatch.setenv("QUICNPROTOCHAT_PASSPHRASE", "pw")
+    monkeypatch.delenv("QUICNPROTOCHAT_NO_SEALED_SENDER", raising=False)
+    base = ["node", "run", "--name", "a", "--data-dir", str(tmp_path / "a"), "--no-mdns"]
+    runner = CliRunner()
+    for args, env in (
+        (base, {}),
+        ([*base, "--no-sealed-sender"], {}),
+        (base, {"QUICNPROTOCHAT_NO_SEALED_SENDER": "1"}),
+    ):
+        result = runner.invoke(main, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert [opts.sealed_sender for opts in seen] == [True, False, False]
+    assert "--no-sealed-sender" in runner.invoke(main, ["node", "run", "--help"]).output
