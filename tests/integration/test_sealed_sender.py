@@ -16,18 +16,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from node.app import node_cli
+from node.app import chat_cli, node_cli
 from node.app.cli import main
 from node.app.messenger import Messenger
 from node.app.node import Node
 from node.app.node_cli import RunOptions
+from node.app.presence import PresenceConfig
 from node.app.profile import open_node
 from node.app.router import Path as RoutePath
 from node.app.router import RelayInfo
 from node.core import sealed, wire
 from node.core.addresses import Address, format_address
 from node.core.errors import ErrorCode
+from node.core.hybrid_kem import HybridPrivateKey
 from node.core.identity import Identity, fingerprint, mailbox_of
+from node.core.invite_link import InviteLink, decode_invite_link, encode_invite_link
 from node.transport.runtime import RealRuntime
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
 from tests.e2e.test_node_chat import SCRIPT
@@ -385,3 +388,30 @@ def test_node_run_no_sealed_sender_reaches_the_node(
         assert result.exit_code == 0, result.output
     assert [opts.sealed_sender for opts in seen] == [True, False, False]
     assert "--no-sealed-sender" in runner.invoke(main, ["node", "run", "--help"]).output
+
+
+async def test_chat_learns_the_key_of_a_peer_given_by_link_and_its_whoami_link_carries_its_own(
+    tmp_path: Path,
+) -> None:
+    bob = Identity.generate()
+    bob_key = HybridPrivateKey(bytes(range(32))).public_key
+    bob_link = encode_invite_link(InviteLink(bob.public_key, "bob", envelope_key=bob_key), bob)
+    opts = RunOptions(
+        name="alice",
+        data_dir=tmp_path / "alice",
+        listen=(LOOPBACK, 0),
+        relay=None,
+        passphrase=b"alice passphrase",
+        peers=[node_cli.parse_peer(bob_link, now_ms=1)],
+        invites=[],
+        presence=PresenceConfig(mdns=False, dht=False),
+    )
+    runtime = RealRuntime("qpc-alice")
+    try:
+        async with chat_cli.running(opts, runtime) as run:
+            assert run.node.router.envelope_keys[bob.public_key] == bob_key
+            (line,) = [x for x in chat_cli._whoami(run, opts) if x.startswith("link: ")]
+            own = decode_invite_link(line.removeprefix("link: "), now_ms=run.node.clock_ms())
+            assert own.envelope_key == (await run.node.envelope_key()).public_key
+    finally:
+        runtime.close()
