@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,7 +26,7 @@ from node.app.peer_ref import PeerRef, PeerRefError, parse_identity_key, parse_p
 from node.app.store import NodeStore, read_salt, store_keys
 from node.core.addresses import Address, format_address, parse_address
 from node.core.display import terminal_safe
-from node.core.errors import NodeError
+from node.core.errors import NodeError, StorageError
 from node.core.hybrid_kem import HybridPrivateKey
 from node.core.identity import Identity, fingerprint
 from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
@@ -58,17 +58,23 @@ def fail(message: str) -> NoReturn:
 class _Opened:
     identity: Identity
     now_ms: int
-    envelope_key: bytes | None = None  # public; None: not asked for, or the node has none yet
+    envelope_key: bytes | None = None  # public; None: not asked for, or none to be had
+    why_no_key: str = "this node has no envelope key yet (start it once, then run whoami again)"
 
 
 async def _open(data_dir: Path, passphrase: bytes, envelope_key: bool) -> _Opened:
     runtime = RealRuntime("qpc-identity")
     try:
         identity = await load_identity(data_dir / IDENTITY, passphrase, runtime)
-        key = None
+        opened = _Opened(identity, runtime.wall_ms())
         if envelope_key:
-            key = await runtime.run_blocking(lambda: _read_envelope_key(data_dir, passphrase))
-        return _Opened(identity, runtime.wall_ms(), key)
+            try:
+                key = await runtime.run_blocking(lambda: _read_envelope_key(data_dir, passphrase))
+            except StorageError as exc:
+                # The identity opened: a link without the key still serves, so say why.
+                return replace(opened, why_no_key=f"the envelope key could not be read: {exc}")
+            opened = replace(opened, envelope_key=key)
+        return opened
     finally:
         runtime.close()
 
@@ -176,8 +182,8 @@ def whoami_command(
         return
     if link.envelope_key is None:
         click.echo(
-            "note: this node has no envelope key yet (start it once, then run whoami again): "
-            "until then, mail relayed to you from this link is not sealed",
+            f"note: {opened.why_no_key}: mail relayed to you from this link is not sealed "
+            "until the sender finds your peer record",
             err=True,
         )
     for line in whoami_lines(name, identity.public_key, text, qr=not no_qr):

@@ -15,7 +15,7 @@ from node.app.profile import open_node
 from node.app.qr import qr_matrix
 from node.core.identity import Identity, fingerprint
 from node.core.invite_link import decode_invite_link
-from node.core.keyfile import FAST_KDF, SEAL_RANDOM_SIZE, seal
+from node.core.keyfile import DEFAULT_KDF, FAST_KDF, SEAL_RANDOM_SIZE, KdfParams, seal
 from node.core.safety_number import safety_number
 from node.transport.runtime import RealRuntime
 
@@ -239,12 +239,12 @@ def test_peers_shows_an_advertised_name_safe(tmp_path: Path) -> None:
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
 
 
-async def make_node_dir(data_dir: Path) -> bytes:
-    """A data directory as ``node run`` leaves it (the real Argon2 parameters, which whoami
-    assumes); returns the node's envelope public key."""
+async def make_node_dir(data_dir: Path, kdf: KdfParams = DEFAULT_KDF) -> bytes:
+    """A data directory as ``node run`` leaves it (by default with the real Argon2
+    parameters, which whoami assumes); returns the node's envelope public key."""
     runtime = RealRuntime("qpc-whoami-test")
     try:
-        node, _ = await open_node(data_dir, PASS.encode(), runtime, name="alice")
+        node, _ = await open_node(data_dir, PASS.encode(), runtime, name="alice", kdf=kdf)
         try:
             return (await node.envelope_key()).public_key
         finally:
@@ -280,3 +280,14 @@ def test_whoami_of_a_node_without_an_envelope_key_says_so_and_still_links(
     assert link.envelope_key is None
     as_json = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "alice", "--json")
     assert json.loads(as_json.stdout)["envelope_key"] is None
+
+
+def test_whoami_still_links_when_the_store_cannot_be_read_and_says_why(tmp_path: Path) -> None:
+    # A store keyed otherwise than whoami assumes (here: other Argon2 parameters).
+    asyncio.run(make_node_dir(tmp_path / "alice", FAST_KDF))
+    result = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "alice", "--no-qr")
+    assert result.exit_code == 0, result.output
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert "the envelope key could not be read" in note and "Traceback" not in result.output
+    link = decode_invite_link(result.stdout.splitlines()[-1].removeprefix("link: "), now_ms=NOW)
+    assert link.envelope_key is None
