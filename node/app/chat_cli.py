@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -34,6 +35,7 @@ from node.app.node_cli import (
 from node.app.oneshot_cli import RELAY_SETTING, relay_setting
 from node.app.presence import Presence
 from node.app.profile import open_node
+from node.app.qr import qr_text
 from node.app.relay_account import sign_in_node
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
@@ -175,7 +177,20 @@ def _whoami(run: _Running, opts: RunOptions) -> list[str]:
         expires_at_ms=None,
         envelope_key=run.envelope_key,
     )
-    lines = whoami_lines(opts.name, node.public_key, encode_invite_link(link, node.identity))
+    text = encode_invite_link(link, node.identity)
+    lines = whoami_lines(opts.name, node.public_key, text, qr=False)  # the link comes last
+    drawing = qr_text(text).splitlines()
+    width = len(drawing[0]) if drawing else 0
+    # A link with an envelope key needs a QR code ~173 columns wide: wrapped, it scans as
+    # nothing and buries the screen, so it is drawn only where it fits.
+    if width <= shutil.get_terminal_size().columns:
+        lines[-1:-1] = drawing
+    else:
+        lines.insert(
+            -1,
+            f"(its QR code needs a terminal {width} columns wide: widen this one and /whoami "
+            "again, or run quicnprotochat whoami)",
+        )
     if run.presence.dht_address is not None:
         lines.append(f"dht: {format_address(run.presence.dht_address)}")
     return lines

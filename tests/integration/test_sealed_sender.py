@@ -23,6 +23,7 @@ from node.app.node import Node
 from node.app.node_cli import RunOptions
 from node.app.presence import PresenceConfig
 from node.app.profile import open_node
+from node.app.qr import qr_text
 from node.app.router import Path as RoutePath
 from node.app.router import RelayInfo
 from node.core import sealed, wire
@@ -391,7 +392,7 @@ def test_node_run_no_sealed_sender_reaches_the_node(
 
 
 async def test_chat_learns_the_key_of_a_peer_given_by_link_and_its_whoami_link_carries_its_own(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bob = Identity.generate()
     bob_key = HybridPrivateKey(bytes(range(32))).public_key
@@ -410,8 +411,19 @@ async def test_chat_learns_the_key_of_a_peer_given_by_link_and_its_whoami_link_c
     try:
         async with chat_cli.running(opts, runtime) as run:
             assert run.node.router.envelope_keys[bob.public_key] == bob_key
-            (line,) = [x for x in chat_cli._whoami(run, opts) if x.startswith("link: ")]
+            monkeypatch.setenv("COLUMNS", "400")
+            wide = chat_cli._whoami(run, opts)
+            (line,) = [x for x in wide if x.startswith("link: ")]
             own = decode_invite_link(line.removeprefix("link: "), now_ms=run.node.clock_ms())
             assert own.envelope_key == (await run.node.envelope_key()).public_key
+            # The QR code (of that link, ~173 modules) is drawn only where it fits unwrapped.
+            drawing = qr_text(line.removeprefix("link: ")).splitlines()
+            assert wide[-1 - len(drawing) : -1] == drawing
+            monkeypatch.setenv("COLUMNS", "140")
+            narrow = chat_cli._whoami(run, opts)
+            # (each /whoami signs a new link: its issue time is now)
+            assert narrow[-1].startswith("link: qpc://v2/")
+            assert not any(x and set(x) <= set("█▀▄ ") for x in narrow)
+            assert "QR code needs a terminal" in narrow[-2]
     finally:
         runtime.close()
