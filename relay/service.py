@@ -233,6 +233,13 @@ class RelayService:
             # Nobody logs in to send sealed: that would name the sender. Such a delivery is
             # bounded by the address's allowances and the recipient's quota instead.
             assert isinstance(request, wire.Deliver)
+            if not all(env.kind is wire.EnvelopeKind.SEALED for env in request.envelopes):
+                # One sealed envelope must not carry plain ones past accounts = "required".
+                return self._refuse(
+                    "refused_sealed_mixed",
+                    ErrorCode.MALFORMED_REQUEST,
+                    "a deliver holds sealed envelopes only, or none",
+                )
             try:
                 return await self._deliver(caller, request.envelopes, sealed=True)
             except StoreUnavailableError:

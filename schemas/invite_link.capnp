@@ -1,5 +1,6 @@
 @0xb0e3bd5b56dbb859;
-# Invite links (qpc://v1/...): who someone is and how to reach them, as they signed it.
+# Invite links (qpc://v2/..., and the older qpc://v1/...): who someone is and how to reach them,
+# as they signed it.
 # node/core/invite_link.py encodes, signs and checks them.
 
 struct InviteLink {
@@ -9,6 +10,8 @@ struct InviteLink {
   relays @3 :List(Relay);          # the relay that keeps the node's mailbox: none or one
   issuedAt @4 :UInt64;             # milliseconds since the Unix epoch
   expiresAt @5 :UInt64;            # milliseconds since the Unix epoch; 0: never expires
+  envelopeKey @6 :Data;            # v2: hybrid X-Wing envelope public key (1216 bytes) to seal
+                                   # relayed envelopes to; empty: none. Ignored in a v1 link.
 
   struct Address {
     host @0 :Text;                 # an IP literal or a DNS name

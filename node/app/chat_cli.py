@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterable
@@ -34,6 +35,7 @@ from node.app.node_cli import (
 from node.app.oneshot_cli import RELAY_SETTING, relay_setting
 from node.app.presence import Presence
 from node.app.profile import open_node
+from node.app.qr import qr_text
 from node.app.relay_account import sign_in_node
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
@@ -64,6 +66,7 @@ class _Running:
     node: Node
     presence: Presence
     messenger: Messenger
+    envelope_key: bytes  # the node's public one, for its invite link
 
 
 @contextlib.asynccontextmanager
@@ -76,6 +79,7 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
         name=opts.name,
         relay=opts.relay,
         limits=opts.limits,
+        sealed_sender=opts.sealed_sender,
     )
     messenger = Messenger(node)
     try:
@@ -90,6 +94,8 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
             await messenger.add_contact(spec.identity, spec.name, spec.address)
             if spec.relay is not None:
                 node.router.peer_relays[spec.identity] = spec.relay
+            if spec.envelope_key is not None:
+                node.router.learn_envelope_key(spec.identity, spec.envelope_key)
         host, port = await node.start(*opts.listen)
     except BaseException:
         await messenger.close()
@@ -109,7 +115,7 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
         click.echo(f"{'new identity' if created else 'identity'}: {node.public_key.hex()}")
         click.echo(f"fingerprint: {fingerprint(node.public_key)}")
         click.echo(f"listening on {host}:{port}")
-        yield _Running(node, presence, messenger)
+        yield _Running(node, presence, messenger, (await node.envelope_key()).public_key)
     finally:
         await control.stop()
         await presence.stop()
@@ -169,8 +175,22 @@ def _whoami(run: _Running, opts: RunOptions) -> list[str]:
         relay=None if relay is None else LinkRelay(relay.address, relay.identity),
         issued_at_ms=node.clock_ms(),
         expires_at_ms=None,
+        envelope_key=run.envelope_key,
     )
-    lines = whoami_lines(opts.name, node.public_key, encode_invite_link(link, node.identity))
+    text = encode_invite_link(link, node.identity)
+    lines = whoami_lines(opts.name, node.public_key, text, qr=False)  # the link comes last
+    drawing = qr_text(text).splitlines()
+    width = len(drawing[0]) if drawing else 0
+    # A link with an envelope key needs a QR code ~173 columns wide: wrapped, it scans as
+    # nothing and buries the screen, so it is drawn only where it fits.
+    if width <= shutil.get_terminal_size().columns:
+        lines[-1:-1] = drawing
+    else:
+        lines.insert(
+            -1,
+            f"(its QR code needs a terminal {width} columns wide: widen this one and /whoami "
+            "again, or run quicnprotochat whoami)",
+        )
     if run.presence.dht_address is not None:
         lines.append(f"dht: {format_address(run.presence.dht_address)}")
     return lines

@@ -1,9 +1,11 @@
 """``quicnprotochat whoami`` and ``quicnprotochat verify``: identities people can check.
 
 ``whoami`` shows who this data directory is (name, fingerprint) and an invite link to hand out,
-with its QR code. ``verify`` shows the safety number of this identity and a peer's, to compare
-out of band. Both only read ``identity.key`` (its passphrase: ``node.app.passphrase``): they never
-create or change anything in the data directory.
+with its QR code; the link carries the node's envelope key (sealed sender), read from its store.
+``verify`` shows the safety number of this identity and a peer's, to compare out of band. Both
+only read (``identity.key``, and for ``whoami`` ``node.db``; the passphrase:
+``node.app.passphrase``): they change nothing the data directory keeps (reading ``node.db`` may
+leave SQLite's own ``-wal``/``-shm`` side files, which the node uses anyway).
 """
 
 from __future__ import annotations
@@ -11,26 +13,31 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
+from node.app.datadir import DATABASE, SALT
 from node.app.identity_view import verify_lines, whoami_lines
 from node.app.passphrase import get_passphrase, passphrase_file_option
 from node.app.peer_ref import PeerRef, PeerRefError, parse_identity_key, parse_peer_ref
+from node.app.store import NodeStore, read_salt, store_keys
 from node.core.addresses import Address, format_address, parse_address
 from node.core.display import terminal_safe
-from node.core.errors import NodeError
+from node.core.errors import NodeError, StorageError
+from node.core.hybrid_kem import HybridPrivateKey
 from node.core.identity import Identity, fingerprint
 from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
+from node.core.keyfile import DEFAULT_KDF
 from node.core.safety_number import safety_number
 from node.transport.keystore import load_identity
 from node.transport.runtime import RealRuntime
 
 NAME_ENV = "QUICNPROTOCHAT_NAME"
 IDENTITY = "identity.key"
+ENVELOPE_SEED_NAME = "envelope_key_seed"  # the store secret Node.envelope_key keeps
 DAY_MS = 24 * 3600 * 1000
 
 DATA_DIR = click.option(
@@ -51,18 +58,44 @@ def fail(message: str) -> NoReturn:
 class _Opened:
     identity: Identity
     now_ms: int
+    envelope_key: bytes | None = None  # public; None: not asked for, or none to be had
+    why_no_key: str = "this node has no envelope key yet (start it once, then run whoami again)"
 
 
-async def _open(data_dir: Path, passphrase: bytes) -> _Opened:
+async def _open(data_dir: Path, passphrase: bytes, envelope_key: bool) -> _Opened:
     runtime = RealRuntime("qpc-identity")
     try:
         identity = await load_identity(data_dir / IDENTITY, passphrase, runtime)
-        return _Opened(identity, runtime.wall_ms())
+        opened = _Opened(identity, runtime.wall_ms())
+        if envelope_key:
+            try:
+                key = await runtime.run_blocking(lambda: _read_envelope_key(data_dir, passphrase))
+            except StorageError as exc:
+                # The identity opened: a link without the key still serves, so say why.
+                return replace(opened, why_no_key=f"the envelope key could not be read: {exc}")
+            opened = replace(opened, envelope_key=key)
+        return opened
     finally:
         runtime.close()
 
 
-def _open_identity(data_dir: Path, passphrase_file: Path | None) -> _Opened:
+def _read_envelope_key(data_dir: Path, passphrase: bytes) -> bytes | None:
+    """The envelope public key the node of ``data_dir`` made (at its first start), read
+    without writing anything; None if it has made none yet. Blocking."""
+    if not (data_dir / DATABASE).exists():
+        return None
+    db_key, _ = store_keys(passphrase, read_salt(data_dir / SALT), DEFAULT_KDF)
+    store = NodeStore(data_dir / DATABASE, db_key, create=False, read_only=True)
+    try:
+        seed = store.get_secret(ENVELOPE_SEED_NAME)
+    finally:
+        store.close()
+    return None if seed is None else HybridPrivateKey(seed).public_key
+
+
+def _open_identity(
+    data_dir: Path, passphrase_file: Path | None, *, envelope_key: bool = False
+) -> _Opened:
     if not (data_dir / IDENTITY).exists():
         # Said before asking for a passphrase that would open nothing.
         fail(
@@ -70,7 +103,7 @@ def _open_identity(data_dir: Path, passphrase_file: Path | None) -> _Opened:
         )
     passphrase = get_passphrase(passphrase_file, creating=False, what=str(data_dir))
     try:
-        return asyncio.run(_open(data_dir, passphrase))
+        return asyncio.run(_open(data_dir, passphrase, envelope_key))
     except NodeError as exc:
         fail(str(exc))
 
@@ -129,7 +162,7 @@ def whoami_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--relay/--relay-key") from None
     where = _addresses(addresses)
-    opened = _open_identity(data_dir, passphrase_file)
+    opened = _open_identity(data_dir, passphrase_file, envelope_key=True)
     identity, now = opened.identity, opened.now_ms
     try:
         link = InviteLink(
@@ -139,6 +172,7 @@ def whoami_command(
             relay=relay,
             issued_at_ms=now,
             expires_at_ms=None if expires_in is None else now + expires_in * DAY_MS,
+            envelope_key=opened.envelope_key,
         )
         text = encode_invite_link(link, identity)
     except ValueError as exc:
@@ -146,6 +180,12 @@ def whoami_command(
     if as_json:
         click.echo(json.dumps(_link_json(link, text), ensure_ascii=False))
         return
+    if link.envelope_key is None:
+        click.echo(
+            f"note: {opened.why_no_key}: mail relayed to you from this link is not sealed "
+            "until the sender finds your peer record",
+            err=True,
+        )
     for line in whoami_lines(name, identity.public_key, text, qr=not no_qr):
         click.echo(line)
 
@@ -165,6 +205,7 @@ def _link_json(link: InviteLink, text: str) -> dict[str, Any]:
         },
         "issued_at_ms": link.issued_at_ms,
         "expires_at_ms": link.expires_at_ms,
+        "envelope_key": None if link.envelope_key is None else link.envelope_key.hex(),
     }
 
 

@@ -594,7 +594,7 @@ class Messenger:
 
     async def resolve_person(self, text: str) -> bytes:
         """A person from a ``qpc://`` link (remembered as a contact, with the relay its owner
-        reads), ``@username`` (the relay's directory), a 64-hex-digit key,
+        reads and its envelope key), ``@username`` (the relay's directory), a 64-hex-digit key,
         ``NAME=KEY[@HOST:PORT]``, or a contact's name."""
         text = text.strip()
         if not text:
@@ -618,6 +618,8 @@ class Messenger:
             if ref.relay is not None:
                 relay = RelayInfo(ref.relay.address, ref.relay.identity_key)
                 self.node.router.peer_relays[ref.identity] = relay
+            if ref.envelope_key is not None:
+                self.node.router.learn_envelope_key(ref.identity, ref.envelope_key)
             return ref.identity
         found = self.contacts.find(text)
         if len(found) == 1:

@@ -68,6 +68,7 @@ class PeerSpec:
     identity: bytes
     address: Address | None  # None: discovery finds it (mDNS, DHT)
     relay: RelayInfo | None = None  # the relay the peer reads (from its invite link)
+    envelope_key: bytes | None = None  # to seal relayed mail to (from its invite link)
 
 
 def parse_peer(text: str, now_ms: int) -> PeerSpec:
@@ -76,7 +77,7 @@ def parse_peer(text: str, now_ms: int) -> PeerSpec:
     link raises ``InviteLinkError``."""
     ref = parse_peer_ref(text, now_ms=now_ms)
     relay = None if ref.relay is None else RelayInfo(ref.relay.address, ref.relay.identity_key)
-    return PeerSpec(ref.name, ref.identity, ref.address, relay)
+    return PeerSpec(ref.name, ref.identity, ref.address, relay, ref.envelope_key)
 
 
 def _parse_peers(option: str, texts: tuple[str, ...]) -> list[PeerSpec]:
@@ -161,6 +162,13 @@ def node_options(func: F) -> F:
             default=None,
             help="A TOML file whose [limits] table sets the node's limits (defaults otherwise).",
         ),
+        click.option(
+            "--no-sealed-sender",
+            is_flag=True,
+            envvar="QUICNPROTOCHAT_NO_SEALED_SENDER",
+            help="Through relays, send as yourself: do not seal envelopes to the recipient's "
+            "envelope key (the relay then learns who writes to whom).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -183,6 +191,7 @@ def run_options(
     dht_port: int,
     bootstrap: tuple[str, ...],
     limits_file: Path | None = None,
+    no_sealed_sender: bool = False,
 ) -> RunOptions:
     """What :func:`node_options` parsed, checked: a bad value is a usage error naming its
     option; the passphrase is asked for last, once everything else is known to be right."""
@@ -228,6 +237,7 @@ def run_options(
         presence=presence,
         relay_user=relay_user,
         limits=limits,
+        sealed_sender=not no_sealed_sender,
     )
 
 
@@ -268,6 +278,7 @@ class RunOptions:
     presence: PresenceConfig
     relay_user: str | None = None
     limits: NodeLimits | None = None
+    sealed_sender: bool = True  # seal relayed envelopes when the recipient's key is known
 
 
 async def _run(opts: RunOptions) -> None:
@@ -286,6 +297,7 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
         name=opts.name,
         relay=opts.relay,
         limits=opts.limits,
+        sealed_sender=opts.sealed_sender,
     )
     identity = node.identity
     if opts.relay_user is not None and opts.relay is not None:
@@ -302,6 +314,8 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
             # The invite link names the relay its owner reads: mail that cannot go direct
             # waits there for them.
             node.router.peer_relays[spec.identity] = spec.relay
+        if spec.envelope_key is not None:
+            node.router.learn_envelope_key(spec.identity, spec.envelope_key)
     try:
         host, port = await node.start(*opts.listen)
     except OSError as exc:

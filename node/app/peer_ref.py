@@ -2,9 +2,9 @@
 
 Accepted forms (:func:`parse_peer_ref`):
 
-* ``qpc://v1/...``: an invite link (``node.core.invite_link``); the name is the one its owner
-  signed, the addresses and relay are the link's.
-* ``NAME=qpc://v1/...``: the same link under a name of your own, which wins over the link's.
+* ``qpc://v2/...`` (or an older ``qpc://v1/...``): an invite link (``node.core.invite_link``);
+  the name is the one its owner signed, the addresses, relay and envelope key are the link's.
+* ``NAME=qpc://v2/...``: the same link under a name of your own, which wins over the link's.
 * ``NAME=KEYHEX`` or ``NAME=KEYHEX@HOST:PORT``: 64 hex digits of the identity key.
 * ``KEYHEX`` alone, where a name is not needed (``allow_bare_key``), as for ``verify``.
 
@@ -36,6 +36,11 @@ class PeerRef:
     relay: LinkRelay | None = None
     link: InviteLink | None = None  # the checked link, when one was given
     named: bool = False  # the name is the user's own (NAME=...), not the peer's claim
+
+    @property
+    def envelope_key(self) -> bytes | None:
+        """The peer's sealed-sender key, when its link carries one (v2 links do)."""
+        return None if self.link is None else self.link.envelope_key
 
     @property
     def address(self) -> Address | None:

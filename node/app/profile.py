@@ -33,6 +33,7 @@ async def open_node(
     relay: RelayInfo | None = None,
     kdf: KdfParams = DEFAULT_KDF,
     limits: NodeLimits | None = None,
+    sealed_sender: bool = True,
 ) -> tuple[Node, bool]:
     """Open (or create) the node kept in ``data_dir``. Returns (node, created).
 
@@ -69,5 +70,14 @@ async def open_node(
     except BaseException:
         await run(store.close)
         raise
-    node = Node(identity, runtime, name=name, relay=relay, store=store, mls=mls, limits=limits)
+    node = Node(
+        identity,
+        runtime,
+        name=name,
+        relay=relay,
+        store=store,
+        mls=mls,
+        limits=limits,
+        sealed_sender=sealed_sender,
+    )
     return node, is_new

@@ -79,6 +79,7 @@ async def _web(opts: RunOptions, port: int, web_host: str | None) -> None:
                     relay=None if relay is None else LinkRelay(relay.address, relay.identity),
                     issued_at_ms=node.clock_ms(),
                     expires_at_ms=None,
+                    envelope_key=run.envelope_key,
                 )
                 return WhoAmI(opts.name, node.public_key, encode_invite_link(link, node.identity))
 

@@ -1,15 +1,21 @@
-"""Invite links: ``qpc://v1/...``, who someone is and how to reach them, signed by them.
+"""Invite links: ``qpc://v2/...``, who someone is and how to reach them, signed by them.
 
 A link is what ``quicnprotochat whoami`` prints (and shows as a QR code) and what ``--invite``,
 ``--peer``, ``/dm`` and ``/invite`` accept. Its text is::
 
-    qpc://v1/<base64url, unpadded, of: packed InviteLink || signature>
+    qpc://v2/<base64url, unpadded, of: packed InviteLink || signature>
 
 ``InviteLink`` is the Cap'n Proto struct of ``schemas/invite_link.capnp`` in the packed
 encoding; ``signature`` is the last 64 bytes: Ed25519, by the link's own ``identityKey``, over
-:data:`SIGNATURE_CONTEXT` followed by the exact packed bytes. The signature covers the bytes as
-carried, so no re-encoding is needed to check it, and the context keeps a link's signature from
-being replayed as anything else (a peer record signs under another context).
+the version's context (:data:`SIGNATURE_CONTEXT` for v2) followed by the exact packed bytes. The
+signature covers the bytes as carried, so no re-encoding is needed to check it, and the context
+keeps a link's signature from being replayed as anything else (a peer record signs under another
+context) or as a link of the other version.
+
+Version 2 adds the owner's envelope public key (sealed sender, ADR 0008), so that a contact
+added from a link is sealed to from the first message, without waiting for its peer record.
+Links of version 1 are still read; they carry no envelope key. A v1 link cannot be made out of a
+v2 one to strip the key: the version is in the signed context.
 
 What a valid link proves: the holder of the identity key chose this name, these addresses and
 this relay, at ``issuedAt``. It does not prove that the name is true (anyone can call themselves
@@ -32,16 +38,23 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import schemas
+from node.core import hybrid_kem
 from node.core.addresses import Address
-from node.core.errors import NodeError
+from node.core.errors import CryptoError, NodeError
 from node.core.identity import IDENTITY_KEY_SIZE, Identity
 from node.core.wire import DECODE_EXCEPTIONS
 
 SCHEME = "qpc://"
-VERSION = 1
-SIGNATURE_CONTEXT = b"quicnprotochat invite link v1\x00"
+VERSION = 2
+SIGNATURE_CONTEXTS = {
+    1: b"quicnprotochat invite link v1\x00",
+    2: b"quicnprotochat invite link v2\x00",
+}
+SIGNATURE_CONTEXT = SIGNATURE_CONTEXTS[VERSION]
 SIGNATURE_SIZE = 64
-MAX_LINK_LENGTH = 2048  # characters; a link this long still fits one QR code (version 40)
+# Characters: the most a QR code holds in byte mode at error correction M (version 40), which
+# the terminal QR drawing uses. An envelope key alone takes ~1,630 of them.
+MAX_LINK_LENGTH = 2331
 MAX_NAME_LENGTH = 64  # code points, as for names on the LAN
 MAX_ADDRESSES = 8
 MAX_HOST_LENGTH = 253  # the longest DNS name
@@ -121,10 +134,16 @@ class InviteLink:
     relay: LinkRelay | None = None
     issued_at_ms: int = 0
     expires_at_ms: int | None = None  # None: never
+    envelope_key: bytes | None = None  # the owner's sealed-sender key; None: not carried (v1)
 
     def __post_init__(self) -> None:
         if len(self.identity_key) != IDENTITY_KEY_SIZE:
             raise ValueError(f"an identity key is {IDENTITY_KEY_SIZE} bytes")
+        if self.envelope_key is not None:
+            try:
+                hybrid_kem.check_public_key(self.envelope_key)
+            except CryptoError as exc:
+                raise ValueError(str(exc)) from None
         if not 0 < len(self.display_name) <= MAX_NAME_LENGTH:
             raise ValueError(f"a display name is 1-{MAX_NAME_LENGTH} characters")
         if len(self.addresses) > MAX_ADDRESSES:
@@ -147,7 +166,7 @@ def looks_like_invite_link(text: str) -> bool:
 
 
 def encode_invite_link(link: InviteLink, identity: Identity) -> str:
-    """The ``qpc://v1/...`` text of ``link``, signed by ``identity`` (which must be its key)."""
+    """The ``qpc://v2/...`` text of ``link``, signed by ``identity`` (which must be its key)."""
     if identity.public_key != link.identity_key:
         raise ValueError("a link is signed by the identity it names")
     msg = schemas.invite_link.InviteLink.new_message()
@@ -164,6 +183,7 @@ def encode_invite_link(link: InviteLink, identity: Identity) -> str:
         relays[0].identityKey = link.relay.identity_key
     msg.issuedAt = link.issued_at_ms
     msg.expiresAt = link.expires_at_ms or 0
+    msg.envelopeKey = link.envelope_key or b""
     packed = bytes(msg.to_bytes_packed())
     signature = identity.private_key.sign(SIGNATURE_CONTEXT + packed)
     body = base64.urlsafe_b64encode(packed + signature).rstrip(b"=").decode("ascii")
@@ -174,7 +194,8 @@ def encode_invite_link(link: InviteLink, identity: Identity) -> str:
 
 
 def decode_invite_link(text: str, *, now_ms: int) -> InviteLink:
-    """The link ``text`` says, checked: signed by its own key, well formed, not expired.
+    """The link ``text`` says, checked: signed by its own key, well formed, not expired. A link
+    of version 1 is read too, as one without an envelope key.
 
     Surrounding white space (and line breaks inside, from a wrapped paste) is ignored.
 
@@ -189,12 +210,14 @@ def decode_invite_link(text: str, *, now_ms: int) -> InviteLink:
     version, slash, body = compact[len(SCHEME) :].partition("/")
     match = _VERSION_PATTERN.fullmatch(version)
     if not slash or match is None:
-        raise InviteLinkFormatError("an invite link starts with qpc://v1/")
-    if int(match.group(1)) != VERSION:
+        raise InviteLinkFormatError(f"an invite link starts with qpc://v{VERSION}/")
+    link_version = int(match.group(1))
+    if link_version not in SIGNATURE_CONTEXTS:
         raise InviteLinkVersionError(
-            f"this is an invite link of version {match.group(1)}; this program reads version "
-            f"{VERSION} (a newer quicnprotochat may read it)"
+            f"this is an invite link of version {match.group(1)}; this program reads versions "
+            f"1 to {VERSION} (a newer quicnprotochat may read it)"
         )
+    context = SIGNATURE_CONTEXTS[link_version]
     if _BASE64URL.fullmatch(body) is None:
         raise InviteLinkFormatError("the invite link is garbled (not base64url)")
     try:
@@ -212,15 +235,13 @@ def decode_invite_link(text: str, *, now_ms: int) -> InviteLink:
     if len(identity_key) != IDENTITY_KEY_SIZE:
         raise InviteLinkFormatError("the invite link holds no identity key")
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(identity_key).verify(
-            signature, SIGNATURE_CONTEXT + packed
-        )
+        ed25519.Ed25519PublicKey.from_public_bytes(identity_key).verify(signature, context + packed)
     except (InvalidSignature, ValueError):
         raise InviteLinkSignatureError(
             "the invite link was altered: its signature does not match its identity key"
         ) from None
     try:
-        link = _read(reader, identity_key)
+        link = _read(reader, identity_key, link_version)
     except DECODE_EXCEPTIONS as exc:  # ValueError among them: a field out of bounds
         raise InviteLinkFormatError(f"the invite link is malformed: {exc}") from None
     if link.expired(now_ms):
@@ -236,7 +257,7 @@ def _limits(data: bytes) -> dict[str, int]:
     return {"traversal_limit_in_words": max(64, 2 * len(data)), "nesting_limit": _NESTING_LIMIT}
 
 
-def _read(reader: Any, identity_key: bytes) -> InviteLink:
+def _read(reader: Any, identity_key: bytes, version: int) -> InviteLink:
     raw_addresses, raw_relays = reader.addresses, reader.relays
     if len(raw_addresses) > MAX_ADDRESSES:
         raise ValueError(f"it lists more than {MAX_ADDRESSES} addresses")
@@ -248,6 +269,8 @@ def _read(reader: Any, identity_key: bytes) -> InviteLink:
         r = raw_relays[0]
         relay = LinkRelay((str(r.host), int(r.port)), bytes(r.identityKey))
     expires = int(reader.expiresAt)
+    # Version 1 had no such field: whatever a v1 link holds there was never meant as a key.
+    envelope_key = bytes(reader.envelopeKey) if version >= 2 else b""
     return InviteLink(
         identity_key=identity_key,
         display_name=str(reader.displayName),
@@ -255,4 +278,5 @@ def _read(reader: Any, identity_key: bytes) -> InviteLink:
         relay=relay,
         issued_at_ms=int(reader.issuedAt),
         expires_at_ms=expires or None,
+        envelope_key=envelope_key or None,
     )

@@ -63,9 +63,9 @@ async def test_bob_invites_alice_by_her_link_and_they_chat(tmp_path: Path) -> No
 async def test_a_tampered_link_stops_node_run_with_one_error_line(tmp_path: Path) -> None:
     alice = Identity.from_seed(bytes(range(32)))
     good = encode_invite_link(InviteLink(alice.public_key, "alice", (("127.0.0.1", 9),)), alice)
-    raw = bytearray(base64.urlsafe_b64decode(good[len("qpc://v1/") :] + "=="))
+    raw = bytearray(base64.urlsafe_b64decode(good[len("qpc://v2/") :] + "=="))
     raw[-1] ^= 1  # the last byte of the signature
-    tampered = "qpc://v1/" + base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    tampered = "qpc://v2/" + base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
     for option in ("--invite", "--peer"):
         code, _, err = await cli(
             tmp_path,

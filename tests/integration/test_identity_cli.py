@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -10,11 +11,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from node.app.cli import main
+from node.app.profile import open_node
 from node.app.qr import qr_matrix
 from node.core.identity import Identity, fingerprint
 from node.core.invite_link import decode_invite_link
-from node.core.keyfile import FAST_KDF, SEAL_RANDOM_SIZE, seal
+from node.core.keyfile import DEFAULT_KDF, FAST_KDF, SEAL_RANDOM_SIZE, KdfParams, seal
 from node.core.safety_number import safety_number
+from node.transport.runtime import RealRuntime
 
 PASS = "correct horse"
 NOW = 1_780_000_000_000
@@ -77,7 +80,7 @@ def test_whoami_prints_name_fingerprint_qr_and_a_link_that_checks(tmp_path: Path
     assert lines[0] == "name: alice"
     assert lines[1] == f"identity: {alice.public_key.hex()}"
     assert lines[2] == f"fingerprint: {fingerprint(alice.public_key)}"
-    assert lines[-1].startswith("link: qpc://v1/")
+    assert lines[-1].startswith("link: qpc://v2/")
     text = lines[-1].removeprefix("link: ")
     link = decode_invite_link(text, now_ms=NOW)
     assert link.identity_key == alice.public_key
@@ -192,7 +195,7 @@ def test_verify_refuses_a_tampered_link_in_one_line(tmp_path: Path) -> None:
         run("whoami", "--data-dir", str(tmp_path / "bob"), "--name", "bob", "--json").stdout
     )["link"]
     # Change one character of the body (the name's bytes sit after the key): not bob's link now.
-    position = len("qpc://v1/") + 60
+    position = len("qpc://v2/") + 60
     tampered = link[:position] + ("A" if link[position] != "A" else "B") + link[position + 1 :]
     result = run("verify", "--data-dir", str(tmp_path / "alice"), tampered)
     assert result.exit_code == 1
@@ -234,3 +237,57 @@ def test_peers_shows_an_advertised_name_safe(tmp_path: Path) -> None:
     row = result.stdout.splitlines()[1]
     assert row.startswith("␛[2J␛]0;pwned␇ma ")  # shown, then cut to the 16-character column
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+
+
+async def make_node_dir(data_dir: Path, kdf: KdfParams = DEFAULT_KDF) -> bytes:
+    """A data directory as ``node run`` leaves it (by default with the real Argon2
+    parameters, which whoami assumes); returns the node's envelope public key."""
+    runtime = RealRuntime("qpc-whoami-test")
+    try:
+        node, _ = await open_node(data_dir, PASS.encode(), runtime, name="alice", kdf=kdf)
+        try:
+            return (await node.envelope_key()).public_key
+        finally:
+            await node.stop()
+    finally:
+        runtime.close()
+
+
+def test_whoami_link_carries_the_nodes_envelope_key(tmp_path: Path) -> None:
+    data_dir = tmp_path / "alice"
+    envelope_key = asyncio.run(make_node_dir(data_dir))
+    before = snapshot(data_dir)
+    result = run("whoami", "--data-dir", str(data_dir), "--name", "alice", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["envelope_key"] == envelope_key.hex()
+    assert decode_invite_link(out["link"], now_ms=NOW).envelope_key == envelope_key
+    text = run("whoami", "--data-dir", str(data_dir), "--name", "alice", "--no-qr")
+    assert "no envelope key" not in text.output
+    # Read only: nothing it keeps is touched (SQLite may add its -wal/-shm side files).
+    after = {k: v for k, v in snapshot(data_dir).items() if not k.endswith(("-wal", "-shm"))}
+    assert after == before
+
+
+def test_whoami_of_a_node_without_an_envelope_key_says_so_and_still_links(
+    tmp_path: Path,
+) -> None:
+    make_identity(tmp_path / "alice", 1)
+    result = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "alice", "--no-qr")
+    assert result.exit_code == 0, result.output
+    assert "note: this node has no envelope key yet" in result.stderr
+    link = decode_invite_link(result.stdout.splitlines()[-1].removeprefix("link: "), now_ms=NOW)
+    assert link.envelope_key is None
+    as_json = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "alice", "--json")
+    assert json.loads(as_json.stdout)["envelope_key"] is None
+
+
+def test_whoami_still_links_when_the_store_cannot_be_read_and_says_why(tmp_path: Path) -> None:
+    # A store keyed otherwise than whoami assumes (here: other Argon2 parameters).
+    asyncio.run(make_node_dir(tmp_path / "alice", FAST_KDF))
+    result = run("whoami", "--data-dir", str(tmp_path / "alice"), "--name", "alice", "--no-qr")
+    assert result.exit_code == 0, result.output
+    (note,) = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert "the envelope key could not be read" in note and "Traceback" not in result.output
+    link = decode_invite_link(result.stdout.splitlines()[-1].removeprefix("link: "), now_ms=NOW)
+    assert link.envelope_key is None

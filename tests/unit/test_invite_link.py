@@ -1,16 +1,22 @@
-"""Invite links: round trip, a fixed vector, and every way a link is refused."""
+"""Invite links: round trip, fixed vectors (v2, and v1 still read), the envelope key they carry,
+and every way a link is refused."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 
 import pytest
 
 import schemas
+from node.app.qr import qr_matrix
+from node.core.hybrid_kem import HybridPrivateKey
 from node.core.identity import Identity
 from node.core.invite_link import (
     MAX_LINK_LENGTH,
     SIGNATURE_CONTEXT,
+    SIGNATURE_CONTEXTS,
     InviteLink,
     InviteLinkError,
     InviteLinkExpiredError,
@@ -35,8 +41,17 @@ LINK = InviteLink(
     relay=LinkRelay(("relay.example.org", 7000), RELAY.public_key),
     issued_at_ms=NOW,
 )
+ENVELOPE_KEY = HybridPrivateKey(bytes(range(96, 128))).public_key
+SEALED_LINK = dataclasses.replace(LINK, envelope_key=ENVELOPE_KEY)
 # The same link as bytes on the page: pins the encoding (packed Cap'n Proto, then Ed25519).
 VECTOR = (
+    "qpc://v2/ECFQAgU-iERwngEAADERAgERHTIRHScRPR8RZQL_A6EHv_POEL4DHXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
+    "H2FsaWNlUQgBAQNREREJUgNREREJYv8xOTIuMC4yLgABN_8yMDAxOmRiOAAHOjo3UQQBAgNYGxEFkjENAgH_cmVs"
+    "YXkuZXgBYW1wbGUub3IBZ_8prLrhQbzK8AOyLhqU000LxzYeUm0L_hLIl5S8kyKWbdeunmQhWtlp--BlsUTc2szDc-yD"
+    "rLQlPjNAdQO1EXqfeCgp3Fex-EWgdh0jsaZahxoRm0p7qzPnX93SoFn2rr0E"
+)
+# What version 1 of this program made of LINK: still read, as a link without an envelope key.
+V1_VECTOR = (
     "qpc://v1/ECBQAgQ-iERwngEAADENAgERGTIRGScROR__A6EHv_POEL4DHXDdGOdLwJln5NYwm6UNXx3chmQSVTG4"
     "H2FsaWNlUQgBAQNREREJUgNREREJYv8xOTIuMC4yLgABN_8yMDAxOmRiOAAHOjo3UQQBAgNYGxEFkjENAgH_cmVs"
     "YXkuZXgBYW1wbGUub3IBZ_8prLrhQbzK8AOyLhqU000LxzYeUm0L_hLIl5S8kyKWbddF89LelwjnRXI24N4YffRD"
@@ -49,25 +64,97 @@ def body(text: str) -> bytes:
     return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
 
 
-def wrap(raw: bytes) -> str:
-    return "qpc://v1/" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def wrap(raw: bytes, version: int = 2) -> str:
+    return f"qpc://v{version}/" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def signed(msg: object, identity: Identity) -> str:
+def signed(msg: object, identity: Identity, version: int = 2) -> str:
     """A link of a hand-built message, signed properly (to reach the checks after the signature)."""
     packed = bytes(msg.to_bytes_packed())  # type: ignore[attr-defined]
-    return wrap(packed + identity.private_key.sign(SIGNATURE_CONTEXT + packed))
+    context = SIGNATURE_CONTEXTS[version]
+    return wrap(packed + identity.private_key.sign(context + packed), version)
 
 
 def test_a_link_round_trips() -> None:
-    text = encode_invite_link(LINK, ALICE)
-    assert text.startswith("qpc://v1/")
-    assert decode_invite_link(text, now_ms=NOW) == LINK
+    for link in (LINK, SEALED_LINK):
+        text = encode_invite_link(link, ALICE)
+        assert text.startswith("qpc://v2/")
+        assert decode_invite_link(text, now_ms=NOW) == link
+    assert decode_invite_link(encode_invite_link(SEALED_LINK, ALICE), now_ms=NOW).envelope_key == (
+        ENVELOPE_KEY
+    )
 
 
-def test_the_encoding_matches_the_known_vector() -> None:
+def test_the_encoding_matches_the_known_vectors() -> None:
+    assert SIGNATURE_CONTEXT == b"quicnprotochat invite link v2\x00"
     assert encode_invite_link(LINK, ALICE) == VECTOR
     assert decode_invite_link(VECTOR, now_ms=NOW) == LINK
+    sealed = encode_invite_link(SEALED_LINK, ALICE)
+    assert hashlib.sha256(sealed.encode()).hexdigest() == (
+        "6078093aadede73f86c1873d4bc0ffbf6a3a0efad39b15d0f3256a88ad06e35b"
+    )
+
+
+def test_a_version_1_link_still_reads_and_carries_no_envelope_key() -> None:
+    link = decode_invite_link(V1_VECTOR, now_ms=NOW)
+    assert link == LINK
+    assert link.envelope_key is None
+
+
+def test_a_version_1_link_never_yields_an_envelope_key_even_if_it_holds_one() -> None:
+    # Version 1 had no such field: bytes there were never meant (nor checked) as a key.
+    msg = schemas.invite_link.InviteLink.new_message()
+    msg.identityKey = ALICE.public_key
+    msg.displayName = "alice"
+    msg.envelopeKey = ENVELOPE_KEY
+    as_v1 = signed(msg, ALICE, version=1)
+    msg.clear_write_flag()
+    as_v2 = signed(msg, ALICE, version=2)
+    assert decode_invite_link(as_v1, now_ms=NOW).envelope_key is None
+    assert decode_invite_link(as_v2, now_ms=NOW).envelope_key == ENVELOPE_KEY
+
+
+def test_a_version_2_link_relabelled_as_version_1_is_refused() -> None:
+    # Otherwise anyone could strip the envelope key from a link by changing two characters.
+    text = encode_invite_link(SEALED_LINK, ALICE)
+    with pytest.raises(InviteLinkSignatureError, match="altered"):
+        decode_invite_link("qpc://v1/" + text[len("qpc://v2/") :], now_ms=NOW)
+
+
+def test_a_swapped_envelope_key_fails_the_signature() -> None:
+    # mallory puts their own envelope key into alice's link, to read what is sealed "to alice".
+    raw = body(encode_invite_link(SEALED_LINK, ALICE))
+    theirs = HybridPrivateKey(bytes(range(128, 160))).public_key
+    start = raw.find(ENVELOPE_KEY[:64])
+    assert start > 0
+    evil = bytearray(raw)
+    # Packing copies runs of non-zero words verbatim: the key's bytes sit in the link as is,
+    # bar tag bytes; replace the first 64 where they are.
+    evil[start : start + 64] = theirs[:64]
+    with pytest.raises(InviteLinkSignatureError, match="altered"):
+        decode_invite_link(wrap(bytes(evil)), now_ms=NOW)
+
+
+def test_a_signed_link_with_an_unusable_envelope_key_is_refused() -> None:
+    for key in (bytes(100), ENVELOPE_KEY[:-1], b"\xff" * len(ENVELOPE_KEY)):
+        msg = schemas.invite_link.InviteLink.new_message()
+        msg.identityKey = ALICE.public_key
+        msg.displayName = "alice"
+        msg.envelopeKey = key
+        with pytest.raises(InviteLinkFormatError, match=r"malformed: (an|the) envelope public key"):
+            decode_invite_link(signed(msg, ALICE), now_ms=NOW)
+
+
+def test_the_longest_link_still_fits_a_qr_code() -> None:
+    link = dataclasses.replace(
+        SEALED_LINK,
+        display_name="x" * 64,
+        addresses=(("2001:db8:1234:5678:9abc:def0:1234:5678", 44333),) * 4,
+    )
+    text = encode_invite_link(link, ALICE)
+    assert len(text) <= MAX_LINK_LENGTH
+    padded = text + "A" * (MAX_LINK_LENGTH - len(text))
+    assert len(qr_matrix(padded)) == 177 + 2 * 4  # version 40, quiet zone included
 
 
 def test_a_minimal_link_has_no_addresses_relay_or_expiry() -> None:
@@ -93,7 +180,7 @@ def test_a_pasted_link_may_be_wrapped_and_padded_with_white_space() -> None:
 
 
 def test_every_altered_byte_is_refused() -> None:
-    raw = body(encode_invite_link(LINK, ALICE))
+    raw = body(encode_invite_link(SEALED_LINK, ALICE))
     for position in range(len(raw)):
         for bit in (0x01, 0x80):
             tampered = bytearray(raw)
@@ -134,10 +221,11 @@ def test_expiry() -> None:
     ("text", "error", "match"),
     [
         ("https://example.org/v1/abc", InviteLinkFormatError, "starts with qpc://"),
-        ("qpc://", InviteLinkFormatError, "qpc://v1/"),
-        ("qpc://v1", InviteLinkFormatError, "qpc://v1/"),
-        ("qpc://x1/abcd", InviteLinkFormatError, "qpc://v1/"),
-        ("qpc://v2/abcd", InviteLinkVersionError, "version 2"),
+        ("qpc://", InviteLinkFormatError, "qpc://v2/"),
+        ("qpc://v1", InviteLinkFormatError, "qpc://v2/"),
+        ("qpc://x1/abcd", InviteLinkFormatError, "qpc://v2/"),
+        ("qpc://v3/abcd", InviteLinkVersionError, "version 3"),
+        ("qpc://v0/abcd", InviteLinkVersionError, "version 0"),
         ("qpc://v1/%%%%", InviteLinkFormatError, "base64url"),
         ("qpc://v1/ab+/", InviteLinkFormatError, "base64url"),
         ("qpc://v1/abcde", InviteLinkFormatError, "base64url"),

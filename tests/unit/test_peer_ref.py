@@ -97,3 +97,19 @@ def test_node_run_takes_the_relay_a_link_names() -> None:
     spec = parse_peer(link, now_ms=2)
     assert spec.relay == RelayInfo(("127.0.0.1", 7700), relay_key)
     assert parse_peer(f"bob={bob.public_key.hex()}", now_ms=2).relay is None
+
+
+def test_the_envelope_key_a_link_carries_reaches_node_run() -> None:
+    from node.app.node_cli import parse_peer
+    from node.core.hybrid_kem import HybridPrivateKey
+
+    envelope_key = HybridPrivateKey(bytes(32)).public_key
+    sealed = encode_invite_link(
+        InviteLink(ALICE.public_key, "alice", envelope_key=envelope_key), ALICE
+    )
+    assert parse_peer_ref(sealed, now_ms=NOW).envelope_key == envelope_key
+    assert parse_peer_ref(f"ally={sealed}", now_ms=NOW).envelope_key == envelope_key
+    assert parse_peer(sealed, now_ms=NOW).envelope_key == envelope_key
+    # A link without one, and a key without a link, carry none: the sender learns it elsewhere.
+    assert parse_peer_ref(TEXT, now_ms=NOW).envelope_key is None
+    assert parse_peer(f"alice={KEY}", now_ms=NOW).envelope_key is None
