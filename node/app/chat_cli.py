@@ -95,7 +95,7 @@ async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Runn
             if spec.relay is not None:
                 node.router.peer_relays[spec.identity] = spec.relay
             if spec.envelope_key is not None:
-                node.router.learn_envelope_key(spec.identity, spec.envelope_key)
+                await node.learn_envelope_key(spec.identity, spec.envelope_key)
         host, port = await node.start(*opts.listen)
     except BaseException:
         await messenger.close()

@@ -619,7 +619,7 @@ class Messenger:
                 relay = RelayInfo(ref.relay.address, ref.relay.identity_key)
                 self.node.router.peer_relays[ref.identity] = relay
             if ref.envelope_key is not None:
-                self.node.router.learn_envelope_key(ref.identity, ref.envelope_key)
+                await self.node.learn_envelope_key(ref.identity, ref.envelope_key)
             return ref.identity
         found = self.contacts.find(text)
         if len(found) == 1:

@@ -35,6 +35,7 @@ from node.core.chat_payload import (
     encode_text,
 )
 from node.core.errors import (
+    CryptoError,
     ErrorCode,
     LocalProtocolError,
     NodeError,
@@ -85,6 +86,8 @@ RELAY_DIAL_DEADLINE = 5.0  # seconds for one handshake with the relay
 # seconds after start or a failed relay call: a relay that stays away must not silence
 # direct messages for good.
 RELAY_CATCH_UP_HOLD = 60.0
+# Store secrets holding contacts' envelope keys from their invite links, by identity (hex).
+LINK_KEY = "link_envelope_key:"
 
 OUTBOX_RETRY_MIN, OUTBOX_RETRY_MAX = 2.0, 60.0
 # Leaves room in a 1 MiB frame for MLS and envelope overhead; longer texts are refused up front.
@@ -294,8 +297,18 @@ class Node:
                 await self._run(partial(store.drop_invitation, stored.id))
                 continue
             self._invitations[stored.id] = Invitation.of(stored)
+        for key, envelope_key in (await self._run(lambda: store.secrets_named(LINK_KEY))).items():
+            with contextlib.suppress(ValueError, CryptoError):
+                self.router.learn_envelope_key(bytes.fromhex(key[len(LINK_KEY) :]), envelope_key)
         await self.envelope_key()
         self._resumed = True
+
+    async def learn_envelope_key(self, identity: bytes, envelope_key: bytes) -> None:
+        """Seal relayed mail to ``identity`` with ``envelope_key`` (from its signed invite link),
+        now and after restarts. Raises :class:`CryptoError` for a key that is not usable."""
+        self.router.learn_envelope_key(identity, envelope_key)
+        store = self.store
+        await self._run(lambda: store.set_secret(LINK_KEY + identity.hex(), envelope_key))
 
     async def stop(self) -> None:
         """Close connections politely and release the store (a no-op after :meth:`kill`)."""

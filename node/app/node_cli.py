@@ -315,7 +315,7 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
             # waits there for them.
             node.router.peer_relays[spec.identity] = spec.relay
         if spec.envelope_key is not None:
-            node.router.learn_envelope_key(spec.identity, spec.envelope_key)
+            await node.learn_envelope_key(spec.identity, spec.envelope_key)
     try:
         host, port = await node.start(*opts.listen)
     except OSError as exc:

@@ -409,6 +409,13 @@ class NodeStore:
         rows = self._query("SELECT value FROM secrets WHERE key = ?", (key,))
         return bytes(rows[0][0]) if rows else None
 
+    def secrets_named(self, prefix: str) -> dict[str, bytes]:
+        """Every secret whose key starts with ``prefix``."""
+        rows = self._query(
+            "SELECT key, value FROM secrets WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(k): bytes(v) for k, v in rows}
+
     def set_secret(self, key: str, value: bytes) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO secrets (key, value) VALUES (?, ?)", (key, value))

@@ -32,6 +32,7 @@ from node.core.errors import ErrorCode
 from node.core.hybrid_kem import HybridPrivateKey
 from node.core.identity import Identity, fingerprint, mailbox_of
 from node.core.invite_link import InviteLink, decode_invite_link, encode_invite_link
+from node.core.keyfile import FAST_KDF
 from node.transport.runtime import RealRuntime
 from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
 from tests.e2e.test_node_chat import SCRIPT
@@ -425,5 +426,27 @@ async def test_chat_learns_the_key_of_a_peer_given_by_link_and_its_whoami_link_c
             assert narrow[-1].startswith("link: qpc://v2/")
             assert not any(x and set(x) <= set("█▀▄ ") for x in narrow)
             assert "QR code needs a terminal" in narrow[-2]
+    finally:
+        runtime.close()
+
+
+async def test_an_envelope_key_learned_from_a_link_is_still_used_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A contact added by ``/dm LINK`` stays sealed to when the node comes back: the key the
+    link carried is kept (encrypted) in the node's store, not only in memory."""
+    peer, peer_key = Identity.generate(), HybridPrivateKey(os.urandom(32)).public_key
+    runtime = RealRuntime("qpc-restart")
+    try:
+        node, _ = await open_node(tmp_path / "alice", b"pass", runtime, name="alice", kdf=FAST_KDF)
+        await node.learn_envelope_key(peer.public_key, peer_key)
+        await node.stop()
+        again, _ = await open_node(tmp_path / "alice", b"pass", runtime, name="alice", kdf=FAST_KDF)
+        try:
+            assert peer.public_key not in again.router.envelope_keys
+            await again.resume()
+            assert again.router.envelope_keys[peer.public_key] == peer_key
+        finally:
+            await again.stop()
     finally:
         runtime.close()
