@@ -140,19 +140,7 @@ class Inbox:
         store = self._store
 
         def stash() -> tuple[Stashed, list[Pending] | None]:
-            stashed = (
-                store.stash_bounded(
-                    timely,
-                    path.value,
-                    timely_owners,
-                    now_ms=now_ms,
-                    window_ms=limits.envelope_window_ms,
-                    max_seen=limits.max_seen,
-                    max_share=limits.max_deferred_per_sender,
-                )
-                if timely
-                else Stashed()
-            )
+            stashed = self._stash(timely, path, timely_owners, now_ms) if timely else Stashed()
             # Read in the same executor call: one hop fewer on every message's way.
             try:
                 return stashed, store.pending_incoming()
@@ -174,6 +162,21 @@ class Inbox:
                 await self._apply_locked(pending)
         return Accepted(stashed.fresh + stashed.duplicate, list(stashed.refused), never)
 
+    def _stash(
+        self, envelopes: list[wire.Envelope], path: Path, owners: list[bytes], now_ms: int
+    ) -> Stashed:
+        """Store within the bounds (on the executor's thread)."""
+        limits = self.limits
+        return self._store.stash_bounded(
+            envelopes,
+            path.value,
+            owners,
+            now_ms=now_ms,
+            window_ms=limits.envelope_window_ms,
+            max_seen=limits.max_seen,
+            max_share=limits.max_deferred_per_sender,
+        )
+
     async def _accept_at_once(
         self, envelopes: list[wire.Envelope], path: Path, owners: list[bytes], now_ms: int
     ) -> tuple[Stashed, list[Pending]] | None:
@@ -186,7 +189,7 @@ class Inbox:
         apply_now = self._apply_now
         if apply_now is None or len(envelopes) != 1:
             return None
-        store, limits = self._store, self.limits
+        store = self._store
         after: Callable[[], None] | None = None
         shown: StoredMessage | None = None
 
@@ -195,15 +198,7 @@ class Inbox:
             # The MLS call below must not run while an earlier call's mark is unwritten.
             store.flush_mls_mark()
             with store.batch():
-                stashed = store.stash_bounded(
-                    envelopes,
-                    path.value,
-                    owners,
-                    now_ms=now_ms,
-                    window_ms=limits.envelope_window_ms,
-                    max_seen=limits.max_seen,
-                    max_share=limits.max_deferred_per_sender,
-                )
+                stashed = self._stash(envelopes, path, owners, now_ms)
                 pending = store.pending_incoming()
                 if not stashed.fresh or len(pending) != 1:
                     return stashed, pending  # a duplicate, refused, or others wait before it
