@@ -64,6 +64,7 @@ _CONNECTION_HOOKS = (
 # ahead of every answer that takes longer than that.
 ACK_DELAY = 0.02
 STREAM_ACK_DELAY = 0.001  # aioquic's (K_GRANULARITY)
+ACK_DUE_EPSILON = 1e-6
 
 
 class AlertCertificateRequired(tls.Alert):
@@ -195,8 +196,10 @@ class IdentityQuicConnection(QuicConnection):
         each way per call where one does (and each costs both ends its packet processing).
         """
         space = self._spaces.get(tls.Epoch.ONE_RTT)
-        if space is not None and space.ack_at is not None and space.ack_at > now:
-            space.ack_at = now
+        if space is not None and space.ack_at is not None and space.ack_at >= now:
+            # Strictly before now: at exactly now aioquic would still pace (``ack_at >= now``)
+            # and re-arm its timer for now, which on a virtual clock never moves on.
+            space.ack_at = now - ACK_DUE_EPSILON
 
     @property
     def verified_peer_key(self) -> bytes | None:
