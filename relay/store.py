@@ -1,7 +1,10 @@
 """The relay's mailbox store: an embedded SQLite database under the data dir.
 
 Each envelope is committed (``synchronous=FULL``) before ``deliver`` answers, so an accepted
-envelope survives a relay crash. Envelope ids are unique per mailbox; delivering one twice is
+envelope survives a relay crash. An ``ack`` is committed without waiting for the disk
+(``synchronous=NORMAL`` for that transaction): a crash of the machine may bring back an
+acknowledged envelope, which its owner fetches again and drops by id, and the next durable
+commit syncs it anyway; one fsync a round instead of two. Envelope ids are unique per mailbox; delivering one twice is
 accepted and stored once. All calls are blocking: the service runs them on its executor.
 
 Quotas are checked inside the same transaction as the write: envelopes and bytes per mailbox,
@@ -377,7 +380,7 @@ class MailboxStore:
         removed = 0
         usage = list(self._usage.get(mailbox, (0, 0)))
         freed = 0
-        with self._transaction():
+        with self._transaction(durable=False):
             for envelope_id in ids:
                 row = self._db.execute(
                     "DELETE FROM envelopes WHERE mailbox = ? AND id = ? RETURNING LENGTH(body)",
@@ -398,16 +401,33 @@ class MailboxStore:
         ).fetchone()
         return int(n)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, *, durable: bool = True) -> _Transaction:
+        return _Transaction(self._db, durable)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; one that need not be durable commits without an
+    fsync (the setting cannot change inside a transaction, so it is switched around it)."""
+
+    def __init__(self, db: sqlite3.Connection, durable: bool) -> None:
         self._db = db
+        self._durable = durable
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restore()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous = FULL")
