@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -197,10 +198,13 @@ async def client_rounds(
     clients: int,
     first: int,
     start: Callable[[], Awaitable[Window]],
+    interval: float = 0.0,
 ) -> dict[str, Any]:
     """``clients`` clients (numbered from ``first``, dealt out over ``servers``) dial, await
-    ``start`` for the window, and make rounds back to back until its end; the latencies of the
-    rounds begun in the measured part (from ``warm_until`` on)."""
+    ``start`` for the window, and make rounds until its end: back to back, or each one
+    ``interval`` seconds after the one before (from a random phase); the latencies of the
+    rounds begun in the measured part (from ``warm_until`` on). A paced round is timed from
+    when it was due, so a client that falls behind counts its wait too."""
     runtime = RealRuntime("qpc-bench")
     endpoints: list[Endpoint] = []
 
@@ -218,7 +222,13 @@ async def client_rounds(
     async def loop(conn: PeerConnection, me: Identity, warm_until: float, stop_at: float) -> None:
         nonlocal errors
         cursor = 0
+        due = time.monotonic() + random.random() * interval
         while (started := time.monotonic()) < stop_at:
+            if interval:
+                await asyncio.sleep(max(0.0, due - started))
+                started, due = due, due + interval
+                if started >= stop_at:
+                    break
             env = wire.Envelope(
                 os.urandom(16), me.mailbox, wire.EnvelopeKind.APPLICATION,
                 os.urandom(PAYLOAD), b"g", 1,
@@ -265,7 +275,8 @@ async def client_worker() -> None:
         window = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
         return float(window[0]), float(window[1])
 
-    result = await client_rounds(servers, int(task["clients"]), int(task["first"]), start)
+    clients, first, interval = int(task["clients"]), int(task["first"]), float(task["interval"])
+    result = await client_rounds(servers, clients, first, start, interval)
     print(json.dumps(result), flush=True)
 
 
@@ -281,6 +292,7 @@ async def rounds(
     seconds: float,
     procs: int,
     db_parent: int | None = None,
+    interval: float = 0.0,
 ) -> dict[str, float]:
     """One point: ``clients`` clients spread over ``procs`` client processes (0: in this one,
     as before ``--client-procs``), making rounds against ``servers`` for ``seconds``."""
@@ -318,10 +330,10 @@ async def rounds(
             return window
 
         servers_here = [(parse_address(a), bytes.fromhex(k)) for a, k in targets]
-        results.append(await client_rounds(servers_here, clients, 0, start_here))
+        results.append(await client_rounds(servers_here, clients, 0, start_here, interval))
         await asyncio.gather(*metering)
     else:
-        results = await spread_rounds(targets, clients, procs, window_from_now, measure)
+        results = await spread_rounds(targets, clients, procs, window_from_now, measure, interval)
     done = sorted(x for r in results for x in r["latencies"])
     latencies = done or [float("nan")]
     return {
@@ -340,6 +352,7 @@ async def spread_rounds(
     procs: int,
     window_from_now: Callable[[], Window],
     measure: Callable[[Window], Awaitable[None]],
+    interval: float,
 ) -> list[dict[str, Any]]:
     """The clients dealt out over ``procs`` client processes (this script with
     ``--client-worker``), started together once every one has its connections open."""
@@ -355,7 +368,7 @@ async def spread_rounds(
             )  # fmt: skip
             workers.append(worker)
             assert worker.stdin is not None
-            task = {"servers": targets, "clients": share, "first": first}
+            task = {"servers": targets, "clients": share, "first": first, "interval": interval}
             worker.stdin.write(json.dumps(task).encode() + b"\n")
             await worker.stdin.drain()
             first += share
@@ -490,14 +503,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             procs = args.client_procs
                             if procs is None:
                                 procs = default_client_procs(clients)
-                            raw = await rounds([echo], clients, args.seconds, procs)
+                            pace = args.interval_ms / 1000
+                            raw = await rounds([echo], clients, args.seconds, procs, None, pace)
                             for child in service.children:
                                 child.peak = rss_mb(child.proc.pid)
                             real = await rounds(
-                                service.children, clients, args.seconds, procs, db_parent
+                                service.children, clients, args.seconds, procs, db_parent, pace
                             )
                             row = make_row(backend, relays, clients, raw, real, service)
-                            rows.append(row | {"client_procs": procs})
+                            rows.append(
+                                row | {"client_procs": procs, "interval_ms": args.interval_ms}
+                            )
                             if not args.json:
                                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                         if args.connect and storm is None:
@@ -578,6 +594,14 @@ def main() -> None:
         metavar="N",
         help="client processes per point; 0 runs the clients in this process"
         " [about 25 clients a process, at most 2 per core]",
+    )
+    parser.add_argument(
+        "--interval-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="each client begins a round every MS milliseconds (an offered load, timed from"
+        " when each round was due) instead of back to back [0: back to back]",
     )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client-worker", action="store_true", help=argparse.SUPPRESS)
