@@ -12,8 +12,18 @@ is the echo service (this script with ``--echo``): an Endpoint whose handler ans
 the ids, fetch with an envelope of the same size, ack with 1, storing nothing. One *round* is one
 client's deliver of one envelope to its own mailbox, a fetch that returns it and the ack: an
 envelope delivered, fetched and acknowledged. ``envelopes_per_s`` counts rounds per second over
-all clients, ``p50_ms``/``p99_ms`` are round latencies, ``peak_rss_mb`` the relay's VmRSS peak.
-The clients run in this one process, on the same cores as the relay: both columns pay for them.
+all clients, ``p50_ms``/``p99_ms`` are round latencies, ``peak_rss_mb`` the relay's VmRSS peak;
+``raw_p50_ms``/``raw_p99_ms`` are the echo's, and ``relay_cpu_s``/``echo_cpu_s`` the CPU seconds
+each server spent in the measured part.
+
+The clients are spread over ``--client-procs`` processes (this script with ``--client-worker``;
+by default about 25 clients a process, at most two processes a core), so that one client
+process's own queue is not what the latency measures; ``--client-procs 0`` runs them in this
+process as before. They still share the machine's cores with the servers. Each client makes its
+rounds back to back, so at N clients the mean latency is N / envelopes_per_s whatever the
+server (Little's law); ``--interval-ms`` instead has each client begin a round every so often
+(an offered load; each round timed from when it was due). ``--profile FILE`` runs the relays
+under cProfile (``FILE.<backend>-<relays>.relay<n>``, written when they stop).
 
 ``--backend sqlite,postgresql --relays 1,2`` adds rows for each backend and number of relay
 processes (issue 12). PostgreSQL is a throwaway server this script starts (initdb + pg_ctl, as
