@@ -22,7 +22,9 @@ process's own queue is not what the latency measures; ``--client-procs 0`` runs 
 process as before. They still share the machine's cores with the servers. Each client makes its
 rounds back to back, so at N clients the mean latency is N / envelopes_per_s whatever the
 server (Little's law); ``--interval-ms`` instead has each client begin a round every so often
-(an offered load; each round timed from when it was due). ``--profile FILE`` runs the relays
+(an offered load; each round timed from when it was due). The echo and the relay take
+``--slices`` turns per point, so that the machine's other load drifting during a run falls on
+both alike. ``--profile FILE`` runs the relays
 under cProfile (``FILE.<backend>-<relays>.relay<n>``, written when they stop).
 
 ``--backend sqlite,postgresql --relays 1,2`` adds rows for each backend and number of relay
@@ -303,8 +305,8 @@ async def rounds(
     procs: int,
     db_parent: int | None = None,
     interval: float = 0.0,
-) -> dict[str, float]:
-    """One point: ``clients`` clients spread over ``procs`` client processes (0: in this one,
+) -> dict[str, Any]:
+    """One slice: ``clients`` clients spread over ``procs`` client processes (0: in this one,
     as before ``--client-procs``), making rounds against ``servers`` for ``seconds``."""
     targets = [(f"{c.address[0]}:{c.address[1]}", c.identity.hex()) for c in servers]
     warm = min(1.0, seconds / 4)  # caches, first pages, connection windows
@@ -344,15 +346,26 @@ async def rounds(
         await asyncio.gather(*metering)
     else:
         results = await spread_rounds(targets, clients, procs, window_from_now, measure, interval)
-    done = sorted(x for r in results for x in r["latencies"])
-    latencies = done or [float("nan")]
     return {
-        "per_s": len(done) / seconds,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "latencies": [x for r in results for x in r["latencies"]],
+        "seconds": seconds,
         "errors": sum(int(r["errors"]) for r in results),
         "relay_cpu_s": measured["relay_cpu_s"],
         "db_cpu_s": measured["db_cpu_s"],
+    }
+
+
+def summary(slices: list[dict[str, Any]]) -> dict[str, float]:
+    """One point from its slices: rounds a second over all of them, latency percentiles."""
+    done = sorted(x for s in slices for x in s["latencies"])
+    latencies = done or [float("nan")]
+    return {
+        "per_s": len(done) / sum(s["seconds"] for s in slices),
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "errors": sum(s["errors"] for s in slices),
+        "relay_cpu_s": sum(s["relay_cpu_s"] for s in slices),
+        "db_cpu_s": sum(s["db_cpu_s"] for s in slices),
     }
 
 
@@ -514,12 +527,20 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                             if procs is None:
                                 procs = default_client_procs(clients)
                             pace = args.interval_ms / 1000
-                            raw = await rounds([echo], clients, args.seconds, procs, None, pace)
+                            part = args.seconds / args.slices
                             for child in service.children:
                                 child.peak = rss_mb(child.proc.pid)
-                            real = await rounds(
-                                service.children, clients, args.seconds, procs, db_parent, pace
-                            )
+                            # The echo and the relay take turns, so that a change in the
+                            # machine's other load falls on both sides of the ratio alike.
+                            raws, reals = [], []
+                            for _ in range(args.slices):
+                                raws.append(await rounds([echo], clients, part, procs, None, pace))
+                                reals.append(
+                                    await rounds(
+                                        service.children, clients, part, procs, db_parent, pace
+                                    )
+                                )
+                            raw, real = summary(raws), summary(reals)
                             row = make_row(backend, relays, clients, raw, real, service)
                             rows.append(
                                 row | {"client_procs": procs, "interval_ms": args.interval_ms}
@@ -612,6 +633,13 @@ def main() -> None:
         metavar="MS",
         help="each client begins a round every MS milliseconds (an offered load, timed from"
         " when each round was due) instead of back to back [0: back to back]",
+    )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the echo and the relay take N turns per point, each --seconds/N long [3]",
     )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client-worker", action="store_true", help=argparse.SUPPRESS)
