@@ -12,8 +12,20 @@ is the echo service (this script with ``--echo``): an Endpoint whose handler ans
 the ids, fetch with an envelope of the same size, ack with 1, storing nothing. One *round* is one
 client's deliver of one envelope to its own mailbox, a fetch that returns it and the ack: an
 envelope delivered, fetched and acknowledged. ``envelopes_per_s`` counts rounds per second over
-all clients, ``p50_ms``/``p99_ms`` are round latencies, ``peak_rss_mb`` the relay's VmRSS peak.
-The clients run in this one process, on the same cores as the relay: both columns pay for them.
+all clients, ``p50_ms``/``p99_ms`` are round latencies, ``peak_rss_mb`` the relay's VmRSS peak;
+``raw_p50_ms``/``raw_p99_ms`` are the echo's, and ``relay_cpu_s``/``echo_cpu_s`` the CPU seconds
+each server spent in the measured part.
+
+The clients are spread over ``--client-procs`` processes (this script with ``--client-worker``;
+by default about 25 clients a process, at most two processes a core), so that one client
+process's own queue is not what the latency measures; ``--client-procs 0`` runs them in this
+process as before. They still share the machine's cores with the servers. Each client makes its
+rounds back to back, so at N clients the mean latency is N / envelopes_per_s whatever the
+server (Little's law); ``--interval-ms`` instead has each client begin a round every so often
+(an offered load; each round timed from when it was due). The echo and the relay take
+``--slices`` turns per point, so that the machine's other load drifting during a run falls on
+both alike. ``--profile FILE`` runs the relays
+under cProfile (``FILE.<backend>-<relays>.relay<n>``, written when they stop).
 
 ``--backend sqlite,postgresql --relays 1,2`` adds rows for each backend and number of relay
 processes (issue 12). PostgreSQL is a throwaway server this script starts (initdb + pg_ctl, as
@@ -33,20 +45,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.core import wire
+from node.core.addresses import Address, parse_address
 from node.core.errors import NodeError
 from node.core.identity import Identity
 from node.transport.connection import Caller, PeerConnection
@@ -125,9 +141,16 @@ def children_of(parent: int) -> list[int]:
     return found
 
 
+PROFILE: Path | None = None  # --profile: each relay runs under cProfile, stats written here
+
+
 def relay_child(data: Path, extra: dict[str, str] | None = None) -> Child:
     env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE="bench") | UNLIMITED | (extra or {})
-    cmd = [sys.executable, "-m", "relay", "run", "--listen", f"{LOOPBACK}:0"]
+    python = [sys.executable]
+    if PROFILE is not None:
+        # Written when the relay exits after SIGTERM (its normal stop), one file per process.
+        python += ["-m", "cProfile", "-o", f"{PROFILE}.{data.parent.name}.{data.name}"]
+    cmd = [*python, "-m", "relay", "run", "--listen", f"{LOOPBACK}:0"]
     return Child([*cmd, "--data-dir", str(data), "--json"], env)
 
 
@@ -178,24 +201,50 @@ async def open_clients(
     return list(await asyncio.gather(*(one(n) for n in range(count))))
 
 
-async def rounds(
-    servers: list[Child], clients: int, seconds: float, db_parent: int | None = None
-) -> dict[str, float]:
+Window = tuple[float, float]
+"""(warm_until, stop_at) on the system-wide monotonic clock, which every process shares."""
+
+
+async def client_rounds(
+    servers: list[tuple[Address, bytes]],
+    clients: int,
+    first: int,
+    start: Callable[[], Awaitable[Window]],
+    interval: float = 0.0,
+) -> dict[str, Any]:
+    """``clients`` clients (numbered from ``first``, dealt out over ``servers``) dial, await
+    ``start`` for the window, and make rounds until its end: back to back, or each one
+    ``interval`` seconds after the one before (from a random phase); the latencies of the
+    rounds begun in the measured part (from ``warm_until`` on). A paced round is timed from
+    when it was due, so a client that falls behind counts its wait too."""
     runtime = RealRuntime("qpc-bench")
-    opened = await open_clients(servers, clients, runtime)
+    endpoints: list[Endpoint] = []
+
+    async def one(n: int) -> tuple[PeerConnection, Identity]:
+        address, key = servers[n % len(servers)]
+        me = Identity.generate()
+        endpoint = Endpoint(me, None, runtime)
+        endpoints.append(endpoint)
+        await endpoint.start(LOOPBACK, 0)
+        return await endpoint.dial(address, key, NODE_DIAL_DEADLINE), me
+
     latencies: list[float] = []
     errors = 0
-    stop_at = 0.0
 
-    async def loop(conn: PeerConnection, me: Identity, record: bool) -> None:
+    async def loop(conn: PeerConnection, me: Identity, warm_until: float, stop_at: float) -> None:
         nonlocal errors
         cursor = 0
-        while time.perf_counter() < stop_at:
+        due = time.monotonic() + random.random() * interval
+        while (started := time.monotonic()) < stop_at:
+            if interval:
+                await asyncio.sleep(max(0.0, due - started))
+                started, due = due, due + interval
+                if started >= stop_at:
+                    break
             env = wire.Envelope(
                 os.urandom(16), me.mailbox, wire.EnvelopeKind.APPLICATION,
                 os.urandom(PAYLOAD), b"g", 1,
             )  # fmt: skip
-            started = time.perf_counter()
             try:
                 delivered = await conn.call(wire.Deliver((env,)))
                 fetched = await conn.call(wire.Fetch(me.mailbox, cursor, 16))
@@ -211,43 +260,164 @@ async def rounds(
             except NodeError:
                 errors += 1
                 continue
-            if record:
-                latencies.append(time.perf_counter() - started)
-
-    async def sampler() -> None:
-        while time.perf_counter() < stop_at:
-            for server in servers:
-                server.sample()
-            await asyncio.sleep(0.2)
-
-    relay_pids = [server.proc.pid for server in servers]
+            if started >= warm_until:
+                latencies.append(time.monotonic() - started)
 
     try:
-        stop_at = time.perf_counter() + min(1.0, seconds / 4)  # warm up: caches, first pages
-        await asyncio.gather(*(loop(c, me, False) for _, c, me in opened))
-        started = time.perf_counter()
-        stop_at = started + seconds
-        relay_cpu = cpu_seconds(relay_pids)
-        # The relays' pooled connections are open by now: each is a child of the postmaster.
-        db_pids = children_of(db_parent) if db_parent is not None else []
-        db_cpu = cpu_seconds(db_pids)
-        await asyncio.gather(sampler(), *(loop(c, me, True) for _, c, me in opened))
-        elapsed = time.perf_counter() - started
-        relay_cpu = cpu_seconds(relay_pids) - relay_cpu
-        db_cpu = cpu_seconds(db_pids) - db_cpu if db_pids else float("nan")
+        opened = await asyncio.gather(*(one(first + n) for n in range(clients)))
+        warm_until, stop_at = await start()
+        await asyncio.gather(*(loop(conn, me, warm_until, stop_at) for conn, me in opened))
     finally:
-        for endpoint, _, _ in opened:
+        for endpoint in endpoints:
             await endpoint.close()
         runtime.close()
-    ordered = sorted(latencies) or [float("nan")]
+    return {"latencies": latencies, "errors": errors}
+
+
+async def client_worker() -> None:
+    """``--client-worker``: one client process. Reads its task as one JSON line, prints a
+    line once its connections are open, reads the window as one line, and prints its
+    latencies as one JSON line."""
+    loop = asyncio.get_running_loop()
+    task = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+    servers = [(parse_address(a), bytes.fromhex(k)) for a, k in task["servers"]]
+
+    async def start() -> Window:
+        print(json.dumps({"ready": True}), flush=True)
+        window = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+        return float(window[0]), float(window[1])
+
+    clients, first, interval = int(task["clients"]), int(task["first"]), float(task["interval"])
+    result = await client_rounds(servers, clients, first, start, interval)
+    print(json.dumps(result), flush=True)
+
+
+def default_client_procs(clients: int) -> int:
+    """About 25 clients a process, at most two processes a core: past that the processes
+    only take turns on the same cores."""
+    return max(1, min(-(-clients // 25), 2 * (os.cpu_count() or 1)))
+
+
+async def rounds(
+    servers: list[Child],
+    clients: int,
+    seconds: float,
+    procs: int,
+    db_parent: int | None = None,
+    interval: float = 0.0,
+) -> dict[str, Any]:
+    """One slice: ``clients`` clients spread over ``procs`` client processes (0: in this one,
+    as before ``--client-procs``), making rounds against ``servers`` for ``seconds``."""
+    targets = [(f"{c.address[0]}:{c.address[1]}", c.identity.hex()) for c in servers]
+    warm = min(1.0, seconds / 4)  # caches, first pages, connection windows
+    relay_pids = [server.proc.pid for server in servers]
+    db_pids: list[int] = []
+    measured: dict[str, float] = {}
+
+    async def measure(window: Window) -> None:
+        """CPU seconds of the servers (and database) in the window, their peak RSS."""
+        warm_until, stop_at = window
+        await asyncio.sleep(max(0.0, warm_until - time.monotonic()))
+        # The relays' pooled connections are open by now: each is a child of the postmaster.
+        db_pids.extend(children_of(db_parent) if db_parent is not None else [])
+        relay_cpu, db_cpu = cpu_seconds(relay_pids), cpu_seconds(db_pids)
+        while (now := time.monotonic()) < stop_at:
+            for server in servers:
+                server.sample()
+            await asyncio.sleep(min(0.2, stop_at - now))
+        measured["relay_cpu_s"] = cpu_seconds(relay_pids) - relay_cpu
+        measured["db_cpu_s"] = cpu_seconds(db_pids) - db_cpu if db_pids else float("nan")
+
+    def window_from_now() -> Window:
+        warm_until = time.monotonic() + warm
+        return warm_until, warm_until + seconds
+
+    results: list[dict[str, Any]] = []
+    if procs <= 0:
+        metering: list[asyncio.Task[None]] = []
+
+        async def start_here() -> Window:
+            window = window_from_now()
+            metering.append(asyncio.ensure_future(measure(window)))
+            return window
+
+        servers_here = [(parse_address(a), bytes.fromhex(k)) for a, k in targets]
+        results.append(await client_rounds(servers_here, clients, 0, start_here, interval))
+        await asyncio.gather(*metering)
+    else:
+        results = await spread_rounds(targets, clients, procs, window_from_now, measure, interval)
     return {
-        "per_s": len(latencies) / elapsed,
-        "p50_ms": statistics.median(ordered) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "errors": errors,
-        "relay_cpu_s": relay_cpu,
-        "db_cpu_s": db_cpu,
+        "latencies": [x for r in results for x in r["latencies"]],
+        "seconds": seconds,
+        "errors": sum(int(r["errors"]) for r in results),
+        "relay_cpu_s": measured["relay_cpu_s"],
+        "db_cpu_s": measured["db_cpu_s"],
     }
+
+
+def summary(slices: list[dict[str, Any]]) -> dict[str, float]:
+    """One point from its slices: rounds a second over all of them, latency percentiles."""
+    done = sorted(x for s in slices for x in s["latencies"])
+    latencies = done or [float("nan")]
+    return {
+        "per_s": len(done) / sum(s["seconds"] for s in slices),
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "errors": sum(s["errors"] for s in slices),
+        "relay_cpu_s": sum(s["relay_cpu_s"] for s in slices),
+        "db_cpu_s": sum(s["db_cpu_s"] for s in slices),
+    }
+
+
+async def spread_rounds(
+    targets: list[tuple[str, str]],
+    clients: int,
+    procs: int,
+    window_from_now: Callable[[], Window],
+    measure: Callable[[Window], Awaitable[None]],
+    interval: float,
+) -> list[dict[str, Any]]:
+    """The clients dealt out over ``procs`` client processes (this script with
+    ``--client-worker``), started together once every one has its connections open."""
+    procs = min(procs, clients)
+    workers: list[asyncio.subprocess.Process] = []
+    try:
+        first = 0
+        for n in range(procs):
+            share = clients // procs + (1 if n < clients % procs else 0)
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--client-worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            workers.append(worker)
+            assert worker.stdin is not None
+            task = {"servers": targets, "clients": share, "first": first, "interval": interval}
+            worker.stdin.write(json.dumps(task).encode() + b"\n")
+            await worker.stdin.drain()
+            first += share
+        for worker in workers:
+            assert worker.stdout is not None
+            json.loads(await worker.stdout.readline())  # its connections are open
+        window = window_from_now()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(json.dumps(window).encode() + b"\n")
+            await worker.stdin.drain()
+        await measure(window)
+        results = []
+        for worker in workers:
+            assert worker.stdout is not None
+            line = await worker.stdout.readline()
+            if not line:
+                raise RuntimeError("a client process ended without its results")
+            results.append(json.loads(line))
+        return results
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.kill()
+            await worker.wait()
 
 
 async def connect_storm(server: Child, count: int) -> dict[str, Any]:
@@ -353,11 +523,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     service = Service(root, relays, env)
                     try:
                         for clients in args.clients:
-                            raw = await rounds([echo], clients, args.seconds)
+                            procs = args.client_procs
+                            if procs is None:
+                                procs = default_client_procs(clients)
+                            pace = args.interval_ms / 1000
+                            part = args.seconds / args.slices
                             for child in service.children:
                                 child.peak = rss_mb(child.proc.pid)
-                            real = await rounds(service.children, clients, args.seconds, db_parent)
-                            rows.append(make_row(backend, relays, clients, raw, real, service))
+                            # The echo and the relay take turns, so that a change in the
+                            # machine's other load falls on both sides of the ratio alike.
+                            raws, reals = [], []
+                            for _ in range(args.slices):
+                                raws.append(await rounds([echo], clients, part, procs, None, pace))
+                                reals.append(
+                                    await rounds(
+                                        service.children, clients, part, procs, db_parent, pace
+                                    )
+                                )
+                            raw, real = summary(raws), summary(reals)
+                            row = make_row(backend, relays, clients, raw, real, service)
+                            rows.append(
+                                row | {"client_procs": procs, "interval_ms": args.interval_ms}
+                            )
                             if not args.json:
                                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                         if args.connect and storm is None:
@@ -391,7 +578,10 @@ def make_row(
         "p50_ms": round(real["p50_ms"], 2),
         "p99_ms": round(real["p99_ms"], 2),
         "peak_rss_mb": round(sum(c.peak for c in service.children), 1),
+        "raw_p50_ms": round(raw["p50_ms"], 2),
+        "raw_p99_ms": round(raw["p99_ms"], 2),
         "relay_cpu_s": round(real["relay_cpu_s"], 2),
+        "echo_cpu_s": round(raw["relay_cpu_s"], 2),
         "db_cpu_s": None if db_cpu != db_cpu else round(db_cpu, 2),  # NaN: not our server
         "errors": int(real["errors"] + raw["errors"]),
     }
@@ -421,10 +611,46 @@ def main() -> None:
     )
     parser.add_argument("--dsn", default="", help="an existing PostgreSQL database to use")
     parser.add_argument("--connect", type=int, default=1000, help="clients dialing at once")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="run each relay under cProfile, writing FILE.<backend-relays>.<relayN>",
+    )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="client processes per point; 0 runs the clients in this process"
+        " [about 25 clients a process, at most 2 per core]",
+    )
+    parser.add_argument(
+        "--interval-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="each client begins a round every MS milliseconds (an offered load, timed from"
+        " when each round was due) instead of back to back [0: back to back]",
+    )
+    parser.add_argument(
+        "--slices",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the echo and the relay take N turns per point, each --seconds/N long [3]",
+    )
     parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--client-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     if args.echo:
         asyncio.run(echo_serve())
+        return
+    if args.client_worker:
+        asyncio.run(client_worker())
         return
     result = asyncio.run(main_async(args))
     if args.json:
@@ -432,7 +658,8 @@ def main() -> None:
         return
     head = (
         "backend", "relays", "clients", "envelopes_per_s", "raw_per_s", "ratio", "p50_ms",
-        "p99_ms", "peak_rss_mb", "relay_cpu_s", "db_cpu_s",
+        "p99_ms", "raw_p99_ms", "peak_rss_mb", "relay_cpu_s", "echo_cpu_s", "db_cpu_s",
+        "client_procs",
     )  # fmt: skip
     print(" ".join(f"{h:>15}" for h in head))
     for row in result["rows"]:

@@ -153,7 +153,7 @@ async def run(rate: float, seconds: float) -> dict[str, object]:
         shown = len(re.findall(r"bob: \d+", screen.text)) - shown_before
         await asyncio.gather(*sends, return_exceptions=True)
         # Then wait (at most a minute) for the rest: slow is not lost.
-        last = f"bob: {len(sends)}\b"
+        last = rf"bob: {len(sends)}\b"
         with contextlib.suppress(TimeoutError):
             await screen.wait_for(last, 0, deadline=60.0)
         shown_total = len(set(re.findall(r"bob: (\d+)", screen.text))) - 1

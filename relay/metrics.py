@@ -226,11 +226,18 @@ class RelayMetrics:
             f"{PREFIX}_calls_in_flight", "Calls being served now.", registry=self.registry
         )
         self.registry.register(_Snapshot(self))
+        # Per call, a label lookup takes a lock and builds a key: the children are kept, one
+        # per request type and (method, result), both fixed sets (the wire's calls and codes).
+        self._latency_of: dict[type, Histogram] = {}
+        self._calls_of: dict[tuple[type, str], Counter] = {}
 
     def observe(self, request: wire.Request, response: wire.Response, seconds: float) -> None:
         """The service's call observer (``RelayService.observer``)."""
-        method = method_name(request)
-        self._latency.labels(method).observe(seconds)
+        kind = type(request)
+        latency = self._latency_of.get(kind)
+        if latency is None:
+            latency = self._latency_of[kind] = self._latency.labels(method_name(request))
+        latency.observe(seconds)
         if isinstance(response, wire.ErrorResult):
             result = _code_name(response.code)
             self.refused[result] += 1
@@ -240,7 +247,10 @@ class RelayMetrics:
                 self._out.inc(len(response.envelopes))
             elif isinstance(response, wire.AckResult):
                 self._acked.inc(response.removed)
-        self._calls.labels(method, result).inc()
+        calls = self._calls_of.get((kind, result))
+        if calls is None:
+            calls = self._calls_of[kind, result] = self._calls.labels(method_name(request), result)
+        calls.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,8 +1,13 @@
 """The relay's mailbox store: an embedded SQLite database under the data dir.
 
 Each envelope is committed (``synchronous=FULL``) before ``deliver`` answers, so an accepted
-envelope survives a relay crash. Envelope ids are unique per mailbox; delivering one twice is
-accepted and stored once. All calls are blocking: the service runs them on its executor.
+envelope survives a relay crash. An ``ack`` is committed without waiting for the disk
+(``synchronous=NORMAL`` for that transaction): a crash of the machine may bring back an
+acknowledged envelope, which its owner fetches again and drops by id, and the next durable
+commit syncs it anyway; one fsync a round instead of two. Envelope ids are unique per
+mailbox; delivering one twice is accepted and stored once. All calls are blocking: the
+service runs them on its executor (``relay.store_api``, which also batches concurrent
+deliveries into one transaction, :meth:`MailboxStore.put_batch`).
 
 Quotas are checked inside the same transaction as the write: envelopes and bytes per mailbox,
 the number of mailboxes and the bytes of the whole store. The store keeps a count and byte
@@ -167,6 +172,25 @@ class PutResult:
     new_mailboxes: int  # mailboxes the call opened that are not in ``in_use`` (charged to it)
 
 
+@dataclass(frozen=True)
+class PutCall:
+    """The arguments of one :meth:`MailboxStore.put`, for :meth:`MailboxStore.put_batch`."""
+
+    envelopes: tuple[wire.Envelope, ...]
+    now_ms: int
+    new_mailbox_allowance: int | None = None
+    not_before_ms: int | None = None
+    in_use: Container[bytes] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Staged:
+    changed: dict[bytes, list[int]]
+    total: int
+    purged: int
+    result: PutResult
+
+
 def batch_of(
     rows: Iterable[tuple[int, bytes]], cursor: int, max_bytes: int, skip_over: int | None
 ) -> StoredBatch:
@@ -245,61 +269,108 @@ class MailboxStore:
         reads it: acks emptied it) is not new, though it still counts against the store's
         number of mailboxes. Envelopes stored before ``not_before_ms`` have expired: a full
         mailbox is purged of them before it is judged full."""
+        call = PutCall(tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use)
+        try:
+            with self._transaction():
+                staged = self._stage(call)
+        except DB_ERRORS as exc:
+            raise StorageError(f"relay store write failed: {exc}") from exc
+        return self._apply(staged)
+
+    def put_batch(self, calls: Sequence[PutCall]) -> list[PutResult | StorageError]:
+        """Several :meth:`put` calls in one transaction and one fsync, each still all or
+        nothing (a savepoint each): its result, or the error that refused it alone. If the
+        commit itself fails, every call gets that error and nothing of the batch is kept."""
+        outcomes: list[PutResult | StorageError] = []
+        try:
+            with self._transaction():
+                for call in calls:
+                    self._db.execute("SAVEPOINT put")
+                    try:
+                        staged = self._stage(call)
+                    except QuotaError as exc:
+                        self._db.execute("ROLLBACK TO put")
+                        self._db.execute("RELEASE put")
+                        outcomes.append(exc)
+                        continue
+                    self._db.execute("RELEASE put")
+                    # Applied now, so the next call of the batch sees this one's usage.
+                    outcomes.append(self._apply(staged))
+        except DB_ERRORS as exc:
+            if any(isinstance(o, PutResult) for o in outcomes):
+                self._reload_usage()  # what was applied for the batch was never committed
+            error = StorageError(f"relay store write failed: {exc}")
+            return [error] * len(calls)
+        return outcomes
+
+    def _reload_usage(self) -> None:
+        rows = self._db.execute(
+            "SELECT mailbox, COUNT(*), SUM(LENGTH(body)) FROM envelopes GROUP BY mailbox"
+        ).fetchall()
+        found = self._db.execute(
+            "SELECT value FROM counters WHERE name = 'envelopes_expired'"
+        ).fetchone()
+        self._usage = {bytes(m): [int(count), int(size)] for m, count, size in rows}
+        self.total_bytes = sum(size for _, size in self._usage.values())
+        self.expired_purged = 0 if found is None else int(found[0])
+
+    def _stage(self, call: PutCall) -> _Staged:
+        """The writes of one put inside the open transaction; the usage it would leave."""
         quotas = self._quotas
+        envelopes, now_ms, not_before_ms = call.envelopes, call.now_ms, call.not_before_ms
         changed: dict[bytes, list[int]] = {}
         total = self.total_bytes
         purged = 0
-        try:
-            with self._transaction():
-                for env in envelopes:
-                    mailbox = env.recipient
-                    if self._db.execute(
-                        "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?",
-                        (mailbox, env.id),
-                    ).fetchone():
-                        continue  # a retry of something already held: accepted as it is
-                    body = wire.encode_envelope(env)
-                    usage = changed.get(mailbox)
-                    if usage is None:
-                        usage = changed[mailbox] = list(self._usage.get(mailbox, (0, 0)))
-                    full = usage[0] + 1 > quotas.max_per_mailbox
-                    if (full or usage[1] + len(body) > quotas.max_mailbox_bytes) and (
-                        not_before_ms is not None
-                    ):
-                        freed = self._purge_mailbox(mailbox, not_before_ms)
-                        purged += freed[0]
-                        usage[0] -= freed[0]
-                        usage[1] -= freed[1]
-                        total -= freed[1]
-                    if usage[0] + 1 > quotas.max_per_mailbox:
-                        raise MailboxFullError("the recipient's mailbox on this relay is full")
-                    if usage[1] + len(body) > quotas.max_mailbox_bytes:
-                        raise MailboxBytesError("the recipient's mailbox on this relay is full")
-                    if total + len(body) > quotas.max_store_bytes:
-                        raise StoreFullError("the relay's store is full")
-                    usage[0] += 1
-                    usage[1] += len(body)
-                    total += len(body)
-                    self._db.execute(
-                        "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
-                        " VALUES (?, ?, ?, ?)",
-                        (mailbox, env.id, body, now_ms),
-                    )
-                opened = [m for m in changed if self._usage.get(m, (0, 0))[0] == 0]
-                if opened and self.mailboxes + len(opened) > quotas.max_mailboxes:
-                    raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
-                new = sum(1 for m in opened if m not in in_use)
-                if new_mailbox_allowance is not None and new > new_mailbox_allowance:
-                    raise NewMailboxLimitError("too many new mailboxes from this caller")
-                if purged:
-                    self._add_counter("envelopes_expired", purged)
-        except DB_ERRORS as exc:
-            raise StorageError(f"relay store write failed: {exc}") from exc
-        for mailbox, usage in changed.items():
+        for env in envelopes:
+            mailbox = env.recipient
+            if self._db.execute(
+                "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?",
+                (mailbox, env.id),
+            ).fetchone():
+                continue  # a retry of something already held: accepted as it is
+            body = wire.encode_envelope(env)
+            usage = changed.get(mailbox)
+            if usage is None:
+                usage = changed[mailbox] = list(self._usage.get(mailbox, (0, 0)))
+            full = usage[0] + 1 > quotas.max_per_mailbox
+            if (full or usage[1] + len(body) > quotas.max_mailbox_bytes) and (
+                not_before_ms is not None
+            ):
+                freed = self._purge_mailbox(mailbox, not_before_ms)
+                purged += freed[0]
+                usage[0] -= freed[0]
+                usage[1] -= freed[1]
+                total -= freed[1]
+            if usage[0] + 1 > quotas.max_per_mailbox:
+                raise MailboxFullError("the recipient's mailbox on this relay is full")
+            if usage[1] + len(body) > quotas.max_mailbox_bytes:
+                raise MailboxBytesError("the recipient's mailbox on this relay is full")
+            if total + len(body) > quotas.max_store_bytes:
+                raise StoreFullError("the relay's store is full")
+            usage[0] += 1
+            usage[1] += len(body)
+            total += len(body)
+            self._db.execute(
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
+                (mailbox, env.id, body, now_ms),
+            )
+        opened = [m for m in changed if self._usage.get(m, (0, 0))[0] == 0]
+        if opened and self.mailboxes + len(opened) > quotas.max_mailboxes:
+            raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
+        new = sum(1 for m in opened if m not in call.in_use)
+        if call.new_mailbox_allowance is not None and new > call.new_mailbox_allowance:
+            raise NewMailboxLimitError("too many new mailboxes from this caller")
+        if purged:
+            self._add_counter("envelopes_expired", purged)
+        ids = [env.id for env in envelopes]
+        return _Staged(changed, total, purged, PutResult(ids, new))
+
+    def _apply(self, staged: _Staged) -> PutResult:
+        for mailbox, usage in staged.changed.items():
             self._set_usage(mailbox, usage)
-        self.total_bytes = total
-        self.expired_purged += purged
-        return PutResult([env.id for env in envelopes], new)
+        self.total_bytes = staged.total
+        self.expired_purged += staged.purged
+        return staged.result
 
     def _add_counter(self, name: str, n: int) -> None:
         self._db.execute(
@@ -377,7 +448,7 @@ class MailboxStore:
         removed = 0
         usage = list(self._usage.get(mailbox, (0, 0)))
         freed = 0
-        with self._transaction():
+        with self._transaction(durable=False):
             for envelope_id in ids:
                 row = self._db.execute(
                     "DELETE FROM envelopes WHERE mailbox = ? AND id = ? RETURNING LENGTH(body)",
@@ -398,16 +469,33 @@ class MailboxStore:
         ).fetchone()
         return int(n)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self, *, durable: bool = True) -> _Transaction:
+        return _Transaction(self._db, durable)
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``; one that need not be durable commits without an
+    fsync (the setting cannot change inside a transaction, so it is switched around it)."""
+
+    def __init__(self, db: sqlite3.Connection, durable: bool) -> None:
         self._db = db
+        self._durable = durable
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restore()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        if not self._durable:
+            self._db.execute("PRAGMA synchronous = FULL")

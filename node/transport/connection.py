@@ -176,6 +176,7 @@ class PeerConnection(QuicConnectionProtocol):
         self._pending[stream_id] = future
         self._readers[stream_id] = FrameReader(self._max_frame)
         self._quic.send_stream_data(stream_id, frame, end_stream=True)
+        self._quic.ack_with_next_packet(self._loop.time())
         self.transmit()
         try:
             return await future
@@ -450,6 +451,7 @@ class PeerConnection(QuicConnectionProtocol):
                 error = wire.ErrorResult(ErrorCode.LIMIT_EXCEEDED, "response too large")
                 frame = encode_frame(wire.encode_response(error))
             self._quic.send_stream_data(stream_id, frame, True)
+            self._quic.ack_with_next_packet(self._loop.time())
         except (RuntimeError, ValueError):
             # aioquic refuses data on a stream the peer reset meanwhile (it gave up waiting),
             # or one it no longer knows: nobody is left to answer.

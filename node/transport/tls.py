@@ -52,7 +52,19 @@ _HOOKED = (
 )
 
 
-_CONNECTION_HOOKS = ("_initialize", "_write_connection_limits", "_write_stream_limits")
+_CONNECTION_HOOKS = (
+    "_initialize",
+    "_payload_received",
+    "_write_connection_limits",
+    "_write_stream_limits",
+)
+# How long an ACK may wait for a packet with data to ride in: an answer usually comes within
+# it, so one datagram carries both. Below the 25 ms max_ack_delay aioquic advertises, which the
+# peer adds to its loss timer (RFC 9002 §6.2.1); aioquic's own 1 ms sends a lone ACK packet
+# ahead of every answer that takes longer than that.
+ACK_DELAY = 0.02
+STREAM_ACK_DELAY = 0.001  # aioquic's (K_GRANULARITY)
+ACK_DUE_EPSILON = 1e-6
 
 
 class AlertCertificateRequired(tls.Alert):
@@ -114,6 +126,7 @@ class IdentityQuicConnection(QuicConnection):
         self._expected_peer_key = expected_peer_key
         super().__init__(**kwargs)
         self._receive_window = self._local_max_data.value
+        self._ack_delay = ACK_DELAY
 
     def held_out_of_order(self) -> int:
         """Bytes received on streams but not yet handed to the application (gaps before them)."""
@@ -159,6 +172,34 @@ class IdentityQuicConnection(QuicConnection):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         IdentityTlsContext.adopt(self.tls, self._expected_peer_key)
+
+    def _payload_received(
+        self, context: Any, plain: bytes, crypto_frame_required: bool = False
+    ) -> tuple[bool, bool]:
+        space = self._spaces.get(context.epoch)
+        waiting = space is not None and space.ack_at is not None
+        is_ack_eliciting, is_probing = super()._payload_received(
+            context, plain, crypto_frame_required
+        )
+        if is_ack_eliciting and waiting and space is not None and space.ack_at is not None:
+            # A second packet before the ACK left: the peer is streaming (a large frame), not
+            # waiting for an answer. Back to aioquic's own delay, so ACKs pace its sending as
+            # before (RFC 9000 §13.2.2 asks for one at least every second packet).
+            space.ack_at = min(space.ack_at, context.time + STREAM_ACK_DELAY)
+        return is_ack_eliciting, is_probing
+
+    def ack_with_next_packet(self, now: float) -> None:
+        """Make a pending ACK due now, so that it rides in the packet about to carry data.
+
+        aioquic writes an ACK only once its delay (1 ms) has passed: an answer sent sooner
+        leaves without it, and a packet holding nothing but the ACK follows, two datagrams
+        each way per call where one does (and each costs both ends its packet processing).
+        """
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is not None and space.ack_at >= now:
+            # Strictly before now: at exactly now aioquic would still pace (``ack_at >= now``)
+            # and re-arm its timer for now, which on a virtual clock never moves on.
+            space.ack_at = now - ACK_DUE_EPSILON
 
     @property
     def verified_peer_key(self) -> bytes | None:

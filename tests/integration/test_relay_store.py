@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -98,3 +99,59 @@ def test_purge_removes_only_what_expired_and_frees_its_quota(tmp_path: Path) -> 
     assert store.fetch(MAILBOX, 0, 10, 100_000, not_before_ms=2500).envelopes == ()
     assert store.purge_expired(not_before_ms=2500) == 1
     assert (store.mailboxes, store.total_bytes, store.expired_purged) == (0, 0, 2)
+
+
+def test_a_batch_of_puts_keeps_each_all_or_nothing_and_sees_the_earlier_ones(
+    tmp_path: Path,
+) -> None:
+    from relay.store import PutCall
+
+    path = tmp_path / "m.sqlite3"
+    store = MailboxStore(path, max_per_mailbox=3)
+    first, second, third = [envelope(0), envelope(1)], [envelope(2), envelope(3)], [envelope(4)]
+    outcomes = store.put_batch([PutCall(tuple(c), now_ms=0) for c in (first, second, third)])
+    assert [type(o).__name__ for o in outcomes] == ["PutResult", "MailboxFullError", "PutResult"]
+    # The refused call left nothing behind; the others are committed, and survive a reopen.
+    store.close()
+    reopened = MailboxStore(path, max_per_mailbox=3)
+    held = reopened.fetch(MAILBOX, cursor=0, limit=10, max_bytes=1 << 20).envelopes
+    assert [e.id for e in held] == [e.id for e in first + third]
+    assert reopened.count(MAILBOX) == 3
+
+
+async def test_concurrent_deliveries_share_a_commit_and_each_hears_its_own_answer(
+    tmp_path: Path,
+) -> None:
+    from collections.abc import Sequence
+
+    from node.core.errors import StorageError
+    from node.transport.runtime import RealRuntime
+    from relay.store import PutCall, PutResult
+    from relay.store_api import SqliteMailboxes
+
+    runtime = RealRuntime("test-batch")
+    store = MailboxStore(tmp_path / "m.sqlite3", max_per_mailbox=10)
+    batches: list[int] = []
+    put_batch = store.put_batch
+
+    def counting(calls: Sequence[PutCall]) -> list[PutResult | StorageError]:
+        batches.append(len(calls))
+        return put_batch(calls)
+
+    store.put_batch = counting  # type: ignore[method-assign]
+    backend = SqliteMailboxes(store, runtime)
+    try:
+        sent = [envelope(n) for n in range(12)]
+        results = await asyncio.gather(
+            *(backend.put([env], now_ms=0) for env in sent), return_exceptions=True
+        )
+        stored = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, MailboxFullError)]
+        # Ten fit, two are refused, in the order the calls were made.
+        assert [r.ids for r in stored] == [[env.id] for env in sent[:10]]
+        assert len(refused) == 2
+        assert sum(batches) == 12 and len(batches) < 12  # the calls did not commit one by one
+        assert await backend.count(MAILBOX) == 10
+    finally:
+        await backend.close()
+        runtime.close()

@@ -224,3 +224,40 @@ async def test_a_peer_that_restarted_and_called_is_reached_at_once_not_after_a_t
             again = await ea.dial(address, bob.public_key, deadline=1.0)
             answer = await again.call(wire.FetchKeyPackage(b"x"), 1.0)
             assert answer == wire.FetchKeyPackageResult(alice.public_key)
+
+
+@pytest.mark.parametrize("answer_after", [0.0, 0.005])
+async def test_a_call_costs_one_datagram_each_way(answer_after: float) -> None:
+    # The ACK of a request rides in its answer, even one that takes longer than aioquic's
+    # 1 ms ACK delay (a store write), and the ACK of the answer in the next request: no
+    # packet of its own (before: up to two datagrams each way per call).
+    calls = 30
+    received: dict[str, int] = {"caller": 0, "callee": 0}
+
+    async def slow_enough(caller: Caller, request: wire.Request) -> wire.Response:
+        if answer_after:
+            await asyncio.sleep(answer_after)
+        return wire.FetchKeyPackageResult(caller.identity)
+
+    def counted(endpoint: Endpoint, side: str) -> None:
+        deliver = endpoint.datagram_received
+
+        def counting(data: bytes, addr: tuple[str, int]) -> None:
+            received[side] += 1
+            deliver(data, addr)
+
+        endpoint.datagram_received = counting  # type: ignore[method-assign]
+
+    alice, bob = Identity.generate(), Identity.generate()
+    async with running_endpoint(alice, None) as ea, running_endpoint(bob, slow_enough) as eb:
+        conn = await ea.dial(eb.local_address, bob.public_key)
+        for _ in range(3):  # past the handshake's own packets
+            await conn.call(wire.FetchKeyPackage(b"x"))
+        counted(ea, "caller")
+        counted(eb, "callee")
+        for _ in range(calls):
+            assert await conn.call(wire.FetchKeyPackage(b"x")) == wire.FetchKeyPackageResult(
+                alice.public_key
+            )
+    assert received["callee"] <= 1.2 * calls
+    assert received["caller"] <= 1.2 * calls
