@@ -22,6 +22,7 @@ from node.core.cli_errors import ReportingGroup, bind_error
 from node.core.errors import NodeError
 from node.core.identity import fingerprint
 from node.transport.runtime import RealRuntime
+from relay import data_lock
 from relay.config import (
     DB_KEY_ENV,
     DSN_ENV,
@@ -333,6 +334,9 @@ def migrate_command(
         dsn = settings.get("dsn")
         if not dsn:
             raise ConfigError(f"relay migrate to PostgreSQL needs dsn (or ${DSN_ENV})")
+        if from_sqlite is not None:
+            where = from_sqlite if from_sqlite.is_dir() else from_sqlite.parent
+            data_lock.must_be_free(where, "what it accepted after the copy would be lost")
         asyncio.run(_migrate_pg(dsn, from_sqlite, key))
         return
     where = data_dir or file.data_dir or Path(DEFAULT_DATA_DIR)

@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from node.core.addresses import Address
 from node.core.errors import StorageError
@@ -15,6 +16,7 @@ from node.core.identity import Identity
 from node.core.runtime import Runtime
 from node.transport.endpoint import Endpoint, EndpointConfig
 from node.transport.keystore import load_or_create_identity
+from relay import data_lock
 from relay.accounts import SETUP_FILE, AccountLimits, AccountService, load_or_create_setup
 from relay.directory import DirectoryLimits, DirectoryService
 from relay.directory_pg import PgDirectory
@@ -207,6 +209,7 @@ class Relay:
         self._store: MailboxBackend | None = None
         self._accounts_store: AccountBackend | None = None
         self._pg: PgStore | None = None
+        self._lock: IO[bytes] | None = None  # the embedded store's data directory, held
         self._accounts: AccountService | None = None
         self._directory_store: DirectoryBackend | None = None
         self._directory: DirectoryService | None = None
@@ -254,6 +257,8 @@ class Relay:
             )
             store, accounts_store = pg.mailboxes, pg.accounts
         else:
+            # One process per embedded store, for as long as it runs (relay.data_lock).
+            self._lock = data_lock.hold(cfg.data_dir)
             key = cfg.raw_db_key()
             mailboxes = await run(
                 lambda: MailboxStore(cfg.data_dir / "mailboxes.sqlite3", quotas=quotas, key=key)
@@ -368,3 +373,6 @@ class Relay:
             directory_store, self._directory_store = self._directory_store, None
             self._directory = None
             await directory_store.close()
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.close()

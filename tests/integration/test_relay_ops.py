@@ -423,3 +423,29 @@ async def test_sigterm_answers_the_calls_in_flight_then_exits(tmp_path: Path) ->
             fetched = await bob_conn.call(wire.Fetch(bob.mailbox, 0, 256))
             assert isinstance(fetched, wire.FetchResult)
             assert accepted <= {e.id for e in fetched.envelopes}
+
+
+def test_one_relay_process_per_embedded_store_and_no_move_while_it_runs(tmp_path: Path) -> None:
+    """A second relay on a running relay's data directory, and a move of that store to
+    PostgreSQL (which would lose what the running one accepts after the copy), are refused in
+    one line each; once it stopped, the directory is free again (a kill frees it too)."""
+    data = tmp_path / "relay"
+    dsn = "postgresql://postgres@127.0.0.1:1/never"  # refused before any connection
+    with ops_relay(data):
+        second = relay_cli("run", "--listen", "127.0.0.1:0", "--data-dir", str(data))
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"ERROR: another relay process runs on {data} (it holds relay.lock)"
+        ]
+        move = relay_cli("migrate", "--from-sqlite", str(data), QUICNPROTOCHAT_RELAY_DSN=dsn)
+        assert move.returncode == 1
+        assert move.stderr.strip().splitlines() == [
+            f"ERROR: a relay is running on {data}: stop it first "
+            "(what it accepted after the copy would be lost)"
+        ]
+    with ops_relay(data) as again:
+        assert again.address is not None
+        again.proc.kill()  # type: ignore[union-attr]
+        again.proc.wait()  # type: ignore[union-attr]
+    move = relay_cli("migrate", "--from-sqlite", str(data), QUICNPROTOCHAT_RELAY_DSN=dsn)
+    assert "a relay is running" not in move.stderr
