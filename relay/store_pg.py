@@ -400,6 +400,10 @@ class PgMailboxes:
 
     async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int:
         async with self._store.connection() as conn, conn.transaction():
+            # As the embedded store does (relay/store.py): an ack does not wait for the WAL to
+            # reach the disk. A database crash can only bring back an envelope its owner
+            # already holds and drops by id; the next synchronous commit flushes it anyway.
+            await conn.execute("SET LOCAL synchronous_commit = off")
             row = await conn.fetchrow(
                 "SELECT envelopes, bytes FROM mailbox_usage WHERE mailbox = $1 FOR UPDATE",
                 mailbox,
