@@ -29,14 +29,14 @@ from node.app.node_cli import (
     RunOptions,
     _find,
     _warn_restored,
+    learn_routes,
     node_options,
+    open_run_node,
     run_options,
 )
 from node.app.oneshot_cli import RELAY_SETTING, relay_setting
 from node.app.presence import Presence
-from node.app.profile import open_node
 from node.app.qr import qr_text
-from node.app.relay_account import sign_in_node
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
@@ -68,34 +68,33 @@ class _Running:
     messenger: Messenger
     envelope_key: bytes  # the node's public one, for its invite link
 
+    def own_link(self, name: str) -> str:
+        """This node's signed ``qpc://`` invite link: where it listens, its relay, its key."""
+        node = self.node
+        relay = node.router.relay
+        link = InviteLink(
+            identity_key=node.public_key,
+            display_name=name,
+            addresses=(node.address,),
+            relay=None if relay is None else LinkRelay(relay.address, relay.identity),
+            issued_at_ms=node.clock_ms(),
+            expires_at_ms=None,
+            envelope_key=self.envelope_key,
+        )
+        return encode_invite_link(link, node.identity)
+
 
 @contextlib.asynccontextmanager
 async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Running]:
     """A started node with its discovery and its application layer, stopped on exit."""
-    node, created = await open_node(
-        opts.data_dir,
-        opts.passphrase,
-        runtime,
-        name=opts.name,
-        relay=opts.relay,
-        limits=opts.limits,
-        sealed_sender=opts.sealed_sender,
-    )
+    node, created = await open_run_node(opts, runtime)
     messenger = Messenger(node)
     try:
-        if opts.relay_user is not None and opts.relay is not None:
-            signed = await sign_in_node(
-                node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
-            )
-            click.echo(f"relay account {signed.session.username}: {signed.how}")
         await messenger.open()
         restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
         for spec in [*opts.peers, *opts.invites]:
             await messenger.add_contact(spec.identity, spec.name, spec.address)
-            if spec.relay is not None:
-                node.router.peer_relays[spec.identity] = spec.relay
-            if spec.envelope_key is not None:
-                await node.learn_envelope_key(spec.identity, spec.envelope_key)
+            await learn_routes(node, spec)
         host, port = await node.start(*opts.listen)
     except BaseException:
         await messenger.close()
@@ -166,19 +165,8 @@ async def _start_conversation(app: Messenger, opts: RunOptions) -> None:
 
 
 def _whoami(run: _Running, opts: RunOptions) -> list[str]:
-    node = run.node
-    relay = node.router.relay
-    link = InviteLink(
-        identity_key=node.public_key,
-        display_name=opts.name,
-        addresses=(node.address,),
-        relay=None if relay is None else LinkRelay(relay.address, relay.identity),
-        issued_at_ms=node.clock_ms(),
-        expires_at_ms=None,
-        envelope_key=run.envelope_key,
-    )
-    text = encode_invite_link(link, node.identity)
-    lines = whoami_lines(opts.name, node.public_key, text, qr=False)  # the link comes last
+    text = run.own_link(opts.name)
+    lines = whoami_lines(opts.name, run.node.public_key, text, qr=False)  # the link comes last
     drawing = qr_text(text).splitlines()
     width = len(drawing[0]) if drawing else 0
     # A link with an envelope key needs a QR code ~173 columns wide: wrapped, it scans as

@@ -289,7 +289,9 @@ async def _run(opts: RunOptions) -> None:
         runtime.close()
 
 
-async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
+async def open_run_node(opts: RunOptions, runtime: RealRuntime) -> tuple[Node, bool]:
+    """The node of ``node run``, ``chat`` and ``web``, opened from its data directory and, with
+    ``--relay-user``, signed in at its relay. Returns (node, whether the directory is new)."""
     node, created = await open_node(
         opts.data_dir,
         opts.passphrase,
@@ -299,23 +301,37 @@ async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
         limits=opts.limits,
         sealed_sender=opts.sealed_sender,
     )
-    identity = node.identity
     if opts.relay_user is not None and opts.relay is not None:
-        signed = await sign_in_node(
-            node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
-        )
+        try:
+            signed = await sign_in_node(
+                node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
+            )
+        except BaseException:
+            node.kill()
+            raise
         click.echo(f"relay account {signed.session.username}: {signed.how}")
+    return node, created
+
+
+async def learn_routes(node: Node, spec: PeerSpec) -> None:
+    """What a ``--peer``/``--invite`` link says beyond the contact itself."""
+    if spec.relay is not None:
+        # The invite link names the relay its owner reads: mail that cannot go direct waits
+        # there for them.
+        node.router.peer_relays[spec.identity] = spec.relay
+    if spec.envelope_key is not None:
+        await node.learn_envelope_key(spec.identity, spec.envelope_key)
+
+
+async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
+    node, created = await open_run_node(opts, runtime)
+    identity = node.identity
     node.on_message = _print_message
     node.on_invitation = _print_invitation
     restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
     for spec in [*opts.peers, *opts.invites]:
         await node.remember_peer(spec.identity, spec.name, spec.address)
-        if spec.relay is not None:
-            # The invite link names the relay its owner reads: mail that cannot go direct
-            # waits there for them.
-            node.router.peer_relays[spec.identity] = spec.relay
-        if spec.envelope_key is not None:
-            await node.learn_envelope_key(spec.identity, spec.envelope_key)
+        await learn_routes(node, spec)
     try:
         host, port = await node.start(*opts.listen)
     except OSError as exc:

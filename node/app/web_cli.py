@@ -18,7 +18,6 @@ from node.app.chat_cli import running
 from node.app.node_cli import RunOptions, _find, node_options, run_options
 from node.app.web import WebUI, WhoAmI
 from node.core.cli_errors import bind_error
-from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
 from node.transport.runtime import RealRuntime
 
 __all__ = ["web_command"]
@@ -71,17 +70,7 @@ async def _web(opts: RunOptions, port: int, web_host: str | None) -> None:
             node = run.node
 
             def whoami() -> WhoAmI:
-                relay = node.router.relay
-                link = InviteLink(
-                    identity_key=node.public_key,
-                    display_name=opts.name,
-                    addresses=(node.address,),
-                    relay=None if relay is None else LinkRelay(relay.address, relay.identity),
-                    issued_at_ms=node.clock_ms(),
-                    expires_at_ms=None,
-                    envelope_key=run.envelope_key,
-                )
-                return WhoAmI(opts.name, node.public_key, encode_invite_link(link, node.identity))
+                return WhoAmI(opts.name, node.public_key, run.own_link(opts.name))
 
             store = node.store
             ui = WebUI(
