@@ -307,8 +307,14 @@ class Node:
         """Seal relayed mail to ``identity`` with ``envelope_key`` (from its signed invite link),
         now and after restarts. Raises :class:`CryptoError` for a key that is not usable."""
         self.router.learn_envelope_key(identity, envelope_key)
-        store = self.store
-        await self._run(lambda: store.set_secret(LINK_KEY + identity.hex(), envelope_key))
+        store, name = self.store, LINK_KEY + identity.hex()
+
+        def keep() -> None:
+            # --peer links come again at every start: a write only when the key is new.
+            if store.get_secret(name) != envelope_key:
+                store.set_secret(name, envelope_key)
+
+        await self._run(keep)
 
     async def stop(self) -> None:
         """Close connections politely and release the store (a no-op after :meth:`kill`)."""
