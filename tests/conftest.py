@@ -113,6 +113,21 @@ class RelayProcess:
                     stream.close()
 
 
+@contextlib.contextmanager
+def configured_relay(
+    tmp_path: Path, settings: str = "", passphrase: str = "test relay passphrase"
+) -> Iterator[RelayProcess]:
+    """A relay process in ``tmp_path/relay`` with ``settings`` as its TOML config file."""
+    config = tmp_path / "relay.toml"
+    config.write_text(settings)
+    relay = RelayProcess(tmp_path / "relay", passphrase, extra_args=("--config", str(config)))
+    relay.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
 @pytest.fixture
 def relay_process(tmp_path: Path) -> Iterator[RelayProcess]:
     relay = RelayProcess(tmp_path / "relay", passphrase="test relay passphrase")

@@ -26,7 +26,7 @@ from node.transport.connection import Caller, PeerConnection
 from node.transport.runtime import RealRuntime
 from relay.directory_store import DirectoryStore, SuiteCount
 from relay.migrations import SCHEMA_VERSION
-from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
+from tests.conftest import LOOPBACK, RelayProcess, configured_relay, running_endpoint
 from tests.node_support import relay_info, wait_until
 from tests.runtime_support import Runtimes
 
@@ -43,16 +43,8 @@ envelope_burst_per_mailbox = 100000
 
 @contextlib.contextmanager
 def relay_process(tmp_path: Path, settings: str) -> Iterator[RelayProcess]:
-    config = tmp_path / "relay.toml"
-    config.write_text(GENEROUS + settings)
-    relay = RelayProcess(
-        tmp_path / "relay", passphrase="directory test", extra_args=("--config", str(config))
-    )
-    relay.start()
-    try:
+    with configured_relay(tmp_path, GENEROUS + settings, "directory test") as relay:
         yield relay
-    finally:
-        relay.stop()
 
 
 @contextlib.asynccontextmanager

@@ -34,7 +34,7 @@ from node.core.identity import Identity, fingerprint, mailbox_of
 from node.core.invite_link import InviteLink, decode_invite_link, encode_invite_link
 from node.core.keyfile import FAST_KDF
 from node.transport.runtime import RealRuntime
-from tests.conftest import LOOPBACK, RelayProcess, running_endpoint
+from tests.conftest import LOOPBACK, RelayProcess, configured_relay, running_endpoint
 from tests.e2e.test_node_chat import SCRIPT
 from tests.node_support import relay_info, wait_until
 
@@ -43,16 +43,8 @@ DEADLINE = 20.0
 
 @contextlib.contextmanager
 def relay_process(tmp_path: Path, settings: str = "") -> Iterator[RelayProcess]:
-    config = tmp_path / "relay.toml"
-    config.write_text(settings)
-    relay = RelayProcess(
-        tmp_path / "relay", passphrase="sealed test", extra_args=("--config", str(config))
-    )
-    relay.start()
-    try:
+    with configured_relay(tmp_path, settings, "sealed test") as relay:
         yield relay
-    finally:
-        relay.stop()
 
 
 @contextlib.asynccontextmanager
