@@ -13,35 +13,20 @@ import contextlib
 import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import click
 
-from node.app.backup import take_restore_notice
 from node.app.chat_session import ChatSession, Screen
-from node.app.control_socket import ControlServer
 from node.app.identity_view import whoami_lines
 from node.app.messenger import Messenger
-from node.app.node import Node
-from node.app.node_cli import (
-    RunOptions,
-    _find,
-    _warn_restored,
-    learn_routes,
-    node_options,
-    open_run_node,
-    run_options,
-)
-from node.app.oneshot_cli import RELAY_SETTING, relay_setting
-from node.app.presence import Presence
+from node.app.node_cli import node_options, run_options
 from node.app.qr import qr_text
+from node.app.running import RunningNode, RunOptions, find_invitees, running
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
-from node.core.identity import fingerprint
-from node.core.invite_link import InviteLink, LinkRelay, encode_invite_link
 from node.transport.runtime import RealRuntime
 
 __all__ = ["chat_command"]
@@ -61,73 +46,12 @@ def chat_command(**options: Any) -> None:
     asyncio.run(_chat(run_options(**options)))
 
 
-@dataclass
-class _Running:
-    node: Node
-    presence: Presence
-    messenger: Messenger
-    envelope_key: bytes  # the node's public one, for its invite link
-
-    def own_link(self, name: str) -> str:
-        """This node's signed ``qpc://`` invite link: where it listens, its relay, its key."""
-        node = self.node
-        relay = node.router.relay
-        link = InviteLink(
-            identity_key=node.public_key,
-            display_name=name,
-            addresses=(node.address,),
-            relay=None if relay is None else LinkRelay(relay.address, relay.identity),
-            issued_at_ms=node.clock_ms(),
-            expires_at_ms=None,
-            envelope_key=self.envelope_key,
-        )
-        return encode_invite_link(link, node.identity)
-
-
-@contextlib.asynccontextmanager
-async def running(opts: RunOptions, runtime: RealRuntime) -> AsyncIterator[_Running]:
-    """A started node with its discovery and its application layer, stopped on exit."""
-    node, created = await open_run_node(opts, runtime)
-    messenger = Messenger(node)
-    try:
-        await messenger.open()
-        restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
-        for spec in [*opts.peers, *opts.invites]:
-            await messenger.add_contact(spec.identity, spec.name, spec.address)
-            await learn_routes(node, spec)
-        host, port = await node.start(*opts.listen)
-    except BaseException:
-        await messenger.close()
-        node.kill()
-        raise
-    if restored_from is not None:
-        _warn_restored(node, restored_from)
-    presence = Presence(node, opts.presence)
-    control = ControlServer(messenger, opts.data_dir)
-    try:
-        if opts.relay is not None:
-            # One-shot commands run without this node reach the same relay.
-            store, saved = node.store, relay_setting(opts.relay)
-            await runtime.run_blocking(lambda: store.set_secret(RELAY_SETTING, saved))
-        await control.start()
-        await presence.start()
-        click.echo(f"{'new identity' if created else 'identity'}: {node.public_key.hex()}")
-        click.echo(f"fingerprint: {fingerprint(node.public_key)}")
-        click.echo(f"listening on {host}:{port}")
-        yield _Running(node, presence, messenger, (await node.envelope_key()).public_key)
-    finally:
-        await control.stop()
-        await presence.stop()
-        await messenger.close()
-        await node.stop()
-
-
 async def _chat(opts: RunOptions) -> None:
     runtime = RealRuntime(f"qpc-{opts.name}")
     try:
         async with running(opts, runtime) as run:
             if opts.invites:
-                await _find(run.presence, [s for s in opts.invites if s.address is None])
+                await find_invitees(run.presence, [s for s in opts.invites if s.address is None])
                 await _start_conversation(run.messenger, opts)
             front = _interactive if sys.stdin.isatty() and sys.stdout.isatty() else _plain
             session = runtime.spawn(front(run, opts))
@@ -164,7 +88,7 @@ async def _start_conversation(app: Messenger, opts: RunOptions) -> None:
     click.echo(f"conversation {terminal_safe(app.title(conv))} ({conv.id}) is ready")
 
 
-def _whoami(run: _Running, opts: RunOptions) -> list[str]:
+def _whoami(run: RunningNode, opts: RunOptions) -> list[str]:
     text = run.own_link(opts.name)
     lines = whoami_lines(opts.name, run.node.public_key, text, qr=False)  # the link comes last
     drawing = qr_text(text).splitlines()
@@ -184,7 +108,7 @@ def _whoami(run: _Running, opts: RunOptions) -> list[str]:
     return lines
 
 
-def _session(run: _Running, opts: RunOptions, screen: Screen) -> ChatSession:
+def _session(run: RunningNode, opts: RunOptions, screen: Screen) -> ChatSession:
     store = run.node.store
     return ChatSession(
         run.messenger,
@@ -211,7 +135,7 @@ class _PlainScreen:
         click.echo(text, err=style == "error")
 
 
-async def _plain(run: _Running, opts: RunOptions) -> None:
+async def _plain(run: RunningNode, opts: RunOptions) -> None:
     session = _session(run, opts, _PlainScreen())
     click.echo("type /help for commands")
     follower = run.node.runtime.spawn(_follow(session))
@@ -284,7 +208,7 @@ class _Completer:
         return Words()
 
 
-async def _interactive(run: _Running, opts: RunOptions) -> None:
+async def _interactive(run: RunningNode, opts: RunOptions) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import InMemoryHistory
     from prompt_toolkit.patch_stdout import patch_stdout

@@ -187,6 +187,14 @@ class Messenger:
         names = ", ".join(f"{self.title(c)} ({c.id})" for c in found)
         raise ConversationError(f"{text!r} could be any of: {names}")
 
+    def newest_group(self) -> Conversation | None:
+        """The conversation of the group this node made or joined last (None before any)."""
+        for group_id in reversed(self.node.groups):
+            conv_id = self._by_group.get(group_id)
+            if conv_id is not None:
+                return self._convs[conv_id]
+        return None
+
     def notepad(self) -> Conversation:
         return next(c for c in self._convs.values() if c.kind is ConversationKind.NOTEPAD)
 

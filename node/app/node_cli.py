@@ -4,33 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import errno
 import ipaddress
 import os
-import signal
 import socket
 import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from node.app.backup import take_restore_notice
 from node.app.datadir import problems_of_layout
-from node.app.limits import NodeLimits
-from node.app.node import ChatMessage, Invitation, Node
+from node.app.events import InvitationReceived, MessageAdded
+from node.app.invitations import PendingInvitation
+from node.app.messages import DeliveryState, Direction, Message
+from node.app.messenger import Messenger
+from node.app.node import Node
 from node.app.node_config import load_limits
 from node.app.passphrase import get_passphrase, passphrase_file_option
 from node.app.peer_ref import PeerRefError, parse_identity_key, parse_peer_ref
-from node.app.presence import Presence, PresenceConfig
-from node.app.profile import open_node
-from node.app.relay_account import sign_in_node
+from node.app.presence import PresenceConfig
 from node.app.router import RelayInfo
+from node.app.running import (
+    PeerSpec,
+    RunningNode,
+    RunOptions,
+    find_invitees,
+    running,
+)
 from node.app.store import NodeStore, SeenPeer, read_salt, store_keys
 from node.core.addresses import Address, format_address
 from node.core.addresses import parse_address as core_parse_address
@@ -43,7 +46,6 @@ from node.core.keyfile import DEFAULT_KDF
 from node.transport.runtime import RealRuntime
 
 WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared against, never bound
-FIND_DEADLINE = 20.0  # seconds to wait for discovery to place an invitee
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,15 +62,6 @@ def parse_key(text: str, option: str) -> bytes:
         return parse_identity_key(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from None
-
-
-@dataclass(frozen=True)
-class PeerSpec:
-    name: str
-    identity: bytes
-    address: Address | None  # None: discovery finds it (mDNS, DHT)
-    relay: RelayInfo | None = None  # the relay the peer reads (from its invite link)
-    envelope_key: bytes | None = None  # to seal relayed mail to (from its invite link)
 
 
 def parse_peer(text: str, now_ms: int) -> PeerSpec:
@@ -266,175 +259,12 @@ def run_command(**params: Any) -> None:
     asyncio.run(_run(run_options(**params)))
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    name: str
-    data_dir: Path
-    listen: Address
-    relay: RelayInfo | None
-    passphrase: bytes
-    peers: list[PeerSpec]
-    invites: list[PeerSpec]
-    presence: PresenceConfig
-    relay_user: str | None = None
-    limits: NodeLimits | None = None
-    sealed_sender: bool = True  # seal relayed envelopes when the recipient's key is known
-
-
 async def _run(opts: RunOptions) -> None:
     runtime = RealRuntime(f"qpc-{opts.name}")
     try:
         await _run_node(opts, runtime)
     finally:
         runtime.close()
-
-
-async def open_run_node(opts: RunOptions, runtime: RealRuntime) -> tuple[Node, bool]:
-    """The node of ``node run``, ``chat`` and ``web``, opened from its data directory and, with
-    ``--relay-user``, signed in at its relay. Returns (node, whether the directory is new)."""
-    node, created = await open_node(
-        opts.data_dir,
-        opts.passphrase,
-        runtime,
-        name=opts.name,
-        relay=opts.relay,
-        limits=opts.limits,
-        sealed_sender=opts.sealed_sender,
-    )
-    if opts.relay_user is not None and opts.relay is not None:
-        try:
-            signed = await sign_in_node(
-                node, opts.relay, opts.relay_user, opts.data_dir, opts.passphrase, opts.listen[0]
-            )
-        except BaseException:
-            node.kill()
-            raise
-        click.echo(f"relay account {signed.session.username}: {signed.how}")
-    return node, created
-
-
-async def learn_routes(node: Node, spec: PeerSpec) -> None:
-    """What a ``--peer``/``--invite`` link says beyond the contact itself."""
-    if spec.relay is not None:
-        # The invite link names the relay its owner reads: mail that cannot go direct waits
-        # there for them.
-        node.router.peer_relays[spec.identity] = spec.relay
-    if spec.envelope_key is not None:
-        await node.learn_envelope_key(spec.identity, spec.envelope_key)
-
-
-async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
-    node, created = await open_run_node(opts, runtime)
-    identity = node.identity
-    node.on_message = _print_message
-    node.on_invitation = _print_invitation
-    restored_from = await runtime.run_blocking(lambda: take_restore_notice(node.store))
-    for spec in [*opts.peers, *opts.invites]:
-        await node.remember_peer(spec.identity, spec.name, spec.address)
-        await learn_routes(node, spec)
-    try:
-        host, port = await node.start(*opts.listen)
-    except OSError as exc:
-        await node.stop()
-        raise bind_error("--listen", opts.listen, exc) from None
-    if restored_from is not None:
-        _warn_restored(node, restored_from)
-    presence = Presence(node, opts.presence)
-    try:
-        try:
-            await presence.start()
-        except OSError as exc:
-            if opts.presence.dht and exc.errno == errno.EADDRINUSE:
-                raise bind_error("--dht-port", (host, opts.presence.dht_port), exc) from None
-            raise NodeError(f"discovery (mDNS, DHT) could not start: {exc.strerror}") from None
-        # Before "listening on": whoever sees that line may stop the node at once, cleanly.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        click.echo(f"{'new identity' if created else 'identity'}: {identity.public_key.hex()}")
-        click.echo(f"fingerprint: {fingerprint(identity.public_key)}")
-        click.echo(f"listening on {host}:{port}")
-        if presence.dht_address is not None:
-            click.echo(f"dht on {format_address(presence.dht_address)}")
-        session = runtime.spawn(_session(node, presence, opts, stop))
-        fatal = runtime.spawn(node.wait_fatal())
-        try:
-            # A relay with another key ends the run at once, whatever the session is doing.
-            await asyncio.wait({session, fatal}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (session, fatal):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if fatal.done() and not fatal.cancelled():
-            raise fatal.result()
-    finally:
-        await presence.stop()
-        await node.stop()
-
-
-async def _session(node: Node, presence: Presence, opts: RunOptions, stop: asyncio.Event) -> None:
-    """Invite, then send typed lines until SIGINT or SIGTERM."""
-    if opts.invites:
-        await _find(presence, [spec for spec in opts.invites if spec.address is None])
-        await _invite(node, opts.invites)
-    reader = node.runtime.spawn(_read_lines(node))
-    try:
-        await stop.wait()
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-
-
-def _warn_restored(node: Node, made_at_ms: int) -> None:
-    """A restored node is behind: say how far its groups got, and what that means."""
-    made = datetime.datetime.fromtimestamp(made_at_ms / 1000, tz=datetime.UTC)
-    click.echo(
-        f"WARNING: restored from the backup of {made:%Y-%m-%d %H:%M:%S} UTC: every group is "
-        "at the epoch it had then. Commits made since were missed and their epochs' keys are "
-        "gone (forward secrecy): messages of those epochs cannot be read, and the group's "
-        "committer must remove and re-add this node.",
-        err=True,
-    )
-    for group in node.groups.values():
-        click.echo(f"WARNING: group {group.group_id.hex()[:16]}: at epoch {group.epoch}", err=True)
-
-
-async def _find(presence: Presence, specs: list[PeerSpec]) -> None:
-    """Wait (a while) until discovery can place invitees given without an address."""
-    resolver = presence.resolver
-    if resolver is None or not specs:
-        return
-    for spec in specs:
-        click.echo(f"looking for {terminal_safe(spec.name)}...")
-        try:
-            async with asyncio.timeout(FIND_DEADLINE):
-                # Both mDNS and the DHT may answer, on their own schedules: poll the resolver.
-                while await resolver.resolve(spec.identity, deadline=1.0) is None:  # noqa: ASYNC110
-                    await asyncio.sleep(0.25)
-        except TimeoutError:
-            click.echo(
-                f"{terminal_safe(spec.name)} was not found on the LAN or in the DHT", err=True
-            )
-
-
-async def _invite(node: Node, invites: list[PeerSpec]) -> None:
-    try:
-        made = await node.create_group_with([spec.identity for spec in invites])
-    except NodeError as exc:
-        click.echo(f"ERROR: could not create the group: {terminal_safe(str(exc))}", err=True)
-        return
-    for peer, why in made.report.failed.items():
-        click.echo(
-            f"could not invite {terminal_safe(node.contacts.name(peer))}: {terminal_safe(why)}",
-            err=True,
-        )
-    names = {spec.identity: terminal_safe(spec.name) for spec in invites}
-    suite = made.choice.describe(names)
-    invited = ", ".join(terminal_safe(s.name) for s in invites)
-    click.echo(f"group created with {invited} (ciphersuite {suite})")
 
 
 @click.command("peers")
@@ -482,12 +312,6 @@ async def _read_peers(data_dir: Path, passphrase: bytes) -> tuple[list[SeenPeer]
         runtime.close()
 
 
-def _print_message(message: ChatMessage) -> None:
-    # Both the name and the text are the peer's choice: shown, never obeyed (node.core.display).
-    prefix = f"[{terminal_safe(message.sender_name)}] "
-    click.echo(prefix + terminal_safe(message.text, multiline=True, continuation=" " * len(prefix)))
-
-
 async def _stdin_lines(node: Node) -> AsyncIterator[bytes]:
     """Lines typed or piped in. A regular file or /dev/null cannot be watched by the event loop
     (epoll refuses them): those are read through the node's executor instead, which returns at
@@ -504,23 +328,96 @@ async def _stdin_lines(node: Node) -> AsyncIterator[bytes]:
         yield line
 
 
-def _print_invitation(invitation: Invitation) -> None:
+async def _run_node(opts: RunOptions, runtime: RealRuntime) -> None:
+    stop = asyncio.Event()
+    async with running(opts, runtime, stop) as run:
+        follower = runtime.spawn(_print_events(run.messenger))
+        session = runtime.spawn(_session(run, opts, stop))
+        fatal = runtime.spawn(run.node.wait_fatal())
+        try:
+            # A relay with another key ends the run at once, whatever the session is doing.
+            await asyncio.wait({session, fatal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (session, fatal, follower):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if fatal.done() and not fatal.cancelled():
+            raise fatal.result()
+
+
+async def _session(run: RunningNode, opts: RunOptions, stop: asyncio.Event) -> None:
+    """Invite, then send typed lines until SIGINT or SIGTERM."""
+    if opts.invites:
+        await find_invitees(run.presence, [spec for spec in opts.invites if spec.address is None])
+        await _invite(run.messenger, opts.invites)
+    reader = run.node.runtime.spawn(_read_lines(run))
+    try:
+        await stop.wait()
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def _invite(app: Messenger, invites: list[PeerSpec]) -> None:
+    """``--invite``: a DM with one person, a group with several; the same people again are the
+    same conversation, never a second group."""
+    peers = [spec.identity for spec in invites]
+    invited = ", ".join(terminal_safe(spec.name) for spec in invites)
+    had = {conv.id for conv in app.conversations()}
+    try:
+        if len(peers) == 1:
+            conv = await app.direct(peers[0])
+        else:
+            conv = await app.create_group(", ".join(spec.name for spec in invites)[:64], peers)
+    except NodeError as exc:
+        click.echo(f"ERROR: could not create the group: {terminal_safe(str(exc))}", err=True)
+        return
+    if conv.id in had:
+        click.echo(f"the group with {invited} is ready (made before)")
+        return
+    assert conv.group_id is not None
+    suite = app.suite_notes.get(conv.group_id, "")
+    click.echo(f"group created with {invited} (ciphersuite {terminal_safe(suite)})")
+
+
+async def _print_events(app: Messenger) -> None:
+    """What others send, and strangers' invitations, as lines on stdout."""
+    sub = app.subscribe()
+    try:
+        async for event in sub:
+            if isinstance(event, MessageAdded) and event.message.direction is Direction.IN:
+                _print_message(event.message)
+            elif isinstance(event, InvitationReceived):
+                _print_invitation(event.invitation)
+    finally:
+        sub.close()
+
+
+def _print_message(message: Message) -> None:
+    # Both the name and the text are the peer's choice: shown, never obeyed (node.core.display).
+    prefix = f"[{terminal_safe(message.sender_name)}] "
+    click.echo(prefix + terminal_safe(message.text, multiline=True, continuation=" " * len(prefix)))
+
+
+def _print_invitation(invitation: PendingInvitation) -> None:
     # Not joined: a stranger's Welcome waits for the user (DESIGN §11).
     click.echo(
         f"invitation {invitation.id} from {fingerprint(invitation.inviter)} to a group of "
-        f"{len(invitation.members)}: /accept {invitation.id} or /refuse {invitation.id}"
+        f"{invitation.members}: /accept {invitation.id} or /refuse {invitation.id}"
     )
 
 
-async def _answer_invitation(node: Node, text: str) -> None:
+async def _answer_invitation(app: Messenger, text: str) -> None:
     command, _, number = text.partition(" ")
     try:
         invitation_id = int(number)
         if command == "/accept":
-            await node.accept_invitation(invitation_id)
+            await app.accept_invitation(invitation_id)
             click.echo(f"joined the group of invitation {invitation_id}")
         else:
-            await node.refuse_invitation(invitation_id)
+            await app.refuse_invitation(invitation_id)
             click.echo(f"refused invitation {invitation_id}")
     except ValueError:
         click.echo(f"ERROR: {command} takes an invitation number", err=True)
@@ -528,23 +425,26 @@ async def _answer_invitation(node: Node, text: str) -> None:
         click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
 
 
-async def _read_lines(node: Node) -> None:
+async def _read_lines(run: RunningNode) -> None:
+    node, app = run.node, run.messenger
     async for line in _stdin_lines(node):
         text = line.decode("utf-8", errors="replace").strip()
         if not text:
             continue
         if text.startswith(("/accept", "/refuse")):
-            await _answer_invitation(node, text)
+            await _answer_invitation(app, text)
             continue
-        if not node.groups:
+        conv = app.newest_group()
+        if conv is None:
             click.echo("(no group yet: start with --invite, or wait to be invited)", err=True)
             continue
-        group_id = next(reversed(node.groups))
         try:
-            report = await node.send_text(group_id, text)
+            sent = await app.send(conv.id, text)
         except NodeError as exc:
             click.echo(f"ERROR: {terminal_safe(str(exc))}", err=True)
             continue
-        for peer, why in report.failed.items():
-            who = terminal_safe(node.contacts.name(peer))
-            click.echo(f"(not delivered to {who}: {terminal_safe(why)})", err=True)
+        for delivery in sent.deliveries:
+            if delivery.reason and delivery.state in (DeliveryState.QUEUED, DeliveryState.FAILED):
+                kept = " (kept for retry)" if delivery.state is DeliveryState.QUEUED else ""
+                who, why = terminal_safe(delivery.recipient_name), terminal_safe(delivery.reason)
+                click.echo(f"(not delivered to {who}: {why}{kept})", err=True)

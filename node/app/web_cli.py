@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from node.app.chat_cli import running
-from node.app.node_cli import RunOptions, _find, node_options, run_options
+from node.app.node_cli import node_options, run_options
+from node.app.running import RunOptions, find_invitees, running
 from node.app.web import WebUI, WhoAmI
 from node.core.cli_errors import bind_error
 from node.transport.runtime import RealRuntime
@@ -88,7 +88,9 @@ async def _web(opts: RunOptions, port: int, web_host: str | None) -> None:
             try:
                 click.echo(f"open {url}", color=False)
                 if opts.invites:
-                    await _find(run.presence, [s for s in opts.invites if s.address is None])
+                    await find_invitees(
+                        run.presence, [s for s in opts.invites if s.address is None]
+                    )
                 await _wait_for_stop(node.wait_fatal())
             finally:
                 await ui.stop()

@@ -144,6 +144,11 @@ CASES: list[tuple[str, str, str | None, int, str]] = [
     ("run-dht-port-busy", "node run --name n --data-dir {tmp}/new --no-mdns --dht-port {busy}",
      None, 1, "--dht-port 127.0.0.1:{busy}: that port is in use"),
     ("run-dht-port-range", RUN + " --dht-port 70000", None, 2, "'--dht-port'"),
+    # chat and web run their node the same way, with the same errors
+    ("chat-listen-busy", "chat --name n --data-dir {tmp}/new --no-mdns --no-dht"
+     " --listen 127.0.0.1:{busy}", None, 1, "--listen 127.0.0.1:{busy}: that port is in use"),
+    ("chat-dht-port-busy", "chat --name n --data-dir {tmp}/new --no-mdns --dht-port {busy}",
+     None, 1, "--dht-port 127.0.0.1:{busy}: that port is in use"),
     ("run-limits-unknown", RUN + " --limits {tmp}/limits-unknown.toml", None, 1,
      "unknown limit 'max_seens' (did you mean 'max_seen'?)"),
     ("run-limits-type", RUN + " --limits {tmp}/limits-type.toml", None, 1,

@@ -154,3 +154,34 @@ async def test_two_nodes_find_each_other_through_the_dht_alone(tmp_path: Path) -
             rows = await peers_listing(tmp_path, "bob", "alice")
             assert " dht " in rows[0]
             assert "confirmed" in rows[0]
+
+
+async def test_scripts_reach_a_running_node_through_its_control_socket(tmp_path: Path) -> None:
+    from tests.e2e.test_oneshot import as_json
+
+    async with node_process(tmp_path, "alice", "--no-mdns", "--no-dht") as alice:
+        key = (await alice.expect(r"identity: ([0-9a-f]{64})")).group(1)
+        address = (await alice.expect(r"listening on (\S+)")).group(1)
+        invite = f"alice={key}@{address}"
+        async with node_process(
+            tmp_path, "bob", "--no-mdns", "--no-dht", "--invite", invite
+        ) as bob:
+            await bob.expect(r"group created with alice")
+            invitation = (await alice.expect(r"^invitation (\d+) from ")).group(1)
+            await alice.type_line(f"/accept {invitation}")
+            await alice.expect(r"^joined the group of invitation")
+            await alice.type_line("typed at alice")
+            await bob.expect(r"^\[alice\] typed at alice$")
+
+            # No passphrase: the running node answers through its control socket.
+            [dm] = [
+                c
+                for c in (await as_json(tmp_path, "alice", "conversations"))["conversations"]
+                if c["kind"] != "notepad"
+            ]
+            sent = await as_json(tmp_path, "alice", "send", dm["id"], "from a script")
+            assert [d["state"] for d in sent["message"]["deliveries"]] == ["direct"]
+            await bob.expect(r"^\[alice\] from a script$")
+            history = await as_json(tmp_path, "alice", "history", dm["id"])
+            # What alice typed is kept too, in order.
+            assert [m["text"] for m in history["messages"]] == ["typed at alice", "from a script"]

@@ -20,12 +20,12 @@ from node.app import chat_cli, node_cli
 from node.app.cli import main
 from node.app.messenger import Messenger
 from node.app.node import Node
-from node.app.node_cli import RunOptions
 from node.app.presence import PresenceConfig
 from node.app.profile import open_node
 from node.app.qr import qr_text
 from node.app.router import Path as RoutePath
 from node.app.router import RelayInfo
+from node.app.running import RunOptions, running
 from node.core import sealed, wire
 from node.core.addresses import Address, format_address
 from node.core.errors import ErrorCode
@@ -402,7 +402,7 @@ async def test_chat_learns_the_key_of_a_peer_given_by_link_and_its_whoami_link_c
     )
     runtime = RealRuntime("qpc-alice")
     try:
-        async with chat_cli.running(opts, runtime) as run:
+        async with running(opts, runtime) as run:
             assert run.node.router.envelope_keys[bob.public_key] == bob_key
             monkeypatch.setenv("COLUMNS", "400")
             wide = chat_cli._whoami(run, opts)
