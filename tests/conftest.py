@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -8,8 +9,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from tests.pg_support import APT_HINT, PostgresServer, PostgresUnavailable, star
 from tests.runtime_support import Runtimes
 
 LOOPBACK = "127.0.0.1"
+OUTPUT_LINES_KEPT = 1000  # of a relay process's stdout and stderr, for a failing test to show
 
 
 @contextlib.asynccontextmanager
@@ -62,6 +65,8 @@ class RelayProcess:
     address: Address | None = None
     identity: bytes | None = None
     extra_args: tuple[str, ...] = ()
+    output: collections.deque[str] = field(default_factory=collections.deque)  # its last lines
+    _drains: list[threading.Thread] = field(default_factory=list)
 
     def start(self, port: int = 0) -> None:
         env = dict(os.environ, QUICNPROTOCHAT_RELAY_PASSPHRASE=self.passphrase)
@@ -92,6 +97,15 @@ class RelayProcess:
         host, _, port_text = ready["address"].rpartition(":")
         self.address = (host, int(port_text))
         self.identity = bytes.fromhex(ready["identity"])
+        # Read on: a relay that logs more than a pipe holds (64 KiB) would block on its next
+        # line, in the middle of whatever the test waits for.
+        self.output = collections.deque(maxlen=OUTPUT_LINES_KEPT)
+        self._drains = [
+            threading.Thread(target=self.output.extend, args=(stream,), daemon=True)
+            for stream in (self.proc.stdout, self.proc.stderr)
+        ]
+        for drain in self._drains:
+            drain.start()
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush or close anything."""
@@ -108,6 +122,8 @@ class RelayProcess:
                 self.proc.kill()
                 self.proc.wait()
         if self.proc is not None:
+            for drain in self._drains:
+                drain.join(timeout=10)  # the pipes end with the process
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
