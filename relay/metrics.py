@@ -48,6 +48,7 @@ _NOT_EVENTS = {"envelopes_in", "envelopes_expired"}
 _TRANSPORT_REFUSALS = {
     "frame_too_large": "frameTooLarge",
     "malformed_request": "malformedRequest",
+    "unknown_method": "unknownMethod",
     "stream_refused_connection_calls": "busy",
     "stream_refused_total_calls": "busy",
     "stream_refused_connection_bytes": "busy",

@@ -467,8 +467,10 @@ class PeerConnection(QuicConnectionProtocol):
         try:
             request = wire.decode_request(body)
         except wire.UnknownMethodError as exc:
+            self._counters["unknown_method"] += 1
             response = wire.ErrorResult(ErrorCode.UNKNOWN_METHOD, str(exc))
         except RemoteProtocolError as exc:
+            self._counters["malformed_request"] += 1
             response = wire.ErrorResult(ErrorCode.MALFORMED_REQUEST, str(exc))
         else:
             try:

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.core import wire
 from node.core.errors import ErrorCode, PeerUnreachableError
+from node.core.framing import encode_frame
 from node.core.identity import Identity
 from node.transport.connection import PeerConnection
 from tests.conftest import LOOPBACK, running_endpoint
@@ -175,6 +176,10 @@ async def test_metrics_count_envelopes_refusals_and_latency_and_healthz_answers(
             refused = await alice.call(wire.Fetch(bob.mailbox, 0, 10))
             assert isinstance(refused, wire.ErrorResult)
             assert refused.code == ErrorCode.UNAUTHORIZED
+            # A whole frame that is no request: answered, and counted below the service.
+            garbage = wire.decode_response(await alice._exchange(encode_frame(b"\x07" * 24)))
+            assert isinstance(garbage, wire.ErrorResult)
+            assert garbage.code == ErrorCode.MALFORMED_REQUEST
         before = await scrape(relay)
         assert before[("qpc_relay_mailbox_depth_envelopes", (("of", "total"),))] == 3
         assert before[("qpc_relay_mailboxes", ())] == 1
@@ -191,6 +196,8 @@ async def test_metrics_count_envelopes_refusals_and_latency_and_healthz_answers(
         unauthorized = (("method", "fetch"), ("result", "unauthorized"))
         assert after[("qpc_relay_calls_total", unauthorized)] == 1
         assert after[("qpc_relay_refusals_total", (("code", "unauthorized"),))] == 1
+        malformed = (("code", "malformedRequest"), ("trigger", "malformed_request"))
+        assert after[("qpc_relay_transport_refusals_total", malformed)] == 1
         assert after[("qpc_relay_call_duration_seconds_count", (("method", "fetch"),))] == 2
         slowest = ("qpc_relay_call_duration_seconds_bucket", (("le", "+Inf"), ("method", "ack")))
         assert after[slowest] == 1
