@@ -48,6 +48,9 @@ def open_sqlite(path: Path, key: bytes | None, part: SqlitePart) -> Any:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     elif key is not None and _is_plain(path):
         _encrypt_plain(path, key)
+    elif key is None and path.stat().st_size > 0 and not _is_plain(path):
+        # sqlite3 would only say "file is not a database".
+        raise WrongDbKeyError(f"{path} is encrypted (SQLCipher), and no db_key is configured")
     try:
         if key is None:
             db: Any = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from node.core import wire
-from node.core.errors import StorageError
 from node.core.runtime import Runtime
 from relay.directory_pg import PgDirectory
 from relay.directory_store import DirectoryStore, SuiteCount
@@ -275,8 +274,8 @@ def test_db_key_encrypts_todays_plain_file_and_a_wrong_key_is_refused(tmp_path: 
     assert kept.payload not in path.read_bytes()
     with pytest.raises(WrongDbKeyError, match="db_key"):
         MailboxStore(path, key=os.urandom(32))
-    with pytest.raises(StorageError):
-        MailboxStore(path)  # no key: it is not a plain file any more
+    with pytest.raises(WrongDbKeyError, match=r"encrypted .*no db_key is configured"):
+        MailboxStore(path)  # no key: it is not a plain file any more, and says so
     again = MailboxStore(path, key=key)
     assert [e.id for e in again.fetch(MAILBOX, 0, 10, 1 << 20).envelopes] == [kept.id]
     again.close()
