@@ -7,11 +7,16 @@ one process's memory:
   call in sorted order, so two writers never deadlock). The per-mailbox quotas are therefore
   exact across processes, and the ``seq`` numbers of one mailbox are handed out in commit
   order: a fetch cursor never steps over an envelope that commits later.
-- Lock order everywhere: mailbox rows (sorted), then envelopes, then ``store_usage`` shards
-  (sorted). The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
+- Lock order everywhere: mailbox rows (sorted), then envelopes, then one ``store_usage``
+  shard. The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
   other processes can overshoot them by at most what those calls carry (docs/operations.md).
-- A stored envelope is announced with ``NOTIFY qpc_mail`` (sent at commit), which wakes long
-  polls in every process. Sessions are read from the database on every check, never cached.
+- Deliveries (and acks) that arrive while one is being written go together in the next
+  transaction (group commit, ``relay/pg_batches.py``): set-based statements for all of them,
+  each call still judged alone, in the order they came, against the quotas as the calls before
+  it left them.
+- Stored envelopes are announced with one ``NOTIFY qpc_mail`` a transaction (sent at commit),
+  naming its mailboxes, which wakes long polls in every other process (a process wakes its own
+  itself). Sessions are read from the database on every check, never cached.
 
 A call made while the database is unreachable raises :class:`StoreUnavailableError`; its
 transaction is rolled back by the server, so nothing is half-stored. The pool reconnects by
@@ -93,6 +98,21 @@ _NOTIFY_MAILBOXES = 100
 MAX_PUT_BATCH_CALLS = 128
 MAX_PUT_BATCH_BYTES = 8 << 20
 MAX_ACK_BATCH_CALLS = 128
+# Rows one fetch query may return: no more than the pool's connections could hold at once
+# without batching (8 fetches of 256).
+MAX_FETCH_BATCH_CALLS = 128
+MAX_FETCH_BATCH_ROWS = 2048
+_FETCH_MANY = """
+SELECT k.i, e.seq, e.body
+FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::int[])
+    WITH ORDINALITY AS k(mailbox, cursor, not_before, lim, i)
+CROSS JOIN LATERAL (
+    SELECT seq, body FROM envelopes
+    WHERE mailbox = k.mailbox AND seq > k.cursor AND stored_at_ms >= k.not_before
+    ORDER BY seq LIMIT k.lim
+) AS e
+ORDER BY k.i, e.seq
+"""
 MAX_ACK_BATCH_IDS = 16_384
 
 
@@ -289,6 +309,13 @@ class PgMailboxes:
             max_weight=MAX_PUT_BATCH_BYTES,
             weigh=lambda call: sum(len(env.payload) for env in call.envelopes),
         )
+        self._fetches: Batches[tuple[bytes, int, int, int], list[tuple[int, bytes]]] = Batches(
+            store.spawn,
+            self._fetch_batch,
+            max_calls=MAX_FETCH_BATCH_CALLS,
+            max_weight=MAX_FETCH_BATCH_ROWS,
+            weigh=lambda call: call[3],
+        )
         self._acks: Batches[tuple[bytes, tuple[bytes, ...]], int] = Batches(
             store.spawn,
             self._ack_batch,
@@ -315,6 +342,7 @@ class PgMailboxes:
         does under the load at hand."""
         return {
             "put": (self._puts.calls, self._puts.batches),
+            "fetch": (self._fetches.calls, self._fetches.batches),
             "ack": (self._acks.calls, self._acks.batches),
         }
 
@@ -366,16 +394,21 @@ class PgMailboxes:
         not_before_ms: int | None = None,
         skip_over: int | None = None,
     ) -> StoredBatch:
+        not_before = -(1 << 62) if not_before_ms is None else not_before_ms
+        rows = await self._fetches.call((mailbox, cursor, not_before, limit))
+        return batch_of(rows, cursor, max_bytes, skip_over)
+
+    async def _fetch_batch(
+        self, calls: list[tuple[bytes, int, int, int]]
+    ) -> list[list[tuple[int, bytes]] | StorageError]:
+        """Several fetches in one query: each call's rows, oldest first, as it alone would
+        have read them."""
         async with self._store.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT seq, body FROM envelopes WHERE mailbox = $1 AND seq > $2"
-                " AND stored_at_ms >= $3 ORDER BY seq LIMIT $4",
-                mailbox,
-                cursor,
-                -(1 << 62) if not_before_ms is None else not_before_ms,
-                limit,
-            )
-        return batch_of(((int(r[0]), bytes(r[1])) for r in rows), cursor, max_bytes, skip_over)
+            rows = await conn.fetch(_FETCH_MANY, *map(list, zip(*calls, strict=True)))
+        found: list[list[tuple[int, bytes]]] = [[] for _ in calls]
+        for r in rows:
+            found[int(r[0]) - 1].append((int(r[1]), bytes(r[2])))
+        return [*found]
 
     async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int:
         return await self._acks.call((mailbox, tuple(ids)))
@@ -455,6 +488,7 @@ class PgMailboxes:
 
     async def close(self) -> None:
         await self._puts.wait_idle()
+        await self._fetches.wait_idle()
         await self._acks.wait_idle()
         await self._store.close()
 

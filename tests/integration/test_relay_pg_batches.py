@@ -271,3 +271,27 @@ async def test_a_batch_wakes_the_other_process_for_every_mailbox_and_not_itself(
     finally:
         await one.close()
         await two.close()
+
+
+async def test_concurrent_fetches_each_read_their_own_mailbox_from_their_cursor(
+    store: PgStore,
+) -> None:
+    boxes = [mailbox(n) for n in range(5)]
+    held = {m: [envelope(n, m) for n in range(6)] for m in boxes}
+    for envs in held.values():
+        await store.mailboxes.put(envs, now_ms=10)
+    old = mailbox(9)
+    await store.mailboxes.put([envelope(0, old)], now_ms=0)
+    cursors = {m: (await store.mailboxes.fetch(m, 0, 2, 1 << 20)).cursor for m in boxes}
+    before = store.mailboxes.batches["fetch"]
+    got = await asyncio.gather(
+        *(store.mailboxes.fetch(m, cursors[m], 3, 1 << 20, not_before_ms=5) for m in boxes),
+        store.mailboxes.fetch(old, 0, 10, 1 << 20, not_before_ms=5),  # expired: never out
+        store.mailboxes.fetch(boxes[0], 0, 10, 1 << 20),
+    )
+    calls, transactions = store.mailboxes.batches["fetch"]
+    assert calls - before[0] == 7 and transactions - before[1] < 7
+    for m, answer in zip(boxes, got, strict=False):
+        assert [e.id for e in answer.envelopes] == [e.id for e in held[m][2:5]]
+    assert got[5].envelopes == ()
+    assert [e.id for e in got[6].envelopes] == [e.id for e in held[boxes[0]]]
