@@ -98,6 +98,7 @@ _NOTIFY_MAILBOXES = 100
 MAX_PUT_BATCH_CALLS = 128
 MAX_PUT_BATCH_BYTES = 8 << 20
 MAX_ACK_BATCH_CALLS = 128
+MAX_ACK_BATCH_IDS = 16_384
 # Rows one fetch query may return: no more than the pool's connections could hold at once
 # without batching (8 fetches of 256).
 MAX_FETCH_BATCH_CALLS = 128
@@ -113,7 +114,6 @@ CROSS JOIN LATERAL (
 ) AS e
 ORDER BY k.i, e.seq
 """
-MAX_ACK_BATCH_IDS = 16_384
 
 
 def _shard(mailbox: bytes) -> int:
@@ -282,6 +282,7 @@ class PgStore:
                 self.mailboxes.notify(mailbox)
 
     async def close(self) -> None:
+        await self.mailboxes.settle()
         self._closing = True
         if self._listen_task is not None:
             self._listen_task.cancel()
@@ -486,10 +487,12 @@ class PgMailboxes:
             n = await conn.fetchval("SELECT COUNT(*) FROM envelopes WHERE mailbox = $1", mailbox)
         return int(n)
 
+    async def settle(self) -> None:
+        """Return once every call already queued has been answered."""
+        for batches in (self._puts, self._fetches, self._acks):
+            await batches.wait_idle()
+
     async def close(self) -> None:
-        await self._puts.wait_idle()
-        await self._fetches.wait_idle()
-        await self._acks.wait_idle()
         await self._store.close()
 
 
