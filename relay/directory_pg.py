@@ -22,12 +22,14 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+from node.core.errors import StorageError
 from relay.directory_store import (
     DirectoryFullError,
     DirectoryQuotas,
     KeyPackagePoolFullError,
     SuiteCount,
 )
+from relay.pg_batches import Batches
 from relay.store_pg import PgStore
 
 __all__ = ["PgDirectory"]
@@ -47,6 +49,18 @@ SELECT suite, SUM(n)::bigint, bool_or(last) FROM (
 """
 
 
+# The same for several identities at once (the pool-runs-low check of concurrent fetches).
+_COUNTS_MANY = """
+SELECT identity, SUM(n)::bigint FROM (
+    SELECT identity, suite, COUNT(*) AS n FROM key_packages WHERE identity = ANY($1::bytea[])
+    GROUP BY identity, suite
+    UNION ALL
+    SELECT identity, suite, 0 FROM last_resort WHERE identity = ANY($1::bytea[])
+) AS held GROUP BY identity, suite
+"""
+MAX_LOW_BATCH_CALLS = 128
+
+
 def _identity_key(identity: bytes) -> int:
     return int.from_bytes(hashlib.sha256(identity).digest()[:4], "big", signed=True)
 
@@ -59,6 +73,14 @@ class PgDirectory:
         self._store = store
         self.quotas = quotas or DirectoryQuotas()
         self.gauges = (0, 0)  # identities, bytes: as of the last refresh
+        # Asked at every fetch of a mailbox: concurrent ones go in one query.
+        self._lows: Batches[tuple[bytes, int], bool] = Batches(
+            store.spawn,
+            self._runs_low_batch,
+            max_calls=MAX_LOW_BATCH_CALLS,
+            max_weight=MAX_LOW_BATCH_CALLS,
+            weigh=lambda _call: 1,
+        )
 
     @property
     def identities(self) -> int:
@@ -98,9 +120,18 @@ class PgDirectory:
     # --- KeyPackages ---------------------------------------------------------------------------
 
     async def runs_low(self, identity: bytes, low_water: int) -> bool:
+        return await self._lows.call((identity, low_water))
+
+    async def _runs_low_batch(self, calls: list[tuple[bytes, int]]) -> list[bool | StorageError]:
+        """Whether each identity holds fewer than its ``low_water`` single-use KeyPackages of
+        some suite it has published (a suite with only a last-resort one counts as none)."""
         async with self._store.connection() as conn:
-            counts = await self._counts(conn, identity)
-        return any(c.single_use < low_water for c in counts)
+            rows = await conn.fetch(_COUNTS_MANY, list({identity for identity, _ in calls}))
+        fewest: dict[bytes, int] = {}
+        for identity, n in rows:
+            key = bytes(identity)
+            fewest[key] = min(int(n), fewest.get(key, int(n)))
+        return [identity in fewest and fewest[identity] < low for identity, low in calls]
 
     async def publish(
         self,
@@ -262,3 +293,4 @@ class PgDirectory:
 
     async def close(self) -> None:
         """The pool is the :class:`PgStore`'s: it closes it."""
+        await self._lows.wait_idle()

@@ -7,11 +7,16 @@ one process's memory:
   call in sorted order, so two writers never deadlock). The per-mailbox quotas are therefore
   exact across processes, and the ``seq`` numbers of one mailbox are handed out in commit
   order: a fetch cursor never steps over an envelope that commits later.
-- Lock order everywhere: mailbox rows (sorted), then envelopes, then ``store_usage`` shards
-  (sorted). The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
+- Lock order everywhere: mailbox rows (sorted), then envelopes, then one ``store_usage``
+  shard. The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
   other processes can overshoot them by at most what those calls carry (docs/operations.md).
-- A stored envelope is announced with ``NOTIFY qpc_mail`` (sent at commit), which wakes long
-  polls in every process. Sessions are read from the database on every check, never cached.
+- Deliveries (and acks) that arrive while one is being written go together in the next
+  transaction (group commit, ``relay/pg_batches.py``): set-based statements for all of them,
+  each call still judged alone, in the order they came, against the quotas as the calls before
+  it left them.
+- Stored envelopes are announced with one ``NOTIFY qpc_mail`` a transaction (sent at commit),
+  naming its mailboxes, which wakes long polls in every other process (a process wakes its own
+  itself). Sessions are read from the database on every check, never cached.
 
 A call made while the database is unreachable raises :class:`StoreUnavailableError`; its
 transaction is rolled back by the server, so nothing is half-stored. The pool reconnects by
@@ -32,11 +37,14 @@ from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
 from relay.migrations import check_pg
+from relay.pg_batches import Batches
 from relay.store import (
     MailboxBytesError,
     MailboxFullError,
     NewMailboxLimitError,
+    PutCall,
     PutResult,
+    QuotaError,
     StoredBatch,
     StoreFullError,
     StoreQuotas,
@@ -74,10 +82,49 @@ INSERT INTO mailbox_usage (mailbox, envelopes, bytes) VALUES ($1, 0, 0)
 ON CONFLICT (mailbox) DO UPDATE SET envelopes = mailbox_usage.envelopes
 RETURNING envelopes, bytes
 """
+# The same for several mailboxes, locked in sorted order (rows are inserted, and their
+# conflicts locked, in the order the SELECT gives them); "inserted" tells a row made now.
+_LOCK_MAILBOXES = """
+INSERT INTO mailbox_usage (mailbox, envelopes, bytes)
+SELECT m, 0, 0 FROM unnest($1::bytea[]) AS m ORDER BY m
+ON CONFLICT (mailbox) DO UPDATE SET envelopes = mailbox_usage.envelopes
+RETURNING mailbox, envelopes, bytes, xmax = 0 AS inserted
+"""
+_TOTALS = "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(mailboxes), 0) FROM store_usage"
+_NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+# Mailboxes named by one NOTIFY payload (64 hex digits and a comma each, under 8,000 bytes).
+_NOTIFY_MAILBOXES = 100
+# What one put transaction carries at most: calls, and bytes of envelopes past its first call.
+MAX_PUT_BATCH_CALLS = 128
+MAX_PUT_BATCH_BYTES = 8 << 20
+MAX_ACK_BATCH_CALLS = 128
+MAX_ACK_BATCH_IDS = 16_384
+# Rows one fetch query may return: no more than the pool's connections could hold at once
+# without batching (8 fetches of 256).
+MAX_FETCH_BATCH_CALLS = 128
+MAX_FETCH_BATCH_ROWS = 2048
+_FETCH_MANY = """
+SELECT k.i, e.seq, e.body
+FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::int[])
+    WITH ORDINALITY AS k(mailbox, cursor, not_before, lim, i)
+CROSS JOIN LATERAL (
+    SELECT seq, body FROM envelopes
+    WHERE mailbox = k.mailbox AND seq > k.cursor AND stored_at_ms >= k.not_before
+    ORDER BY seq LIMIT k.lim
+) AS e
+ORDER BY k.i, e.seq
+"""
 
 
 def _shard(mailbox: bytes) -> int:
     return mailbox[0] % _SHARDS if mailbox else 0
+
+
+async def _keep_session(_conn: Any) -> None:
+    """A pooled connection is handed back as it is: no call leaves session state on it
+    (settings are ``SET LOCAL``, advisory locks transaction-scoped, LISTEN has its own
+    connection), so the default reset query (``RESET ALL``, ``UNLISTEN *``…), one more round
+    trip on every release, is not sent. asyncpg still rolls back a transaction left open."""
 
 
 async def connect_pg(dsn: str, connect_timeout: float = 5.0) -> Any:
@@ -96,10 +143,14 @@ class PgStore:
     """A pool for calls and one connection that LISTENs; :attr:`mailboxes` and
     :attr:`accounts` are the two halves of the store interface."""
 
-    def __init__(self, dsn: str, pool: Any, timeout: float) -> None:
+    def __init__(self, dsn: str, pool: Any, timeout: float, runtime: Runtime) -> None:
         self._dsn = dsn
         self._pool = pool
         self._timeout = timeout
+        self.spawn = runtime.spawn
+        # Names this process in its NOTIFY payloads, so that it skips its own: the service
+        # wakes its long polls itself when a delivery through it is stored.
+        self.tag = runtime.random_bytes(8).hex()
         self.mailboxes = PgMailboxes(self)
         self.accounts = PgAccounts(self)
         self._listener: Any = None
@@ -125,6 +176,7 @@ class PgStore:
                 max_size=pool_size,
                 timeout=call_timeout,
                 command_timeout=call_timeout * 2,
+                reset=_keep_session,
             )
         except asyncpg.ClientConfigurationError as exc:
             # Before UNAVAILABLE (it is an InterfaceError too): a typo is not an outage.
@@ -133,7 +185,7 @@ class PgStore:
             raise StoreUnavailableError(f"cannot reach the PostgreSQL store: {exc}") from None
         except asyncpg.PostgresError as exc:
             raise StorageError(f"the PostgreSQL store refused the connection: {exc}") from None
-        store = cls(dsn, pool, call_timeout)
+        store = cls(dsn, pool, call_timeout, runtime)
         store.mailboxes.quotas = quotas
         store.accounts.max_accounts = max_accounts
         try:
@@ -217,14 +269,20 @@ class PgStore:
             listener.terminate()
 
     def _on_mail(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        try:
-            mailbox = bytes.fromhex(payload)
-        except ValueError:
+        # "TAG:HEX,HEX,…" (one transaction's mailboxes); a bare HEX from an older relay.
+        tag, _, names = payload.rpartition(":")
+        if tag == self.tag:
             return
-        if len(mailbox) == 32:
-            self.mailboxes.notify(mailbox)
+        for name in names.split(","):
+            try:
+                mailbox = bytes.fromhex(name)
+            except ValueError:
+                continue
+            if len(mailbox) == 32:
+                self.mailboxes.notify(mailbox)
 
     async def close(self) -> None:
+        await self.mailboxes.settle()
         self._closing = True
         if self._listen_task is not None:
             self._listen_task.cancel()
@@ -245,6 +303,27 @@ class PgMailboxes:
         self.quotas = StoreQuotas()
         self.gauges = (0, 0, 0)  # mailboxes, bytes, expired: as of the last refresh
         self._callbacks: list[ArrivalCallback] = []
+        self._puts: Batches[PutCall, PutResult] = Batches(
+            store.spawn,
+            self._put_batch,
+            max_calls=MAX_PUT_BATCH_CALLS,
+            max_weight=MAX_PUT_BATCH_BYTES,
+            weigh=lambda call: sum(len(env.payload) for env in call.envelopes),
+        )
+        self._fetches: Batches[tuple[bytes, int, int, int], list[tuple[int, bytes]]] = Batches(
+            store.spawn,
+            self._fetch_batch,
+            max_calls=MAX_FETCH_BATCH_CALLS,
+            max_weight=MAX_FETCH_BATCH_ROWS,
+            weigh=lambda call: call[3],
+        )
+        self._acks: Batches[tuple[bytes, tuple[bytes, ...]], int] = Batches(
+            store.spawn,
+            self._ack_batch,
+            max_calls=MAX_ACK_BATCH_CALLS,
+            max_weight=MAX_ACK_BATCH_IDS,
+            weigh=lambda call: len(call[1]),
+        )
 
     @property
     def mailboxes(self) -> int:
@@ -257,6 +336,16 @@ class PgMailboxes:
     @property
     def expired_purged(self) -> int:
         return self.gauges[2]
+
+    @property
+    def batches(self) -> dict[str, tuple[int, int]]:
+        """Calls and the transactions that carried them, by kind: how well group commit
+        does under the load at hand."""
+        return {
+            "put": (self._puts.calls, self._puts.batches),
+            "fetch": (self._fetches.calls, self._fetches.batches),
+            "ack": (self._acks.calls, self._acks.batches),
+        }
 
     def on_arrival(self, callback: ArrivalCallback) -> None:
         self._callbacks.append(callback)
@@ -278,104 +367,23 @@ class PgMailboxes:
         not_before_ms: int | None = None,
         in_use: Container[bytes] = frozenset(),
     ) -> PutResult:
-        quotas = self.quotas
-        recipients = sorted({env.recipient for env in envelopes})
-        async with self._store.connection() as conn, conn.transaction():
-            usage: dict[bytes, list[int]] = {}
-            for mailbox in recipients:
-                row = await conn.fetchrow(_LOCK_MAILBOX, mailbox)
-                usage[mailbox] = [int(row[0]), int(row[1])]
-            before = {m: (u[0], u[1]) for m, u in usage.items()}
-            totals = await conn.fetchrow(
-                "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(mailboxes), 0) FROM store_usage"
-            )
-            total, held = int(totals[0]), int(totals[1])
-            purged = 0
-            stored: set[bytes] = set()
-            for env in envelopes:
-                mailbox = env.recipient
-                if await conn.fetchval(
-                    "SELECT 1 FROM envelopes WHERE mailbox = $1 AND id = $2", mailbox, env.id
-                ):
-                    continue  # a retry of something already held: accepted as it is
-                body = wire.encode_envelope(env)
-                mine = usage[mailbox]
-                full = mine[0] + 1 > quotas.max_per_mailbox
-                if (full or mine[1] + len(body) > quotas.max_mailbox_bytes) and (
-                    not_before_ms is not None
-                ):
-                    row = await conn.fetchrow(
-                        "WITH gone AS (DELETE FROM envelopes WHERE mailbox = $1"
-                        " AND stored_at_ms < $2 RETURNING length(body) AS size)"
-                        " SELECT COUNT(*), COALESCE(SUM(size), 0) FROM gone",
-                        mailbox,
-                        not_before_ms,
-                    )
-                    purged += int(row[0])
-                    mine[0] -= int(row[0])
-                    mine[1] -= int(row[1])
-                    total -= int(row[1])
-                if mine[0] + 1 > quotas.max_per_mailbox:
-                    raise MailboxFullError("the recipient's mailbox on this relay is full")
-                if mine[1] + len(body) > quotas.max_mailbox_bytes:
-                    raise MailboxBytesError("the recipient's mailbox on this relay is full")
-                if total + len(body) > quotas.max_store_bytes:
-                    raise StoreFullError("the relay's store is full")
-                mine[0] += 1
-                mine[1] += len(body)
-                total += len(body)
-                await conn.execute(
-                    "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
-                    " VALUES ($1, $2, $3, $4)",
-                    mailbox,
-                    env.id,
-                    body,
-                    now_ms,
-                )
-                stored.add(mailbox)
-            opened_now = [m for m in recipients if before[m][0] == 0 and usage[m][0] > 0]
-            opened = len(opened_now)
-            if opened and held + opened > quotas.max_mailboxes:
-                raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
-            # A mailbox its owner reads (``in_use``) is not new, even when emptied by acks.
-            new = sum(1 for m in opened_now if m not in in_use)
-            if new_mailbox_allowance is not None and new > new_mailbox_allowance:
-                raise NewMailboxLimitError("too many new mailboxes from this caller")
-            await self._write_usage(conn, usage, before)
-            if purged:
-                await _add_counter(conn, "envelopes_expired", purged)
-            for mailbox in sorted(stored):
-                await conn.execute("SELECT pg_notify($1, $2)", MAIL_CHANNEL, mailbox.hex())
-        return PutResult([env.id for env in envelopes], new)
+        call = PutCall(tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use)
+        return await self._puts.call(call)
 
-    async def _write_usage(
-        self, conn: Any, usage: dict[bytes, list[int]], before: dict[bytes, tuple[int, int]]
-    ) -> None:
-        """Store the (locked) mailboxes' new usage and add the change to the store's shards."""
-        shards: dict[int, list[int]] = {}
-        for mailbox, (count, size) in usage.items():
-            old_count, old_size = before[mailbox]
-            if (count, size) == (old_count, old_size):
-                continue
-            await conn.execute(
-                "UPDATE mailbox_usage SET envelopes = $2, bytes = $3 WHERE mailbox = $1",
-                mailbox,
-                count,
-                size,
-            )
-            delta = shards.setdefault(_shard(mailbox), [0, 0])
-            delta[0] += size - old_size
-            delta[1] += (count > 0) - (old_count > 0)
-        for shard in sorted(shards):
-            size_delta, mailbox_delta = shards[shard]
-            if size_delta or mailbox_delta:
-                await conn.execute(
-                    "UPDATE store_usage SET bytes = bytes + $2, mailboxes = mailboxes + $3"
-                    " WHERE shard = $1",
-                    shard,
-                    size_delta,
-                    mailbox_delta,
-                )
+    async def _put_batch(self, calls: list[PutCall]) -> list[PutResult | StorageError]:
+        """Several puts in one transaction, each judged in turn against the usage the ones
+        before it left: its result, or the quota error that refuses it alone (and stores
+        nothing of it). Any other failure fails the whole batch, and nothing of it is kept."""
+        async with self._store.connection() as conn, conn.transaction():
+            batch = await _PutBatch.begin(conn, calls, self.quotas)
+            outcomes: list[PutResult | StorageError] = []
+            for call in calls:
+                try:
+                    outcomes.append(await batch.stage(call))
+                except QuotaError as exc:
+                    outcomes.append(exc)
+            await batch.write(self._store.tag)
+        return outcomes
 
     async def fetch(
         self,
@@ -387,40 +395,65 @@ class PgMailboxes:
         not_before_ms: int | None = None,
         skip_over: int | None = None,
     ) -> StoredBatch:
+        not_before = -(1 << 62) if not_before_ms is None else not_before_ms
+        rows = await self._fetches.call((mailbox, cursor, not_before, limit))
+        return batch_of(rows, cursor, max_bytes, skip_over)
+
+    async def _fetch_batch(
+        self, calls: list[tuple[bytes, int, int, int]]
+    ) -> list[list[tuple[int, bytes]] | StorageError]:
+        """Several fetches in one query: each call's rows, oldest first, as it alone would
+        have read them."""
         async with self._store.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT seq, body FROM envelopes WHERE mailbox = $1 AND seq > $2"
-                " AND stored_at_ms >= $3 ORDER BY seq LIMIT $4",
-                mailbox,
-                cursor,
-                -(1 << 62) if not_before_ms is None else not_before_ms,
-                limit,
-            )
-        return batch_of(((int(r[0]), bytes(r[1])) for r in rows), cursor, max_bytes, skip_over)
+            rows = await conn.fetch(_FETCH_MANY, *map(list, zip(*calls, strict=True)))
+        found: list[list[tuple[int, bytes]]] = [[] for _ in calls]
+        for r in rows:
+            found[int(r[0]) - 1].append((int(r[1]), bytes(r[2])))
+        return [*found]
 
     async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int:
+        return await self._acks.call((mailbox, tuple(ids)))
+
+    async def _ack_batch(
+        self, calls: list[tuple[bytes, tuple[bytes, ...]]]
+    ) -> list[int | StorageError]:
+        """Several acks in one transaction: each envelope is removed once, and counted for
+        the first call of the batch that names it."""
+        mailboxes = sorted({mailbox for mailbox, _ in calls})
         async with self._store.connection() as conn, conn.transaction():
             # As the embedded store does (relay/store.py): an ack does not wait for the WAL to
             # reach the disk. A database crash can only bring back an envelope its owner
             # already holds and drops by id; the next synchronous commit flushes it anyway.
             await conn.execute("SET LOCAL synchronous_commit = off")
-            row = await conn.fetchrow(
-                "SELECT envelopes, bytes FROM mailbox_usage WHERE mailbox = $1 FOR UPDATE",
-                mailbox,
+            rows = await conn.fetch(
+                "SELECT mailbox, envelopes, bytes FROM mailbox_usage"
+                " WHERE mailbox = ANY($1::bytea[]) ORDER BY mailbox FOR UPDATE",
+                mailboxes,
             )
-            if row is None:
-                return 0
-            gone = await conn.fetch(
-                "DELETE FROM envelopes WHERE mailbox = $1 AND id = ANY($2::bytea[])"
-                " RETURNING length(body)",
-                mailbox,
-                list(ids),
-            )
+            before = {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
+            # A mailbox without a usage row holds nothing to remove.
+            keys = {(m, i) for m, ids in calls if m in before for i in ids}
+            gone: dict[tuple[bytes, bytes], int] = {}
+            if keys:
+                deleted = await conn.fetch(
+                    "DELETE FROM envelopes e USING unnest($1::bytea[], $2::bytea[])"
+                    " AS k(mailbox, id) WHERE e.mailbox = k.mailbox AND e.id = k.id"
+                    " RETURNING e.mailbox, e.id, length(e.body)",
+                    [m for m, _ in keys],
+                    [i for _, i in keys],
+                )
+                gone = {(bytes(r[0]), bytes(r[1])): int(r[2]) for r in deleted}
             if gone:
-                freed = sum(int(g[0]) for g in gone)
-                usage = {mailbox: [int(row[0]) - len(gone), int(row[1]) - freed]}
-                await self._write_usage(conn, usage, {mailbox: (int(row[0]), int(row[1]))})
-        return len(gone)
+                usage = {m: list(u) for m, u in before.items()}
+                for (mailbox, _), size in gone.items():
+                    usage[mailbox][0] -= 1
+                    usage[mailbox][1] -= size
+                await _write_usage(conn, usage, before, calls[0][0])
+        removed: list[int | StorageError] = []
+        for mailbox, ids in calls:
+            mine = {(mailbox, i) for i in ids}
+            removed.append(sum(1 for key in mine if gone.pop(key, None) is not None))
+        return removed
 
     async def purge_expired(self, not_before_ms: int) -> int:
         """Delete expired envelopes, one mailbox per transaction (mailbox lock first, as every
@@ -442,7 +475,7 @@ class PgMailboxes:
                     )
                     if gone[0]:
                         usage = {mailbox: [int(row[0]) - int(gone[0]), int(row[1]) - int(gone[1])]}
-                        await self._write_usage(conn, usage, {mailbox: (int(row[0]), int(row[1]))})
+                        await _write_usage(conn, usage, {mailbox: (int(row[0]), int(row[1]))})
                         await _add_counter(conn, "envelopes_expired", int(gone[0]))
                         removed += int(gone[0])
             await conn.execute("DELETE FROM mailbox_usage WHERE envelopes = 0")
@@ -453,6 +486,11 @@ class PgMailboxes:
         async with self._store.connection() as conn:
             n = await conn.fetchval("SELECT COUNT(*) FROM envelopes WHERE mailbox = $1", mailbox)
         return int(n)
+
+    async def settle(self) -> None:
+        """Return once every call already queued has been answered."""
+        for batches in (self._puts, self._fetches, self._acks):
+            await batches.wait_idle()
 
     async def close(self) -> None:
         await self._store.close()
@@ -565,3 +603,201 @@ async def _add_counter(conn: Any, name: str, n: int) -> None:
         name,
         n,
     )
+
+
+async def _write_usage(
+    conn: Any,
+    usage: dict[bytes, list[int]],
+    before: dict[bytes, tuple[int, int]],
+    shard_of: bytes | None = None,
+) -> None:
+    """Store the (locked) mailboxes' new usage and add the change to one ``store_usage`` shard.
+
+    A shard is one of 16 counters whose sums are the store's totals; a transaction adds its
+    whole change to one of them (that of ``shard_of``, else of its first mailbox), the last
+    lock it takes: with one shard each, two writers never wait on each other's shards in
+    opposite orders, and writers in different processes seldom wait on one row at all.
+    """
+    changed = [(m, c, b) for m, (c, b) in usage.items() if (c, b) != before[m]]
+    if not changed:
+        return
+    if len(changed) == 1:
+        mailbox, count, size = changed[0]
+        await conn.execute(
+            "UPDATE mailbox_usage SET envelopes = $2, bytes = $3 WHERE mailbox = $1",
+            mailbox,
+            count,
+            size,
+        )
+    else:
+        await conn.execute(
+            "UPDATE mailbox_usage AS u SET envelopes = v.envelopes, bytes = v.bytes"
+            " FROM unnest($1::bytea[], $2::bigint[], $3::bigint[]) AS v(mailbox, envelopes, bytes)"
+            " WHERE u.mailbox = v.mailbox",
+            [m for m, _, _ in changed],
+            [c for _, c, _ in changed],
+            [b for _, _, b in changed],
+        )
+    size_delta = sum(b - before[m][1] for m, _, b in changed)
+    mailbox_delta = sum((c > 0) - (before[m][0] > 0) for m, c, _ in changed)
+    if size_delta or mailbox_delta:
+        await conn.execute(
+            "UPDATE store_usage SET bytes = bytes + $2, mailboxes = mailboxes + $3"
+            " WHERE shard = $1",
+            _shard(changed[0][0] if shard_of is None else shard_of),
+            size_delta,
+            mailbox_delta,
+        )
+
+
+def _payloads(tag: str, mailboxes: Sequence[bytes]) -> list[str]:
+    """NOTIFY payloads naming ``mailboxes``: ``TAG:HEX,HEX,…``, each under PostgreSQL's
+    8,000-byte limit; the tag lets the sending process skip its own."""
+    return [
+        f"{tag}:" + ",".join(m.hex() for m in mailboxes[i : i + _NOTIFY_MAILBOXES])
+        for i in range(0, len(mailboxes), _NOTIFY_MAILBOXES)
+    ]
+
+
+class _PutBatch:
+    """One put transaction: the locked mailboxes' usage as the calls staged so far leave it,
+    and the rows they add (written at the end, in one statement)."""
+
+    def __init__(
+        self,
+        conn: Any,
+        quotas: StoreQuotas,
+        locked: dict[bytes, tuple[int, int]],
+        created: list[bytes],
+        totals: tuple[int, int],
+        present: set[tuple[bytes, bytes]],
+    ) -> None:
+        self._conn = conn
+        self._quotas = quotas
+        self._locked = locked
+        self._created = created  # usage rows this transaction inserted
+        self.usage = {m: list(u) for m, u in locked.items()}
+        self.total, self.held = totals
+        self._present = present  # (mailbox, id) held, or staged by an earlier call
+        self._rows: tuple[list[bytes], list[bytes], list[bytes], list[int]] = ([], [], [], [])
+        self._stored: dict[bytes, None] = {}  # mailboxes that get envelopes, first call first
+        self._purged = 0
+
+    @classmethod
+    async def begin(cls, conn: Any, calls: Sequence[PutCall], quotas: StoreQuotas) -> _PutBatch:
+        """Lock every recipient's usage row (sorted, as every writer does), then read what the
+        quotas need. The duplicate check comes after the locks, so that it sees every envelope
+        committed by a writer that held one of them."""
+        recipients = sorted({env.recipient for call in calls for env in call.envelopes})
+        rows = await conn.fetch(_LOCK_MAILBOXES, recipients)
+        locked = {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        created = [bytes(r[0]) for r in rows if r[3]]
+        totals = await conn.fetchrow(_TOTALS)
+        keys = {(env.recipient, env.id) for call in calls for env in call.envelopes}
+        held = await conn.fetch(
+            "SELECT e.mailbox, e.id FROM unnest($1::bytea[], $2::bytea[]) AS k(mailbox, id)"
+            " JOIN envelopes e ON e.mailbox = k.mailbox AND e.id = k.id",
+            [m for m, _ in keys],
+            [i for _, i in keys],
+        )
+        present = {(bytes(r[0]), bytes(r[1])) for r in held}
+        return cls(conn, quotas, locked, created, (int(totals[0]), int(totals[1])), present)
+
+    async def stage(self, call: PutCall) -> PutResult:
+        """Judge one call against the usage so far and stage its rows. A :class:`QuotaError`
+        leaves the batch as it was, but for expired envelopes purged on the way (they were
+        due to go anyway, and are counted as expired)."""
+        quotas = self._quotas
+        changed: dict[bytes, list[int]] = {}
+        opened: list[bytes] = []
+        keys: set[tuple[bytes, bytes]] = set()
+        rows: list[tuple[bytes, bytes, bytes]] = []
+        total = self.total
+        for env in call.envelopes:
+            mailbox = env.recipient
+            key = (mailbox, env.id)
+            if key in self._present or key in keys:
+                continue  # a retry of something already held: accepted as it is
+            body = wire.encode_envelope(env)
+            mine = changed.get(mailbox)
+            if mine is None:
+                mine = changed[mailbox] = list(self.usage[mailbox])
+                if mine[0] == 0:
+                    opened.append(mailbox)
+            full = mine[0] + 1 > quotas.max_per_mailbox
+            if (full or mine[1] + len(body) > quotas.max_mailbox_bytes) and (
+                call.not_before_ms is not None
+            ):
+                count, size = await self._purge(mailbox, call.not_before_ms)
+                mine[0] -= count
+                mine[1] -= size
+                total -= size
+            if mine[0] + 1 > quotas.max_per_mailbox:
+                raise MailboxFullError("the recipient's mailbox on this relay is full")
+            if mine[1] + len(body) > quotas.max_mailbox_bytes:
+                raise MailboxBytesError("the recipient's mailbox on this relay is full")
+            if total + len(body) > quotas.max_store_bytes:
+                raise StoreFullError("the relay's store is full")
+            mine[0] += 1
+            mine[1] += len(body)
+            total += len(body)
+            keys.add(key)
+            rows.append((mailbox, env.id, body))
+        if opened and self.held + len(opened) > quotas.max_mailboxes:
+            raise TooManyMailboxesError("the relay holds as many mailboxes as it allows")
+        # A mailbox its owner reads (``in_use``) is not new, even when emptied by acks.
+        new = sum(1 for m in opened if m not in call.in_use)
+        if call.new_mailbox_allowance is not None and new > call.new_mailbox_allowance:
+            raise NewMailboxLimitError("too many new mailboxes from this caller")
+        self.usage.update(changed)
+        self.total = total
+        self.held += len(opened)
+        self._present |= keys
+        mailboxes, ids, bodies, stored_at = self._rows
+        for mailbox, envelope_id, body in rows:
+            mailboxes.append(mailbox)
+            ids.append(envelope_id)
+            bodies.append(body)
+            stored_at.append(call.now_ms)
+            self._stored[mailbox] = None
+        return PutResult([env.id for env in call.envelopes], new)
+
+    async def _purge(self, mailbox: bytes, not_before_ms: int) -> tuple[int, int]:
+        gone = await self._conn.fetch(
+            "DELETE FROM envelopes WHERE mailbox = $1 AND stored_at_ms < $2"
+            " RETURNING id, length(body)",
+            mailbox,
+            not_before_ms,
+        )
+        count, size = len(gone), sum(int(g[1]) for g in gone)
+        self._present -= {(mailbox, bytes(g[0])) for g in gone}
+        self.usage[mailbox][0] -= count
+        self.usage[mailbox][1] -= size
+        self.total -= size
+        self._purged += count
+        return count, size
+
+    async def write(self, tag: str) -> None:
+        """Write the staged rows and usage, and announce the mailboxes that got mail (NOTIFY
+        is sent at commit)."""
+        conn = self._conn
+        if self._rows[0]:
+            # seq is handed out in the order of the arrays: the calls' order, then each
+            # call's own.
+            await conn.execute(
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
+                " SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bigint[])",
+                *self._rows,
+            )
+        await _write_usage(conn, self.usage, self._locked, next(iter(self._stored), None))
+        unused = [m for m in self._created if self.usage[m] == [0, 0]]
+        if unused:
+            # Rows made only to lock mailboxes whose calls were all refused.
+            await conn.execute(
+                "DELETE FROM mailbox_usage WHERE mailbox = ANY($1::bytea[]) AND envelopes = 0",
+                unused,
+            )
+        if self._purged:
+            await _add_counter(conn, "envelopes_expired", self._purged)
+        if self._stored:
+            await conn.execute(_NOTIFY, MAIL_CHANNEL, _payloads(tag, list(self._stored)))

@@ -132,6 +132,28 @@ async def test_pool_quota_byte_cap_and_single_use_hold_across_processes(
         await two.close()
 
 
+async def test_concurrent_low_checks_each_answer_for_their_own_identity(
+    pg_dsn: str, runtimes: Runtimes
+) -> None:
+    one, a, two, _ = await open_two(pg_dsn, runtimes, DirectoryQuotas())
+    try:
+        many, few, last_only, none = (bytes([n]) * 32 for n in range(10, 14))
+        await a.publish(many, [(1, bytes([n]) * 100) for n in range(5)], [], now_ms=10)
+        await a.publish(few, [(1, b"f" * 100)], [(2, b"l" * 100)], now_ms=10)
+        await a.publish(last_only, [], [(1, b"k" * 100)], now_ms=10)
+        low = await asyncio.gather(
+            a.runs_low(many, 5),
+            a.runs_low(many, 6),
+            a.runs_low(few, 1),  # suite 2 has only its last-resort one: low
+            a.runs_low(last_only, 1),
+            a.runs_low(none, 5),  # nothing published here: nothing to replenish
+        )
+        assert low == [False, True, True, True, False]
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def backends(dsn: str) -> int:
     """Connections to the test's database, other than the one asking."""
     database = dsn.rsplit("/", 1)[1]
