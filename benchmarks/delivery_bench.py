@@ -28,6 +28,11 @@ path, not the allowance. (A default relay lets one caller put 5 envelopes/s into
 a burst of 100, and counts a mailbox that its owner's acks emptied as a new one, so a reader who
 keeps up costs the sender one "new mailbox" per message: 1/s after a burst of 60.)
 
+``--waiting N`` has a stranger park N envelopes of groups nobody joins in each receiver's inbox
+first (through the relay, which takes mail for anyone's mailbox; the receiver keeps at most
+``max_deferred_per_sender``, 200, of groups it does not know): what every later message pays
+for what waits there.
+
 ``--data-root DIR`` puts the data directories there (``/dev/shm`` shows what the code costs
 without the disk: every step of the path is a synchronous write, ``docs/architecture.md``).
 """
@@ -235,6 +240,45 @@ async def relay_pair(cast: Cast) -> Pair:
     return Pair(carol, dave, group_id, shown)
 
 
+async def park_strangers_envelopes(receiver: Node, relay: RelayInfo, count: int) -> None:
+    """A stranger leaves ``count`` envelopes of made-up groups in ``receiver``'s mailbox at the
+    relay, and they wait in its inbox."""
+    if count == 0:
+        return
+    stranger = Identity.generate()
+    runtime = RealRuntime("bench-stranger")
+    endpoint = Endpoint(stranger, None, runtime)
+    try:
+        await endpoint.start(LOOPBACK, 0)
+        conn = await endpoint.dial(relay.address, relay.identity)
+        now_ms = receiver.clock_ms()
+        for n in range(0, count, 50):
+            batch = tuple(
+                wire.Envelope(
+                    id=os.urandom(wire.ENVELOPE_ID_SIZE),
+                    recipient=receiver.identity.mailbox,
+                    kind=wire.EnvelopeKind.APPLICATION,
+                    payload=os.urandom(CHAT_PAYLOAD),
+                    group_id=os.urandom(16),
+                    created_at_ms=now_ms,
+                )
+                for _ in range(min(50, count - n))
+            )
+            answer = await conn.call(wire.Deliver(batch))
+            if not isinstance(answer, wire.DeliverResult):
+                raise BenchError(f"the relay refused the stranger's envelopes: {answer}")
+    finally:
+        await endpoint.close()
+        runtime.close()
+    store, kept = receiver.store, min(count, receiver.limits.max_deferred_per_sender)
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while len(await receiver.run(store.pending_incoming)) < kept:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # the node's long poll brings them, with no event
+    except TimeoutError:
+        raise BenchError("the stranger's envelopes did not reach the inbox") from None
+
+
 async def wait_joined(node: Node, group_id: bytes) -> None:
     # Joining happens inside the node's own tasks, with nothing to await from outside.
     try:
@@ -336,6 +380,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 pairs = {"direct": await direct_pair(cast), "relay": await relay_pair(cast)}
                 for label, pair in pairs.items():
+                    await park_strangers_envelopes(pair.receiver, relay, args.waiting)
                     profiling = profiler is not None and args.profile == label
                     if profiling:
                         assert profiler is not None
@@ -382,13 +427,16 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20, help="untimed messages first")
     parser.add_argument("--burst", type=int, default=300, help="messages for messages/s")
     parser.add_argument("--window", type=int, default=16, help="sends in flight in the burst")
+    parser.add_argument(
+        "--waiting", type=int, default=0, help="envelopes a stranger parks in each inbox first"
+    )
     parser.add_argument("--data-root", type=Path, help="where the data directories go [$TMPDIR]")
     parser.add_argument(
         "--profile", choices=("direct", "relay"), help="cProfile that path (to stderr)"
     )
     args = parser.parse_args()
-    if min(args.count, args.burst, args.window) < 1 or args.warmup < 0:
-        print("ERROR: --count, --burst and --window must be positive", file=sys.stderr)
+    if min(args.count, args.burst, args.window) < 1 or min(args.warmup, args.waiting) < 0:
+        print("ERROR: --count, --burst, --window must be positive", file=sys.stderr)
         return 2
     try:
         result = asyncio.run(run(args))

@@ -109,6 +109,11 @@ class Inbox:
         self._apply_now = apply_now
         self._lock = asyncio.Lock()
         self._stalled = asyncio.Event()
+        # The envelopes known to wait in the store (inbox seq -> group id), as the last apply
+        # left them; None when not known (at start, after a failure). With them known, a new
+        # envelope of another group need not read and retry them all (anyone can park up to
+        # max_deferred there, so every message would pay for them).
+        self._deferred: dict[int, bytes] | None = None
         # Why the inbox could not apply what it holds (None while all is well).
         self.failure: str | None = None
 
@@ -192,22 +197,26 @@ class Inbox:
         store = self._store
         after: Callable[[], None] | None = None
         shown: StoredMessage | None = None
+        known_after: dict[int, bytes] | None = None  # what waits, when taken the quick way
 
         def at_once() -> tuple[Stashed, list[Pending]]:
-            nonlocal after, shown
+            nonlocal after, shown, known_after
             # The MLS call below must not run while an earlier call's mark is unwritten.
             store.flush_mls_mark()
             with store.batch():
                 stashed = self._stash(envelopes, path, owners, now_ms)
-                pending = store.pending_incoming()
-                if not stashed.fresh or len(pending) != 1:
-                    return stashed, pending  # a duplicate, refused, or others wait before it
-                seq, env, _ = pending[0]
+                alone = self._alone(envelopes[0]) if stashed.fresh else None
+                if alone is None:
+                    # A duplicate, refused, or others wait that may have to go before it.
+                    return stashed, store.pending_incoming()
+                seq, env, _ = alone
                 done = apply_now(env, path, partial(store.complete_incoming, seq))
                 if done is None:
-                    return stashed, pending
+                    return stashed, store.pending_incoming()
                 outcome, after = done
+                known_after = dict(self._deferred or {})
                 if outcome == DEFERRED:
+                    known_after[seq] = env.group_id
                     return stashed, []
                 if isinstance(outcome, Completed) and outcome.row is not None:
                     shown = outcome.message
@@ -220,11 +229,27 @@ class Inbox:
         except StorageError:
             # Nothing of it was kept: the usual way stores it first, then says what failed.
             return None
+        if known_after is not None:
+            self._deferred = known_after
         if after is not None:
             after()
         if shown is not None:
             await self._delivered(shown)
         return result
+
+    def _alone(self, env: wire.Envelope) -> Pending | None:
+        """On the executor's thread, just after ``env`` was stashed: its inbox row, when nothing
+        else waits that might have to be applied before it (only envelopes of other groups,
+        known to wait); else None."""
+        store, known = self._store, self._deferred
+        if known is None:
+            pending = store.pending_incoming()
+            return pending[0] if len(pending) == 1 else None
+        if env.group_id in known.values():
+            return None  # an envelope of its group waits: order within a group counts
+        count, newer = store.incoming_after(max(known, default=0))
+        # Exactly the known ones and this one: nothing arrived or left unseen meanwhile.
+        return newer[0] if count == len(known) + 1 and len(newer) == 1 else None
 
     async def apply_pending(self) -> None:
         """Apply stored envelopes in arrival order; keep the ones whose group is not joined yet
@@ -234,6 +259,7 @@ class Inbox:
 
     async def _apply_locked(self, pending: list[Pending] | None) -> None:
         try:
+            self._deferred = None  # until this apply has said what still waits
             await self._apply_pending(pending)
         except StorageError as exc:
             # Nothing was judged: every envelope stays for the next attempt.
@@ -268,7 +294,8 @@ class Inbox:
                     await self._delivered(replace(message, row=row))
                 progress = True
             pending = waiting
-        await self._bound(pending)
+        dropped = await self._bound(pending)
+        self._deferred = {seq: env.group_id for seq, env, _ in pending if seq not in dropped}
 
     async def retry_when_stalled(self) -> None:
         """Run for as long as the node runs: after a failed write, apply again with backoff
@@ -281,17 +308,19 @@ class Inbox:
             await self.apply_pending()
             delay = min(delay * 2, RETRY_MAX) if self.failure is not None else RETRY_MIN
 
-    async def _bound(self, deferred: list[Pending]) -> None:
-        # Anyone may send envelopes naming made-up groups or epochs: past the total, the
-        # largest share gives up its oldest, so a flood pushes out only its own.
+    async def _bound(self, deferred: list[Pending]) -> set[int]:
+        """Past the total, the largest share gives up its oldest. Returns their seqs."""
+        # Anyone may send envelopes naming made-up groups or epochs: so a flood pushes out
+        # only its own.
         excess = len(deferred) - self.limits.max_deferred
         if excess <= 0:
-            return
+            return set()
         store = self._store
         owners = await self._run(store.incoming_owners)
         shares: dict[bytes, list[tuple[int, wire.Envelope]]] = {}
         for seq, env, _ in deferred:
             shares.setdefault(owners.get(seq, b""), []).append((seq, env))
+        dropped: set[int] = set()
         for _ in range(excess):
             largest = max(shares.values(), key=len)
             seq, env = largest.pop(0)
@@ -299,7 +328,11 @@ class Inbox:
             self._counters.bump("deferred_dropped")
             if self._dropped is not None:
                 self._dropped(env)
+            # Not known until it is gone (a failure here leaves the store to say what waits).
+            self._deferred = None
             await self._run(partial(store.complete_incoming, seq, None))
+            dropped.add(seq)
+        return dropped
 
     async def drop_group(self, group_id: bytes) -> int:
         """Drop every stored envelope of a group this node will not join; returns how many."""
@@ -308,5 +341,7 @@ class Inbox:
             pending = await self._run(store.pending_incoming)
             doomed = [seq for seq, env, _ in pending if env.group_id == group_id]
             for seq in doomed:
+                if self._deferred is not None:
+                    self._deferred.pop(seq, None)
                 await self._run(partial(store.complete_incoming, seq, None))
         return len(doomed)

@@ -593,6 +593,14 @@ class NodeStore:
         rows = self._query("SELECT seq, envelope, path FROM inbox ORDER BY seq")
         return [(int(seq), wire.decode_envelope(bytes(env)), path) for seq, env, path in rows]
 
+    def incoming_after(self, seq: int) -> tuple[int, list[tuple[int, wire.Envelope, str]]]:
+        """How many envelopes wait in all, and those stored after ``seq``, oldest first."""
+        (count,) = self._query("SELECT COUNT(*) FROM inbox")[0]
+        rows = self._query(
+            "SELECT seq, envelope, path FROM inbox WHERE seq > ? ORDER BY seq", (seq,)
+        )
+        return int(count), [(int(q), wire.decode_envelope(bytes(e)), p) for q, e, p in rows]
+
     def complete_incoming(self, seq: int, message: StoredMessage | None) -> int | None:
         """The envelope at ``seq`` was applied: drop it from the inbox, keep what it said.
         Returns the message's row in the log (None: no message, or kept before)."""
