@@ -254,3 +254,39 @@ async def test_a_members_deferred_envelope_survives_a_flood_into_the_deferred_in
         )
         messages = await bob.wait_for_messages(1, DEADLINE)
         assert [(m.sender, m.text) for m in messages] == [(alice.public_key, "kept for you")]
+
+
+async def test_with_other_groups_envelopes_waiting_a_groups_own_order_still_holds(
+    tmp_path: Path, runtimes: Runtimes
+) -> None:
+    async with two(tmp_path, runtimes) as (alice, bob):
+        await alice.remember_peer(bob.public_key, "bob", bob.address)
+        await bob.remember_peer(alice.public_key, "alice", alice.address)
+        room = await alice.create_group()
+        await alice.invite(room, [bob.public_key])
+        await wait_until(lambda: room in bob.groups, DEADLINE, "bob joined")
+        as_alice = Caller(alice.public_key, alice.address)
+
+        async def deliver(env: wire.Envelope) -> None:
+            assert await bob.handle(as_alice, wire.Deliver((env,))) == wire.DeliverResult((env.id,))
+
+        # Envelopes of groups bob never joins wait in his inbox (made up, or not yet begun).
+        others = [
+            forged(bob, wire.EnvelopeKind.APPLICATION, bytes([i]) * 16, b"of another group")
+            for i in range(5)
+        ]
+        for env in others:
+            await deliver(env)
+        # A message of the next epoch overtakes the commit that begins it.
+        commit = await alice.run(alice.groups[room].self_update)
+        first = await alice.run(lambda: alice.groups[room].encrypt(b"after the commit"))
+        await deliver(forged(bob, wire.EnvelopeKind.APPLICATION, room, first))
+        assert bob.inbox == []
+        await deliver(forged(bob, wire.EnvelopeKind.COMMIT, room, commit))
+        second = await alice.run(lambda: alice.groups[room].encrypt(b"and the next"))
+        await deliver(forged(bob, wire.EnvelopeKind.APPLICATION, room, second))
+
+        messages = await bob.wait_for_messages(2, DEADLINE)
+        assert [m.text for m in messages] == ["after the commit", "and the next"]
+        waiting = await bob.run(bob.store.pending_incoming)
+        assert sorted(env.id for _, env, _ in waiting) == sorted(env.id for env in others)
