@@ -21,6 +21,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import statistics
 import struct
 import sys
@@ -173,6 +174,7 @@ async def run(rate: float, seconds: float) -> dict[str, object]:
             alice.terminate()
         await alice.wait()
         runtime.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
