@@ -98,6 +98,7 @@ class Messenger:
             lambda: self._info(group_id, sender, info)
         )
         node.outbox.on_attempt = self._attempted
+        node.outbox.on_gave_up = self._gave_up
         node.on_invitation = lambda invitation: self.events.publish(
             InvitationReceived(self._pending(invitation))
         )
@@ -548,6 +549,14 @@ class Messenger:
         else:
             state = DeliveryState.QUEUED
         self._queue(lambda: self._record_attempt(envelope_id, recipient, state, why or ""))
+
+    def _gave_up(self, envelope_id: bytes, recipient: bytes, why: str) -> None:
+        if envelope_id not in self._tracked:
+            return
+        self._tracked.discard(envelope_id)
+        # The store marked it failed with the outbox row's removal; this tells the front ends.
+        state = DeliveryState.FAILED
+        self._queue(lambda: self._record_attempt(envelope_id, recipient, state, why))
 
     async def _record_attempt(
         self, envelope_id: bytes, recipient: bytes, state: DeliveryState, reason: str

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from node.app.limits import Counters, NodeLimits
+from node.app.limits import DAY_MS, Counters, NodeLimits
 from node.app.router import Path, Router
 from node.app.store import NodeStore, OutboxFullError
 from node.core import wire
@@ -64,6 +64,8 @@ class Outbox:
         # Why the outbox could not record an attempt or a delivery (None while all is well).
         self.failure: str | None = None
         self.on_attempt: AttemptListener | None = None
+        # Told (envelope id, recipient, why) of each envelope given up on, undelivered.
+        self.on_gave_up: Callable[[bytes, bytes, str], None] | None = None
         # False only once the outbox was seen empty and nothing was queued since.
         self._maybe_pending = True
         self._queued = 0  # sends so far
@@ -123,11 +125,16 @@ class Outbox:
         """Try again everything still queued. Returns what happened."""
         if self._clock_ms is not None:
             now, store = self._clock_ms(), self._store
-            before = now - self._limits.envelope_window_ms
-            expired = await self._run(lambda: store.outbox_expire(before, now))
+            window = self._limits.envelope_window_ms
+            days = window / DAY_MS
+            why = f"not delivered within {days:g} days: given up"
+            expired = await self._run(lambda: store.outbox_expire(now - window, now, why))
             if expired:
-                log.warning("dropped %d queued envelopes older than the window", expired)
-                self._counters.bump("outbox_expired", expired)
+                log.warning("dropped %d queued envelopes older than the window", len(expired))
+                self._counters.bump("outbox_expired", len(expired))
+                if self.on_gave_up is not None:
+                    for envelope_id, recipient in expired:
+                        self.on_gave_up(envelope_id, recipient, why)
         queued = await self._run(self._store.outbox)
         return await self._drain([recipient for recipient, _, _ in queued])
 

@@ -799,13 +799,27 @@ class NodeStore:
                         f"(at most {max_per_recipient}): nothing was queued"
                     )
 
-    def outbox_expire(self, before_ms: int, now_ms: int) -> int:
+    def outbox_expire(
+        self, before_ms: int, now_ms: int, reason: str = "not delivered in time"
+    ) -> list[tuple[bytes, bytes]]:
         """Drop queued envelopes made before ``before_ms`` (a recipient would refuse them);
-        those queued before creation times were kept get ``now_ms``. Returns how many went."""
+        those queued before creation times were kept get ``now_ms``. Their deliveries become
+        ``failed`` with ``reason``, in the same transaction. Returns (envelope id, recipient)
+        of each that went."""
         with self._tx() as db:
             db.execute("UPDATE outbox SET created_ms = ? WHERE created_ms = 0", (now_ms,))
-            cur = db.execute("DELETE FROM outbox WHERE created_ms < ?", (before_ms,))
-            return int(cur.rowcount)
+            gone = [
+                (bytes(e), bytes(r))
+                for e, r in db.execute(
+                    "SELECT envelope_id, recipient FROM outbox WHERE created_ms < ?", (before_ms,)
+                ).fetchall()
+            ]
+            db.execute("DELETE FROM outbox WHERE created_ms < ?", (before_ms,))
+            db.executemany(
+                "UPDATE deliveries SET state = 'failed', reason = ? WHERE envelope_id = ?",
+                [(reason, envelope_id) for envelope_id, _ in gone],
+            )
+            return gone
 
     def queued_commit_epoch(self, group_id: bytes) -> int | None:
         """The epoch of the latest own commit of this group whose fan-out was queued."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from node.app.conversations import ConversationKind
 from node.app.events import (
     ConversationChanged,
+    DeliveryChanged,
     Event,
     InvitationReceived,
     Joined,
@@ -20,6 +22,7 @@ from node.app.events import (
     PeerKeyChanged,
     Subscription,
 )
+from node.app.limits import DAY_MS
 from node.app.messages import DeliveryState, Direction
 from node.app.messenger import ConversationError, Messenger
 from node.app.node import Node
@@ -27,6 +30,7 @@ from node.core.identity import Identity
 from node.transport.runtime import RealRuntime
 from tests.conftest import LOOPBACK, RelayProcess
 from tests.node_support import nodes, relay_info, wait_until
+from tests.runtime_support import ClockedRuntime
 
 DEADLINE = 15.0
 
@@ -214,6 +218,49 @@ async def test_without_a_relay_an_unreachable_peer_stays_queued_with_the_reason(
         assert delivery.state is DeliveryState.QUEUED and delivery.reason
         [stored] = [m for m in await alice.history(dm.id) if m.id == sent.id]
         assert stored.deliveries[0].state is DeliveryState.QUEUED
+
+
+async def test_a_message_not_delivered_within_the_window_is_failed_with_the_reason() -> None:
+    days_ahead = [0]
+    alice_runtime = ClockedRuntime(
+        lambda: time.time_ns() // 1_000_000 + days_ahead[0] * DAY_MS, "qpc-alice"
+    )
+    bob_runtime = RealRuntime("qpc-bob")
+    alice_node = Node(Identity.generate(), alice_runtime, name="alice")
+    bob_node = Node(Identity.generate(), bob_runtime, name="bob")
+    alice, bob = Messenger(alice_node), Messenger(bob_node)
+    try:
+        for app in (alice, bob):
+            await app.open()
+            await app.node.start(LOOPBACK, 0)
+        await alice_node.remember_peer(bob_node.public_key, "bob", bob_node.address)
+        await bob_node.remember_peer(alice_node.public_key, "alice", alice_node.address)
+        dm = await alice.direct(key(bob))
+        await wait_until(lambda: bool(bob.conversations()[1:]), DEADLINE, "bob joined")
+        bob_node.go_offline()
+        sent = await alice.send(dm.id, "lost in time")
+        assert [d.state for d in sent.deliveries] == [DeliveryState.QUEUED]
+
+        events = alice.subscribe()
+        days_ahead[0] = 15  # past the 14-day window: bob would refuse it now
+        await alice_node.outbox.flush()
+        changed = await next_event(
+            events, lambda e: isinstance(e, DeliveryChanged), "the delivery is given up"
+        )
+        assert isinstance(changed, DeliveryChanged)
+        assert (changed.message_id, changed.recipient) == (sent.id, key(bob))
+        assert changed.state is DeliveryState.FAILED and "14 days" in changed.reason
+        [stored] = [m for m in await alice.history(dm.id) if m.id == sent.id]
+        assert [(d.state, d.reason) for d in stored.deliveries] == [
+            (DeliveryState.FAILED, changed.reason)
+        ]
+        assert await alice_node.outbox.pending() == 0
+    finally:
+        for app in (alice, bob):
+            await app.close()
+            await app.node.stop()
+        alice_runtime.close()
+        bob_runtime.close()
 
 
 async def test_names_petnames_and_a_key_that_claims_a_known_name() -> None:

@@ -153,7 +153,7 @@ def test_the_outbox_refuses_application_envelopes_past_its_bounds_and_expires(
         with pytest.raises(OutboxFullError, match="outbox is full"):
             store.outbox_put([(other, envelope(5))])
         assert store.outbox_count() == 3
-        assert store.outbox_expire(NOW + 1, NOW + 2) == 3
+        assert len(store.outbox_expire(NOW + 1, NOW + 2)) == 3
         assert store.outbox_count() == 0
     finally:
         store.close()
