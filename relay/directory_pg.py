@@ -23,13 +23,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from node.core.errors import StorageError
+from relay.batches import Batches
 from relay.directory_store import (
     DirectoryFullError,
     DirectoryQuotas,
     KeyPackagePoolFullError,
     SuiteCount,
 )
-from relay.pg_batches import Batches
 from relay.store_pg import PgStore
 
 __all__ = ["PgDirectory"]

@@ -161,6 +161,25 @@ class StoreQuotas:
     max_mailboxes: int = 100_000
     max_store_bytes: int = 4 << 30
 
+    def overfills(self, usage: list[int], size: int) -> bool:
+        """Whether one more envelope of ``size`` bytes overfills a mailbox holding ``usage``
+        ([envelopes, bytes]): then its expired envelopes are purged first."""
+        return usage[0] + 1 > self.max_per_mailbox or usage[1] + size > self.max_mailbox_bytes
+
+    def charge(self, usage: list[int], total: int, size: int) -> int:
+        """Count one more envelope of ``size`` bytes against a mailbox's ``usage`` (changed in
+        place) and the store's ``total`` bytes; returns the new total. Raises the quota's error,
+        changing nothing, when it is over."""
+        if usage[0] + 1 > self.max_per_mailbox:
+            raise MailboxFullError("the recipient's mailbox on this relay is full")
+        if usage[1] + size > self.max_mailbox_bytes:
+            raise MailboxBytesError("the recipient's mailbox on this relay is full")
+        if total + size > self.max_store_bytes:
+            raise StoreFullError("the relay's store is full")
+        usage[0] += 1
+        usage[1] += size
+        return total + size
+
 
 @dataclass(frozen=True)
 class StoredBatch:
@@ -235,18 +254,9 @@ class MailboxStore:
         self.expired_purged = 0
         self._db = open_sqlite(path, key, "mailboxes")
         try:
-            rows = self._db.execute(
-                "SELECT mailbox, COUNT(*), SUM(LENGTH(body)) FROM envelopes GROUP BY mailbox"
-            ).fetchall()
-            found = self._db.execute(
-                "SELECT value FROM counters WHERE name = 'envelopes_expired'"
-            ).fetchone()
+            self._reload_usage()
         except DB_ERRORS as exc:
             raise StorageError(f"cannot open the relay store at {path}: {exc}") from exc
-        for mailbox, count, size in rows:
-            self._usage[bytes(mailbox)] = [int(count), int(size)]
-            self.total_bytes += int(size)
-        self.expired_purged = 0 if found is None else int(found[0])
 
     @property
     def mailboxes(self) -> int:
@@ -307,6 +317,7 @@ class MailboxStore:
         return outcomes
 
     def _reload_usage(self) -> None:
+        """Usage and counters as the file holds them (at open, and after a failed batch)."""
         rows = self._db.execute(
             "SELECT mailbox, COUNT(*), SUM(LENGTH(body)) FROM envelopes GROUP BY mailbox"
         ).fetchall()
@@ -335,24 +346,13 @@ class MailboxStore:
             usage = changed.get(mailbox)
             if usage is None:
                 usage = changed[mailbox] = list(self._usage.get(mailbox, (0, 0)))
-            full = usage[0] + 1 > quotas.max_per_mailbox
-            if (full or usage[1] + len(body) > quotas.max_mailbox_bytes) and (
-                not_before_ms is not None
-            ):
+            if not_before_ms is not None and quotas.overfills(usage, len(body)):
                 freed = self._purge_mailbox(mailbox, not_before_ms)
                 purged += freed[0]
                 usage[0] -= freed[0]
                 usage[1] -= freed[1]
                 total -= freed[1]
-            if usage[0] + 1 > quotas.max_per_mailbox:
-                raise MailboxFullError("the recipient's mailbox on this relay is full")
-            if usage[1] + len(body) > quotas.max_mailbox_bytes:
-                raise MailboxBytesError("the recipient's mailbox on this relay is full")
-            if total + len(body) > quotas.max_store_bytes:
-                raise StoreFullError("the relay's store is full")
-            usage[0] += 1
-            usage[1] += len(body)
-            total += len(body)
+            total = quotas.charge(usage, total, len(body))
             self._db.execute(
                 "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
                 (mailbox, env.id, body, now_ms),

@@ -14,7 +14,6 @@ the write it was in is rolled back whole.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Protocol
@@ -22,6 +21,7 @@ from typing import Protocol
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
+from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
 from relay.directory_store import DirectoryQuotas, DirectoryStore, SuiteCount
 from relay.store import MailboxStore, PutCall, PutResult, StoredBatch
 from relay.store_accounts import AccountStore, Session
@@ -164,15 +164,20 @@ class SqliteMailboxes:
     Deliveries that arrive while a write is on the store's thread wait for it and then go
     together, one transaction and one fsync for all of them (each still all or nothing): under
     load the disk's sync latency is paid once a batch, not once a call, and each call's
-    envelopes are still durable before it returns.
+    envelopes are still durable before it returns. The queue is :class:`relay.batches.Batches`,
+    as on PostgreSQL.
     """
 
     def __init__(self, store: MailboxStore, runtime: Runtime) -> None:
         self.store = store
         self._run = runtime.run_blocking
-        self._spawn = runtime.spawn
-        self._puts: list[tuple[PutCall, asyncio.Future[PutResult]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._puts: Batches[PutCall, PutResult] = Batches(
+            runtime.spawn,
+            self._put_batch,
+            max_calls=MAX_PUT_BATCH_CALLS,
+            max_weight=MAX_PUT_BATCH_BYTES,
+            weigh=put_weight,
+        )
 
     @property
     def mailboxes(self) -> int:
@@ -196,38 +201,10 @@ class SqliteMailboxes:
         in_use: Container[bytes] = frozenset(),
     ) -> PutResult:
         call = PutCall(tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use)
-        done: asyncio.Future[PutResult] = asyncio.get_running_loop().create_future()
-        self._puts.append((call, done))
-        if self._writer is None:
-            # Its own task: a caller that gives up (its deadline) must not stop the others'.
-            self._writer = self._spawn(self._write())
-        return await done
+        return await self._puts.call(call)
 
-    async def _write(self) -> None:
-        store = self.store
-        try:
-            while self._puts:
-                batch, self._puts = self._puts, []
-                write = functools.partial(store.put_batch, [call for call, _ in batch])
-                try:
-                    outcomes = await self._run(write)
-                except Exception as exc:  # the executor itself failed: every caller hears it
-                    outcomes = [StorageError(f"relay store write failed: {exc}")] * len(batch)
-                for (_, done), outcome in zip(batch, outcomes, strict=True):
-                    if done.done():
-                        continue  # its caller stopped waiting
-                    if isinstance(outcome, StorageError):
-                        done.set_exception(outcome)
-                    else:
-                        done.set_result(outcome)
-        except BaseException:
-            # Cancelled (the loop is closing): whoever still waits is cancelled with it.
-            for _, done in [*batch, *self._puts]:
-                done.cancel()
-            self._puts = []
-            raise
-        finally:
-            self._writer = None
+    async def _put_batch(self, calls: list[PutCall]) -> list[PutResult | StorageError]:
+        return await self._run(functools.partial(self.store.put_batch, calls))
 
     async def fetch(
         self,
@@ -262,8 +239,7 @@ class SqliteMailboxes:
         """One process holds an embedded store: no other process stores into it."""
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
+        await self._puts.wait_idle()
         await self._run(self.store.close)
 
 

@@ -11,7 +11,7 @@ one process's memory:
   shard. The store-wide caps (bytes, mailboxes) are read without a lock: concurrent calls in
   other processes can overshoot them by at most what those calls carry (docs/operations.md).
 - Deliveries (and acks) that arrive while one is being written go together in the next
-  transaction (group commit, ``relay/pg_batches.py``): set-based statements for all of them,
+  transaction (group commit, ``relay/batches.py``): set-based statements for all of them,
   each call still judged alone, in the order they came, against the quotas as the calls before
   it left them.
 - Stored envelopes are announced with one ``NOTIFY qpc_mail`` a transaction (sent at commit),
@@ -36,17 +36,14 @@ import asyncpg
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
+from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
 from relay.migrations import check_pg
-from relay.pg_batches import Batches
 from relay.store import (
-    MailboxBytesError,
-    MailboxFullError,
     NewMailboxLimitError,
     PutCall,
     PutResult,
     QuotaError,
     StoredBatch,
-    StoreFullError,
     StoreQuotas,
     TooManyMailboxesError,
     batch_of,
@@ -94,9 +91,6 @@ _TOTALS = "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(mailboxes), 0) FROM stor
 _NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 # Mailboxes named by one NOTIFY payload (64 hex digits and a comma each, under 8,000 bytes).
 _NOTIFY_MAILBOXES = 100
-# What one put transaction carries at most: calls, and bytes of envelopes past its first call.
-MAX_PUT_BATCH_CALLS = 128
-MAX_PUT_BATCH_BYTES = 8 << 20
 MAX_ACK_BATCH_CALLS = 128
 MAX_ACK_BATCH_IDS = 16_384
 # Rows one fetch query may return: no more than the pool's connections could hold at once
@@ -308,7 +302,7 @@ class PgMailboxes:
             self._put_batch,
             max_calls=MAX_PUT_BATCH_CALLS,
             max_weight=MAX_PUT_BATCH_BYTES,
-            weigh=lambda call: sum(len(env.payload) for env in call.envelopes),
+            weigh=put_weight,
         )
         self._fetches: Batches[tuple[bytes, int, int, int], list[tuple[int, bytes]]] = Batches(
             store.spawn,
@@ -724,23 +718,12 @@ class _PutBatch:
                 mine = changed[mailbox] = list(self.usage[mailbox])
                 if mine[0] == 0:
                     opened.append(mailbox)
-            full = mine[0] + 1 > quotas.max_per_mailbox
-            if (full or mine[1] + len(body) > quotas.max_mailbox_bytes) and (
-                call.not_before_ms is not None
-            ):
+            if call.not_before_ms is not None and quotas.overfills(mine, len(body)):
                 count, size = await self._purge(mailbox, call.not_before_ms)
                 mine[0] -= count
                 mine[1] -= size
                 total -= size
-            if mine[0] + 1 > quotas.max_per_mailbox:
-                raise MailboxFullError("the recipient's mailbox on this relay is full")
-            if mine[1] + len(body) > quotas.max_mailbox_bytes:
-                raise MailboxBytesError("the recipient's mailbox on this relay is full")
-            if total + len(body) > quotas.max_store_bytes:
-                raise StoreFullError("the relay's store is full")
-            mine[0] += 1
-            mine[1] += len(body)
-            total += len(body)
+            total = quotas.charge(mine, total, len(body))
             keys.add(key)
             rows.append((mailbox, env.id, body))
         if opened and self.held + len(opened) > quotas.max_mailboxes:

@@ -1,6 +1,7 @@
-"""Group commit for the PostgreSQL store: calls that arrive while a transaction is in flight go
+"""Group commit for the relay's stores: calls that arrive while a transaction is in flight go
 together in the next one.
 
+On the embedded store a batch of deliveries pays the disk's sync once instead of once a call.
 A relay process on PostgreSQL spends its CPU on the client side of each query (asyncpg's
 encoding, the protocol, the event loop's wake-ups), not on waiting: one transaction for many
 deliveries, with set-based statements, pays those costs once a batch instead of once a call.
@@ -15,8 +16,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from node.core.errors import StorageError
+from relay.store import PutCall
 
-__all__ = ["Batches"]
+__all__ = ["MAX_PUT_BATCH_BYTES", "MAX_PUT_BATCH_CALLS", "Batches", "put_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,16 @@ Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 # Runs one batch: an answer or an error for each call, in order. Raising instead fails every
 # call of the batch with (a copy of) that error.
 RunBatch = Callable[[list[C]], Awaitable[list[R | StorageError]]]
+
+# What one put transaction carries at most, on either store: calls, and bytes of envelopes past
+# its first call.
+MAX_PUT_BATCH_CALLS = 128
+MAX_PUT_BATCH_BYTES = 8 << 20
+
+
+def put_weight(call: PutCall) -> int:
+    """A put's weight in a batch: the bytes of its envelopes."""
+    return sum(len(env.payload) for env in call.envelopes)
 
 
 class Batches(Generic[C, R]):
