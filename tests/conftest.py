@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -25,7 +24,6 @@ from tests.pg_support import APT_HINT, PostgresServer, PostgresUnavailable, star
 from tests.runtime_support import Runtimes
 
 LOOPBACK = "127.0.0.1"
-OUTPUT_LINES_KEPT = 1000  # of a relay process's stdout and stderr, for a failing test to show
 
 
 @contextlib.asynccontextmanager
@@ -65,7 +63,7 @@ class RelayProcess:
     address: Address | None = None
     identity: bytes | None = None
     extra_args: tuple[str, ...] = ()
-    output: collections.deque[str] = field(default_factory=collections.deque)  # its last lines
+    output: list[str] = field(default_factory=list)  # its stdout and stderr lines after start
     _drains: list[threading.Thread] = field(default_factory=list)
 
     def start(self, port: int = 0) -> None:
@@ -99,7 +97,7 @@ class RelayProcess:
         self.identity = bytes.fromhex(ready["identity"])
         # Read on: a relay that logs more than a pipe holds (64 KiB) would block on its next
         # line, in the middle of whatever the test waits for.
-        self.output = collections.deque(maxlen=OUTPUT_LINES_KEPT)
+        self.output = []
         self._drains = [
             threading.Thread(target=self.output.extend, args=(stream,), daemon=True)
             for stream in (self.proc.stdout, self.proc.stderr)
@@ -127,6 +125,11 @@ class RelayProcess:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
+
+    def stop_and_read_output(self) -> str:
+        """Stop the relay (SIGTERM) and return everything it printed after its ready line."""
+        self.stop()
+        return "".join(self.output)
 
 
 @contextlib.contextmanager

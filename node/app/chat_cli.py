@@ -23,7 +23,13 @@ from node.app.identity_view import whoami_lines
 from node.app.messenger import Messenger
 from node.app.node_cli import node_options, run_options
 from node.app.qr import qr_text
-from node.app.running import RunningNode, RunOptions, find_invitees, running
+from node.app.running import (
+    RunningNode,
+    RunOptions,
+    conversation_with,
+    find_invitees,
+    running,
+)
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
 from node.core.errors import NodeError
@@ -73,15 +79,8 @@ async def _chat(opts: RunOptions) -> None:
 
 
 async def _start_conversation(app: Messenger, opts: RunOptions) -> None:
-    """``--invite``: a DM with one person, a group with several; the same people again are the
-    same conversation, never a second group."""
-    peers = [spec.identity for spec in opts.invites]
     try:
-        if len(peers) == 1:
-            conv = await app.direct(peers[0])
-        else:
-            name = ", ".join(spec.name for spec in opts.invites)
-            conv = await app.create_group(name[:64], peers)
+        conv = await conversation_with(app, opts.invites)
     except NodeError as exc:
         click.echo(f"ERROR: could not start the conversation: {terminal_safe(str(exc))}", err=True)
         return

@@ -328,8 +328,6 @@ class Inbox:
             self._counters.bump("deferred_dropped")
             if self._dropped is not None:
                 self._dropped(env)
-            # Not known until it is gone (a failure here leaves the store to say what waits).
-            self._deferred = None
             await self._run(partial(store.complete_incoming, seq, None))
             dropped.add(seq)
         return dropped

@@ -31,6 +31,7 @@ from node.app.running import (
     PeerSpec,
     RunningNode,
     RunOptions,
+    conversation_with,
     find_invitees,
     running,
 )
@@ -361,16 +362,10 @@ async def _session(run: RunningNode, opts: RunOptions, stop: asyncio.Event) -> N
 
 
 async def _invite(app: Messenger, invites: list[PeerSpec]) -> None:
-    """``--invite``: a DM with one person, a group with several; the same people again are the
-    same conversation, never a second group."""
-    peers = [spec.identity for spec in invites]
     invited = ", ".join(terminal_safe(spec.name) for spec in invites)
     had = {conv.id for conv in app.conversations()}
     try:
-        if len(peers) == 1:
-            conv = await app.direct(peers[0])
-        else:
-            conv = await app.create_group(", ".join(spec.name for spec in invites)[:64], peers)
+        conv = await conversation_with(app, invites)
     except NodeError as exc:
         click.echo(f"ERROR: could not create the group: {terminal_safe(str(exc))}", err=True)
         return

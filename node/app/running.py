@@ -22,6 +22,7 @@ import click
 
 from node.app.backup import take_restore_notice
 from node.app.control_socket import ControlServer
+from node.app.conversations import Conversation
 from node.app.limits import NodeLimits
 from node.app.messenger import Messenger
 from node.app.node import Node
@@ -43,6 +44,7 @@ __all__ = [
     "PeerSpec",
     "RunOptions",
     "RunningNode",
+    "conversation_with",
     "find_invitees",
     "learn_routes",
     "open_run_node",
@@ -201,6 +203,15 @@ def _warn_restored(node: Node, made_at_ms: int) -> None:
     )
     for group in node.groups.values():
         click.echo(f"WARNING: group {group.group_id.hex()[:16]}: at epoch {group.epoch}", err=True)
+
+
+async def conversation_with(app: Messenger, invites: list[PeerSpec]) -> Conversation:
+    """``--invite``: a DM with one person, a group with several; the same people again are the
+    same conversation, never a second group."""
+    peers = [spec.identity for spec in invites]
+    if len(peers) == 1:
+        return await app.direct(peers[0])
+    return await app.create_group(", ".join(spec.name for spec in invites)[:64], peers)
 
 
 async def find_invitees(presence: Presence, specs: list[PeerSpec]) -> None:

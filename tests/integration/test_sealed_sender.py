@@ -107,11 +107,14 @@ def relay_bytes(relay: RelayProcess) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(relay.data_dir.rglob("*")) if p.is_file())
 
 
-def stop_and_read_logs(relay: RelayProcess) -> bytes:
-    assert relay.proc is not None
-    relay.proc.terminate()
-    out, err = relay.proc.communicate(timeout=15)
-    return (out + err).encode()
+def assert_relay_kept_no_trace(relay: RelayProcess, identity: bytes) -> None:
+    """Stop the relay, then scan its files and everything it logged for ``identity``."""
+    logs = relay.stop_and_read_output().encode()
+    assert logs  # it did log (at least its stop): the scan read something
+    stored = relay_bytes(relay)
+    for trace in identity_traces(identity):
+        assert trace not in stored
+        assert trace not in logs
 
 
 async def deliver_from_a_one_time_key(relay: RelayInfo, envelope: wire.Envelope) -> wire.Response:
@@ -157,11 +160,7 @@ async def test_a_sealed_message_arrives_from_its_sender_and_the_relay_never_lear
             assert message.path is RoutePath.RELAY
             assert bob.counters()["sealed_unopened"] == 0
 
-        logs = stop_and_read_logs(relay)
-        stored = relay_bytes(relay)
-        for trace in identity_traces(alice.public_key):
-            assert trace not in stored
-            assert trace not in logs
+        assert_relay_kept_no_trace(relay, alice.public_key)
 
 
 async def test_a_replayed_sealed_envelope_is_refused_even_under_a_new_outer_id(
@@ -333,11 +332,7 @@ async def test_contacts_known_only_by_link_are_sealed_to_and_the_relay_never_lea
             assert message.sender == alice.node.public_key
             assert message.path is RoutePath.RELAY
 
-        logs = stop_and_read_logs(relay)
-        stored = relay_bytes(relay)
-        for trace in identity_traces(alice.node.public_key):
-            assert trace not in stored
-            assert trace not in logs
+        assert_relay_kept_no_trace(relay, alice.node.public_key)
 
 
 async def test_with_sealed_sender_off_relayed_mail_goes_unsealed_though_the_key_is_known(

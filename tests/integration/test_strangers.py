@@ -57,6 +57,16 @@ async def two(
         await bob.stop()
 
 
+async def in_a_group(alice: Node, bob: Node) -> bytes:
+    """alice and bob know each other, and bob joined alice's new group: its id."""
+    await alice.remember_peer(bob.public_key, "bob", bob.address)
+    await bob.remember_peer(alice.public_key, "alice", alice.address)
+    group = await alice.create_group()
+    await alice.invite(group, [bob.public_key])
+    await wait_until(lambda: group in bob.groups, DEADLINE, "bob joined")
+    return group
+
+
 async def call(endpoint: Endpoint, node: Node, request: wire.Request) -> wire.Response:
     conn = await endpoint.dial(node.address, node.public_key, 5.0)
     return await conn.call(request, 5.0)
@@ -155,11 +165,7 @@ async def test_a_stranger_flood_stays_within_bounds_while_a_contact_is_served(
     tmp_path: Path, runtimes: Runtimes
 ) -> None:
     async with two(tmp_path, runtimes) as (alice, bob):
-        await alice.remember_peer(bob.public_key, "bob", bob.address)
-        await bob.remember_peer(alice.public_key, "alice", alice.address)
-        group = await alice.create_group()
-        await alice.invite(group, [bob.public_key])
-        await wait_until(lambda: group in bob.groups, DEADLINE, "bob joined")
+        group = await in_a_group(alice, bob)
         state = tmp_path / "bob" / "mls.state"
         state_before, seen_before = state.stat().st_size, seen_rows(bob)
 
@@ -260,11 +266,7 @@ async def test_with_other_groups_envelopes_waiting_a_groups_own_order_still_hold
     tmp_path: Path, runtimes: Runtimes
 ) -> None:
     async with two(tmp_path, runtimes) as (alice, bob):
-        await alice.remember_peer(bob.public_key, "bob", bob.address)
-        await bob.remember_peer(alice.public_key, "alice", alice.address)
-        room = await alice.create_group()
-        await alice.invite(room, [bob.public_key])
-        await wait_until(lambda: room in bob.groups, DEADLINE, "bob joined")
+        room = await in_a_group(alice, bob)
         as_alice = Caller(alice.public_key, alice.address)
 
         async def deliver(env: wire.Envelope) -> None:
