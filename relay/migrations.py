@@ -215,6 +215,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         INSERT INTO directory_usage VALUES (0);
         """,
     ),
+    Migration(
+        4,
+        "who delivered each envelope that asked for a failure notice, and the notices owed",
+        sqlite={
+            "mailboxes": """
+            ALTER TABLE envelopes ADD COLUMN sender BLOB;
+            CREATE TABLE undelivered (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                sender BLOB NOT NULL,
+                id BLOB NOT NULL,
+                recipient BLOB NOT NULL
+            );
+            CREATE INDEX undelivered_by_sender ON undelivered (sender, seq);
+            """,
+        },
+        postgresql="""
+        ALTER TABLE envelopes ADD COLUMN sender BYTEA;
+        CREATE TABLE undelivered (
+            seq BIGSERIAL PRIMARY KEY,
+            sender BYTEA NOT NULL,
+            id BYTEA NOT NULL,
+            recipient BYTEA NOT NULL
+        );
+        CREATE INDEX undelivered_by_sender ON undelivered (sender, seq);
+        """,
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

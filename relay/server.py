@@ -312,12 +312,17 @@ class Relay:
     async def _purge_loop(self, service: RelayService) -> None:
         while True:
             try:
-                removed = await service.purge_expired()
+                purged = await service.purge_expired()
             except StorageError as exc:
                 log.warning("purging expired envelopes failed: %s", exc)
             else:
-                if removed:
-                    log.info("purged %d expired envelopes", removed)
+                if purged.expired or purged.notices or purged.untold:
+                    log.info(
+                        "purged %d expired envelopes; %d failure notices stored, %d left untold",
+                        purged.expired,
+                        purged.notices,
+                        purged.untold,
+                    )
             if self._accounts is not None:
                 try:
                     await self._accounts.purge_expired()

@@ -36,6 +36,7 @@ from relay.store import (
     MailboxFullError,
     MailboxStore,
     NewMailboxLimitError,
+    Purged,
     QuotaError,
     StoreFullError,
     TooManyMailboxesError,
@@ -276,8 +277,8 @@ class RelayService:
 
     async def _mailbox_call(self, caller: Caller, request: wire.Request) -> wire.Response:
         match request:
-            case wire.Deliver(envelopes):
-                return await self._deliver(caller, envelopes)
+            case wire.Deliver(envelopes, failure_notice):
+                return await self._deliver(caller, envelopes, failure_notice=failure_notice)
             case wire.Fetch(mailbox, cursor, limit):
                 if not self._owns(caller.identity, mailbox):
                     return self._unauthorized()
@@ -357,8 +358,19 @@ class RelayService:
                 self._waiters.pop(mailbox, None)
 
     async def _deliver(
-        self, caller: Caller, envelopes: tuple[wire.Envelope, ...], *, sealed: bool = False
+        self,
+        caller: Caller,
+        envelopes: tuple[wire.Envelope, ...],
+        *,
+        sealed: bool = False,
+        failure_notice: bool = False,
     ) -> wire.Response:
+        if any(env.kind is wire.EnvelopeKind.DELIVERY_FAILED for env in envelopes):
+            return self._refuse(
+                "refused_notice_kind",
+                ErrorCode.UNAUTHORIZED,
+                "only a relay makes deliveryFailed envelopes",
+            )
         if len(envelopes) > MAX_ENVELOPES_PER_CALL:
             return self._refuse(
                 "refused_deliver_count",
@@ -393,6 +405,9 @@ class RelayService:
                 new_mailbox_allowance=allowance,
                 not_before_ms=not_before,
                 in_use=in_use,
+                # A sealed delivery's caller is a one-time key: nobody to tell, and nothing
+                # of it is kept.
+                sender=mailbox_of(caller.identity) if failure_notice and not sealed else None,
             )
         except QuotaError as exc:
             return self._refuse(
@@ -413,10 +428,14 @@ class RelayService:
             self._wake(mailbox)
         return wire.DeliverResult(tuple(put.ids))
 
-    async def purge_expired(self) -> int:
-        """Delete every expired envelope now; return how many went."""
-        not_before = self._not_before_ms()
-        return await self._store.purge_expired(not_before)
+    async def purge_expired(self) -> Purged:
+        """Delete every expired envelope now, and tell the senders who asked."""
+        purged = await self._store.purge_expired(self._not_before_ms(), self._clock_ms())
+        self.counters["failure_notices"] += purged.notices
+        self.counters["failure_notices_untold"] += purged.untold
+        for mailbox in purged.told:
+            self._wake(mailbox)
+        return purged
 
     @staticmethod
     def _owns(caller: bytes, mailbox: bytes) -> bool:

@@ -27,6 +27,7 @@ import sqlcipher3
 
 from node.core import wire
 from node.core.errors import StorageError
+from relay.failure_notices import Owed, notices_for
 from relay.migrations import SqlitePart, migrate_sqlite
 
 # Either library's errors: a keyed store is opened with sqlcipher3, a plain one with sqlite3
@@ -203,6 +204,21 @@ class PutCall:
     new_mailbox_allowance: int | None = None
     not_before_ms: int | None = None
     in_use: Container[bytes] = frozenset()
+    # The caller's mailbox, kept with each envelope so that it can be told if one expires
+    # unfetched (``relay.failure_notices``); None keeps no trace of who delivered.
+    sender: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What one purge did: envelopes deleted at the end of their TTL, failure notices stored
+    in their senders' mailboxes, and expired envelopes no notice could name (its sender's
+    mailbox, or the store, was full)."""
+
+    expired: int
+    notices: int = 0
+    untold: int = 0
+    told: tuple[bytes, ...] = ()  # the mailboxes that got a notice (to wake their long polls)
 
 
 @dataclass(frozen=True)
@@ -274,6 +290,7 @@ class MailboxStore:
         new_mailbox_allowance: int | None = None,
         not_before_ms: int | None = None,
         in_use: Container[bytes] = frozenset(),
+        sender: bytes | None = None,
     ) -> PutResult:
         """Store envelopes atomically; return the ids now held (new or already present) and
         how many new mailboxes the call opened. Raises a :class:`QuotaError` (and stores
@@ -281,8 +298,11 @@ class MailboxStore:
         ``new_mailbox_allowance`` new mailboxes. An empty mailbox in ``in_use`` (its owner
         reads it: acks emptied it) is not new, though it still counts against the store's
         number of mailboxes. Envelopes stored before ``not_before_ms`` have expired: a full
-        mailbox is purged of them before it is judged full."""
-        call = PutCall(tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use)
+        mailbox is purged of them before it is judged full. ``sender`` (a mailbox) is told
+        of any of these envelopes that expires unfetched."""
+        call = PutCall(
+            tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use, sender
+        )
         try:
             with self._transaction():
                 staged = self._stage(call)
@@ -354,8 +374,9 @@ class MailboxStore:
                 total -= freed[1]
             total = quotas.charge(usage, total, len(body))
             self._db.execute(
-                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
-                (mailbox, env.id, body, now_ms),
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms, sender)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (mailbox, env.id, body, now_ms, call.sender),
             )
         opened = [m for m in changed if self._usage.get(m, (0, 0))[0] == 0]
         if opened and self.mailboxes + len(opened) > quotas.max_mailboxes:
@@ -395,14 +416,23 @@ class MailboxStore:
             (mailbox, not_before_ms),
         ).fetchone()
         if count:
+            # Their senders are told at the next purge (the notices go to other mailboxes,
+            # which this put has not judged).
+            self._db.execute(
+                "INSERT INTO undelivered (sender, id, recipient) SELECT sender, id, mailbox"
+                " FROM envelopes WHERE mailbox = ? AND stored_at_ms < ? AND sender IS NOT NULL"
+                " ORDER BY seq",
+                (mailbox, not_before_ms),
+            )
             self._db.execute(
                 "DELETE FROM envelopes WHERE mailbox = ? AND stored_at_ms < ?",
                 (mailbox, not_before_ms),
             )
         return int(count), int(size)
 
-    def purge_expired(self, not_before_ms: int) -> int:
-        """Delete every envelope stored before ``not_before_ms``; return how many went."""
+    def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
+        """Delete every envelope stored before ``not_before_ms``, and tell the senders who
+        asked (:mod:`relay.failure_notices`), all in one transaction."""
         try:
             with self._transaction():
                 rows = self._db.execute(
@@ -410,20 +440,73 @@ class MailboxStore:
                     " WHERE stored_at_ms < ? GROUP BY mailbox",
                     (not_before_ms,),
                 ).fetchall()
+                self._db.execute(
+                    "INSERT INTO undelivered (sender, id, recipient) SELECT sender, id, mailbox"
+                    " FROM envelopes WHERE stored_at_ms < ? AND sender IS NOT NULL ORDER BY seq",
+                    (not_before_ms,),
+                )
                 self._db.execute("DELETE FROM envelopes WHERE stored_at_ms < ?", (not_before_ms,))
                 removed = sum(int(count) for _, count, _ in rows)
                 if removed:
                     self._add_counter("envelopes_expired", removed)
+                usage = {bytes(m): list(self._usage.get(bytes(m), (0, 0))) for m, _, _ in rows}
+                total = self.total_bytes
+                for mailbox, count, size in rows:
+                    usage[bytes(mailbox)][0] -= int(count)
+                    usage[bytes(mailbox)][1] -= int(size)
+                    total -= int(size)
+                total, told, untold = self._tell_senders(usage, total, now_ms)
         except DB_ERRORS as exc:
             raise StorageError(f"relay store purge failed: {exc}") from exc
-        removed = 0
-        for mailbox, count, size in rows:
-            usage = self._usage.get(bytes(mailbox), [0, 0])
-            self._set_usage(bytes(mailbox), [usage[0] - int(count), usage[1] - int(size)])
-            self.total_bytes -= int(size)
-            removed += int(count)
+        for mailbox, left in usage.items():
+            self._set_usage(mailbox, left)
+        self.total_bytes = total
         self.expired_purged += removed
-        return removed
+        return Purged(removed, sum(told.values()), untold, tuple(told))
+
+    def _tell_senders(
+        self, usage: dict[bytes, list[int]], total: int, now_ms: int
+    ) -> tuple[int, dict[bytes, int], int]:
+        """Store the notices owed (inside the open transaction), each charged to its sender's
+        quota in ``usage`` (changed in place); returns the store's new byte total, the notices
+        stored by mailbox and the expired envelopes left untold."""
+        owed: dict[bytes, list[Owed]] = {}
+        for seq, sender, envelope_id, recipient in self._db.execute(
+            "SELECT seq, sender, id, recipient FROM undelivered ORDER BY seq"
+        ).fetchall():
+            entry = (int(seq), bytes(envelope_id), bytes(recipient))
+            owed.setdefault(bytes(sender), []).append(entry)
+        if not owed:
+            return total, {}, 0
+        told: dict[bytes, int] = {}
+        untold = 0
+        held = sum(1 for m, u in self._usage.items() if usage.get(m, u)[0] > 0)
+        for sender, entries in owed.items():
+            for notice, named in notices_for(sender, entries, now_ms):
+                body = wire.encode_envelope(notice)
+                mine = usage.setdefault(sender, list(self._usage.get(sender, (0, 0))))
+                opens = mine[0] <= 0
+                try:
+                    if opens and held + 1 > self._quotas.max_mailboxes:
+                        raise TooManyMailboxesError(
+                            "the relay holds as many mailboxes as it allows"
+                        )
+                    total = self._quotas.charge(mine, total, len(body))
+                except QuotaError:
+                    untold += named
+                    continue
+                held += opens
+                self._db.execute(
+                    "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
+                    (sender, notice.id, body, now_ms),
+                )
+                told[sender] = told.get(sender, 0) + 1
+        self._db.execute("DELETE FROM undelivered")
+        if told:
+            self._add_counter("failure_notices", sum(told.values()))
+        if untold:
+            self._add_counter("failure_notices_untold", untold)
+        return total, told, untold
 
     def fetch(
         self,

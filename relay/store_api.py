@@ -23,7 +23,7 @@ from node.core.errors import StorageError
 from node.core.runtime import Runtime
 from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
 from relay.directory_store import DirectoryQuotas, DirectoryStore, SuiteCount
-from relay.store import MailboxStore, PutCall, PutResult, StoredBatch
+from relay.store import MailboxStore, Purged, PutCall, PutResult, StoredBatch
 from relay.store_accounts import AccountStore, Session
 
 __all__ = [
@@ -64,6 +64,7 @@ class MailboxBackend(Protocol):
         new_mailbox_allowance: int | None = None,
         not_before_ms: int | None = None,
         in_use: Container[bytes] = frozenset(),
+        sender: bytes | None = None,
     ) -> PutResult: ...
 
     async def fetch(
@@ -79,7 +80,9 @@ class MailboxBackend(Protocol):
 
     async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int: ...
 
-    async def purge_expired(self, not_before_ms: int) -> int: ...
+    async def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
+        """Delete envelopes stored before ``not_before_ms`` and store the failure notices
+        owed to their senders (``relay.failure_notices``)."""
 
     async def count(self, mailbox: bytes) -> int: ...
 
@@ -199,8 +202,11 @@ class SqliteMailboxes:
         new_mailbox_allowance: int | None = None,
         not_before_ms: int | None = None,
         in_use: Container[bytes] = frozenset(),
+        sender: bytes | None = None,
     ) -> PutResult:
-        call = PutCall(tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use)
+        call = PutCall(
+            tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use, sender
+        )
         return await self._puts.call(call)
 
     async def _put_batch(self, calls: list[PutCall]) -> list[PutResult | StorageError]:
@@ -227,9 +233,9 @@ class SqliteMailboxes:
         store = self.store
         return await self._run(lambda: store.ack(mailbox, ids))
 
-    async def purge_expired(self, not_before_ms: int) -> int:
+    async def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
         store = self.store
-        return await self._run(lambda: store.purge_expired(not_before_ms))
+        return await self._run(lambda: store.purge_expired(not_before_ms, now_ms))
 
     async def count(self, mailbox: bytes) -> int:
         store = self.store

@@ -72,7 +72,7 @@ async def move_sqlite_to_pg(conn: Any, source: Path, key: bytes | None) -> MoveR
                 )
             envelopes = 0
             cursor = mailbox_db.execute(
-                "SELECT seq, mailbox, id, body, stored_at_ms FROM envelopes ORDER BY seq"
+                "SELECT seq, mailbox, id, body, stored_at_ms, sender FROM envelopes ORDER BY seq"
             )
             while True:
                 try:
@@ -83,13 +83,22 @@ async def move_sqlite_to_pg(conn: Any, source: Path, key: bytes | None) -> MoveR
                     break
                 await conn.copy_records_to_table(
                     "envelopes",
-                    records=[(s, bytes(m), bytes(i), bytes(b), t) for s, m, i, b, t in rows],
-                    columns=["seq", "mailbox", "id", "body", "stored_at_ms"],
+                    records=[
+                        (s, bytes(m), bytes(i), bytes(b), t, None if f is None else bytes(f))
+                        for s, m, i, b, t, f in rows
+                    ],
+                    columns=["seq", "mailbox", "id", "body", "stored_at_ms", "sender"],
                 )
                 envelopes += len(rows)
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('envelopes', 'seq'),"
                 " GREATEST((SELECT MAX(seq) FROM envelopes), 1))"
+            )
+            # Failure notices owed and not yet stored: the target's next purge tells them.
+            owed = _read(mailbox_db, "SELECT sender, id, recipient FROM undelivered ORDER BY seq")
+            await conn.executemany(
+                "INSERT INTO undelivered (sender, id, recipient) VALUES ($1, $2, $3)",
+                [(bytes(f), bytes(i), bytes(r)) for f, i, r in owed],
             )
             await conn.execute(
                 "INSERT INTO mailbox_usage (mailbox, envelopes, bytes)"

@@ -37,9 +37,11 @@ from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
 from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
+from relay.failure_notices import Owed, notices_for
 from relay.migrations import check_pg
 from relay.store import (
     NewMailboxLimitError,
+    Purged,
     PutCall,
     PutResult,
     QuotaError,
@@ -86,6 +88,13 @@ INSERT INTO mailbox_usage (mailbox, envelopes, bytes)
 SELECT m, 0, 0 FROM unnest($1::bytea[]) AS m ORDER BY m
 ON CONFLICT (mailbox) DO UPDATE SET envelopes = mailbox_usage.envelopes
 RETURNING mailbox, envelopes, bytes, xmax = 0 AS inserted
+"""
+# Records, for the next purge to tell their senders, the expired envelopes of one (locked)
+# mailbox that asked for a failure notice; run just before they are deleted.
+_OWE_EXPIRED = """
+INSERT INTO undelivered (sender, id, recipient)
+SELECT sender, id, mailbox FROM envelopes
+WHERE mailbox = $1 AND stored_at_ms < $2 AND sender IS NOT NULL ORDER BY seq
 """
 _TOTALS = "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(mailboxes), 0) FROM store_usage"
 _NOTIFY = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
@@ -360,8 +369,11 @@ class PgMailboxes:
         new_mailbox_allowance: int | None = None,
         not_before_ms: int | None = None,
         in_use: Container[bytes] = frozenset(),
+        sender: bytes | None = None,
     ) -> PutResult:
-        call = PutCall(tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use)
+        call = PutCall(
+            tuple(envelopes), now_ms, new_mailbox_allowance, not_before_ms, in_use, sender
+        )
         return await self._puts.call(call)
 
     async def _put_batch(self, calls: list[PutCall]) -> list[PutResult | StorageError]:
@@ -449,9 +461,10 @@ class PgMailboxes:
             removed.append(sum(1 for key in mine if gone.pop(key, None) is not None))
         return removed
 
-    async def purge_expired(self, not_before_ms: int) -> int:
+    async def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
         """Delete expired envelopes, one mailbox per transaction (mailbox lock first, as every
-        writer takes it), and drop the usage rows of empty mailboxes."""
+        writer takes it), and drop the usage rows of empty mailboxes; then store the failure
+        notices owed, one sender per transaction (``relay.failure_notices``)."""
         async with self._store.connection() as conn:
             mailboxes = await conn.fetch(
                 "SELECT DISTINCT mailbox FROM envelopes WHERE stored_at_ms < $1", not_before_ms
@@ -460,6 +473,7 @@ class PgMailboxes:
             for (mailbox,) in sorted(mailboxes):
                 async with conn.transaction():
                     row = await conn.fetchrow(_LOCK_MAILBOX, mailbox)
+                    await conn.execute(_OWE_EXPIRED, mailbox, not_before_ms)
                     gone = await conn.fetchrow(
                         "WITH gone AS (DELETE FROM envelopes WHERE mailbox = $1"
                         " AND stored_at_ms < $2 RETURNING length(body) AS size)"
@@ -473,8 +487,73 @@ class PgMailboxes:
                         await _add_counter(conn, "envelopes_expired", int(gone[0]))
                         removed += int(gone[0])
             await conn.execute("DELETE FROM mailbox_usage WHERE envelopes = 0")
+            notices = untold = 0
+            told: list[bytes] = []
+            senders = await conn.fetch("SELECT DISTINCT sender FROM undelivered")
+            for (sender,) in sorted(senders):
+                async with conn.transaction():
+                    stored, lost = await self._tell(conn, bytes(sender), now_ms)
+                notices += stored
+                untold += lost
+                if stored:
+                    told.append(bytes(sender))
         await self._store.refresh()
-        return removed
+        return Purged(removed, notices, untold, tuple(told))
+
+    async def _tell(self, conn: Any, sender: bytes, now_ms: int) -> tuple[int, int]:
+        """Store the notices owed to ``sender`` (its usage row locked first, so two processes
+        purging at once tell it each thing once); returns (notices stored, envelopes left
+        untold because a quota was full)."""
+        rows = await conn.fetch(_LOCK_MAILBOXES, [sender])
+        before = (int(rows[0][1]), int(rows[0][2]))
+        owed_rows = await conn.fetch(
+            "SELECT seq, id, recipient FROM undelivered WHERE sender = $1 ORDER BY seq", sender
+        )
+        if not owed_rows:
+            if rows[0][3]:
+                await conn.execute("DELETE FROM mailbox_usage WHERE mailbox = $1", sender)
+            return 0, 0
+        owed: list[Owed] = [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in owed_rows]
+        total, held = await conn.fetchrow(_TOTALS)
+        total, held = int(total), int(held)
+        mine = list(before)
+        stored = untold = 0
+        ids: list[bytes] = []
+        bodies: list[bytes] = []
+        for notice, named in notices_for(sender, owed, now_ms):
+            body = wire.encode_envelope(notice)
+            if mine[0] == 0 and held + 1 > self.quotas.max_mailboxes:
+                untold += named
+                continue
+            try:
+                total = self.quotas.charge(mine, total, len(body))
+            except QuotaError:
+                untold += named
+                continue
+            held += mine[0] == 1
+            ids.append(notice.id)
+            bodies.append(body)
+            stored += 1
+        if ids:
+            await conn.execute(
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
+                " SELECT $1, i, b, $4 FROM unnest($2::bytea[], $3::bytea[]) AS n(i, b)",
+                sender,
+                ids,
+                bodies,
+                now_ms,
+            )
+            await _write_usage(conn, {sender: mine}, {sender: before})
+            await _add_counter(conn, "failure_notices", stored)
+            await conn.execute(_NOTIFY, MAIL_CHANNEL, _payloads(self._store.tag, [sender]))
+        elif rows[0][3]:
+            await conn.execute("DELETE FROM mailbox_usage WHERE mailbox = $1", sender)
+        if untold:
+            await _add_counter(conn, "failure_notices_untold", untold)
+        await conn.execute(
+            "DELETE FROM undelivered WHERE seq = ANY($1::bigint[])", [r[0] for r in owed]
+        )
+        return stored, untold
 
     async def count(self, mailbox: bytes) -> int:
         async with self._store.connection() as conn:
@@ -673,7 +752,14 @@ class _PutBatch:
         self.usage = {m: list(u) for m, u in locked.items()}
         self.total, self.held = totals
         self._present = present  # (mailbox, id) held, or staged by an earlier call
-        self._rows: tuple[list[bytes], list[bytes], list[bytes], list[int]] = ([], [], [], [])
+        # mailbox, id, body, stored_at_ms, sender of each row to insert
+        self._rows: tuple[list[bytes], list[bytes], list[bytes], list[int], list[bytes | None]] = (
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
         self._stored: dict[bytes, None] = {}  # mailboxes that get envelopes, first call first
         self._purged = 0
 
@@ -736,16 +822,20 @@ class _PutBatch:
         self.total = total
         self.held += len(opened)
         self._present |= keys
-        mailboxes, ids, bodies, stored_at = self._rows
+        mailboxes, ids, bodies, stored_at, senders = self._rows
         for mailbox, envelope_id, body in rows:
             mailboxes.append(mailbox)
             ids.append(envelope_id)
             bodies.append(body)
             stored_at.append(call.now_ms)
+            senders.append(call.sender)
             self._stored[mailbox] = None
         return PutResult([env.id for env in call.envelopes], new)
 
     async def _purge(self, mailbox: bytes, not_before_ms: int) -> tuple[int, int]:
+        # Their senders are told at the next purge: the notices go to mailboxes this batch
+        # has not locked.
+        await self._conn.execute(_OWE_EXPIRED, mailbox, not_before_ms)
         gone = await self._conn.fetch(
             "DELETE FROM envelopes WHERE mailbox = $1 AND stored_at_ms < $2"
             " RETURNING id, length(body)",
@@ -768,8 +858,8 @@ class _PutBatch:
             # seq is handed out in the order of the arrays: the calls' order, then each
             # call's own.
             await conn.execute(
-                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
-                " SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bigint[])",
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms, sender) SELECT * FROM"
+                " unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bigint[], $5::bytea[])",
                 *self._rows,
             )
         await _write_usage(conn, self.usage, self._locked, next(iter(self._stored), None))

@@ -17,6 +17,8 @@ struct Envelope {
     keyPackageRequest @4;
     sealed @5;            # sealed sender: payload is a SealedBox (node/core/sealed.py), groupId
                           # empty; the relay sees the mailbox only
+    deliveryFailed @6;    # made by a relay, never by a node: payload is a DeliveryFailure naming
+                          # envelopes the caller delivered there that expired unfetched
   }
 }
 
@@ -27,4 +29,21 @@ struct SealedContent {
   sender @0 :Data;        # the sender's Ed25519 identity key (32 bytes)
   envelope @1 :Data;      # the inner Envelope, encoded on its own; never of kind sealed
   signature @2 :Data;     # 64 bytes
+}
+
+# The payload of a deliveryFailed envelope: what a relay dropped undelivered, for the node that
+# delivered it (it asked, with DeliverParams.failureNotice). A node takes one only from its own
+# relay's fetch answer.
+struct DeliveryFailure {
+  reason @0 :Reason;
+  envelopes @1 :List(Undelivered);   # at most 1,024
+
+  enum Reason {
+    expired @0;           # its recipient did not fetch it within the relay's envelope TTL
+  }
+}
+
+struct Undelivered {
+  id @0 :Data;            # the envelope's id, as the caller delivered it (16 bytes)
+  recipient @1 :Data;     # the mailbox it was for (32 bytes)
 }

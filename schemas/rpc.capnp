@@ -27,6 +27,9 @@ struct Request {
 
 struct DeliverParams {
   envelopes @0 :List(Env.Envelope);
+  failureNotice @1 :Bool;   # relay: remember who delivered these, and if one expires unfetched
+                            # put a deliveryFailed envelope in the caller's own mailbox there
+                            # (ignored for sealed envelopes: their caller is a one-time key)
 }
 
 struct FetchParams {

@@ -96,6 +96,8 @@ REFUSALS = (
     "sealed_unopened",
     "sealed_bad_signature",
     "sealed_replayed",
+    "failure_notice_not_from_relay",
+    "failure_notice_malformed",
 )
 
 

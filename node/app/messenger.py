@@ -99,6 +99,7 @@ class Messenger:
         )
         node.outbox.on_attempt = self._attempted
         node.outbox.on_gave_up = self._gave_up
+        node.on_relay_failed = lambda failed: self._queue(lambda: self._relay_failed(failed))
         node.on_invitation = lambda invitation: self.events.publish(
             InvitationReceived(self._pending(invitation))
         )
@@ -557,6 +558,21 @@ class Messenger:
         # The store marked it failed with the outbox row's removal; this tells the front ends.
         state = DeliveryState.FAILED
         self._queue(lambda: self._record_attempt(envelope_id, recipient, state, why))
+
+    async def _relay_failed(self, failed: list[StoredDelivery]) -> None:
+        """The relay dropped these deliveries unfetched; the store marked them failed."""
+        for delivery in failed:
+            conv = await self._conversation_of_message(delivery.message_id)
+            if conv is not None:
+                self.events.publish(
+                    DeliveryChanged(
+                        conv,
+                        delivery.message_id,
+                        delivery.recipient,
+                        DeliveryState.FAILED,
+                        delivery.reason,
+                    )
+                )
 
     async def _record_attempt(
         self, envelope_id: bytes, recipient: bytes, state: DeliveryState, reason: str

@@ -23,7 +23,7 @@ from node.app.limits import Counters, NodeLimits
 from node.app.membership import Membership, Rejection
 from node.app.outbox import Outbox, SendReport
 from node.app.router import Path, RelayInfo, Router
-from node.app.store import NodeStore, StoredMessage
+from node.app.store import NodeStore, StoredDelivery, StoredMessage
 from node.core import sealed, suites, wire
 from node.core.addresses import Address, format_address
 from node.core.chat_payload import (
@@ -42,6 +42,7 @@ from node.core.errors import (
     PeerIdentityError,
     RelayError,
     RemoteError,
+    RemoteProtocolError,
     StorageError,
 )
 from node.core.hybrid_kem import SEED_SIZE, HybridPrivateKey
@@ -86,6 +87,8 @@ RELAY_DIAL_DEADLINE = 5.0  # seconds for one handshake with the relay
 # seconds after start or a failed relay call: a relay that stays away must not silence
 # direct messages for good.
 RELAY_CATCH_UP_HOLD = 60.0
+# What a message shows for a recipient when the relay says it dropped the delivery unfetched.
+RELAY_EXPIRED_REASON = "the relay dropped it: not fetched within the relay's envelope lifetime"
 # Store secrets holding contacts' envelope keys from their invite links, by identity (hex).
 LINK_KEY = "link_envelope_key:"
 
@@ -236,6 +239,9 @@ class Node:
         # After a group was joined or its membership changed by a commit this node processed.
         self.on_group_changed: Callable[[bytes], None] | None = None
         self.on_info: InfoListener | None = None
+        # A relay dropped a message delivery it took (stored already): envelope id, recipient
+        # and message id of each, with the reason.
+        self.on_relay_failed: Callable[[list[StoredDelivery]], None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -537,6 +543,12 @@ class Node:
         # Not ours: not accepted, so the sender keeps it.
         mine = [env for env in envelopes if env.recipient == own]
         opened, outer_ids, dropped = await self._open_seals(mine)
+        # A failure notice counts only as the relay's own fetch answer (:meth:`_pull_relay`);
+        # from anyone else, sealed or not, it would be a way to mark messages failed.
+        forged = [env.id for env in opened if env.kind is wire.EnvelopeKind.DELIVERY_FAILED]
+        if forged:
+            self._counters.bump("failure_notice_not_from_relay", len(forged))
+            opened = [env for env in opened if env.kind is not wire.EnvelopeKind.DELIVERY_FAILED]
         owners = [self._share_of(env, path, caller) for env in opened]
         inner = await self._inbox.accept(opened, path, owners, self._clock_ms())
 
@@ -545,7 +557,9 @@ class Node:
 
         others = [env.id for env in envelopes if env.recipient != own]
         return Accepted(
-            [*dropped, *outer(inner.ids)], outer(inner.later), [*outer(inner.never), *others]
+            [*dropped, *outer(inner.ids)],
+            outer(inner.later),
+            [*outer(inner.never), *outer(forged), *others],
         )
 
     async def _open_seals(
@@ -890,13 +904,19 @@ class Node:
             self.directory.pool_runs_low()
         if not response.envelopes:
             return 0
-        accepted = await self._accept(response.envelopes, Path.RELAY, b"")
+        notices = [e for e in response.envelopes if e.kind is wire.EnvelopeKind.DELIVERY_FAILED]
+        if notices:
+            await self._relay_failed(notices)
+        rest = tuple(
+            e for e in response.envelopes if e.kind is not wire.EnvelopeKind.DELIVERY_FAILED
+        )
+        accepted = await self._accept(rest, Path.RELAY, b"")
         # Acknowledge only once stored: a crash in between means a re-fetch, and the duplicate
         # is dropped by id. What is refused for good goes too (it would only fill the
         # mailbox); what a full bound refused stays there, and is fetched again from the
         # start of the mailbox a while later (the cursor moves past it: a refusal that
         # lasts must not turn the long poll into a busy loop).
-        gone = [*accepted.ids, *accepted.never]
+        gone = [*(n.id for n in notices), *accepted.ids, *accepted.never]
         if gone:
             await self.router.call_relay(wire.Ack(mailbox, tuple(gone)))
         if accepted.later and self._relay_rescan_at is None:
@@ -909,6 +929,29 @@ class Node:
         if response.cursor > cursor:
             await self._run(lambda: store.set_int("relay_cursor", response.cursor))
         return len(response.envelopes)
+
+    async def _relay_failed(self, notices: list[wire.Envelope]) -> None:
+        """Mark failed the deliveries the relay's notices name (``relay.failure_notices``);
+        a notice that does not decode is counted and dropped."""
+        undelivered: list[tuple[bytes, bytes]] = []
+        for notice in notices:
+            try:
+                failure = wire.decode_delivery_failure(notice.payload)
+            except RemoteProtocolError as exc:
+                self._counters.bump("failure_notice_malformed")
+                log.warning(
+                    "%s dropped a malformed failure notice from its relay: %s", self.name, exc
+                )
+                continue
+            undelivered.extend((gone.id, gone.recipient) for gone in failure.envelopes)
+        if not undelivered:
+            return
+        store = self.store
+        failed = await self._run(lambda: store.fail_relayed(undelivered, RELAY_EXPIRED_REASON))
+        if failed:
+            log.info("%s: the relay dropped %d deliveries unfetched", self.name, len(failed))
+            if self.on_relay_failed is not None:
+                self.on_relay_failed(failed)
 
     async def _watch_relay(self) -> None:
         """Collect the relay mailbox, then keep a long poll open there while the node runs;

@@ -173,9 +173,14 @@ class Router:
         if self.sealed_sender and envelope_key is None:
             self.sealed_fallbacks += 1
             log.info("no envelope key known for %s: sent unsealed", short_fingerprint(recipient))
+        # This node reads its own relay's mailbox only: a notice anywhere else would go unread.
+        own = self.relay is not None and relay.identity == self.relay.identity
         try:
             response = await self._call_relay_at(
-                relay, wire.Deliver((envelope,)), self._relay_deadline, self._relay_deadline
+                relay,
+                wire.Deliver((envelope,), failure_notice=own),
+                self._relay_deadline,
+                self._relay_deadline,
             )
             _check_accepted(response, envelope)
         except NodeError as exc:

@@ -22,7 +22,7 @@ import sqlcipher3
 from node.core import wire
 from node.core.addresses import Address
 from node.core.errors import NodeError, StorageError
-from node.core.identity import short_fingerprint
+from node.core.identity import mailbox_of, short_fingerprint
 from node.core.keyfile import KdfParams, derive_key, derive_subkey
 
 # 2: mls_bases. 3: contacts.chosen, seen.expires_ms, inbox.owner, outbox.created_ms,
@@ -712,6 +712,31 @@ class NodeStore:
                 (state, reason, envelope_id),
             )
             return bytes(row[0])
+
+    def fail_relayed(
+        self, undelivered: Sequence[tuple[bytes, bytes]], reason: str
+    ) -> list[StoredDelivery]:
+        """Mark ``failed`` (with ``reason``) the deliveries a relay took and then dropped
+        unfetched: (envelope id, recipient mailbox) pairs from its failure notice. Only one in
+        state ``relay`` whose recipient has that mailbox changes; returns those that did."""
+        changed: list[StoredDelivery] = []
+        with self._tx() as db:
+            for envelope_id, mailbox in undelivered:
+                row = db.execute(
+                    "SELECT message_id, recipient FROM deliveries"
+                    " WHERE envelope_id = ? AND state = 'relay'",
+                    (envelope_id,),
+                ).fetchone()
+                if row is None or mailbox_of(bytes(row[1])) != mailbox:
+                    continue
+                db.execute(
+                    "UPDATE deliveries SET state = 'failed', reason = ? WHERE envelope_id = ?",
+                    (reason, envelope_id),
+                )
+                changed.append(
+                    StoredDelivery(envelope_id, bytes(row[0]), bytes(row[1]), "failed", reason)
+                )
+        return changed
 
     def deliveries_of(self, message_ids: Sequence[bytes]) -> list[StoredDelivery]:
         if not message_ids:

@@ -38,6 +38,7 @@ class EnvelopeKind(enum.Enum):
     APPLICATION = "application"
     KEY_PACKAGE_REQUEST = "keyPackageRequest"
     SEALED = "sealed"
+    DELIVERY_FAILED = "deliveryFailed"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Envelope:
 @dataclass(frozen=True)
 class Deliver:
     envelopes: tuple[Envelope, ...]
+    # Relay: keep who delivered these, to tell them (a deliveryFailed envelope in their own
+    # mailbox there) of any that expires unfetched.
+    failure_notice: bool = False
 
 
 @dataclass(frozen=True)
@@ -381,14 +385,75 @@ def decode_envelope(data: bytes) -> Envelope:
         raise RemoteProtocolError("malformed envelope") from exc
 
 
+# --- delivery-failure notices (payload of a deliveryFailed envelope) --------------------------
+
+MAX_UNDELIVERED = 1024
+
+
+class FailureReason(enum.Enum):
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    id: bytes
+    recipient: bytes  # the mailbox it was for
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    """What a relay dropped undelivered, told to the node that delivered it."""
+
+    reason: FailureReason
+    envelopes: tuple[Undelivered, ...]
+
+
+_REASONS_BY_ORDINAL = {
+    ordinal: FailureReason(name)
+    for name, ordinal in schemas.envelope.DeliveryFailure.Reason.schema.enumerants.items()
+}
+
+
+def encode_delivery_failure(failure: DeliveryFailure) -> bytes:
+    if len(failure.envelopes) > MAX_UNDELIVERED:
+        raise LocalProtocolError(f"at most {MAX_UNDELIVERED} envelopes in one failure notice")
+    msg = schemas.envelope.DeliveryFailure.new_message()
+    msg.reason = failure.reason.value
+    items = msg.init("envelopes", len(failure.envelopes))
+    for i, gone in enumerate(failure.envelopes):
+        items[i].id = gone.id
+        items[i].recipient = gone.recipient
+    return bytes(msg.to_bytes())
+
+
+def decode_delivery_failure(data: bytes) -> DeliveryFailure:
+    """Parse a deliveryFailed payload; :class:`RemoteProtocolError` on anything malformed,
+    an unknown reason, more than :data:`MAX_UNDELIVERED` entries or a wrong-sized id."""
+    try:
+        with schemas.envelope.DeliveryFailure.from_bytes(data, **_limits(data)) as msg:
+            reason = _REASONS_BY_ORDINAL.get(int(msg.reason.raw))
+            if reason is None:
+                raise RemoteProtocolError("failure notice has an unknown reason")
+            if len(msg.envelopes) > MAX_UNDELIVERED:
+                raise RemoteProtocolError(f"more than {MAX_UNDELIVERED} envelopes in a notice")
+            gone = tuple(Undelivered(bytes(e.id), bytes(e.recipient)) for e in msg.envelopes)
+    except DECODE_EXCEPTIONS as exc:
+        raise RemoteProtocolError("malformed failure notice") from exc
+    if any(len(g.id) != ENVELOPE_ID_SIZE or len(g.recipient) != MAILBOX_SIZE for g in gone):
+        raise RemoteProtocolError("failure notice names a malformed envelope id or mailbox")
+    return DeliveryFailure(reason, gone)
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
 def encode_request(req: Request) -> bytes:
     msg = schemas.rpc.Request.new_message()
     match req:
-        case Deliver(envelopes):
-            _fill_envelopes(msg.init("deliver"), "envelopes", envelopes)
+        case Deliver(envelopes, failure_notice):
+            p = msg.init("deliver")
+            _fill_envelopes(p, "envelopes", envelopes)
+            p.failureNotice = failure_notice
         case Fetch(mailbox, cursor, limit):
             p = msg.init("fetch")
             p.mailbox = mailbox
@@ -455,7 +520,8 @@ def decode_request(data: bytes) -> Request:
         with schemas.rpc.Request.from_bytes(bytes(data), **_limits(data)) as msg:
             which = _method_of(msg)
             if which == "deliver":
-                return Deliver(tuple(_read_envelope(e) for e in msg.deliver.envelopes))
+                d = msg.deliver
+                return Deliver(tuple(_read_envelope(e) for e in d.envelopes), bool(d.failureNotice))
             if which == "fetch":
                 p = msg.fetch
                 return Fetch(mailbox=bytes(p.mailbox), cursor=int(p.cursor), limit=int(p.limit))

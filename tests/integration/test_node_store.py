@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from node.app.store import NodeStore, SeenPeer, StoredMessage, derive_store_keys
+from node.app.store import (
+    NodeStore,
+    SeenPeer,
+    StoredDelivery,
+    StoredMessage,
+    derive_store_keys,
+)
 from node.core import wire
 from node.core.errors import StorageError
+from node.core.identity import mailbox_of
 from node.core.keyfile import FAST_KDF
 
 
@@ -103,3 +110,27 @@ def test_an_mdns_claim_never_replaces_or_deletes_a_proven_peer(tmp_path: Path) -
     store.forget_peer_claim("carolfp")
     assert store.peers() == [proven]
     store.close()
+
+
+def test_a_relay_failure_notice_fails_only_what_that_relay_took_for_that_recipient(
+    tmp_path: Path,
+) -> None:
+    store = NodeStore(tmp_path / "node.db", os.urandom(32))
+    bob, carol = b"\x0b" * 32, b"\x0c" * 32
+    message = b"m" * 16
+    relayed, direct, queued, for_carol = (os.urandom(16) for _ in range(4))
+    store.save_deliveries(
+        [
+            StoredDelivery(relayed, message, bob, "relay", ""),
+            StoredDelivery(direct, message, bob, "direct", ""),
+            StoredDelivery(queued, message, bob, "queued", "unreachable"),
+            StoredDelivery(for_carol, message, carol, "relay", ""),
+        ]
+    )
+    # The notice names all four as bob's, and one id this node never sent.
+    named = [(e, mailbox_of(bob)) for e in (relayed, direct, queued, for_carol, os.urandom(16))]
+    failed = store.fail_relayed(named, "dropped")
+    assert failed == [StoredDelivery(relayed, message, bob, "failed", "dropped")]
+    states = {d.envelope_id: d.state for d in store.deliveries_of([message])}
+    assert states == {relayed: "failed", direct: "direct", queued: "queued", for_carol: "relay"}
+    assert store.fail_relayed(named, "dropped") == []  # told twice: changed once

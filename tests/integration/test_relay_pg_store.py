@@ -35,6 +35,8 @@ from tests.runtime_support import Runtimes
 
 MAILBOX = b"\x05" * 32
 OTHER = b"\x06" * 32
+SENDER = b"\x07" * 32
+THIRD = b"\x08" * 32
 # The mailbox file exactly as the first relays wrote it: no version, tables made "IF NOT EXISTS".
 TODAYS_PLAIN_SCHEMA = """
 CREATE TABLE IF NOT EXISTS envelopes (
@@ -100,7 +102,7 @@ async def test_both_backends_fetch_in_order_dedupe_ack_once_and_refuse_whole_bat
         assert await store.ack(MAILBOX, [sent[0].id]) == 0
         # Expired envelopes never come out and are purged.
         await store.put([envelope(9, OTHER)], now_ms=10)
-        assert await store.purge_expired(not_before_ms=5) == 4
+        assert (await store.purge_expired(not_before_ms=5, now_ms=10)).expired == 4
         assert await store.count(MAILBOX) == 0 and await store.count(OTHER) == 1
     finally:
         await store.close()
@@ -147,6 +149,9 @@ async def test_pg_migrates_from_every_earlier_version(start: int, pg_dsn: str) -
         assert await migrate_pg(conn) == (start, SCHEMA_VERSION)
         expect = 1 if start >= 1 else 0
         assert await conn.fetchval("SELECT COUNT(*) FROM envelopes") == expect
+        # An envelope from before step 4 names no sender: it expires and nobody is told.
+        assert await conn.fetchval("SELECT COUNT(*) FROM envelopes WHERE sender IS NULL") == expect
+        assert await conn.fetchval("SELECT COUNT(*) FROM undelivered") == 0
         # The directory's tables came with step 3, its byte total starting at nothing.
         assert await conn.fetchval("SELECT bytes FROM directory_usage") == 0
         assert await conn.fetchval("SELECT COUNT(*) FROM key_packages") == 0
@@ -184,6 +189,9 @@ def test_sqlite_migrates_from_every_earlier_version_todays_plain_file_included(
     store = MailboxStore(path)
     assert store.count(MAILBOX) == 1
     assert [e.id for e in store.fetch(MAILBOX, 0, 10, 1 << 20).envelopes] == [old.id]
+    # Stored before step 4, it names no sender: it expires and nobody is told.
+    purged = store.purge_expired(not_before_ms=1, now_ms=2)
+    assert (purged.expired, purged.notices, purged.untold) == (1, 0, 0)
     store.close()
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
     assert version == SCHEMA_VERSION
@@ -347,8 +355,16 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
     data.mkdir()
     mailboxes = MailboxStore(data / "mailboxes.sqlite3")
     sent = [envelope(n) for n in range(30)] + [envelope(n, OTHER) for n in range(5)]
-    mailboxes.put(sent, now_ms=0)
+    mailboxes.put(sent[:30], now_ms=0)
+    # The sender of these asked to be told if they expire.
+    mailboxes.put(sent[30:], now_ms=0, sender=SENDER)
     half = mailboxes.fetch(MAILBOX, 0, 10, 1 << 20)  # a node read part of its mail already
+    mailboxes.close()
+    # And one of its envelopes was pushed out of a full mailbox: owed, not yet told.
+    mailboxes = MailboxStore(data / "mailboxes.sqlite3", quotas=StoreQuotas(max_per_mailbox=1))
+    pushed = envelope(0, THIRD)
+    mailboxes.put([pushed], now_ms=0, sender=SENDER)
+    mailboxes.put([envelope(1, THIRD)], now_ms=5, not_before_ms=1)
     mailboxes.close()
     accounts = AccountStore(data / "accounts.sqlite3")
     accounts.register("alice", b"r" * 64, 1)
@@ -364,7 +380,7 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
     command = [sys.executable, "-m", "relay", "migrate", "--from-sqlite", str(data)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert "moved 35 envelopes in 2 mailboxes, 1 accounts and 1 sessions" in done.stdout
+    assert "moved 36 envelopes in 3 mailboxes, 1 accounts and 1 sessions" in done.stdout
     assert "3 KeyPackages and 1 usernames" in done.stdout
     # A second move would merge two stores: refused with one line, nothing changed.
     again = subprocess.run(
@@ -379,7 +395,7 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
             rest = await store.mailboxes.fetch(MAILBOX, half.cursor, 100, 1 << 20)
             assert [e.id for e in rest.envelopes] == [e.id for e in sent[10:30]]
             assert await store.mailboxes.count(OTHER) == 5
-            assert store.mailboxes.mailboxes == 2
+            assert store.mailboxes.mailboxes == 3
             assert await store.accounts.record("alice") == b"r" * 64
             assert await store.accounts.has_live_session(b"k" * 32, now_ms=5)
             # New envelopes continue after the moved ones.
@@ -392,6 +408,15 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
             assert await moved.identity_of("alice") == owner
             taken = [await moved.take(owner, 0) for _ in range(3)]
             assert taken == [[b"kp first"], [b"kp second"], [b"kp last"]]
+            # Who asked to be told of expiry came along too.
+            purged = await store.mailboxes.purge_expired(not_before_ms=1, now_ms=2)
+            assert (purged.expired, purged.notices) == (35, 1)
+            [notice] = (await store.mailboxes.fetch(SENDER, 0, 10, 1 << 20)).envelopes
+            told = wire.decode_delivery_failure(notice.payload).envelopes
+            assert [(u.id, u.recipient) for u in told] == [
+                (pushed.id, THIRD),
+                *((e.id, OTHER) for e in sent[30:]),
+            ]
         finally:
             await store.close()
 

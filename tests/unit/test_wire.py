@@ -157,3 +157,34 @@ def test_a_method_from_a_newer_schema_is_reported_as_unknown(tmp_path: Path) -> 
 def test_wait_round_trip() -> None:
     request = wire.Wait(mailbox=b"\x01" * 32, cursor=9, limit=5, timeout_ms=25_000)
     assert wire.decode_request(wire.encode_request(request)) == request
+
+
+def test_a_failure_notice_round_trips_and_a_malformed_one_is_refused() -> None:
+    import schemas
+
+    gone = tuple(wire.Undelivered(bytes([n]) * 16, b"\x07" * 32) for n in range(3))
+    failure = wire.DeliveryFailure(wire.FailureReason.EXPIRED, gone)
+    assert wire.decode_delivery_failure(wire.encode_delivery_failure(failure)) == failure
+    assert wire.decode_request(wire.encode_request(wire.Deliver((envelope(),), True))) == (
+        wire.Deliver((envelope(),), failure_notice=True)
+    )
+    too_many = wire.DeliveryFailure(wire.FailureReason.EXPIRED, gone[:1] * 1025)
+    with pytest.raises(LocalProtocolError):
+        wire.encode_delivery_failure(too_many)
+
+    def raw(count: int, id_size: int = 16, reason: int = 0) -> bytes:
+        msg = schemas.envelope.DeliveryFailure.new_message()
+        msg.reason = "expired"
+        items = msg.init("envelopes", count)
+        for i in range(count):
+            items[i].id = b"i" * id_size
+            items[i].recipient = b"r" * 32
+        data = bytearray(msg.to_bytes())
+        if reason:
+            data[16] = reason  # past the segment table and root pointer: the enum
+        return bytes(data)
+
+    assert len(wire.decode_delivery_failure(raw(1024)).envelopes) == 1024
+    for bad in (raw(1025), raw(1, id_size=15), raw(1, reason=9), b"\x00" * 3):
+        with pytest.raises(RemoteProtocolError):
+            wire.decode_delivery_failure(bad)
