@@ -30,6 +30,7 @@ from node.core.runtime import Runtime
 from node.transport.connection import Caller
 from relay.accounts import AccountService
 from relay.directory import DIRECTORY_CALLS, DirectoryService
+from relay.failure_notices import Telling, entries_fitting
 from relay.limits import TokenBuckets
 from relay.store import (
     MailboxBytesError,
@@ -50,6 +51,7 @@ MAX_ACK_IDS = 4096
 MAX_FETCH = 256
 MAX_WAIT_MS = 25_000  # below the relay's call deadline, so a long poll never times out as an error
 MAX_CURSOR = (1 << 63) - 1  # cursors are SQLite rowids: signed 64-bit
+NOTICE_SALT_SIZE = 16
 # Bytes of a FetchResult around its envelopes (root, list pointer, cursor), and what one envelope
 # costs inside the list beyond its standalone encoding; generous, overshooting only shortens.
 _RESPONSE_OVERHEAD = 1024
@@ -131,6 +133,7 @@ class RelayService:
         self.max_envelope_bytes = min(limits.max_envelope_bytes or largest, largest)
         self._run = runtime.run_blocking
         self._clock_ms = runtime.wall_ms
+        self._random = runtime.random_bytes
         self._monotonic = runtime.monotonic
         self._calls = TokenBuckets(limits.calls_per_second, limits.call_burst)
         self._per_mailbox = TokenBuckets(
@@ -430,7 +433,12 @@ class RelayService:
 
     async def purge_expired(self) -> Purged:
         """Delete every expired envelope now, and tell the senders who asked."""
-        purged = await self._store.purge_expired(self._not_before_ms(), self._clock_ms())
+        telling = Telling(
+            self._clock_ms(),
+            self._random(NOTICE_SALT_SIZE),
+            entries_fitting(self.max_envelope_bytes),
+        )
+        purged = await self._store.purge_expired(self._not_before_ms(), telling)
         self.counters["failure_notices"] += purged.notices
         self.counters["failure_notices_untold"] += purged.untold
         for mailbox in purged.told:

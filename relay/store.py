@@ -27,7 +27,7 @@ import sqlcipher3
 
 from node.core import wire
 from node.core.errors import StorageError
-from relay.failure_notices import Owed, notices_for
+from relay.failure_notices import OWED_BATCH, Owed, Telling, notices_for
 from relay.migrations import SqlitePart, migrate_sqlite
 
 # Either library's errors: a keyed store is opened with sqlcipher3, a plain one with sqlite3
@@ -430,9 +430,9 @@ class MailboxStore:
             )
         return int(count), int(size)
 
-    def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
-        """Delete every envelope stored before ``not_before_ms``, and tell the senders who
-        asked (:mod:`relay.failure_notices`), all in one transaction."""
+    def purge_expired(self, not_before_ms: int, telling: Telling) -> Purged:
+        """Delete every envelope stored before ``not_before_ms`` (one transaction), then tell
+        the senders who asked (:mod:`relay.failure_notices`, a transaction a batch)."""
         try:
             with self._transaction():
                 rows = self._db.execute(
@@ -449,64 +449,88 @@ class MailboxStore:
                 removed = sum(int(count) for _, count, _ in rows)
                 if removed:
                     self._add_counter("envelopes_expired", removed)
-                usage = {bytes(m): list(self._usage.get(bytes(m), (0, 0))) for m, _, _ in rows}
-                total = self.total_bytes
-                for mailbox, count, size in rows:
-                    usage[bytes(mailbox)][0] -= int(count)
-                    usage[bytes(mailbox)][1] -= int(size)
-                    total -= int(size)
-                total, told, untold = self._tell_senders(usage, total, now_ms)
         except DB_ERRORS as exc:
             raise StorageError(f"relay store purge failed: {exc}") from exc
-        for mailbox, left in usage.items():
-            self._set_usage(mailbox, left)
-        self.total_bytes = total
+        for mailbox, count, size in rows:
+            usage = self._usage.get(bytes(mailbox), [0, 0])
+            self._set_usage(bytes(mailbox), [usage[0] - int(count), usage[1] - int(size)])
+            self.total_bytes -= int(size)
         self.expired_purged += removed
-        return Purged(removed, sum(told.values()), untold, tuple(told))
-
-    def _tell_senders(
-        self, usage: dict[bytes, list[int]], total: int, now_ms: int
-    ) -> tuple[int, dict[bytes, int], int]:
-        """Store the notices owed (inside the open transaction), each charged to its sender's
-        quota in ``usage`` (changed in place); returns the store's new byte total, the notices
-        stored by mailbox and the expired envelopes left untold."""
-        owed: dict[bytes, list[Owed]] = {}
-        for seq, sender, envelope_id, recipient in self._db.execute(
-            "SELECT seq, sender, id, recipient FROM undelivered ORDER BY seq"
-        ).fetchall():
-            entry = (int(seq), bytes(envelope_id), bytes(recipient))
-            owed.setdefault(bytes(sender), []).append(entry)
-        if not owed:
-            return total, {}, 0
         told: dict[bytes, int] = {}
         untold = 0
-        held = sum(1 for m, u in self._usage.items() if usage.get(m, u)[0] > 0)
+        while True:
+            try:
+                with self._transaction():
+                    handled, lost, changed, total = self._tell_batch(telling, told)
+            except DB_ERRORS as exc:
+                raise StorageError(f"relay store purge failed: {exc}") from exc
+            for mailbox, left in changed.items():
+                self._set_usage(mailbox, left)
+            self.total_bytes = total
+            untold += lost
+            if handled < OWED_BATCH:
+                break
+        return Purged(removed, sum(told.values()), untold, tuple(told))
+
+    def _tell_batch(
+        self, telling: Telling, told: dict[bytes, int]
+    ) -> tuple[int, int, dict[bytes, list[int]], int]:
+        """Store the notices for the oldest :data:`OWED_BATCH` debts (inside the open
+        transaction), each charged to its sender's quota, and clear those debts. Returns the
+        debts handled, the expired envelopes left untold, the usage of the mailboxes told and
+        the store's byte total; ``told`` counts the notices stored, by mailbox."""
+        owed: dict[bytes, list[Owed]] = {}
+        last = 0
+        for seq, sender, envelope_id, recipient in self._db.execute(
+            "SELECT seq, sender, id, recipient FROM undelivered ORDER BY seq LIMIT ?",
+            (OWED_BATCH,),
+        ).fetchall():
+            owed.setdefault(bytes(sender), []).append(
+                (int(seq), bytes(envelope_id), bytes(recipient))
+            )
+            last = int(seq)
+        usage: dict[bytes, list[int]] = {}
+        total = self.total_bytes
+        stored = untold = 0
+        held = self.mailboxes
         for sender, entries in owed.items():
-            for notice, named in notices_for(sender, entries, now_ms):
+            mine = usage[sender] = list(self._usage.get(sender, (0, 0)))
+            refused = False
+            for notice, named in notices_for(sender, entries, telling):
+                if refused:
+                    untold += named
+                    continue
                 body = wire.encode_envelope(notice)
-                mine = usage.setdefault(sender, list(self._usage.get(sender, (0, 0))))
                 opens = mine[0] <= 0
+                taken = self._db.execute(
+                    "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?", (sender, notice.id)
+                ).fetchone()
                 try:
+                    if taken:
+                        raise QuotaError("a notice's id is taken")
                     if opens and held + 1 > self._quotas.max_mailboxes:
-                        raise TooManyMailboxesError(
-                            "the relay holds as many mailboxes as it allows"
-                        )
+                        raise TooManyMailboxesError("no room for another mailbox")
                     total = self._quotas.charge(mine, total, len(body))
                 except QuotaError:
+                    # The rest would not fit either: counted, never encoded.
+                    refused = not taken
                     untold += named
                     continue
                 held += opens
                 self._db.execute(
                     "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
-                    (sender, notice.id, body, now_ms),
+                    (sender, notice.id, body, telling.now_ms),
                 )
                 told[sender] = told.get(sender, 0) + 1
-        self._db.execute("DELETE FROM undelivered")
-        if told:
-            self._add_counter("failure_notices", sum(told.values()))
+                stored += 1
+        handled = sum(len(e) for e in owed.values())
+        if handled:
+            self._db.execute("DELETE FROM undelivered WHERE seq <= ?", (last,))
+        if stored:
+            self._add_counter("failure_notices", stored)
         if untold:
             self._add_counter("failure_notices_untold", untold)
-        return total, told, untold
+        return handled, untold, usage, total
 
     def fetch(
         self,

@@ -23,6 +23,7 @@ from node.core.errors import StorageError
 from node.core.runtime import Runtime
 from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
 from relay.directory_store import DirectoryQuotas, DirectoryStore, SuiteCount
+from relay.failure_notices import Telling
 from relay.store import MailboxStore, Purged, PutCall, PutResult, StoredBatch
 from relay.store_accounts import AccountStore, Session
 
@@ -80,7 +81,7 @@ class MailboxBackend(Protocol):
 
     async def ack(self, mailbox: bytes, ids: Sequence[bytes]) -> int: ...
 
-    async def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
+    async def purge_expired(self, not_before_ms: int, telling: Telling) -> Purged:
         """Delete envelopes stored before ``not_before_ms`` and store the failure notices
         owed to their senders (``relay.failure_notices``)."""
 
@@ -233,9 +234,9 @@ class SqliteMailboxes:
         store = self.store
         return await self._run(lambda: store.ack(mailbox, ids))
 
-    async def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
+    async def purge_expired(self, not_before_ms: int, telling: Telling) -> Purged:
         store = self.store
-        return await self._run(lambda: store.purge_expired(not_before_ms, now_ms))
+        return await self._run(lambda: store.purge_expired(not_before_ms, telling))
 
     async def count(self, mailbox: bytes) -> int:
         store = self.store

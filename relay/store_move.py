@@ -64,6 +64,7 @@ async def move_sqlite_to_pg(conn: Any, source: Path, key: bytes | None) -> MoveR
         async with conn.transaction():
             held = await conn.fetchval(
                 "SELECT (SELECT COUNT(*) FROM envelopes) + (SELECT COUNT(*) FROM accounts)"
+                " + (SELECT COUNT(*) FROM undelivered)"
             )
             if held:
                 raise StorageError(

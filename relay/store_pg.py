@@ -37,7 +37,7 @@ from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
 from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
-from relay.failure_notices import Owed, notices_for
+from relay.failure_notices import OWED_BATCH, Owed, Telling, notices_for
 from relay.migrations import check_pg
 from relay.store import (
     NewMailboxLimitError,
@@ -461,7 +461,7 @@ class PgMailboxes:
             removed.append(sum(1 for key in mine if gone.pop(key, None) is not None))
         return removed
 
-    async def purge_expired(self, not_before_ms: int, now_ms: int) -> Purged:
+    async def purge_expired(self, not_before_ms: int, telling: Telling) -> Purged:
         """Delete expired envelopes, one mailbox per transaction (mailbox lock first, as every
         writer takes it), and drop the usage rows of empty mailboxes; then store the failure
         notices owed, one sender per transaction (``relay.failure_notices``)."""
@@ -491,38 +491,48 @@ class PgMailboxes:
             told: list[bytes] = []
             senders = await conn.fetch("SELECT DISTINCT sender FROM undelivered")
             for (sender,) in sorted(senders):
-                async with conn.transaction():
-                    stored, lost = await self._tell(conn, bytes(sender), now_ms)
-                notices += stored
-                untold += lost
-                if stored:
-                    told.append(bytes(sender))
+                while True:
+                    async with conn.transaction():
+                        handled, stored, lost = await self._tell(conn, bytes(sender), telling)
+                    notices += stored
+                    untold += lost
+                    if stored and bytes(sender) not in told:
+                        told.append(bytes(sender))
+                    if handled < OWED_BATCH:
+                        break
         await self._store.refresh()
         return Purged(removed, notices, untold, tuple(told))
 
-    async def _tell(self, conn: Any, sender: bytes, now_ms: int) -> tuple[int, int]:
-        """Store the notices owed to ``sender`` (its usage row locked first, so two processes
-        purging at once tell it each thing once); returns (notices stored, envelopes left
-        untold because a quota was full)."""
+    async def _tell(self, conn: Any, sender: bytes, telling: Telling) -> tuple[int, int, int]:
+        """Store the notices for the oldest :data:`OWED_BATCH` debts to ``sender`` (its usage
+        row locked first, so two processes purging at once tell each debt once) and clear
+        them; returns (debts handled, notices stored, envelopes left untold)."""
         rows = await conn.fetch(_LOCK_MAILBOXES, [sender])
         before = (int(rows[0][1]), int(rows[0][2]))
         owed_rows = await conn.fetch(
-            "SELECT seq, id, recipient FROM undelivered WHERE sender = $1 ORDER BY seq", sender
+            "SELECT seq, id, recipient FROM undelivered WHERE sender = $1 ORDER BY seq LIMIT $2",
+            sender,
+            OWED_BATCH,
         )
-        if not owed_rows:
-            if rows[0][3]:
-                await conn.execute("DELETE FROM mailbox_usage WHERE mailbox = $1", sender)
-            return 0, 0
         owed: list[Owed] = [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in owed_rows]
+        made = list(notices_for(sender, owed, telling))
+        taken = {
+            bytes(r[0])
+            for r in await conn.fetch(
+                "SELECT id FROM envelopes WHERE mailbox = $1 AND id = ANY($2::bytea[])",
+                sender,
+                [n.id for n, _ in made],
+            )
+        }
         total, held = await conn.fetchrow(_TOTALS)
         total, held = int(total), int(held)
         mine = list(before)
-        stored = untold = 0
+        untold = 0
         ids: list[bytes] = []
         bodies: list[bytes] = []
-        for notice, named in notices_for(sender, owed, now_ms):
+        for notice, named in made:
             body = wire.encode_envelope(notice)
-            if mine[0] == 0 and held + 1 > self.quotas.max_mailboxes:
+            if notice.id in taken or (mine[0] == 0 and held + 1 > self.quotas.max_mailboxes):
                 untold += named
                 continue
             try:
@@ -533,7 +543,6 @@ class PgMailboxes:
             held += mine[0] == 1
             ids.append(notice.id)
             bodies.append(body)
-            stored += 1
         if ids:
             await conn.execute(
                 "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
@@ -541,19 +550,20 @@ class PgMailboxes:
                 sender,
                 ids,
                 bodies,
-                now_ms,
+                telling.now_ms,
             )
             await _write_usage(conn, {sender: mine}, {sender: before})
-            await _add_counter(conn, "failure_notices", stored)
+            await _add_counter(conn, "failure_notices", len(ids))
             await conn.execute(_NOTIFY, MAIL_CHANNEL, _payloads(self._store.tag, [sender]))
         elif rows[0][3]:
             await conn.execute("DELETE FROM mailbox_usage WHERE mailbox = $1", sender)
         if untold:
             await _add_counter(conn, "failure_notices_untold", untold)
-        await conn.execute(
-            "DELETE FROM undelivered WHERE seq = ANY($1::bigint[])", [r[0] for r in owed]
-        )
-        return stored, untold
+        if owed:
+            await conn.execute(
+                "DELETE FROM undelivered WHERE seq = ANY($1::bigint[])", [o[0] for o in owed]
+            )
+        return len(owed), len(ids), untold
 
     async def count(self, mailbox: bytes) -> int:
         async with self._store.connection() as conn:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import relay.store
+import relay.store_pg
 from node.app.events import DeliveryChanged, Joined
 from node.app.messages import DeliveryState
 from node.app.messenger import Messenger
@@ -18,6 +20,7 @@ from node.app.router import RelayInfo
 from node.core import wire
 from node.core.errors import ErrorCode
 from node.core.identity import Identity
+from relay.failure_notices import Telling, entries_fitting, notices_for
 from relay.server import Relay
 from relay.store import StoreQuotas
 from relay.store_api import MailboxBackend
@@ -27,6 +30,7 @@ from tests.integration.test_relay_limits import client, relay_key, running_relay
 from tests.integration.test_relay_pg_store import make_mailboxes
 from tests.runtime_support import Runtimes
 
+SALT = b"salt" * 4
 MAILBOX = b"\x05" * 32
 SENDER = b"\x07" * 32
 TTL_MS = 60_000
@@ -61,7 +65,7 @@ async def test_only_a_sender_that_asked_is_told_and_only_once(
         await store.put([asked], 1000, sender=SENDER)
         await store.put([unasked], 1000)  # sealed, or a sender that did not ask
         await store.put([fresh], 5000, sender=SENDER)
-        purged = await store.purge_expired(not_before_ms=2000, now_ms=6000)
+        purged = await store.purge_expired(not_before_ms=2000, telling=Telling(6000, SALT))
         assert (purged.expired, purged.notices, purged.untold) == (2, 1, 0)
         assert purged.told == (SENDER,)
         told = await notices_in(store, SENDER)
@@ -71,11 +75,11 @@ async def test_only_a_sender_that_asked_is_told_and_only_once(
         [notice] = (await store.fetch(SENDER, 0, 10, 1 << 20)).envelopes
         assert notice.created_at_ms == 6000
         # Told once: a later purge owes nothing more.
-        again = await store.purge_expired(not_before_ms=2000, now_ms=7000)
+        again = await store.purge_expired(not_before_ms=2000, telling=Telling(7000, SALT))
         assert (again.expired, again.notices) == (0, 0)
         assert len(await notices_in(store, SENDER)) == 1
         # A notice expires like any envelope, and is never itself the subject of one.
-        late = await store.purge_expired(not_before_ms=10_000, now_ms=11_000)
+        late = await store.purge_expired(not_before_ms=10_000, telling=Telling(11_000, SALT))
         # The first notice went without a notice of its own; ``fresh`` is told.
         assert (late.expired, late.notices) == (2, 1)
         assert await store.count(SENDER) == 1  # the notice of ``fresh``
@@ -98,7 +102,7 @@ async def test_what_a_full_mailbox_purges_to_make_room_is_told_at_the_next_purge
         await store.put([new], 3000, not_before_ms=2000)  # ``old`` goes to make room
         assert await store.count(MAILBOX) == 1
         assert await store.count(SENDER) == 0
-        purged = await store.purge_expired(not_before_ms=2000, now_ms=3100)
+        purged = await store.purge_expired(not_before_ms=2000, telling=Telling(3100, SALT))
         assert (purged.expired, purged.notices) == (0, 1)
         assert [n.envelopes for n in await notices_in(store, SENDER)] == [
             (wire.Undelivered(old.id, MAILBOX),)
@@ -115,30 +119,65 @@ async def test_a_notice_its_senders_full_mailbox_cannot_take_is_counted_and_not_
     try:
         await store.put([envelope(SENDER)], 5000)  # the sender's own mailbox is full
         await store.put([envelope()], 1000, sender=SENDER)
-        purged = await store.purge_expired(not_before_ms=2000, now_ms=6000)
+        purged = await store.purge_expired(not_before_ms=2000, telling=Telling(6000, SALT))
         assert (purged.expired, purged.notices, purged.untold) == (1, 0, 1)
         assert await store.count(SENDER) == 1
         # Nothing stays owed to grow the store: the next purge has nothing to tell.
-        again = await store.purge_expired(not_before_ms=2000, now_ms=7000)
+        again = await store.purge_expired(not_before_ms=2000, telling=Telling(7000, SALT))
         assert (again.notices, again.untold) == (0, 0)
     finally:
         await store.close()
 
 
 @BACKENDS
-async def test_many_expired_envelopes_are_told_in_notices_that_each_fit_the_bound(
+async def test_many_expired_envelopes_are_told_in_batches_and_notices_a_fetch_carries(
+    kind: str,
+    tmp_path: Path,
+    runtimes: Runtimes,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(relay.store, "OWED_BATCH", 100)
+    monkeypatch.setattr(relay.store_pg, "OWED_BATCH", 100)
+    store = await mailbox_of_kind(kind, tmp_path, runtimes, request)
+    try:
+        sent = [envelope(size=1) for _ in range(1030)]
+        for start in range(0, len(sent), 128):
+            await store.put(sent[start : start + 128], 1000, sender=SENDER)
+        budget = 20_000  # a relay whose largest fetchable envelope is this
+        telling = Telling(3000, SALT, entries_fitting(budget))
+        purged = await store.purge_expired(not_before_ms=2000, telling=telling)
+        assert purged.expired == len(sent) and purged.untold == 0
+        batch = await store.fetch(SENDER, 0, 100, 1 << 20)
+        assert all(len(wire.encode_envelope(e)) <= budget for e in batch.envelopes)
+        told = [wire.decode_delivery_failure(e.payload) for e in batch.envelopes]
+        assert purged.notices == len(told) > len(sent) // 100  # every batch of debts told
+        assert [u.id for n in told for u in n.envelopes] == [e.id for e in sent]
+    finally:
+        await store.close()
+
+
+@BACKENDS
+async def test_an_envelope_holding_a_notices_id_first_costs_that_notice_not_the_purge(
     kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest
 ) -> None:
     store = await mailbox_of_kind(kind, tmp_path, runtimes, request)
     try:
-        sent = [envelope(size=1) for _ in range(wire.MAX_UNDELIVERED + 6)]
-        for start in range(0, len(sent), 128):
-            await store.put(sent[start : start + 128], 1000, sender=SENDER)
-        purged = await store.purge_expired(not_before_ms=2000, now_ms=3000)
-        assert (purged.expired, purged.notices) == (len(sent), 2)
-        told = await notices_in(store, SENDER)
-        assert [len(n.envelopes) for n in told] == [wire.MAX_UNDELIVERED, 6]
-        assert [u.id for n in told for u in n.envelopes] == [e.id for e in sent]
+        lost, other = envelope(), envelope(b"\x09" * 32)
+        await store.put([lost], 1000, sender=SENDER)
+        await store.put([other], 1000)
+        # Whoever knew the purge's salt could only pre-empt a notice, never stop the purge:
+        # the salt is fresh random bytes each purge; here it is fixed to find the id.
+        telling = Telling(3000, SALT)
+        [(notice, _)] = notices_for(SENDER, [(1, lost.id, MAILBOX)], telling)
+        squatter = wire.Envelope(notice.id, SENDER, wire.EnvelopeKind.APPLICATION, b"mine", b"g", 1)
+        await store.put([squatter], 5000)
+        purged = await store.purge_expired(not_before_ms=2000, telling=telling)
+        assert (purged.expired, purged.notices, purged.untold) == (2, 0, 1)
+        assert await store.count(MAILBOX) == 0  # expiry went through
+        assert [e.payload for e in (await store.fetch(SENDER, 0, 10, 1 << 20)).envelopes] == [
+            b"mine"
+        ]
     finally:
         await store.close()
 

@@ -18,6 +18,7 @@ from node.core import wire
 from node.core.runtime import Runtime
 from relay.directory_pg import PgDirectory
 from relay.directory_store import DirectoryStore, SuiteCount
+from relay.failure_notices import Telling
 from relay.migrations import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -33,6 +34,7 @@ from relay.store_pg import PgStore, connect_pg
 from tests.pg_support import PostgresServer
 from tests.runtime_support import Runtimes
 
+SALT = b"salt" * 4
 MAILBOX = b"\x05" * 32
 OTHER = b"\x06" * 32
 SENDER = b"\x07" * 32
@@ -102,7 +104,7 @@ async def test_both_backends_fetch_in_order_dedupe_ack_once_and_refuse_whole_bat
         assert await store.ack(MAILBOX, [sent[0].id]) == 0
         # Expired envelopes never come out and are purged.
         await store.put([envelope(9, OTHER)], now_ms=10)
-        assert (await store.purge_expired(not_before_ms=5, now_ms=10)).expired == 4
+        assert (await store.purge_expired(not_before_ms=5, telling=Telling(10, SALT))).expired == 4
         assert await store.count(MAILBOX) == 0 and await store.count(OTHER) == 1
     finally:
         await store.close()
@@ -190,7 +192,7 @@ def test_sqlite_migrates_from_every_earlier_version_todays_plain_file_included(
     assert store.count(MAILBOX) == 1
     assert [e.id for e in store.fetch(MAILBOX, 0, 10, 1 << 20).envelopes] == [old.id]
     # Stored before step 4, it names no sender: it expires and nobody is told.
-    purged = store.purge_expired(not_before_ms=1, now_ms=2)
+    purged = store.purge_expired(not_before_ms=1, telling=Telling(2, SALT))
     assert (purged.expired, purged.notices, purged.untold) == (1, 0, 0)
     store.close()
     (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
@@ -409,7 +411,7 @@ def test_migrate_from_sqlite_moves_everything_and_keeps_cursors(
             taken = [await moved.take(owner, 0) for _ in range(3)]
             assert taken == [[b"kp first"], [b"kp second"], [b"kp last"]]
             # Who asked to be told of expiry came along too.
-            purged = await store.mailboxes.purge_expired(not_before_ms=1, now_ms=2)
+            purged = await store.mailboxes.purge_expired(not_before_ms=1, telling=Telling(2, SALT))
             assert (purged.expired, purged.notices) == (35, 1)
             [notice] = (await store.mailboxes.fetch(SENDER, 0, 10, 1 << 20)).envelopes
             told = wire.decode_delivery_failure(notice.payload).envelopes

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from node.core import wire
+from relay.failure_notices import Telling
 from relay.store import MailboxFullError, MailboxStore
 
+SALT = b"salt" * 4
 MAILBOX = b"\x05" * 32
 
 
@@ -94,10 +96,10 @@ def test_purge_removes_only_what_expired_and_frees_its_quota(tmp_path: Path) -> 
     store = MailboxStore(tmp_path / "m.sqlite3")
     store.put([envelope(0)], now_ms=1000)
     store.put([envelope(1)], now_ms=2000)
-    assert store.purge_expired(not_before_ms=1500, now_ms=3000).expired == 1
+    assert store.purge_expired(not_before_ms=1500, telling=Telling(3000, SALT)).expired == 1
     assert store.count(MAILBOX) == 1
     assert store.fetch(MAILBOX, 0, 10, 100_000, not_before_ms=2500).envelopes == ()
-    assert store.purge_expired(not_before_ms=2500, now_ms=3000).expired == 1
+    assert store.purge_expired(not_before_ms=2500, telling=Telling(3000, SALT)).expired == 1
     assert (store.mailboxes, store.total_bytes, store.expired_purged) == (0, 0, 2)
 
 
