@@ -20,19 +20,17 @@ import click
 
 from node.app.chat_session import ChatSession, Screen
 from node.app.identity_view import whoami_lines
-from node.app.messenger import Messenger
 from node.app.node_cli import node_options, run_options
 from node.app.qr import qr_text
 from node.app.running import (
     RunningNode,
     RunOptions,
-    conversation_with,
     find_invitees,
     running,
+    start_conversation,
 )
 from node.core.addresses import format_address
 from node.core.display import terminal_safe
-from node.core.errors import NodeError
 from node.transport.runtime import RealRuntime
 
 __all__ = ["chat_command"]
@@ -58,7 +56,7 @@ async def _chat(opts: RunOptions) -> None:
         async with running(opts, runtime) as run:
             if opts.invites:
                 await find_invitees(run.presence, [s for s in opts.invites if s.address is None])
-                await _start_conversation(run.messenger, opts)
+                await start_conversation(run.messenger, opts.invites)
             front = _interactive if sys.stdin.isatty() and sys.stdout.isatty() else _plain
             session = runtime.spawn(front(run, opts))
             fatal = runtime.spawn(run.node.wait_fatal())
@@ -76,15 +74,6 @@ async def _chat(opts: RunOptions) -> None:
                 session.result()  # raises what ended the session, if anything did
     finally:
         runtime.close()
-
-
-async def _start_conversation(app: Messenger, opts: RunOptions) -> None:
-    try:
-        conv = await conversation_with(app, opts.invites)
-    except NodeError as exc:
-        click.echo(f"ERROR: could not start the conversation: {terminal_safe(str(exc))}", err=True)
-        return
-    click.echo(f"conversation {terminal_safe(app.title(conv))} ({conv.id}) is ready")
 
 
 def _whoami(run: RunningNode, opts: RunOptions) -> list[str]:

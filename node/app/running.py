@@ -214,6 +214,17 @@ async def conversation_with(app: Messenger, invites: list[PeerSpec]) -> Conversa
     return await app.create_group(", ".join(spec.name for spec in invites)[:64], peers)
 
 
+async def start_conversation(app: Messenger, invites: list[PeerSpec]) -> None:
+    """``chat --invite`` and ``web --invite``: start (or find again) the conversation with the
+    invitees, and say which it is; a failure is one ``ERROR:`` line, and the front end runs on."""
+    try:
+        conv = await conversation_with(app, invites)
+    except NodeError as exc:
+        click.echo(f"ERROR: could not start the conversation: {terminal_safe(str(exc))}", err=True)
+        return
+    click.echo(f"conversation {terminal_safe(app.title(conv))} ({conv.id}) is ready")
+
+
 async def find_invitees(presence: Presence, specs: list[PeerSpec]) -> None:
     """Wait (a while) until discovery can place invitees given without an address."""
     resolver = presence.resolver

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from node.app.node_cli import node_options, run_options
-from node.app.running import RunOptions, find_invitees, running
+from node.app.running import RunOptions, find_invitees, running, start_conversation
 from node.app.web import WebUI, WhoAmI
 from node.core.cli_errors import bind_error
 from node.transport.runtime import RealRuntime
@@ -91,6 +91,7 @@ async def _web(opts: RunOptions, port: int, web_host: str | None) -> None:
                     await find_invitees(
                         run.presence, [s for s in opts.invites if s.address is None]
                     )
+                    await start_conversation(run.messenger, opts.invites)
                 await _wait_for_stop(node.wait_fatal())
             finally:
                 await ui.stop()

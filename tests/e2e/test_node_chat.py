@@ -68,6 +68,36 @@ async def node_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodePr
                 await proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def web_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodeProcess]:
+    """``quicnprotochat web`` on loopback (its page on a free port)."""
+    env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{name} passphrase")
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        "web",
+        "--name",
+        name,
+        "--data-dir",
+        str(tmp / name),
+        "--listen",
+        "127.0.0.1:0",
+        "--port",
+        "0",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield NodeProcess(proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            async with asyncio.timeout(15):
+                await proc.wait()
+
+
 async def peers_listing(tmp: Path, node: str, peer: str) -> list[str]:
     """The rows of ``quicnprotochat peers`` for ``node`` that name ``peer``."""
     env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{node} passphrase")
@@ -185,3 +215,19 @@ async def test_scripts_reach_a_running_node_through_its_control_socket(tmp_path:
             history = await as_json(tmp_path, "alice", "history", dm["id"])
             # What alice typed is kept too, in order.
             assert [m["text"] for m in history["messages"]] == ["typed at alice", "from a script"]
+
+
+async def test_web_invite_starts_the_conversation_as_chat_does(tmp_path: Path) -> None:
+    async with node_process(tmp_path, "alice") as alice:
+        key = (await alice.expect(r"identity: ([0-9a-f]{64})")).group(1)
+        address = (await alice.expect(r"listening on (\S+)")).group(1)
+        invite = f"alice={key}@{address}"
+        args = ("--no-mdns", "--no-dht", "--invite", invite)
+        async with web_process(tmp_path, "bob", *args) as bob:
+            await bob.expect(r"^open http://127\.0\.0\.1:\d+/")
+            conv = (await bob.expect(r"^conversation alice \((\S+)\) is ready$")).group(1)
+            await alice.expect(r"^invitation \d+ from ")
+        # The same invitee again is the same conversation, not a second one.
+        async with web_process(tmp_path, "bob", *args) as bob:
+            again = (await bob.expect(r"^conversation alice \((\S+)\) is ready$")).group(1)
+        assert again == conv
