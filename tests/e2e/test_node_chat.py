@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 SCRIPT = Path(sys.executable).with_name("quicnprotochat")
@@ -41,12 +42,14 @@ class NodeProcess:
 
 
 @contextlib.asynccontextmanager
-async def node_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodeProcess]:
+async def front_end_process(
+    tmp: Path, name: str, command: tuple[str, ...], *args: str
+) -> AsyncIterator[NodeProcess]:
+    """``quicnprotochat <command>`` for the node ``name`` on loopback, stopped afterwards."""
     env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{name} passphrase")
     proc = await asyncio.create_subprocess_exec(
         str(SCRIPT),
-        "node",
-        "run",
+        *command,
         "--name",
         name,
         "--data-dir",
@@ -68,34 +71,13 @@ async def node_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodePr
                 await proc.wait()
 
 
-@contextlib.asynccontextmanager
-async def web_process(tmp: Path, name: str, *args: str) -> AsyncIterator[NodeProcess]:
-    """``quicnprotochat web`` on loopback (its page on a free port)."""
-    env = dict(os.environ, QUICNPROTOCHAT_PASSPHRASE=f"{name} passphrase")
-    proc = await asyncio.create_subprocess_exec(
-        str(SCRIPT),
-        "web",
-        "--name",
-        name,
-        "--data-dir",
-        str(tmp / name),
-        "--listen",
-        "127.0.0.1:0",
-        "--port",
-        "0",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        yield NodeProcess(proc)
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            async with asyncio.timeout(15):
-                await proc.wait()
+def node_process(tmp: Path, name: str, *args: str) -> AbstractAsyncContextManager[NodeProcess]:
+    return front_end_process(tmp, name, ("node", "run"), *args)
+
+
+def web_process(tmp: Path, name: str, *args: str) -> AbstractAsyncContextManager[NodeProcess]:
+    """``quicnprotochat web``, its page on a free port."""
+    return front_end_process(tmp, name, ("web",), "--port", "0", *args)
 
 
 async def peers_listing(tmp: Path, node: str, peer: str) -> list[str]:

@@ -5,7 +5,9 @@ message shows ``failed`` with the reason."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +45,15 @@ def envelope(mailbox: bytes = MAILBOX, size: int = 100) -> wire.Envelope:
     )
 
 
-async def mailbox_of_kind(
+@contextlib.asynccontextmanager
+async def backend(
     kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest, **quotas: int
-) -> MailboxBackend:
-    return await make_mailboxes(kind, (tmp_path, runtimes), request, StoreQuotas(**quotas))
+) -> AsyncIterator[MailboxBackend]:
+    store = await make_mailboxes(kind, (tmp_path, runtimes), request, StoreQuotas(**quotas))
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def notices_in(store: MailboxBackend, mailbox: bytes) -> list[wire.DeliveryFailure]:
@@ -59,8 +66,7 @@ async def notices_in(store: MailboxBackend, mailbox: bytes) -> list[wire.Deliver
 async def test_only_a_sender_that_asked_is_told_and_only_once(
     kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest
 ) -> None:
-    store = await mailbox_of_kind(kind, tmp_path, runtimes, request)
-    try:
+    async with backend(kind, tmp_path, runtimes, request) as store:
         asked, unasked, fresh = envelope(), envelope(), envelope()
         await store.put([asked], 1000, sender=SENDER)
         await store.put([unasked], 1000)  # sealed, or a sender that did not ask
@@ -86,16 +92,13 @@ async def test_only_a_sender_that_asked_is_told_and_only_once(
         assert (await notices_in(store, SENDER))[0].envelopes == (
             wire.Undelivered(fresh.id, MAILBOX),
         )
-    finally:
-        await store.close()
 
 
 @BACKENDS
 async def test_what_a_full_mailbox_purges_to_make_room_is_told_at_the_next_purge(
     kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest
 ) -> None:
-    store = await mailbox_of_kind(kind, tmp_path, runtimes, request, max_per_mailbox=1)
-    try:
+    async with backend(kind, tmp_path, runtimes, request, max_per_mailbox=1) as store:
         old = envelope()
         await store.put([old], 1000, sender=SENDER)
         new = envelope()
@@ -107,16 +110,13 @@ async def test_what_a_full_mailbox_purges_to_make_room_is_told_at_the_next_purge
         assert [n.envelopes for n in await notices_in(store, SENDER)] == [
             (wire.Undelivered(old.id, MAILBOX),)
         ]
-    finally:
-        await store.close()
 
 
 @BACKENDS
 async def test_a_notice_its_senders_full_mailbox_cannot_take_is_counted_and_not_kept_owing(
     kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest
 ) -> None:
-    store = await mailbox_of_kind(kind, tmp_path, runtimes, request, max_per_mailbox=1)
-    try:
+    async with backend(kind, tmp_path, runtimes, request, max_per_mailbox=1) as store:
         await store.put([envelope(SENDER)], 5000)  # the sender's own mailbox is full
         await store.put([envelope()], 1000, sender=SENDER)
         purged = await store.purge_expired(not_before_ms=2000, telling=Telling(6000, SALT))
@@ -125,8 +125,6 @@ async def test_a_notice_its_senders_full_mailbox_cannot_take_is_counted_and_not_
         # Nothing stays owed to grow the store: the next purge has nothing to tell.
         again = await store.purge_expired(not_before_ms=2000, telling=Telling(7000, SALT))
         assert (again.notices, again.untold) == (0, 0)
-    finally:
-        await store.close()
 
 
 @BACKENDS
@@ -139,8 +137,7 @@ async def test_many_expired_envelopes_are_told_in_batches_and_notices_a_fetch_ca
 ) -> None:
     monkeypatch.setattr(relay.store, "OWED_BATCH", 100)
     monkeypatch.setattr(relay.store_pg, "OWED_BATCH", 100)
-    store = await mailbox_of_kind(kind, tmp_path, runtimes, request)
-    try:
+    async with backend(kind, tmp_path, runtimes, request) as store:
         sent = [envelope(size=1) for _ in range(1030)]
         for start in range(0, len(sent), 128):
             await store.put(sent[start : start + 128], 1000, sender=SENDER)
@@ -153,16 +150,13 @@ async def test_many_expired_envelopes_are_told_in_batches_and_notices_a_fetch_ca
         told = [wire.decode_delivery_failure(e.payload) for e in batch.envelopes]
         assert purged.notices == len(told) > len(sent) // 100  # every batch of debts told
         assert [u.id for n in told for u in n.envelopes] == [e.id for e in sent]
-    finally:
-        await store.close()
 
 
 @BACKENDS
 async def test_an_envelope_holding_a_notices_id_first_costs_that_notice_not_the_purge(
     kind: str, tmp_path: Path, runtimes: Runtimes, request: pytest.FixtureRequest
 ) -> None:
-    store = await mailbox_of_kind(kind, tmp_path, runtimes, request)
-    try:
+    async with backend(kind, tmp_path, runtimes, request) as store:
         lost, other = envelope(), envelope(b"\x09" * 32)
         await store.put([lost], 1000, sender=SENDER)
         await store.put([other], 1000)
@@ -178,8 +172,6 @@ async def test_an_envelope_holding_a_notices_id_first_costs_that_notice_not_the_
         assert [e.payload for e in (await store.fetch(SENDER, 0, 10, 1 << 20)).envelopes] == [
             b"mine"
         ]
-    finally:
-        await store.close()
 
 
 async def test_the_relay_refuses_a_notice_it_did_not_make_and_keeps_no_sender_unasked(
