@@ -55,6 +55,8 @@ class RelayConfig:
     # Sealed sender: take envelopes whose sender only the recipient can read (ADR 0008).
     allow_sealed_sender: bool = True
     envelope_ttl_s: float = 7 * 24 * 3600.0
+    # Keep who delivered a plain envelope that asks, to tell them if it expires (ADR 0009).
+    failure_notices: bool = True
     purge_interval_s: float = 60.0
     # Per caller (identity key proven in the handshake).
     calls_per_second: float = 50.0
@@ -135,6 +137,7 @@ class RelayConfig:
             envelope_ttl_ms=int(self.envelope_ttl_s * 1000),
             max_envelope_bytes=self.max_envelope_bytes or None,
             allow_sealed_sender=self.allow_sealed_sender,
+            failure_notices=self.failure_notices,
         )
 
     def account_limits(self) -> AccountLimits:

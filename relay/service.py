@@ -77,6 +77,8 @@ class ServiceLimits:
     max_envelope_bytes: int | None = None  # None: the most one fetch answer can carry
     # Sealed sender (ADR 0008): envelopes of kind sealed from any key, charged per address.
     allow_sealed_sender: bool = True
+    # Keep the caller's mailbox with plain envelopes delivered with failureNotice (ADR 0009).
+    failure_notices: bool = True
 
 
 _CODES: dict[type[QuotaError], ErrorCode] = {
@@ -415,7 +417,11 @@ class RelayService:
                 in_use=in_use,
                 # A sealed delivery's caller is a one-time key: nobody to tell, and nothing
                 # of it is kept.
-                sender=mailbox_of(caller.identity) if failure_notice and not sealed else None,
+                sender=(
+                    mailbox_of(caller.identity)
+                    if failure_notice and not sealed and self.limits.failure_notices
+                    else None
+                ),
             )
         except QuotaError as exc:
             return self._refuse(

@@ -211,6 +211,29 @@ async def test_the_relay_refuses_a_notice_it_did_not_make_and_keeps_no_sender_un
         assert relay.metrics()["failure_notices"] == 1
 
 
+async def test_a_relay_told_to_keep_no_senders_keeps_none_and_tells_nobody(
+    tmp_path: Path, runtimes: Runtimes
+) -> None:
+    now = [1_000_000]
+    alice, bob = Identity.generate(), Identity.generate()
+    async with running_relay(
+        tmp_path,
+        runtimes.clocked(lambda: now[0]),
+        envelope_ttl_s=TTL_MS / 1000,
+        failure_notices=False,
+    ) as relay:
+        async with client(relay, alice) as caller:
+            env = envelope(bob.mailbox)
+            answer = await caller.call(wire.Deliver((env,), failure_notice=True))
+            assert answer == wire.DeliverResult((env.id,))
+        stored = b"".join(f.read_bytes() for f in tmp_path.glob("mailboxes.sqlite3*"))
+        assert env.id in stored  # the scan reads where the envelope is
+        assert alice.mailbox not in stored
+        now[0] += TTL_MS + 1000
+        purged = await relay.service.purge_expired()
+        assert (purged.expired, purged.notices, purged.untold) == (1, 0, 0)
+
+
 async def held_for(relay: Relay, mailbox: bytes) -> int:
     return await relay.service.store.count(mailbox)
 
