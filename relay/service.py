@@ -343,29 +343,24 @@ class RelayService:
     async def _wait(
         self, mailbox: bytes, cursor: int, limit: int, timeout_ms: int
     ) -> wire.FetchResult:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(timeout_ms, MAX_WAIT_MS) / 1000
-        while True:
-            # Registered before the fetch, so an arrival between the two is not missed.
-            arrival: asyncio.Future[None] = loop.create_future()
-            waiters = self._waiters.setdefault(mailbox, {})
-            waiters[arrival] = None
+        # Registered before the fetch, so an arrival between the two is not missed.
+        arrival: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(mailbox, {})
+        waiters[arrival] = None
+        try:
+            result = await self._fetch(mailbox, cursor, limit)
+            if result.envelopes:
+                return result
             try:
-                result = await self._fetch(mailbox, cursor, limit)
-                # A wake-up may bring nothing (what it announced was acknowledged or expired
-                # meanwhile, or every poll was woken after a reconnect): wait on, rather than
-                # send the owner an empty answer to poll again at once.
-                if result.envelopes or result.cursor != cursor or self._draining:
-                    return result
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        await arrival
-                except TimeoutError:
-                    return result
-            finally:
-                waiters.pop(arrival, None)
-                if not waiters:
-                    self._waiters.pop(mailbox, None)
+                async with asyncio.timeout(min(timeout_ms, MAX_WAIT_MS) / 1000):
+                    await arrival
+            except TimeoutError:
+                return result
+            return await self._fetch(mailbox, cursor, limit)
+        finally:
+            waiters.pop(arrival, None)
+            if not waiters:
+                self._waiters.pop(mailbox, None)
 
     async def _deliver(
         self,

@@ -3,7 +3,6 @@ its code and its counter (``Relay.metrics``), and the measured faults that must 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -341,37 +340,3 @@ def test_a_relay_toml_with_an_unknown_key_is_refused_in_one_line(tmp_path: Path)
     assert "unknown key 'max_per_mailboxes'" in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
-
-
-async def test_a_long_poll_woken_with_nothing_to_fetch_waits_on_for_what_comes(
-    tmp_path: Path, runtimes: Runtimes
-) -> None:
-    bob = Identity.generate()
-    async with running_relay(tmp_path, runtimes()) as relay:
-        service = relay.service
-
-        def polls() -> list[object]:
-            return list(service._waiters.get(bob.mailbox, ()))
-
-        async def until(condition: Any, what: str) -> None:
-            try:
-                async with asyncio.timeout(10):
-                    while not condition():
-                        await asyncio.sleep(0.01)
-            except TimeoutError:
-                raise AssertionError(f"timed out waiting for {what}") from None
-
-        async with client(relay, bob) as owner, client(relay) as sender:
-            waiting = asyncio.ensure_future(owner.call(wire.Wait(bob.mailbox, 0, 10, 20_000)))
-            await until(lambda: len(polls()) == 1, "the long poll is open")
-            first = polls()[0]
-            # An arrival announced by another process, and acknowledged before this one
-            # fetched it: the wake-up finds nothing.
-            service._wake(bob.mailbox)
-            await until(lambda: waiting.done() or polls() not in ([], [first]), "a new wait")
-            assert not waiting.done()  # no empty answer to poll again at once
-            env = envelope(bob.mailbox)
-            assert isinstance(await sender.call(wire.Deliver((env,))), wire.DeliverResult)
-            answer = await waiting
-            assert isinstance(answer, wire.FetchResult)
-            assert [e.id for e in answer.envelopes] == [env.id]
