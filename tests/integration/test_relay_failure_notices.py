@@ -211,6 +211,11 @@ async def test_the_relay_refuses_a_notice_it_did_not_make_and_keeps_no_sender_un
         assert relay.metrics()["failure_notices"] == 1
 
 
+def mailbox_files(data: Path) -> bytes:
+    """Everything the embedded mailbox store holds on disk, its WAL included."""
+    return b"".join(f.read_bytes() for f in data.glob("mailboxes.sqlite3*"))
+
+
 async def test_a_relay_told_to_keep_no_senders_keeps_none_and_tells_nobody(
     tmp_path: Path, runtimes: Runtimes
 ) -> None:
@@ -226,7 +231,7 @@ async def test_a_relay_told_to_keep_no_senders_keeps_none_and_tells_nobody(
             env = envelope(bob.mailbox)
             answer = await caller.call(wire.Deliver((env,), failure_notice=True))
             assert answer == wire.DeliverResult((env.id,))
-        stored = b"".join(f.read_bytes() for f in tmp_path.glob("mailboxes.sqlite3*"))
+        stored = mailbox_files(tmp_path)
         assert env.id in stored  # the scan reads where the envelope is
         assert alice.mailbox not in stored
         now[0] += TTL_MS + 1000
