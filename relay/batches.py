@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from node.core.errors import StorageError
-from relay.store import PutCall
+from relay.store import PutCall, PutResult
 
-__all__ = ["MAX_PUT_BATCH_BYTES", "MAX_PUT_BATCH_CALLS", "Batches", "put_weight"]
+__all__ = ["MAX_PUT_BATCH_BYTES", "MAX_PUT_BATCH_CALLS", "Batches", "put_batches", "put_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ MAX_PUT_BATCH_BYTES = 8 << 20
 def put_weight(call: PutCall) -> int:
     """A put's weight in a batch: the bytes of its envelopes."""
     return sum(len(env.payload) for env in call.envelopes)
+
+
+def put_batches(spawn: Spawn, run: RunBatch[PutCall, PutResult]) -> Batches[PutCall, PutResult]:
+    """The queue of deliveries of either store, bounded alike."""
+    return Batches(
+        spawn, run, max_calls=MAX_PUT_BATCH_CALLS, max_weight=MAX_PUT_BATCH_BYTES, weigh=put_weight
+    )
 
 
 class Batches(Generic[C, R]):

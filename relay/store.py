@@ -229,6 +229,56 @@ class _Staged:
     result: PutResult
 
 
+def place_notices(
+    quotas: StoreQuotas,
+    notices: Iterable[tuple[wire.Envelope, int]],
+    taken: Container[bytes],
+    usage: list[int],
+    total: int,
+    held: int,
+) -> tuple[list[tuple[wire.Envelope, bytes]], int, int, int]:
+    """Which of one sender's failure notices its mailbox takes, on either store: each charged
+    to ``usage`` (its [envelopes, bytes], changed in place) and the store's ``total`` bytes,
+    and opening the mailbox only while the store holds fewer than its most (``held`` now). One
+    whose id is ``taken`` is skipped; once a quota refuses one, the rest are not even encoded.
+    Returns the notices kept with their encoded bodies, the new total, the new number held and
+    how many expired envelopes went untold."""
+    kept: list[tuple[wire.Envelope, bytes]] = []
+    untold = 0
+    refused = False
+    for notice, named in notices:
+        if refused or notice.id in taken:
+            untold += named
+            continue
+        body = wire.encode_envelope(notice)
+        opens = usage[0] <= 0
+        try:
+            if opens and held + 1 > quotas.max_mailboxes:
+                raise TooManyMailboxesError("no room for another mailbox")
+            total = quotas.charge(usage, total, len(body))
+        except QuotaError:
+            refused = True
+            untold += named
+            continue
+        held += opens
+        kept.append((notice, body))
+    return kept, total, held, untold
+
+
+class _HeldIds:
+    """The ids one mailbox holds, asked of the open SQLite transaction one at a time."""
+
+    def __init__(self, db: Any, mailbox: bytes) -> None:
+        self._db = db
+        self._mailbox = mailbox
+
+    def __contains__(self, envelope_id: object) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?", (self._mailbox, envelope_id)
+        ).fetchone()
+        return row is not None
+
+
 def batch_of(
     rows: Iterable[tuple[int, bytes]], cursor: int, max_bytes: int, skip_over: int | None
 ) -> StoredBatch:
@@ -495,34 +545,18 @@ class MailboxStore:
         held = self.mailboxes
         for sender, entries in owed.items():
             mine = usage[sender] = list(self._usage.get(sender, (0, 0)))
-            refused = False
-            for notice, named in notices_for(sender, entries, telling):
-                if refused:
-                    untold += named
-                    continue
-                body = wire.encode_envelope(notice)
-                opens = mine[0] <= 0
-                taken = self._db.execute(
-                    "SELECT 1 FROM envelopes WHERE mailbox = ? AND id = ?", (sender, notice.id)
-                ).fetchone()
-                try:
-                    if taken:
-                        raise QuotaError("a notice's id is taken")
-                    if opens and held + 1 > self._quotas.max_mailboxes:
-                        raise TooManyMailboxesError("no room for another mailbox")
-                    total = self._quotas.charge(mine, total, len(body))
-                except QuotaError:
-                    # The rest would not fit either: counted, never encoded.
-                    refused = not taken
-                    untold += named
-                    continue
-                held += opens
-                self._db.execute(
-                    "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
-                    (sender, notice.id, body, telling.now_ms),
-                )
-                told[sender] = told.get(sender, 0) + 1
-                stored += 1
+            made = notices_for(sender, entries, telling)
+            kept, total, held, lost = place_notices(
+                self._quotas, made, _HeldIds(self._db, sender), mine, total, held
+            )
+            untold += lost
+            self._db.executemany(
+                "INSERT INTO envelopes (mailbox, id, body, stored_at_ms) VALUES (?, ?, ?, ?)",
+                [(sender, notice.id, body, telling.now_ms) for notice, body in kept],
+            )
+            if kept:
+                told[sender] = told.get(sender, 0) + len(kept)
+                stored += len(kept)
         handled = sum(len(e) for e in owed.values())
         if handled:
             self._db.execute("DELETE FROM undelivered WHERE seq <= ?", (last,))

@@ -21,7 +21,7 @@ from typing import Protocol
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
-from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
+from relay.batches import put_batches
 from relay.directory_store import DirectoryQuotas, DirectoryStore, SuiteCount
 from relay.failure_notices import Telling
 from relay.store import MailboxStore, Purged, PutCall, PutResult, StoredBatch
@@ -175,13 +175,7 @@ class SqliteMailboxes:
     def __init__(self, store: MailboxStore, runtime: Runtime) -> None:
         self.store = store
         self._run = runtime.run_blocking
-        self._puts: Batches[PutCall, PutResult] = Batches(
-            runtime.spawn,
-            self._put_batch,
-            max_calls=MAX_PUT_BATCH_CALLS,
-            max_weight=MAX_PUT_BATCH_BYTES,
-            weigh=put_weight,
-        )
+        self._puts = put_batches(runtime.spawn, self._put_batch)
 
     @property
     def mailboxes(self) -> int:

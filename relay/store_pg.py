@@ -36,7 +36,7 @@ import asyncpg
 from node.core import wire
 from node.core.errors import StorageError
 from node.core.runtime import Runtime
-from relay.batches import MAX_PUT_BATCH_BYTES, MAX_PUT_BATCH_CALLS, Batches, put_weight
+from relay.batches import Batches, put_batches
 from relay.failure_notices import OWED_BATCH, Owed, Telling, notices_for
 from relay.migrations import check_pg
 from relay.store import (
@@ -49,6 +49,7 @@ from relay.store import (
     StoreQuotas,
     TooManyMailboxesError,
     batch_of,
+    place_notices,
 )
 from relay.store_accounts import Session, TooManyAccountsError, UsernameTakenError
 from relay.store_api import ArrivalCallback, StoreUnavailableError
@@ -306,13 +307,7 @@ class PgMailboxes:
         self.quotas = StoreQuotas()
         self.gauges = (0, 0, 0)  # mailboxes, bytes, expired: as of the last refresh
         self._callbacks: list[ArrivalCallback] = []
-        self._puts: Batches[PutCall, PutResult] = Batches(
-            store.spawn,
-            self._put_batch,
-            max_calls=MAX_PUT_BATCH_CALLS,
-            max_weight=MAX_PUT_BATCH_BYTES,
-            weigh=put_weight,
-        )
+        self._puts = put_batches(store.spawn, self._put_batch)
         self._fetches: Batches[tuple[bytes, int, int, int], list[tuple[int, bytes]]] = Batches(
             store.spawn,
             self._fetch_batch,
@@ -525,24 +520,10 @@ class PgMailboxes:
             )
         }
         total, held = await conn.fetchrow(_TOTALS)
-        total, held = int(total), int(held)
         mine = list(before)
-        untold = 0
-        ids: list[bytes] = []
-        bodies: list[bytes] = []
-        for notice, named in made:
-            body = wire.encode_envelope(notice)
-            if notice.id in taken or (mine[0] == 0 and held + 1 > self.quotas.max_mailboxes):
-                untold += named
-                continue
-            try:
-                total = self.quotas.charge(mine, total, len(body))
-            except QuotaError:
-                untold += named
-                continue
-            held += mine[0] == 1
-            ids.append(notice.id)
-            bodies.append(body)
+        kept, _, _, untold = place_notices(self.quotas, made, taken, mine, int(total), int(held))
+        ids = [notice.id for notice, _ in kept]
+        bodies = [body for _, body in kept]
         if ids:
             await conn.execute(
                 "INSERT INTO envelopes (mailbox, id, body, stored_at_ms)"
