@@ -459,12 +459,8 @@ function inviteMe() {
   );
 }
 
-async function members() {
-  const id = state.current;
-  const data = await attempt(() => api(`/api/conversations/${id}/members`));
-  if (!data) return;
-  const conv = state.convs.get(id);
-  const rows = data.members.map((m) => {
+function memberRows(id, conv, data) {
+  return data.members.map((m) => {
     const marks = [m.me ? "you" : null, m.committer ? "committer" : null, m.verified ? "verified" : null].filter(Boolean);
     return el(
       "li",
@@ -476,6 +472,23 @@ async function members() {
       m.me || conv.kind !== "group" ? null : el("button", { class: "danger", onclick: () => remove(id, m.key, m.name) }, "Remove"),
     );
   });
+}
+
+// After an invitation, only the list is redrawn: the form keeps the focus and whatever was typed
+// meanwhile (redrawing the dialog moved the focus to the first Verify button, so a next Enter
+// opened a safety number, or invited nobody).
+async function refreshMembers(id, list) {
+  const data = await attempt(() => api(`/api/conversations/${id}/members`));
+  if (!data || !list.isConnected) return;
+  list.replaceChildren(...memberRows(id, state.convs.get(id), data));
+}
+
+async function members() {
+  const id = state.current;
+  const data = await attempt(() => api(`/api/conversations/${id}/members`));
+  if (!data) return;
+  const conv = state.convs.get(id);
+  const list = el("ul", { class: "members" }, ...memberRows(id, conv, data));
   const invite = el("input", { id: "invite-person", type: "text", placeholder: "name, key or qpc:// link", maxlength: "4096" });
   const inviteForm =
     conv.kind === "group"
@@ -484,10 +497,12 @@ async function members() {
           {
             onsubmit: async (event) => {
               event.preventDefault();
-              const result = await attempt(() => api(`/api/conversations/${id}/invite`, { person: invite.value.trim() }));
+              const person = invite.value.trim();
+              const result = await attempt(() => api(`/api/conversations/${id}/invite`, { person }));
               if (result) {
                 for (const miss of result.not_reached) banner(`${miss.name} not reached yet (${miss.why}): the invitation will be retried`, "warn");
-                members();
+                if (invite.value.trim() === person) invite.value = "";
+                await refreshMembers(id, list);
               }
             },
           },
@@ -499,7 +514,7 @@ async function members() {
   openDialog(
     `Members of ${conv.title}`,
     el("p", { class: "fp" }, `ciphersuite ${data.ciphersuite}`),
-    el("ul", { class: "members" }, ...rows),
+    list,
     inviteForm,
     el("button", { class: "danger", onclick: () => leave(id) }, "Leave this conversation"),
   );
